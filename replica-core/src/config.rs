@@ -1,0 +1,441 @@
+//! Runtime configuration: from environment variables, a Secrets Manager JSON
+//! secret, or any serde source.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::ConfigError;
+use crate::url::{DatabaseUrl, UrlProblem, redact_unparsed};
+
+/// Where to connect and how to pool: one writer and any number of replicas.
+///
+/// Build it with [`Config::from_env`], [`Config::from_env_with_prefix`],
+/// [`Config::new`], or deserialize it with serde (figment, config-rs, ...).
+/// The serde form takes the same settings as the environment, named by field:
+///
+/// ```
+/// # use replica_core::Config;
+/// let config: Config = serde_json::from_str(r#"{
+///     "url": "postgres://app:secret@writer:5432/app",
+///     "replica_hosts": ["reader-1", "reader-2:5433"],
+///     "replica_pool": { "max_size": 32, "warm_up": 4 }
+/// }"#).unwrap();
+/// assert_eq!(config.replicas.len(), 2);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "Settings")]
+#[non_exhaustive]
+pub struct Config {
+    /// The writer (primary). Required: `DATABASE_URL` or `DATABASE_SECRET`.
+    pub writer: DatabaseUrl,
+    /// The read replicas, in order. Default: none, and reads go to the writer.
+    pub replicas: Vec<DatabaseUrl>,
+    /// Pool of the writer. Default: [`PoolConfig::default`].
+    pub writer_pool: PoolConfig,
+    /// Pool of each replica. Default: [`PoolConfig::default`].
+    pub replica_pool: PoolConfig,
+    /// `application_name` given to every connection unless its URL sets one,
+    /// as seen in `pg_stat_activity`. Default: `diesel-replica`.
+    pub application_name: String,
+}
+
+/// Pool settings of one role (the writer, or each replica).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PoolConfig {
+    /// Most connections open to one node. Default: 10.
+    pub max_size: usize,
+    /// Connections opened to each node at start, so that the first requests
+    /// do not pay for connection set-up. At most `max_size`. Default: 1.
+    pub warm_up: usize,
+    /// Longest wait for a free connection; `None` waits for ever.
+    /// Default: 5 s. Serde: `wait_timeout_ms`.
+    #[serde(rename = "wait_timeout_ms", with = "millis")]
+    pub wait_timeout: Option<Duration>,
+    /// Longest time to open a connection (TCP, TLS, authentication);
+    /// `None` waits for ever. Default: 5 s. Serde: `connect_timeout_ms`.
+    #[serde(rename = "connect_timeout_ms", with = "millis")]
+    pub connect_timeout: Option<Duration>,
+    /// Longest time to check an idle connection before reuse; `None` waits
+    /// for ever. Default: 5 s. Serde: `recycle_timeout_ms`.
+    #[serde(rename = "recycle_timeout_ms", with = "millis")]
+    pub recycle_timeout: Option<Duration>,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_size: 10,
+            warm_up: 1,
+            wait_timeout: Some(Duration::from_secs(5)),
+            connect_timeout: Some(Duration::from_secs(5)),
+            recycle_timeout: Some(Duration::from_secs(5)),
+        }
+    }
+}
+
+const DEFAULT_APPLICATION_NAME: &str = "diesel-replica";
+
+impl Config {
+    /// A writer with no replicas and default pools.
+    ///
+    /// # Errors
+    /// When `writer_url` is not a valid PostgreSQL URL.
+    pub fn new(writer_url: &str) -> Result<Self, ConfigError> {
+        Settings {
+            url: Some(writer_url.to_owned()),
+            ..Settings::default()
+        }
+        .resolve(&Naming::Fields)
+    }
+
+    /// Adds a replica by URL.
+    ///
+    /// # Errors
+    /// When the URL is invalid, already listed, or the writer's.
+    pub fn with_replica(mut self, url: &str) -> Result<Self, ConfigError> {
+        let key = format!("replicas[{}]", self.replicas.len());
+        let replica = parse_url(&key, url)?;
+        self.push_replica(key, replica)?;
+        Ok(self)
+    }
+
+    /// Reads the `DATABASE_*` environment variables (see the crate docs).
+    ///
+    /// # Errors
+    /// When a variable is missing, malformed or contradicts another; the
+    /// error names the variable and says what is expected.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(None, |key| std::env::var(key).ok())
+    }
+
+    /// Reads `{PREFIX}_DATABASE_*` environment variables, so that one
+    /// application can hold several replicated databases: with prefix
+    /// `ANALYTICS` the writer is `ANALYTICS_DATABASE_URL`.
+    ///
+    /// # Errors
+    /// As [`Config::from_env`].
+    pub fn from_env_with_prefix(prefix: &str) -> Result<Self, ConfigError> {
+        Self::from_lookup(Some(prefix), |key| std::env::var(key).ok())
+    }
+
+    /// Reads the same variables as [`Config::from_env_with_prefix`] from a
+    /// list of pairs instead of the process environment.
+    ///
+    /// # Errors
+    /// As [`Config::from_env`].
+    pub fn from_vars<I, K, V>(prefix: Option<&str>, vars: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let vars: HashMap<String, String> = vars
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        Self::from_lookup(prefix, |key| vars.get(key).cloned())
+    }
+
+    fn from_lookup(
+        prefix: Option<&str>,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let naming = Naming::Env {
+            prefix: prefix
+                .map(|p| p.trim_end_matches('_'))
+                .filter(|p| !p.is_empty())
+                .map(|p| format!("{p}_"))
+                .unwrap_or_default(),
+        };
+        let var = |field: &str| lookup(&naming.key(field));
+        let list = |field: &str| {
+            var(field)
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let number = |field: &str| -> Result<Option<u64>, ConfigError> {
+            var(field)
+                .map(|v| {
+                    v.trim().parse().map_err(|_| ConfigError::InvalidNumber {
+                        key: naming.key(field),
+                        value: v,
+                    })
+                })
+                .transpose()
+        };
+        let size = |field: &str| Ok(number(field)?.map(|n| n as usize));
+        let mut writer_pool = PoolConfig::default();
+        let mut replica_pool = PoolConfig::default();
+        for (pool, size_field) in [
+            (&mut writer_pool, "writer_pool.max_size"),
+            (&mut replica_pool, "replica_pool.max_size"),
+        ] {
+            if let Some(n) = size(size_field)? {
+                pool.max_size = n;
+            }
+            if let Some(n) = size("warm_up")? {
+                pool.warm_up = n;
+            }
+            for (slot, field) in [
+                (&mut pool.wait_timeout, "wait_timeout"),
+                (&mut pool.connect_timeout, "connect_timeout"),
+                (&mut pool.recycle_timeout, "recycle_timeout"),
+            ] {
+                if let Some(ms) = number(field)? {
+                    *slot = Some(Duration::from_millis(ms));
+                }
+            }
+        }
+        let secret = var("secret").map(|raw| -> Result<Value, ConfigError> {
+            serde_json::from_str(&raw).map_err(|e| ConfigError::InvalidSecret {
+                key: naming.key("secret"),
+                // A syntax error names a line and column, never the content.
+                reason: e.to_string(),
+            })
+        });
+        Settings {
+            url: var("url"),
+            secret: secret.transpose()?,
+            replica_urls: list("replica_urls"),
+            replica_hosts: list("replica_hosts"),
+            application_name: var("application_name"),
+            writer_pool,
+            replica_pool,
+        }
+        .resolve(&naming)
+    }
+
+    fn push_replica(&mut self, key: String, replica: DatabaseUrl) -> Result<(), ConfigError> {
+        if replica.target() == self.writer.target() {
+            return Err(ConfigError::ReplicaIsWriter {
+                key,
+                address: replica.address(),
+            });
+        }
+        if self.replicas.iter().any(|r| r.target() == replica.target()) {
+            return Err(ConfigError::DuplicateReplica {
+                key,
+                address: replica.address(),
+            });
+        }
+        self.replicas.push(replica);
+        Ok(())
+    }
+}
+
+/// The raw settings, shaped as the serde form; the environment fills the
+/// same struct so that both sources share one validation.
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Settings {
+    url: Option<String>,
+    secret: Option<Value>,
+    replica_urls: Vec<String>,
+    replica_hosts: Vec<String>,
+    application_name: Option<String>,
+    writer_pool: PoolConfig,
+    replica_pool: PoolConfig,
+}
+
+/// How a setting is named in errors: by environment variable or by field.
+enum Naming {
+    Env { prefix: String },
+    Fields,
+}
+
+impl Naming {
+    fn key(&self, field: &str) -> String {
+        let Self::Env { prefix } = self else {
+            return field.to_owned();
+        };
+        let name = match field {
+            "url" => "URL",
+            "secret" => "SECRET",
+            "replica_urls" => "REPLICA_URLS",
+            "replica_hosts" => "REPLICA_HOSTS",
+            "application_name" => "APPLICATION_NAME",
+            "writer_pool.max_size" => "WRITER_POOL_SIZE",
+            "replica_pool.max_size" => "REPLICA_POOL_SIZE",
+            "writer_pool.warm_up" | "replica_pool.warm_up" | "warm_up" => "WARM_UP",
+            "wait_timeout" => "POOL_TIMEOUT_MS",
+            "connect_timeout" => "CONNECT_TIMEOUT_MS",
+            "recycle_timeout" => "RECYCLE_TIMEOUT_MS",
+            other => other,
+        };
+        format!("{prefix}DATABASE_{name}")
+    }
+}
+
+impl TryFrom<Settings> for Config {
+    type Error = ConfigError;
+
+    fn try_from(settings: Settings) -> Result<Self, ConfigError> {
+        settings.resolve(&Naming::Fields)
+    }
+}
+
+impl Settings {
+    fn resolve(self, naming: &Naming) -> Result<Config, ConfigError> {
+        let writer = match (self.url, self.secret) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Conflict {
+                    first: naming.key("url"),
+                    second: naming.key("secret"),
+                });
+            }
+            (Some(url), None) => parse_url(&naming.key("url"), &url)?,
+            (None, Some(secret)) => url_from_secret(&naming.key("secret"), &secret)?,
+            (None, None) => {
+                return Err(ConfigError::Missing {
+                    key: naming.key("url"),
+                    alternative: naming.key("secret"),
+                });
+            }
+        };
+        for (pool, role) in [
+            (&self.writer_pool, "writer_pool"),
+            (&self.replica_pool, "replica_pool"),
+        ] {
+            if pool.max_size == 0 {
+                return Err(ConfigError::ZeroPoolSize {
+                    key: naming.key(&format!("{role}.max_size")),
+                });
+            }
+            if pool.warm_up > pool.max_size {
+                return Err(ConfigError::WarmUpTooLarge {
+                    key: naming.key(&format!("{role}.warm_up")),
+                    warm_up: pool.warm_up,
+                    max_size: pool.max_size,
+                });
+            }
+        }
+        let mut config = Config {
+            writer,
+            replicas: Vec::new(),
+            writer_pool: self.writer_pool,
+            replica_pool: self.replica_pool,
+            application_name: self
+                .application_name
+                .unwrap_or_else(|| DEFAULT_APPLICATION_NAME.to_owned()),
+        };
+        let urls_key = naming.key("replica_urls");
+        for (i, url) in self.replica_urls.iter().enumerate() {
+            let key = format!("{urls_key}[{i}]");
+            let replica = parse_url(&key, url)?;
+            config.push_replica(key, replica)?;
+        }
+        let hosts_key = naming.key("replica_hosts");
+        for (i, host) in self.replica_hosts.iter().enumerate() {
+            let key = format!("{hosts_key}[{i}]");
+            let replica =
+                config
+                    .writer
+                    .with_address(host)
+                    .map_err(|problem| ConfigError::InvalidHost {
+                        key: key.clone(),
+                        value: redact_unparsed(host),
+                        problem: problem.to_string(),
+                    })?;
+            config.push_replica(key, replica)?;
+        }
+        Ok(config)
+    }
+}
+
+fn parse_url(key: &str, value: &str) -> Result<DatabaseUrl, ConfigError> {
+    if value.trim().is_empty() {
+        return Err(ConfigError::Empty {
+            key: key.to_owned(),
+        });
+    }
+    DatabaseUrl::parse(value).map_err(|problem: UrlProblem| ConfigError::InvalidUrl {
+        key: key.to_owned(),
+        value: redact_unparsed(value),
+        problem: problem.to_string(),
+    })
+}
+
+/// Builds the writer URL from an RDS / Secrets Manager secret:
+/// `{"username", "password", "host", "port", "dbname", "engine"}`, `port` a
+/// number or a string, `dbname` optional (defaults to the user name, as in
+/// PostgreSQL). Extra fields are ignored.
+fn url_from_secret(key: &str, secret: &Value) -> Result<DatabaseUrl, ConfigError> {
+    let invalid = |reason: &str| ConfigError::InvalidSecret {
+        key: key.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let secret = match secret {
+        Value::Object(map) => map,
+        // A string holding the JSON document, as some serde sources give it.
+        Value::String(text) => {
+            let value: Value = serde_json::from_str(text).map_err(|e| invalid(&e.to_string()))?;
+            return url_from_secret(key, &value);
+        }
+        _ => return Err(invalid("expected a JSON object")),
+    };
+    let field = |name: &'static str| -> Result<&str, ConfigError> {
+        match secret.get(name) {
+            Some(Value::String(s)) if !s.is_empty() => Ok(s),
+            Some(_) => Err(ConfigError::SecretField {
+                key: key.to_owned(),
+                field: name,
+                problem: "is not a non-empty string",
+            }),
+            None => Err(ConfigError::SecretField {
+                key: key.to_owned(),
+                field: name,
+                problem: "is missing",
+            }),
+        }
+    };
+    let username = field("username")?;
+    let password = field("password")?;
+    let host = field("host")?;
+    let port = match secret.get("port") {
+        None => 5432,
+        Some(Value::Number(n)) => n.as_u64().and_then(|n| u16::try_from(n).ok()).unwrap_or(0),
+        Some(Value::String(s)) => s.trim().parse().unwrap_or(0),
+        Some(_) => 0,
+    };
+    if port == 0 {
+        return Err(ConfigError::SecretField {
+            key: key.to_owned(),
+            field: "port",
+            problem: "is not a port number (1-65535, as a number or a string)",
+        });
+    }
+    let dbname = match secret.get("dbname") {
+        None => username,
+        Some(_) => field("dbname")?,
+    };
+    DatabaseUrl::from_parts(username, password, host, port, dbname).map_err(|problem| {
+        ConfigError::InvalidSecret {
+            key: key.to_owned(),
+            reason: format!("host `{host}`: {problem}"),
+        }
+    })
+}
+
+/// `Option<Duration>` as a number of milliseconds; `null` means no timeout.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(deserializer)?.map(Duration::from_millis))
+    }
+}

@@ -1,0 +1,189 @@
+//! Errors: one enum for configuration, one for running queries.
+
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel_async::pooled_connection::deadpool::PoolError;
+
+/// A configuration that cannot be used. Every message names the setting
+/// (environment variable or serde field), the bad value with any password
+/// hidden, and what is expected.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// No writer was configured.
+    #[error("`{key}` is not set: set it to the writer's URL, or set `{alternative}`")]
+    Missing {
+        /// The setting that was expected.
+        key: String,
+        /// The setting that can stand in for it.
+        alternative: String,
+    },
+    /// Two settings that exclude each other are both set.
+    #[error("`{first}` and `{second}` are both set: set only one of them")]
+    Conflict {
+        /// The first setting.
+        first: String,
+        /// The second setting.
+        second: String,
+    },
+    /// A URL setting is blank.
+    #[error("`{key}` is empty: expected a URL such as postgres://user:password@host:5432/database")]
+    Empty {
+        /// The setting.
+        key: String,
+    },
+    /// A URL does not parse or cannot be used.
+    #[error("`{key}` = `{value}` is not a usable PostgreSQL URL: {problem}")]
+    InvalidUrl {
+        /// The setting, with the list index for list entries.
+        key: String,
+        /// The value, credentials hidden.
+        value: String,
+        /// What is wrong and what is expected.
+        problem: String,
+    },
+    /// A `host[:port]` replica entry is malformed.
+    #[error(
+        "`{key}` = `{value}` is not a valid replica address: {problem}; expected host or host:port"
+    )]
+    InvalidHost {
+        /// The setting, with the list index.
+        key: String,
+        /// The value, credentials hidden.
+        value: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The same server and database is listed twice as a replica.
+    #[error("`{key}`: replica {address} is listed twice")]
+    DuplicateReplica {
+        /// The setting, with the list index of the second listing.
+        key: String,
+        /// The replica's `host:port`.
+        address: String,
+    },
+    /// A replica is the writer itself.
+    #[error("`{key}`: replica {address} is the writer; list only read replicas")]
+    ReplicaIsWriter {
+        /// The setting, with the list index.
+        key: String,
+        /// The writer's `host:port`.
+        address: String,
+    },
+    /// The secret is not a JSON document of the expected shape.
+    #[error(
+        "`{key}` is not a valid database secret: {reason}; expected JSON such as \
+         {{\"username\":..,\"password\":..,\"host\":..,\"port\":5432,\"dbname\":..}}"
+    )]
+    InvalidSecret {
+        /// The setting holding the secret.
+        key: String,
+        /// What is wrong, never quoting the secret.
+        reason: String,
+    },
+    /// A field of the secret is missing or has the wrong type.
+    #[error("`{key}`: field `{field}` of the database secret {problem}")]
+    SecretField {
+        /// The setting holding the secret.
+        key: String,
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// A numeric setting does not parse.
+    #[error("`{key}` = `{value}` is not a whole number")]
+    InvalidNumber {
+        /// The setting.
+        key: String,
+        /// Its value.
+        value: String,
+    },
+    /// A pool of size zero could never serve a query.
+    #[error("`{key}` is 0: a pool needs at least one connection")]
+    ZeroPoolSize {
+        /// The setting.
+        key: String,
+    },
+    /// More connections to warm up than the pool may hold.
+    #[error("`{key}` = {warm_up} is larger than the pool size {max_size}")]
+    WarmUpTooLarge {
+        /// The setting.
+        key: String,
+        /// Connections asked for at start.
+        warm_up: usize,
+        /// The pool's size.
+        max_size: usize,
+    },
+}
+
+/// Why a routed query did not return its result.
+///
+/// Routing failures ([`Error::Checkout`]) are told apart from the query's
+/// own errors ([`Error::Query`], [`Error::ReadOnlyViolation`]). Every variant
+/// names the node, by role and `host:port`, never with credentials.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// No connection could be had from the node's pool: the wait, connect or
+    /// recycle timeout expired, or connecting failed.
+    #[error("no connection to {node}: {error}")]
+    Checkout {
+        /// The node, as `role (host:port)`.
+        node: String,
+        /// The pool's error.
+        error: PoolError,
+    },
+    /// The query failed; its error is diesel's.
+    #[error("{error} (on {node})")]
+    Query {
+        /// The node that ran it.
+        node: String,
+        /// Diesel's error.
+        error: DieselError,
+    },
+    /// A statement on the read path tried to write. Reads run in `READ ONLY`
+    /// transactions; writes belong on the writer path.
+    #[error(
+        "{error} (on {node}): the read path is read-only; run writes with `write` or `transaction`"
+    )]
+    ReadOnlyViolation {
+        /// The node that refused it.
+        node: String,
+        /// Diesel's error, `DatabaseErrorKind::ReadOnlyTransaction`.
+        error: DieselError,
+    },
+}
+
+impl Error {
+    /// The diesel error of a failed query, if that is what this is.
+    pub fn query_error(&self) -> Option<&DieselError> {
+        match self {
+            Self::Query { error, .. } | Self::ReadOnlyViolation { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+
+    /// Whether waiting for a connection, connecting, or checking a
+    /// connection timed out.
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            Self::Checkout {
+                error: PoolError::Timeout(_),
+                ..
+            }
+        )
+    }
+
+    pub(crate) fn from_query(node: String, error: DieselError, read_only: bool) -> Self {
+        match error {
+            DieselError::DatabaseError(DatabaseErrorKind::ReadOnlyTransaction, _) if read_only => {
+                Self::ReadOnlyViolation { node, error }
+            }
+            error => Self::Query { node, error },
+        }
+    }
+}

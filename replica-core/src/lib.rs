@@ -1,0 +1,17 @@
+//! Runtime of [diesel-replica](https://docs.rs/diesel-replica): configuration,
+//! one writer pool and any number of replica pools, and the routing of each
+//! query to the right one.
+//!
+//! Most applications depend on `diesel-replica`, which re-exports this crate.
+#![forbid(unsafe_code)]
+
+mod config;
+mod error;
+mod set;
+mod url;
+
+pub use crate::config::{Config, PoolConfig};
+pub use crate::error::{ConfigError, Error};
+pub use crate::set::{AsyncFunc, NodeStatus, ReplicaSet, Role, Status};
+pub use crate::url::DatabaseUrl;
+pub use diesel_async::AsyncPgConnection;
