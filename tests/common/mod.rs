@@ -1,0 +1,86 @@
+//! One throwaway replication cluster per test binary, shared by its tests.
+//!
+//! Test binaries that use it set `harness = false` and run their tests
+//! through libtest-mimic, so the cluster is started once before the tests
+//! and stopped and removed after them (a `static` would never be dropped).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use diesel::QueryableByName;
+use diesel::sql_types::{Bool, Integer, Text};
+use libtest_mimic::{Arguments, Trial};
+use replica_testkit::Cluster;
+
+/// The future of one test.
+pub(crate) type TestFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A test: its name and an async function of the shared cluster.
+pub(crate) type Test = (&'static str, fn(Arc<Cluster>) -> TestFuture);
+
+/// Starts a cluster with `replicas` replicas, runs `setup` on it, then the
+/// tests, then removes the cluster.
+pub(crate) fn run(replicas: usize, setup: &str, tests: Vec<Test>) -> ExitCode {
+    let args = Arguments::from_args();
+    let cluster = (!args.list).then(|| {
+        let cluster = Cluster::start(replicas)
+            .unwrap_or_else(|e| panic!("cannot start the test cluster: {e}"));
+        cluster
+            .psql(replica_testkit::NodeId::Primary, setup)
+            .unwrap_or_else(|e| panic!("setup failed: {e}"));
+        cluster
+            .wait_for_replication()
+            .unwrap_or_else(|e| panic!("replicas did not catch up: {e}"));
+        Arc::new(cluster)
+    });
+    let trials = tests
+        .into_iter()
+        .map(|(name, test)| {
+            let cluster = cluster.clone();
+            Trial::test(name, move || {
+                let cluster = cluster.expect("the cluster runs unless listing");
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("a tokio runtime")
+                    .block_on(test(cluster));
+                Ok(())
+            })
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    drop(cluster);
+    conclusion.exit_code()
+}
+
+/// Wraps an async test function for [`run`].
+#[macro_export]
+macro_rules! tests {
+    ($($name:ident),* $(,)?) => {
+        vec![$((
+            stringify!($name),
+            (|c| -> common::TestFuture { Box::pin($name(c)) }) as fn(_) -> _,
+        )),*]
+    };
+}
+
+/// Which server answered, asked of the server itself.
+#[derive(QueryableByName, Debug)]
+pub(crate) struct Served {
+    /// `inet_server_port()`.
+    #[diesel(sql_type = Integer)]
+    pub(crate) port: i32,
+    /// `pg_is_in_recovery()`: true on a replica.
+    #[diesel(sql_type = Bool)]
+    pub(crate) in_recovery: bool,
+    /// `transaction_read_only`: `on` inside a READ ONLY transaction.
+    #[diesel(sql_type = Text)]
+    pub(crate) read_only: String,
+}
+
+/// The query behind [`Served`].
+pub(crate) const WHO_SERVED: &str = "SELECT inet_server_port() AS port, pg_is_in_recovery() AS in_recovery, \
+     current_setting('transaction_read_only') AS read_only";

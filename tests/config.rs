@@ -1,0 +1,410 @@
+//! Configuration from the environment, from a secret and from serde: what
+//! each bad input reports, and that no password ever shows.
+
+use std::time::Duration;
+
+use diesel_replica::{Config, ConfigError};
+
+const PASSWORD: &str = "s3cr3t-Pa55";
+
+fn env(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    Config::from_vars(None, vars.iter().copied())
+}
+
+fn env_err(vars: &[(&str, &str)]) -> ConfigError {
+    let err = env(vars).expect_err("configuration should be rejected");
+    let text = format!("{err} {err:?}");
+    assert!(!text.contains(PASSWORD), "password leaked: {text}");
+    err
+}
+
+fn writer() -> String {
+    format!("postgres://app:{PASSWORD}@writer.internal:5432/app")
+}
+
+#[test]
+fn replica_urls_tolerate_blanks_and_a_trailing_comma() {
+    let urls =
+        format!(" postgres://app:{PASSWORD}@r1:5432/app, ,postgres://app:{PASSWORD}@r2:5432/app,");
+    let config = env(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_REPLICA_URLS", &urls),
+    ])
+    .unwrap();
+    let addresses: Vec<_> = config.replicas.iter().map(|r| r.address()).collect();
+    assert_eq!(addresses, ["r1:5432", "r2:5432"]);
+}
+
+#[test]
+fn replica_hosts_inherit_credentials_database_and_port_from_the_writer() {
+    let config = env(&[
+        ("DATABASE_URL", &format!("{}?sslmode=disable", writer())),
+        (
+            "DATABASE_REPLICA_HOSTS",
+            "reader-1,reader-2:6432,[::1]:7000",
+        ),
+    ])
+    .unwrap();
+    let shown: Vec<_> = config.replicas.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        [
+            "postgres://app:***@reader-1:5432/app?sslmode=disable",
+            "postgres://app:***@reader-2:6432/app?sslmode=disable",
+            "postgres://app:***@[::1]:7000/app?sslmode=disable",
+        ]
+    );
+}
+
+#[test]
+fn any_number_of_replicas_including_none() {
+    let config = env(&[("DATABASE_URL", &writer())]).unwrap();
+    assert!(config.replicas.is_empty());
+    let hosts: Vec<_> = (0..40).map(|i| format!("reader-{i}")).collect();
+    let config = env(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_REPLICA_HOSTS", &hosts.join(",")),
+    ])
+    .unwrap();
+    assert_eq!(config.replicas.len(), 40);
+}
+
+#[test]
+fn secret_json_as_ecs_injects_it_with_port_as_number_or_string() {
+    for port in [r#"5433"#, r#""5433""#] {
+        let secret = format!(
+            r#"{{"username":"app","password":"{PASSWORD}","engine":"postgres","host":"aurora.cluster","port":{port},"dbname":"main","dbClusterIdentifier":"x"}}"#
+        );
+        let config = env(&[
+            ("DATABASE_SECRET", &secret),
+            ("DATABASE_REPLICA_HOSTS", "reader-a"),
+        ])
+        .unwrap();
+        assert_eq!(
+            config.writer.to_string(),
+            "postgres://app:***@aurora.cluster:5433/main"
+        );
+        assert_eq!(config.replicas[0].address(), "reader-a:5433");
+    }
+}
+
+#[test]
+fn secret_password_with_url_special_characters_survives() {
+    let secret =
+        r#"{"username":"app","password":"p@ss:w/rd?#","host":"h","port":5432,"dbname":"d"}"#;
+    let config = env(&[("DATABASE_SECRET", secret)]).unwrap();
+    assert_eq!(config.writer.to_string(), "postgres://app:***@h:5432/d");
+}
+
+#[test]
+fn prefix_selects_its_own_variables() {
+    let vars = [
+        ("DATABASE_URL", "postgres://main-writer/app".to_owned()),
+        ("ANALYTICS_DATABASE_URL", writer()),
+        ("ANALYTICS_DATABASE_REPLICA_HOSTS", "olap-1".to_owned()),
+    ];
+    for prefix in ["ANALYTICS", "ANALYTICS_"] {
+        let config = Config::from_vars(Some(prefix), vars.clone()).unwrap();
+        assert_eq!(config.writer.address(), "writer.internal:5432");
+        assert_eq!(config.replicas.len(), 1);
+    }
+    let err = Config::from_vars(Some("BILLING"), vars).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("`BILLING_DATABASE_URL` is not set"),
+        "{err}"
+    );
+}
+
+#[test]
+fn pool_settings_from_env() {
+    let config = env(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_WRITER_POOL_SIZE", "4"),
+        ("DATABASE_REPLICA_POOL_SIZE", "32"),
+        ("DATABASE_WARM_UP", "3"),
+        ("DATABASE_POOL_TIMEOUT_MS", "250"),
+        ("DATABASE_CONNECT_TIMEOUT_MS", "1500"),
+        ("DATABASE_RECYCLE_TIMEOUT_MS", "100"),
+        ("DATABASE_APPLICATION_NAME", "billing"),
+    ])
+    .unwrap();
+    assert_eq!(config.writer_pool.max_size, 4);
+    assert_eq!(config.replica_pool.max_size, 32);
+    for pool in [&config.writer_pool, &config.replica_pool] {
+        assert_eq!(pool.warm_up, 3);
+        assert_eq!(pool.wait_timeout, Some(Duration::from_millis(250)));
+        assert_eq!(pool.connect_timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(pool.recycle_timeout, Some(Duration::from_millis(100)));
+    }
+    assert_eq!(config.application_name, "billing");
+}
+
+#[test]
+fn env_and_serde_give_the_same_config() {
+    let from_env = env(&[
+        ("DATABASE_URL", &writer()),
+        (
+            "DATABASE_REPLICA_URLS",
+            &format!("postgres://app:{PASSWORD}@r1/app"),
+        ),
+        ("DATABASE_REPLICA_HOSTS", "r2:5433"),
+        ("DATABASE_REPLICA_POOL_SIZE", "20"),
+        ("DATABASE_WARM_UP", "2"),
+        ("DATABASE_POOL_TIMEOUT_MS", "750"),
+        ("DATABASE_APPLICATION_NAME", "svc"),
+    ])
+    .unwrap();
+    let json = serde_json::json!({
+        "url": writer(),
+        "replica_urls": [format!("postgres://app:{PASSWORD}@r1/app")],
+        "replica_hosts": ["r2:5433"],
+        "application_name": "svc",
+        "writer_pool": { "warm_up": 2, "wait_timeout_ms": 750 },
+        "replica_pool": { "max_size": 20, "warm_up": 2, "wait_timeout_ms": 750 }
+    });
+    let from_serde: Config = serde_json::from_value(json).unwrap();
+    assert_eq!(from_env, from_serde);
+
+    let secret = format!(
+        r#"{{"username":"app","password":"{PASSWORD}","host":"h","port":"5432","dbname":"d"}}"#
+    );
+    let from_env = env(&[("DATABASE_SECRET", &secret)]).unwrap();
+    let from_serde: Config = serde_json::from_value(serde_json::json!({
+        "secret": serde_json::from_str::<serde_json::Value>(&secret).unwrap()
+    }))
+    .unwrap();
+    assert_eq!(from_env, from_serde);
+}
+
+#[test]
+fn serde_rejects_unknown_fields_and_reports_config_errors() {
+    let err = serde_json::from_str::<Config>(r#"{"url":"postgres://h/d","replicas_urls":[]}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown field `replicas_urls`"), "{err}");
+    let err = serde_json::from_str::<Config>(r#"{"replica_hosts":["r1"]}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`url` is not set"), "{err}");
+}
+
+#[test]
+fn missing_writer_names_both_ways_to_set_it() {
+    let err = env_err(&[("DATABASE_REPLICA_HOSTS", "r1")]);
+    assert!(matches!(err, ConfigError::Missing { .. }));
+    assert_eq!(
+        err.to_string(),
+        "`DATABASE_URL` is not set: set it to the writer's URL, or set `DATABASE_SECRET`"
+    );
+}
+
+#[test]
+fn empty_writer_is_rejected() {
+    let err = env_err(&[("DATABASE_URL", "  ")]);
+    assert!(
+        matches!(err, ConfigError::Empty { ref key } if key == "DATABASE_URL"),
+        "{err}"
+    );
+}
+
+#[test]
+fn url_and_secret_together_conflict() {
+    let err = env_err(&[("DATABASE_URL", &writer()), ("DATABASE_SECRET", "{}")]);
+    assert_eq!(
+        err.to_string(),
+        "`DATABASE_URL` and `DATABASE_SECRET` are both set: set only one of them"
+    );
+}
+
+#[test]
+fn malformed_urls_name_the_key_and_hide_the_password() {
+    let cases = [
+        (
+            format!("postgres://app:{PASSWORD}@host:99999/db"),
+            "invalid port number",
+        ),
+        (
+            format!("mysql://app:{PASSWORD}@host/db"),
+            "scheme `mysql` is not supported",
+        ),
+        ("no url here".to_owned(), "relative URL without a base"),
+    ];
+    for (url, problem) in cases {
+        let err = env_err(&[("DATABASE_URL", &url)]);
+        assert!(matches!(err, ConfigError::InvalidUrl { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(text.starts_with("`DATABASE_URL` = `"), "{text}");
+        assert!(text.contains(problem), "{text}");
+    }
+    let urls = format!("postgres://r1/db,postgres://app:{PASSWORD}@r2:port/db");
+    let err = env_err(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_REPLICA_URLS", &urls),
+    ]);
+    assert!(
+        err.to_string()
+            .starts_with("`DATABASE_REPLICA_URLS[1]` = `postgres://***@r2:port/db`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn malformed_replica_host_is_rejected() {
+    let err = env_err(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_REPLICA_HOSTS", "ok,bad:port"),
+    ]);
+    assert!(
+        matches!(err, ConfigError::InvalidHost { ref key, .. } if key == "DATABASE_REPLICA_HOSTS[1]"),
+        "{err}"
+    );
+    let err = env_err(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_REPLICA_HOSTS", "host/db"),
+    ]);
+    assert!(
+        err.to_string().contains("expected host or host:port"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_and_unsupported_sslmodes_are_rejected() {
+    let err = env_err(&[("DATABASE_URL", &format!("{}?sslmode=maybe", writer()))]);
+    assert!(
+        err.to_string().contains("sslmode `maybe` is unknown; expected one of disable, allow, prefer, require, verify-ca, verify-full"),
+        "{err}"
+    );
+    let err = env_err(&[("DATABASE_URL", &format!("{}?sslmode=verify-full", writer()))]);
+    assert!(
+        err.to_string().contains("sslmode `verify-full` needs TLS"),
+        "{err}"
+    );
+    assert!(env(&[("DATABASE_URL", &format!("{}?sslmode=prefer", writer()))]).is_ok());
+}
+
+#[test]
+fn duplicate_replica_is_rejected() {
+    let err = env_err(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_REPLICA_URLS", "postgres://u@r1:5432/app"),
+        ("DATABASE_REPLICA_HOSTS", "R1"),
+    ]);
+    assert_eq!(
+        err.to_string(),
+        "`DATABASE_REPLICA_HOSTS[0]`: replica R1:5432 is listed twice"
+    );
+}
+
+#[test]
+fn replica_equal_to_writer_is_rejected() {
+    let err = env_err(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_REPLICA_HOSTS", "writer.internal"),
+    ]);
+    assert!(
+        matches!(err, ConfigError::ReplicaIsWriter { .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("replica writer.internal:5432 is the writer"),
+        "{err}"
+    );
+}
+
+#[test]
+fn invalid_secret_json_is_rejected_without_quoting_it() {
+    let err = env_err(&[("DATABASE_SECRET", &format!(r#"{{"password":"{PASSWORD}""#))]);
+    assert!(matches!(err, ConfigError::InvalidSecret { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .starts_with("`DATABASE_SECRET` is not a valid database secret"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_or_mistyped_secret_fields_are_named() {
+    let cases = [
+        (r#"{"password":"P","host":"h"}"#, "username", "is missing"),
+        (r#"{"username":"u","host":"h"}"#, "password", "is missing"),
+        (r#"{"username":"u","password":"P"}"#, "host", "is missing"),
+        (
+            r#"{"username":"u","password":"P","host":"h","port":"http"}"#,
+            "port",
+            "is not a port number",
+        ),
+        (
+            r#"{"username":"u","password":"P","host":"h","port":70000}"#,
+            "port",
+            "is not a port number",
+        ),
+        (
+            r#"{"username":"u","password":7,"host":"h"}"#,
+            "password",
+            "is not a non-empty string",
+        ),
+    ];
+    for (secret, field, problem) in cases {
+        let secret = secret.replace("\"P\"", &format!("\"{PASSWORD}\""));
+        let err = env_err(&[("DATABASE_SECRET", &secret)]);
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("field `{field}` of the database secret {problem}")),
+            "{secret}: {text}"
+        );
+    }
+}
+
+#[test]
+fn bad_numbers_and_pool_sizes_are_rejected() {
+    let err = env_err(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_REPLICA_POOL_SIZE", "ten"),
+    ]);
+    assert_eq!(
+        err.to_string(),
+        "`DATABASE_REPLICA_POOL_SIZE` = `ten` is not a whole number"
+    );
+    let err = env_err(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_WRITER_POOL_SIZE", "0"),
+    ]);
+    assert_eq!(
+        err.to_string(),
+        "`DATABASE_WRITER_POOL_SIZE` is 0: a pool needs at least one connection"
+    );
+    let err = env_err(&[("DATABASE_URL", &writer()), ("DATABASE_WARM_UP", "11")]);
+    assert_eq!(
+        err.to_string(),
+        "`DATABASE_WARM_UP` = 11 is larger than the pool size 10"
+    );
+}
+
+#[test]
+fn debug_of_a_config_hides_every_password() {
+    let config = env(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_REPLICA_HOSTS", "r1,r2"),
+    ])
+    .unwrap();
+    let text = format!("{config:?}");
+    assert!(!text.contains(PASSWORD), "{text}");
+    assert_eq!(text.matches("app:***@").count(), 3, "{text}");
+}
+
+#[test]
+fn builder_checks_like_the_environment() {
+    let config = Config::new(&writer())
+        .unwrap()
+        .with_replica("postgres://r1/app")
+        .unwrap();
+    assert_eq!(config.replicas.len(), 1);
+    let err = config.with_replica("postgres://r1/app").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "`replicas[1]`: replica r1:5432 is listed twice"
+    );
+}

@@ -1,0 +1,344 @@
+//! Routing against a real primary and three streaming replicas: where reads
+//! and writes run is asked of the server that ran them.
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use common::{Served, WHO_SERVED};
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel_async::RunQueryDsl;
+use diesel_replica::{Config, Error, ReplicaSet};
+use replica_testkit::{Cluster, NodeId};
+
+const SETUP: &str = "CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL)";
+
+fn main() -> ExitCode {
+    common::run(
+        3,
+        SETUP,
+        tests![
+            reads_land_on_replicas_in_read_only_transactions,
+            writes_land_on_the_writer,
+            every_replica_serves_reads,
+            zero_replicas_reads_go_to_the_writer_read_only,
+            read_fresh_runs_on_the_writer_read_only,
+            write_on_the_read_path_fails_with_the_read_only_error,
+            transaction_commits_on_ok_and_rolls_back_on_err,
+            query_errors_are_told_apart_from_routing_errors,
+            reads_run_concurrently_from_spawned_tasks,
+            warm_up_opens_connections_on_every_node,
+            unreachable_replica_is_a_checkout_error_without_the_password,
+            wrong_password_is_reported_without_the_password,
+        ],
+    )
+}
+
+fn config(cluster: &Cluster) -> Config {
+    cluster
+        .replica_urls()
+        .iter()
+        .try_fold(
+            Config::new(&cluster.writer_url()).unwrap(),
+            |config, url| config.with_replica(url),
+        )
+        .unwrap()
+}
+
+async fn connect(cluster: &Cluster) -> ReplicaSet {
+    ReplicaSet::connect(config(cluster)).await.unwrap()
+}
+
+fn replica_ports(cluster: &Cluster) -> HashSet<i32> {
+    cluster
+        .replicas()
+        .iter()
+        .map(|n| i32::from(n.port()))
+        .collect()
+}
+
+async fn who_served_read(db: &ReplicaSet) -> Served {
+    db.read(async |conn| diesel::sql_query(WHO_SERVED).get_result(conn).await)
+        .await
+        .unwrap()
+}
+
+async fn reads_land_on_replicas_in_read_only_transactions(cluster: Arc<Cluster>) {
+    let db = connect(&cluster).await;
+    for _ in 0..6 {
+        let served = who_served_read(&db).await;
+        assert!(replica_ports(&cluster).contains(&served.port), "{served:?}");
+        assert!(served.in_recovery, "{served:?}");
+        assert_eq!(served.read_only, "on");
+    }
+}
+
+async fn writes_land_on_the_writer(cluster: Arc<Cluster>) {
+    let db = connect(&cluster).await;
+    let writer_port = i32::from(cluster.primary().port());
+    for served in [
+        db.write(async |conn| {
+            diesel::sql_query(WHO_SERVED)
+                .get_result::<Served>(conn)
+                .await
+        })
+        .await,
+        db.transaction(async |conn| {
+            diesel::sql_query(WHO_SERVED)
+                .get_result::<Served>(conn)
+                .await
+        })
+        .await,
+    ] {
+        let served = served.unwrap();
+        assert_eq!(served.port, writer_port);
+        assert!(!served.in_recovery);
+        assert_eq!(served.read_only, "off");
+    }
+    let inserted = db
+        .write(async |conn| {
+            diesel::sql_query("INSERT INTO items (name) VALUES ('written') RETURNING inet_server_port() AS port, pg_is_in_recovery() AS in_recovery, 'off' AS read_only")
+                .get_result::<Served>(conn)
+                .await
+        })
+        .await
+        .unwrap();
+    assert_eq!(inserted.port, writer_port);
+    let on_primary = cluster
+        .psql(
+            NodeId::Primary,
+            "SELECT count(*) FROM items WHERE name = 'written'",
+        )
+        .unwrap();
+    assert_eq!(on_primary, "1");
+}
+
+async fn every_replica_serves_reads(cluster: Arc<Cluster>) {
+    let db = connect(&cluster).await;
+    let mut seen = HashSet::new();
+    for _ in 0..12 {
+        seen.insert(who_served_read(&db).await.port);
+    }
+    assert_eq!(seen, replica_ports(&cluster));
+}
+
+async fn zero_replicas_reads_go_to_the_writer_read_only(cluster: Arc<Cluster>) {
+    let db = ReplicaSet::connect(Config::new(&cluster.writer_url()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(db.replica_count(), 0);
+    let served = who_served_read(&db).await;
+    assert_eq!(served.port, i32::from(cluster.primary().port()));
+    assert!(!served.in_recovery);
+    assert_eq!(served.read_only, "on");
+    let err = db
+        .read(async |conn| {
+            diesel::sql_query("INSERT INTO items (name) VALUES ('nope')")
+                .execute(conn)
+                .await
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::ReadOnlyViolation { .. }), "{err:?}");
+}
+
+async fn read_fresh_runs_on_the_writer_read_only(cluster: Arc<Cluster>) {
+    let db = connect(&cluster).await;
+    let served = db
+        .read_fresh(async |conn| {
+            diesel::sql_query(WHO_SERVED)
+                .get_result::<Served>(conn)
+                .await
+        })
+        .await
+        .unwrap();
+    assert_eq!(served.port, i32::from(cluster.primary().port()));
+    assert_eq!(served.read_only, "on");
+}
+
+async fn write_on_the_read_path_fails_with_the_read_only_error(cluster: Arc<Cluster>) {
+    let db = connect(&cluster).await;
+    let insert = async |conn: &mut diesel_async::AsyncPgConnection| {
+        diesel::sql_query("INSERT INTO items (name) VALUES ('sneaky')")
+            .execute(conn)
+            .await
+    };
+    for err in [
+        db.read(insert).await.unwrap_err(),
+        db.read_fresh(insert).await.unwrap_err(),
+    ] {
+        assert!(matches!(err, Error::ReadOnlyViolation { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("cannot execute INSERT in a read-only transaction"),
+            "{text}"
+        );
+        assert!(text.contains("the read path is read-only"), "{text}");
+    }
+    let count = cluster
+        .psql(
+            NodeId::Primary,
+            "SELECT count(*) FROM items WHERE name = 'sneaky'",
+        )
+        .unwrap();
+    assert_eq!(count, "0");
+}
+
+async fn transaction_commits_on_ok_and_rolls_back_on_err(cluster: Arc<Cluster>) {
+    let db = connect(&cluster).await;
+    let err = db
+        .transaction(async |conn| {
+            diesel::sql_query("INSERT INTO items (name) VALUES ('rolled-back')")
+                .execute(conn)
+                .await?;
+            Err::<(), _>(DieselError::RollbackTransaction)
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Query {
+                error: DieselError::RollbackTransaction,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    db.transaction(async |conn| {
+        diesel::sql_query("INSERT INTO items (name) VALUES ('committed')")
+            .execute(conn)
+            .await
+    })
+    .await
+    .unwrap();
+    let names = cluster
+        .psql(
+            NodeId::Primary,
+            "SELECT string_agg(name, ',') FROM items WHERE name IN ('rolled-back', 'committed')",
+        )
+        .unwrap();
+    assert_eq!(names, "committed");
+}
+
+async fn query_errors_are_told_apart_from_routing_errors(cluster: Arc<Cluster>) {
+    let db = connect(&cluster).await;
+    let err = db
+        .read(async |conn| {
+            diesel::sql_query("SELECT * FROM no_such_table")
+                .execute(conn)
+                .await
+        })
+        .await
+        .unwrap_err();
+    match &err {
+        Error::Query {
+            node,
+            error: DieselError::DatabaseError(DatabaseErrorKind::Unknown, info),
+        } => {
+            assert!(node.starts_with("replica-"), "{node}");
+            assert!(info.message().contains("no_such_table"));
+        }
+        other => panic!("expected a query error, got {other:?}"),
+    }
+    assert!(!err.is_timeout());
+    assert!(err.query_error().is_some());
+}
+
+async fn reads_run_concurrently_from_spawned_tasks(cluster: Arc<Cluster>) {
+    let db = connect(&cluster).await;
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.read(async |conn| {
+                    diesel::sql_query("SELECT pg_sleep(0.05)")
+                        .execute(conn)
+                        .await?;
+                    diesel::sql_query(WHO_SERVED)
+                        .get_result::<Served>(conn)
+                        .await
+                })
+                .await
+            })
+        })
+        .collect();
+    let mut ports = HashSet::new();
+    for task in tasks {
+        ports.insert(task.await.unwrap().unwrap().port);
+    }
+    assert_eq!(ports, replica_ports(&cluster));
+}
+
+async fn warm_up_opens_connections_on_every_node(cluster: Arc<Cluster>) {
+    let mut config = config(&cluster);
+    config.application_name = "warm-up-test".into();
+    config.writer_pool.warm_up = 2;
+    config.replica_pool.warm_up = 3;
+    let db = ReplicaSet::connect(config).await.unwrap();
+    let count = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'warm-up-test'";
+    assert_eq!(cluster.psql(NodeId::Primary, count).unwrap(), "2");
+    for i in 0..3 {
+        assert_eq!(cluster.psql(NodeId::Replica(i), count).unwrap(), "3");
+    }
+    let status = db.status();
+    assert_eq!(status.writer.size, 2);
+    assert!(
+        status
+            .replicas
+            .iter()
+            .all(|r| r.size == 3 && r.available == 3)
+    );
+}
+
+async fn unreachable_replica_is_a_checkout_error_without_the_password(cluster: Arc<Cluster>) {
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut config = Config::new(&cluster.writer_url()).unwrap();
+    let dead = format!(
+        "postgres://postgres:{}@127.0.0.1:{closed_port}/postgres",
+        cluster.password()
+    );
+    config = config.with_replica(&dead).unwrap();
+    let db = ReplicaSet::connect(config)
+        .await
+        .expect("a dead replica does not stop start-up");
+    let err = who_served_read_err(&db).await;
+    assert!(matches!(err, Error::Checkout { .. }), "{err:?}");
+    let text = format!("{err} {err:?}");
+    assert!(
+        text.contains(&format!("replica-0 (127.0.0.1:{closed_port})")),
+        "{text}"
+    );
+    assert!(!text.contains(cluster.password()), "{text}");
+}
+
+async fn wrong_password_is_reported_without_the_password(cluster: Arc<Cluster>) {
+    let wrong = "Wr0ng-Pa55word";
+    let url = format!(
+        "postgres://postgres:{wrong}@127.0.0.1:{}/postgres",
+        cluster.primary().port()
+    );
+    let err = match ReplicaSet::connect(Config::new(&url).unwrap()).await {
+        Err(err) => err,
+        Ok(_) => panic!("a wrong password must fail the writer's warm-up"),
+    };
+    let text = format!("{err} {err:?}");
+    assert!(text.contains("password authentication failed"), "{text}");
+    assert!(!text.contains(wrong), "{text}");
+}
+
+async fn who_served_read_err(db: &ReplicaSet) -> Error {
+    db.read(async |conn| {
+        diesel::sql_query(WHO_SERVED)
+            .get_result::<Served>(conn)
+            .await
+    })
+    .await
+    .unwrap_err()
+}
