@@ -6,6 +6,8 @@ mod common;
 use std::collections::HashSet;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
 
 use common::{Served, WHO_SERVED};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
@@ -32,6 +34,7 @@ fn main() -> ExitCode {
             warm_up_opens_connections_on_every_node,
             unreachable_replica_is_a_checkout_error_without_the_password,
             wrong_password_is_reported_without_the_password,
+            a_cancelled_read_does_not_hand_its_open_transaction_to_the_next,
         ],
     )
 }
@@ -341,4 +344,53 @@ async fn who_served_read_err(db: &ReplicaSet) -> Error {
     })
     .await
     .unwrap_err()
+}
+
+async fn a_cancelled_read_does_not_hand_its_open_transaction_to_the_next(cluster: Arc<Cluster>) {
+    let mut config = Config::new(&cluster.writer_url())
+        .unwrap()
+        .with_replica(&cluster.replica_urls()[0])
+        .unwrap();
+    config.replica_pool.max_size = 1;
+    let db = ReplicaSet::connect(config).await.unwrap();
+    let cancelled_pid = Arc::new(AtomicI32::new(0));
+    let pid_slot = cancelled_pid.clone();
+    let slow = db.read(async move |conn| {
+        pid_slot.store(backend_pid(conn).await?, Ordering::SeqCst);
+        diesel::sql_query("SELECT pg_sleep(30)").execute(conn).await
+    });
+    let timed_out = tokio::time::timeout(Duration::from_millis(300), slow).await;
+    assert!(
+        timed_out.is_err(),
+        "the slow read should have been cancelled"
+    );
+    // `RunQueryDsl::load` is in scope too: name the atomic's.
+    let cancelled_pid = AtomicI32::load(&cancelled_pid, Ordering::SeqCst);
+    assert_ne!(cancelled_pid, 0, "the slow read never started");
+
+    let (pid, served) = db
+        .read(async |conn| {
+            let pid = backend_pid(conn).await?;
+            Ok((
+                pid,
+                diesel::sql_query(WHO_SERVED)
+                    .get_result::<Served>(conn)
+                    .await?,
+            ))
+        })
+        .await
+        .unwrap();
+    assert_ne!(
+        pid, cancelled_pid,
+        "the connection left inside a transaction was reused"
+    );
+    assert_eq!(served.read_only, "on");
+}
+
+async fn backend_pid(conn: &mut diesel_async::AsyncPgConnection) -> diesel::QueryResult<i32> {
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
+        "pg_backend_pid()",
+    ))
+    .get_result(conn)
+    .await
 }

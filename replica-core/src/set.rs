@@ -90,8 +90,26 @@ struct Node {
     warm_up: usize,
 }
 
-const BEGIN_READ_ONLY: &str = "BEGIN TRANSACTION READ ONLY";
-const BEGIN: &str = "BEGIN";
+/// How a routed closure runs on its connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Inside `BEGIN TRANSACTION READ ONLY`.
+    ReadOnly,
+    /// Inside `BEGIN`.
+    Transaction,
+    /// Outside any transaction.
+    Autocommit,
+}
+
+impl Mode {
+    fn begin(self) -> Option<&'static str> {
+        match self {
+            Self::ReadOnly => Some("BEGIN TRANSACTION READ ONLY"),
+            Self::Transaction => Some("BEGIN"),
+            Self::Autocommit => None,
+        }
+    }
+}
 
 impl Node {
     fn new(
@@ -133,6 +151,20 @@ impl Node {
     async fn warm_up(&self) -> Result<(), PoolError> {
         try_join_all((0..self.warm_up).map(|_| self.pool.get())).await?;
         Ok(())
+    }
+
+    async fn run<T, F>(&self, mode: Mode, f: F) -> Result<T, Error>
+    where
+        F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, QueryResult<T>, Fut: Send> + Send,
+        T: Send,
+    {
+        let mut conn = self.get().await?;
+        let conn: &mut AsyncPgConnection = &mut conn;
+        let result = match mode.begin() {
+            None => f(conn).await,
+            Some(begin) => in_transaction(conn, begin, f).await,
+        };
+        result.map_err(|error| Error::from_query(self.label.clone(), error, mode == Mode::ReadOnly))
     }
 
     fn status(&self) -> NodeStatus {
@@ -250,7 +282,7 @@ impl ReplicaSet {
             + Send,
         T: Send,
     {
-        self.run(self.inner.pick_reader(), Some(BEGIN_READ_ONLY), f)
+        self.inner.pick_reader().run(Mode::ReadOnly, f)
     }
 
     /// Runs `f` on the writer inside a `READ ONLY` transaction: a read that
@@ -265,7 +297,7 @@ impl ReplicaSet {
             + Send,
         T: Send,
     {
-        self.run(&self.inner.writer, Some(BEGIN_READ_ONLY), f)
+        self.inner.writer.run(Mode::ReadOnly, f)
     }
 
     /// Runs `f` on the writer, outside any transaction: each statement
@@ -281,7 +313,7 @@ impl ReplicaSet {
             + Send,
         T: Send,
     {
-        self.run(&self.inner.writer, None, f)
+        self.inner.writer.run(Mode::Autocommit, f)
     }
 
     /// Runs `f` on the writer inside a transaction, committed when `f`
@@ -296,7 +328,7 @@ impl ReplicaSet {
             + Send,
         T: Send,
     {
-        self.run(&self.inner.writer, Some(BEGIN), f)
+        self.inner.writer.run(Mode::Transaction, f)
     }
 
     /// How many replicas the set holds.
@@ -310,22 +342,6 @@ impl ReplicaSet {
             writer: self.inner.writer.status(),
             replicas: self.inner.replicas.iter().map(Node::status).collect(),
         }
-    }
-
-    async fn run<T, F>(&self, node: &Node, begin: Option<&'static str>, f: F) -> Result<T, Error>
-    where
-        F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, QueryResult<T>, Fut: Send> + Send,
-        T: Send,
-    {
-        let mut conn = node.get().await?;
-        let conn: &mut AsyncPgConnection = &mut conn;
-        let result = match begin {
-            None => f(conn).await,
-            Some(begin) => in_transaction(conn, begin, f).await,
-        };
-        result.map_err(|error| {
-            Error::from_query(node.label.clone(), error, begin == Some(BEGIN_READ_ONLY))
-        })
     }
 }
 
