@@ -1,0 +1,808 @@
+//! `loadgen`: a load generator that shows how diesel-replica routes queries
+//! and how much throughput a cluster gives.
+//!
+//! It runs `--concurrency` tasks for `--duration` seconds. Each task issues
+//! operations back to back: a read with probability `--read-ratio`, else a
+//! write. Every query asks the server that ran it who it is
+//! (`inet_server_addr()`, `inet_server_port()`), so the per-node counts
+//! show where the library actually routed each query, not where it meant to.
+//!
+//! - A **read** fetches one row by random id through [`ReplicaSet::read`]:
+//!   a replica (round robin) inside a `READ ONLY` transaction, or the writer
+//!   when no replica is configured.
+//! - A **write** updates one row by random id through [`ReplicaSet::write`]:
+//!   always the writer.
+//!
+//! # The table
+//!
+//! Before the clock starts, loadgen creates (on the writer, if missing)
+//!
+//! ```sql
+//! CREATE TABLE loadgen_items (
+//!     id bigserial PRIMARY KEY,
+//!     payload text NOT NULL,
+//!     updated_at timestamptz NOT NULL DEFAULT now()
+//! )
+//! ```
+//!
+//! fills it with 1000 rows if it is empty, and waits (up to 30 s) until
+//! reads through every replica can see those rows, so that replication lag
+//! of the set-up is not measured. With `--local` a replica that does not
+//! catch up is fatal; against your own cluster loadgen warns (at once for
+//! a replica it cannot connect to) and starts anyway. It leaves the table
+//! in place afterwards; drop it with `DROP TABLE loadgen_items` when done.
+//! Writes change `payload` and `updated_at` of existing rows only.
+//!
+//! # Flags
+//!
+//! - `--duration SECS`: how long to run, in whole seconds (default 10).
+//! - `--concurrency N`: how many tasks issue queries at once (default 16).
+//! - `--read-ratio R`: the fraction of operations that are reads, from 0
+//!   (writes only) to 1 (reads only) (default 0.9).
+//! - `--local N`: ignore the environment and start a throwaway local
+//!   cluster, one primary and `N` streaming replicas, with the
+//!   `replica_testkit` crate (needs the PostgreSQL server binaries: see
+//!   its docs, e.g. `PG_BIN`). The cluster lives in a temporary directory
+//!   and is removed when loadgen exits normally; interrupting loadgen with
+//!   Ctrl-C leaves its servers running.
+//!
+//! # Configuration
+//!
+//! Without `--local`, the cluster comes from the same environment variables
+//! as [`Config::from_env`]:
+//!
+//! - `DATABASE_URL` (the writer) or `DATABASE_SECRET` (an RDS / Secrets
+//!   Manager JSON secret for the writer);
+//! - `DATABASE_REPLICA_URLS` (comma-separated URLs) and/or
+//!   `DATABASE_REPLICA_HOSTS` (comma-separated `host[:port]`, sharing the
+//!   writer's credentials and database); with no replica every read goes
+//!   to the writer;
+//! - `DATABASE_WRITER_POOL_SIZE`, `DATABASE_REPLICA_POOL_SIZE`,
+//!   `DATABASE_WARM_UP`, `DATABASE_POOL_TIMEOUT_MS`,
+//!   `DATABASE_CONNECT_TIMEOUT_MS`, `DATABASE_RECYCLE_TIMEOUT_MS`,
+//!   `DATABASE_APPLICATION_NAME`.
+//!
+//! A pool size that is not set is raised to at least `--concurrency`, so
+//! that the tasks do not queue for connections; a pool size that is set is
+//! used as is (a smaller pool shows up as checkout waits and, past
+//! `DATABASE_POOL_TIMEOUT_MS`, as `checkout_timeout` errors). With
+//! `--local`, both pools hold exactly `--concurrency` connections, all
+//! opened before the clock starts.
+//!
+//! A configuration error names the variable at fault; loadgen then exits
+//! with status 2 (as it does for a bad flag). `RUST_LOG` sets the log
+//! filter (default `warn`); logs go to stderr.
+//!
+//! # Output
+//!
+//! While running, one progress line per second on stderr:
+//!
+//! ```text
+//! t=3s reads=12345/s writes=1370/s errors=0
+//! ```
+//!
+//! (`reads` and `writes` count the successful operations of that second,
+//! `errors` all failed operations so far). At the end, one line of JSON on
+//! stdout and nothing else:
+//!
+//! ```json
+//! {"reads_ok":61234,"reads_err":0,"writes_ok":6801,"writes_err":0,
+//!  "per_node":{"127.0.0.1:5433":{"reads":20411,"writes":0},
+//!              "127.0.0.1:5432":{"reads":0,"writes":6801}},
+//!  "read_p50_us":812,"read_p99_us":2950,"errors":{},
+//!  "duration_s":5.003,"reads_per_s":12239.5,"writes_per_s":1359.4}
+//! ```
+//!
+//! (shown wrapped here; it is one line). `per_node` is keyed by the
+//! `HOST:PORT` the server reports (`local:PORT` over a unix socket).
+//! The read latencies cover successful reads only, from the call to
+//! [`ReplicaSet::read`] to its result (connection checkout, `BEGIN READ
+//! ONLY`, the query and `COMMIT`), in microseconds; they are `null` when no
+//! read succeeded. `errors` counts failed operations by kind:
+//! `checkout_timeout` (no connection within the pool timeout), `checkout`
+//! (connecting failed), `read_only_violation`, `not_found` (no row with the
+//! chosen id), `query` (any other database error) and `config`. The first
+//! error of each kind is also printed on stderr. Operations still running
+//! at the deadline are allowed to finish, and `duration_s` includes them.
+//! The exit status is 0 even when operations failed: read `errors`.
+//!
+//! # Examples
+//!
+//! ```text
+//! # Try it out on a throwaway primary with 3 replicas:
+//! cargo run --release --example loadgen -- --local 3 --duration 5
+//!
+//! # Against your own cluster:
+//! export DATABASE_URL=postgres://app:secret@writer:5432/app
+//! export DATABASE_REPLICA_HOSTS=reader-1,reader-2
+//! cargo run --release --example loadgen -- --duration 10 --concurrency 32 --read-ratio 0.9
+//!
+//! # Writes only, to measure the writer alone:
+//! cargo run --release --example loadgen -- --read-ratio 0
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use diesel::QueryableByName;
+use diesel::result::Error as DieselError;
+use diesel::sql_types::{BigInt, Integer, Nullable, Text};
+use diesel_async::RunQueryDsl;
+use diesel_replica::{Config, Error, ReplicaSet};
+use hdrhistogram::Histogram;
+use replica_testkit::Cluster;
+use serde_json::{Map, Value, json};
+use tracing_subscriber::EnvFilter;
+
+/// Rows put into an empty `loadgen_items`.
+const SEED_ROWS: i64 = 1000;
+/// Longest wait for the replicas to see the seeded table.
+const REPLICA_WAIT: Duration = Duration::from_secs(30);
+/// Largest latency the histograms hold (a minute); larger ones count as it.
+const MAX_LATENCY_US: u64 = 60_000_000;
+
+const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS loadgen_items (\
+     id bigserial PRIMARY KEY, \
+     payload text NOT NULL, \
+     updated_at timestamptz NOT NULL DEFAULT now())";
+/// Seeds only an empty table, in one statement.
+const SEED: &str = "INSERT INTO loadgen_items (payload) \
+     SELECT 'item ' || g FROM generate_series(1, $1) AS g \
+     WHERE NOT EXISTS (SELECT 1 FROM loadgen_items)";
+const ID_RANGE: &str = "SELECT min(id) AS lo, max(id) AS hi FROM loadgen_items";
+/// Which server ran the query, as the server sees it. `host()` drops the
+/// `/32` that `inet_server_addr()::text` would add; both functions are
+/// NULL over a unix socket, where the `port` setting still names the node.
+const NODE_COLUMNS: &str = "host(inet_server_addr()) AS host, \
+     coalesce(inet_server_port(), current_setting('port')::int) AS port";
+
+/// Load generator for diesel-replica: runs reads and writes through a
+/// ReplicaSet and reports where each ran, throughput and read latency.
+///
+/// Without --local, the cluster comes from DATABASE_URL (or DATABASE_SECRET)
+/// and DATABASE_REPLICA_URLS / DATABASE_REPLICA_HOSTS. Progress goes to
+/// stderr, one JSON summary line to stdout.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// How long to run, in seconds.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    duration: u64,
+
+    /// How many tasks issue queries at once.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 16,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    concurrency: u32,
+
+    /// Fraction of operations that are reads, from 0 (only writes) to 1 (only reads).
+    #[arg(long, value_name = "R", default_value_t = 0.9, value_parser = parse_read_ratio)]
+    read_ratio: f64,
+
+    /// Ignore the environment and start a throwaway local cluster with N
+    /// streaming replicas (needs the PostgreSQL server binaries); it is
+    /// removed on exit.
+    #[arg(long, value_name = "N")]
+    local: Option<usize>,
+}
+
+fn parse_read_ratio(value: &str) -> Result<f64, String> {
+    let ratio: f64 = value.trim().parse().map_err(|_| {
+        format!("`{value}` is not a number; expected a fraction from 0 to 1, such as 0.9")
+    })?;
+    if (0.0..=1.0).contains(&ratio) {
+        Ok(ratio)
+    } else {
+        Err(format!(
+            "{value} is outside 0..=1; expected the fraction of operations that are reads, \
+             such as 0.9 (0 = only writes, 1 = only reads)"
+        ))
+    }
+}
+
+/// The row a read returns.
+#[derive(QueryableByName)]
+struct ReadRow {
+    #[diesel(sql_type = Text)]
+    #[allow(
+        dead_code,
+        reason = "fetched like an application would, never inspected"
+    )]
+    payload: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    host: Option<String>,
+    #[diesel(sql_type = Integer)]
+    port: i32,
+}
+
+/// The row a write (or the replica wait) returns: which node ran it.
+#[derive(QueryableByName)]
+struct NodeRow {
+    #[diesel(sql_type = Nullable<Text>)]
+    host: Option<String>,
+    #[diesel(sql_type = Integer)]
+    port: i32,
+}
+
+#[derive(QueryableByName)]
+struct IdRange {
+    #[diesel(sql_type = Nullable<BigInt>)]
+    lo: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    hi: Option<i64>,
+}
+
+/// `HOST:PORT`, with IPv6 hosts in brackets and `local` for a unix socket.
+fn node_key(host: Option<&str>, port: i32) -> String {
+    match host {
+        Some(host) if host.contains(':') => format!("[{host}]:{port}"),
+        Some(host) => format!("{host}:{port}"),
+        None => format!("local:{port}"),
+    }
+}
+
+/// The `errors` key of a failed operation.
+fn error_kind(error: &Error) -> &'static str {
+    match error {
+        Error::Checkout { .. } if error.is_timeout() => "checkout_timeout",
+        Error::Checkout { .. } => "checkout",
+        Error::ReadOnlyViolation { .. } => "read_only_violation",
+        Error::Query {
+            error: DieselError::NotFound,
+            ..
+        } => "not_found",
+        Error::Query { .. } => "query",
+        Error::Config(_) => "config",
+        _ => "other",
+    }
+}
+
+/// A failure that ends the run before or instead of the JSON summary.
+struct Fatal {
+    message: String,
+    code: u8,
+}
+
+impl Fatal {
+    fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code: 1,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    // Owned here, outside `run`, so that the local cluster outlives the
+    // runtime and its pools: the servers stop after every connection is gone.
+    let mut cluster = None;
+    match run(&args, &mut cluster) {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(fatal) => {
+            eprintln!("loadgen: {}", fatal.message);
+            ExitCode::from(fatal.code)
+        }
+    }
+}
+
+fn run(args: &Args, cluster: &mut Option<Cluster>) -> Result<Value, Fatal> {
+    let concurrency = args.concurrency as usize;
+    let config = match args.local {
+        Some(replicas) => {
+            eprintln!(
+                "loadgen: --local {replicas}: starting a throwaway local cluster (primary + \
+                 {replicas} streaming replicas) with replica_testkit; it is removed on exit"
+            );
+            let local = cluster.insert(
+                Cluster::start(replicas)
+                    .map_err(|e| Fatal::new(format!("cannot start the local cluster: {e}")))?,
+            );
+            local_config(local, concurrency)?
+        }
+        None => env_config(concurrency)?,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Fatal::new(format!("cannot start the tokio runtime: {e}")))?;
+    runtime.block_on(load(args, config))
+}
+
+/// The local cluster's configuration, with pools of `concurrency`
+/// connections opened up front.
+fn local_config(cluster: &Cluster, concurrency: usize) -> Result<Config, Fatal> {
+    let mut config = cluster
+        .replica_urls()
+        .iter()
+        .try_fold(Config::new(&cluster.writer_url())?, |config, url| {
+            config.with_replica(url)
+        })?;
+    for pool in [&mut config.writer_pool, &mut config.replica_pool] {
+        pool.max_size = concurrency;
+        pool.warm_up = concurrency;
+    }
+    Ok(config)
+}
+
+/// The configuration from `DATABASE_*`, with each pool whose size is not
+/// set raised to `concurrency`.
+fn env_config(concurrency: usize) -> Result<Config, Fatal> {
+    let mut config = Config::from_env().map_err(|e| Fatal {
+        message: format!(
+            "configuration error: {e}\n\
+             hint: loadgen reads your cluster from DATABASE_URL (or DATABASE_SECRET) and \
+             DATABASE_REPLICA_URLS / DATABASE_REPLICA_HOSTS; to try it without a cluster, run \
+             it with `--local N` (a throwaway local primary with N replicas)"
+        ),
+        code: 2,
+    })?;
+    for (pool, var) in [
+        (&mut config.writer_pool, "DATABASE_WRITER_POOL_SIZE"),
+        (&mut config.replica_pool, "DATABASE_REPLICA_POOL_SIZE"),
+    ] {
+        if std::env::var_os(var).is_none() {
+            pool.max_size = pool.max_size.max(concurrency);
+        } else if pool.max_size < concurrency {
+            eprintln!(
+                "loadgen: note: {var} = {} is below --concurrency {concurrency}; tasks will \
+                 queue for connections",
+                pool.max_size
+            );
+        }
+    }
+    Ok(config)
+}
+
+impl From<diesel_replica::ConfigError> for Fatal {
+    fn from(error: diesel_replica::ConfigError) -> Self {
+        Self::new(format!("configuration error: {error}"))
+    }
+}
+
+/// Connects, prepares the table, runs the workers and builds the summary.
+async fn load(args: &Args, config: Config) -> Result<Value, Fatal> {
+    let (writer_pool, replica_pool) = (config.writer_pool.max_size, config.replica_pool.max_size);
+    let db = ReplicaSet::connect(config)
+        .await
+        .map_err(|e| Fatal::new(format!("cannot connect: {e}")))?;
+    let status = db.status();
+    let replicas: Vec<String> = status.replicas.iter().map(|r| r.address.clone()).collect();
+    if replicas.is_empty() {
+        eprintln!(
+            "loadgen: writer {} (pool {writer_pool}); no replicas, so reads go to the writer",
+            status.writer.address
+        );
+    } else {
+        eprintln!(
+            "loadgen: writer {} (pool {writer_pool}), {} {}: {} (pool {replica_pool} each)",
+            status.writer.address,
+            replicas.len(),
+            if replicas.len() == 1 {
+                "replica"
+            } else {
+                "replicas"
+            },
+            replicas.join(", ")
+        );
+    }
+
+    let ids = prepare_table(&db).await?;
+    let waited = Instant::now();
+    match wait_for_replicas(&db, ids.hi).await {
+        Ok(()) => eprintln!(
+            "loadgen: table loadgen_items ready ({} ids), seen by every reader after {} ms",
+            ids.hi - ids.lo + 1,
+            waited.elapsed().as_millis()
+        ),
+        Err(e) if args.local.is_some() => return Err(Fatal::new(e)),
+        Err(e) => eprintln!("loadgen: warning: {e}; starting anyway"),
+    }
+
+    eprintln!(
+        "loadgen: running {}s, concurrency {}, read ratio {}",
+        args.duration, args.concurrency, args.read_ratio
+    );
+    let live = Arc::new(Live::default());
+    let first_errors = Arc::new(Mutex::new(HashSet::new()));
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(args.duration);
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let workers: Vec<_> = (0..args.concurrency)
+        .map(|task| {
+            tokio::spawn(worker(Worker {
+                db: db.clone(),
+                task,
+                rng: Rng::new(seed ^ u64::from(task)),
+                ids,
+                read_ratio: args.read_ratio,
+                deadline,
+                live: live.clone(),
+                first_errors: first_errors.clone(),
+            }))
+        })
+        .collect();
+    let progress = tokio::spawn(progress(start, live));
+
+    let mut totals = Stats::new();
+    let mut panicked = None;
+    for handle in workers {
+        match handle.await {
+            Ok(stats) => totals.merge(stats),
+            Err(e) => panicked = Some(e),
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    progress.abort();
+    if let Some(e) = panicked {
+        return Err(Fatal::new(format!("a worker task failed: {e}")));
+    }
+    let summary = totals.summary(elapsed);
+    let latency = match (
+        summary["read_p50_us"].as_u64(),
+        summary["read_p99_us"].as_u64(),
+    ) {
+        (Some(p50), Some(p99)) => format!(", p50 {p50} us, p99 {p99} us"),
+        _ => String::new(),
+    };
+    eprintln!(
+        "loadgen: done in {elapsed:.2}s: {} reads ({:.0}/s{latency}), {} writes ({:.0}/s), \
+         {} errors",
+        totals.reads_ok,
+        summary["reads_per_s"].as_f64().unwrap_or_default(),
+        totals.writes_ok,
+        summary["writes_per_s"].as_f64().unwrap_or_default(),
+        totals.reads_err + totals.writes_err,
+    );
+    Ok(summary)
+}
+
+/// The ids the workers pick from, inclusive.
+#[derive(Clone, Copy)]
+struct Ids {
+    lo: i64,
+    hi: i64,
+}
+
+/// Creates and seeds `loadgen_items` on the writer and returns its ids.
+async fn prepare_table(db: &ReplicaSet) -> Result<Ids, Fatal> {
+    let range = db
+        .write(async |conn| {
+            diesel::sql_query(CREATE_TABLE).execute(conn).await?;
+            diesel::sql_query(SEED)
+                .bind::<BigInt, _>(SEED_ROWS)
+                .execute(conn)
+                .await?;
+            diesel::sql_query(ID_RANGE)
+                .get_result::<IdRange>(conn)
+                .await
+        })
+        .await
+        .map_err(|e| Fatal::new(format!("cannot prepare table loadgen_items: {e}")))?;
+    match range {
+        IdRange {
+            lo: Some(lo),
+            hi: Some(hi),
+        } => Ok(Ids { lo, hi }),
+        _ => Err(Fatal::new(
+            "table loadgen_items is empty after seeding (was it emptied meanwhile?)",
+        )),
+    }
+}
+
+/// Reads the row `id` until every replica (or, with none, the writer) has
+/// served it, so that the run does not measure replication lag of the
+/// table's creation.
+async fn wait_for_replicas(db: &ReplicaSet, id: i64) -> Result<(), String> {
+    let sql = format!("SELECT {NODE_COLUMNS} FROM loadgen_items WHERE id = $1");
+    let needed = db.replica_count().max(1);
+    let deadline = Instant::now() + REPLICA_WAIT;
+    let mut seen = HashSet::new();
+    loop {
+        let last = match db
+            .read(async |conn| {
+                diesel::sql_query(&sql)
+                    .bind::<BigInt, _>(id)
+                    .get_result::<NodeRow>(conn)
+                    .await
+            })
+            .await
+        {
+            Ok(row) => {
+                seen.insert(node_key(row.host.as_deref(), row.port));
+                if seen.len() >= needed {
+                    return Ok(());
+                }
+                continue;
+            }
+            // An unreachable reader will not catch up by waiting.
+            Err(e @ Error::Checkout { .. }) => {
+                return Err(format!("cannot check that the readers see the table: {e}"));
+            }
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() > deadline {
+            return Err(format!(
+                "after {REPLICA_WAIT:?} only {} of {needed} reader(s) see table loadgen_items \
+                 (last error: {last})",
+                seen.len()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Counts shared with the progress line, bumped once per operation.
+#[derive(Default)]
+struct Live {
+    reads: AtomicU64,
+    writes: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl Live {
+    /// `(reads, writes, errors)` now. (Spelled `AtomicU64::load` because
+    /// diesel-async's `RunQueryDsl::load` would otherwise be picked.)
+    fn snapshot(&self) -> (u64, u64, u64) {
+        let get = |counter| AtomicU64::load(counter, Ordering::Relaxed);
+        (get(&self.reads), get(&self.writes), get(&self.errors))
+    }
+}
+
+/// Prints one progress line per second, until aborted.
+async fn progress(start: Instant, live: Arc<Live>) {
+    let second = Duration::from_secs(1);
+    let mut ticks = tokio::time::interval_at((start + second).into(), second);
+    let (mut reads, mut writes) = (0, 0);
+    for t in 1.. {
+        ticks.tick().await;
+        let (now_reads, now_writes, errors) = live.snapshot();
+        eprintln!(
+            "t={t}s reads={}/s writes={}/s errors={errors}",
+            now_reads - reads,
+            now_writes - writes,
+        );
+        (reads, writes) = (now_reads, now_writes);
+    }
+}
+
+/// xorshift64*: plenty for picking ids and operations, and no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        // splitmix64 of the seed, so that neighbouring seeds diverge and the
+        // state is never 0.
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Self((z ^ (z >> 31)) | 1)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `[0, 1)`.
+    fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in `lo..=hi` (`lo <= hi`), up to a negligible modulo bias.
+    fn id(&mut self, ids: Ids) -> i64 {
+        let span = ids.hi.abs_diff(ids.lo) + 1;
+        ids.lo.wrapping_add((self.next_u64() % span) as i64)
+    }
+}
+
+/// What one worker task owns.
+struct Worker {
+    db: ReplicaSet,
+    task: u32,
+    rng: Rng,
+    ids: Ids,
+    read_ratio: f64,
+    deadline: Instant,
+    live: Arc<Live>,
+    /// Kinds of error already printed, so that each is printed once.
+    first_errors: Arc<Mutex<HashSet<&'static str>>>,
+}
+
+/// Counts kept by one task without sharing, merged at the end.
+struct Stats {
+    reads_ok: u64,
+    reads_err: u64,
+    writes_ok: u64,
+    writes_err: u64,
+    /// `HOST:PORT` to (reads, writes).
+    per_node: HashMap<String, (u64, u64)>,
+    errors: HashMap<&'static str, u64>,
+    read_latency_us: Histogram<u64>,
+}
+
+impl Stats {
+    fn new() -> Self {
+        Self {
+            reads_ok: 0,
+            reads_err: 0,
+            writes_ok: 0,
+            writes_err: 0,
+            per_node: HashMap::new(),
+            errors: HashMap::new(),
+            read_latency_us: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
+                .expect("constant bounds are valid"),
+        }
+    }
+
+    fn merge(&mut self, other: Self) {
+        self.reads_ok += other.reads_ok;
+        self.reads_err += other.reads_err;
+        self.writes_ok += other.writes_ok;
+        self.writes_err += other.writes_err;
+        for (node, (reads, writes)) in other.per_node {
+            let counts = self.per_node.entry(node).or_default();
+            counts.0 += reads;
+            counts.1 += writes;
+        }
+        for (kind, n) in other.errors {
+            *self.errors.entry(kind).or_default() += n;
+        }
+        self.read_latency_us
+            .add(&other.read_latency_us)
+            .expect("histograms with the same bounds always add");
+    }
+
+    /// The JSON summary line.
+    fn summary(&self, elapsed_s: f64) -> Value {
+        let per_node: Map<String, Value> = self
+            .per_node
+            .iter()
+            .map(|(node, (reads, writes))| {
+                (node.clone(), json!({ "reads": reads, "writes": writes }))
+            })
+            .collect();
+        let errors: Map<String, Value> = self
+            .errors
+            .iter()
+            .map(|(kind, n)| ((*kind).to_owned(), json!(n)))
+            .collect();
+        let quantile = |q: f64| {
+            (!self.read_latency_us.is_empty()).then(|| self.read_latency_us.value_at_quantile(q))
+        };
+        let rate = |n: u64| {
+            if elapsed_s > 0.0 {
+                (n as f64 / elapsed_s * 10.0).round() / 10.0
+            } else {
+                0.0
+            }
+        };
+        json!({
+            "reads_ok": self.reads_ok,
+            "reads_err": self.reads_err,
+            "writes_ok": self.writes_ok,
+            "writes_err": self.writes_err,
+            "per_node": per_node,
+            "read_p50_us": quantile(0.5),
+            "read_p99_us": quantile(0.99),
+            "errors": errors,
+            "duration_s": (elapsed_s * 1000.0).round() / 1000.0,
+            "reads_per_s": rate(self.reads_ok),
+            "writes_per_s": rate(self.writes_ok),
+        })
+    }
+}
+
+/// One task: reads and writes back to back until the deadline.
+async fn worker(mut w: Worker) -> Stats {
+    let read_sql = format!("SELECT payload, {NODE_COLUMNS} FROM loadgen_items WHERE id = $1");
+    let write_sql = format!(
+        "UPDATE loadgen_items SET payload = $1, updated_at = now() WHERE id = $2 \
+         RETURNING {NODE_COLUMNS}"
+    );
+    let mut stats = Stats::new();
+    let mut n = 0u64;
+    while Instant::now() < w.deadline {
+        let id = w.rng.id(w.ids);
+        if w.rng.next_f64() < w.read_ratio {
+            let started = Instant::now();
+            let result =
+                w.db.read(async |conn| {
+                    diesel::sql_query(&read_sql)
+                        .bind::<BigInt, _>(id)
+                        .get_result::<ReadRow>(conn)
+                        .await
+                })
+                .await;
+            let micros = started.elapsed().as_micros();
+            match result {
+                Ok(row) => {
+                    stats
+                        .read_latency_us
+                        .saturating_record(u64::try_from(micros).unwrap_or(u64::MAX));
+                    stats.reads_ok += 1;
+                    stats
+                        .per_node
+                        .entry(node_key(row.host.as_deref(), row.port))
+                        .or_default()
+                        .0 += 1;
+                    w.live.reads.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    stats.reads_err += 1;
+                    record_error(&mut stats, &w, &e);
+                }
+            }
+        } else {
+            n += 1;
+            let payload = format!("written by task {} (#{n})", w.task);
+            let result =
+                w.db.write(async |conn| {
+                    diesel::sql_query(&write_sql)
+                        .bind::<Text, _>(&payload)
+                        .bind::<BigInt, _>(id)
+                        .get_result::<NodeRow>(conn)
+                        .await
+                })
+                .await;
+            match result {
+                Ok(row) => {
+                    stats.writes_ok += 1;
+                    stats
+                        .per_node
+                        .entry(node_key(row.host.as_deref(), row.port))
+                        .or_default()
+                        .1 += 1;
+                    w.live.writes.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    stats.writes_err += 1;
+                    record_error(&mut stats, &w, &e);
+                }
+            }
+        }
+    }
+    stats
+}
+
+/// Counts a failed operation, and prints it if it is the first of its kind.
+fn record_error(stats: &mut Stats, w: &Worker, error: &Error) {
+    let kind = error_kind(error);
+    *stats.errors.entry(kind).or_default() += 1;
+    w.live.errors.fetch_add(1, Ordering::Relaxed);
+    // Only failed operations get here, so the lock is off the hot path.
+    let first = w
+        .first_errors
+        .lock()
+        .map_or(true, |mut printed| printed.insert(kind));
+    if first {
+        eprintln!("loadgen: first {kind} error: {error}");
+    }
+}
