@@ -1,0 +1,327 @@
+//! Read path overhead: throughput and latency of `ReplicaSet::read` against a
+//! plain diesel-async deadpool pool on the same replica, same query, same
+//! concurrency, measured in the same run.
+//!
+//! Contenders, all running `SELECT payload FROM bench_items WHERE id = $1`
+//! with a random id out of 10 000 rows, on the one replica of a throwaway
+//! `replica_testkit` cluster:
+//!
+//! - **ours**: `ReplicaSet::read` (one replica, so every read goes there),
+//!   which runs the query inside `BEGIN TRANSACTION READ ONLY` ... `COMMIT`;
+//! - **A** (like for like, the headline ratio): a plain
+//!   `Pool<AsyncPgConnection>` running the query in
+//!   `build_transaction().read_only().run(..)`, the same transaction;
+//! - **B** (for transparency): the same plain pool running the bare query,
+//!   no transaction, which shows what the `READ ONLY` transaction costs.
+//!
+//! Every pool holds `concurrency` connections, default recycling (Verified)
+//! and gets one untimed second of load first. Then `BENCH_ROUNDS` rounds run
+//! each contender for `BENCH_SECS` seconds with `BENCH_CONCURRENCY` tasks
+//! looping on the query, in alternating order (ours, A, B / B, A, ours / ..)
+//! so that drift on a shared machine hits all alike. Latencies go to
+//! per-task HDR histograms, merged. The client's CPU time per op (Linux
+//! schedstat, all threads of this process) is reported too: it shows what
+//! the routing layer costs on the client, which the noise of a shared machine
+//! barely touches. Prints a table and one JSON line.
+//!
+//! ```text
+//! cargo bench --bench read_path
+//! BENCH_CONCURRENCY=64 BENCH_SECS=5 BENCH_ROUNDS=7 cargo bench --bench read_path
+//! ```
+
+use std::time::{Duration, Instant};
+
+use diesel::QueryResult;
+use diesel::prelude::QueryableByName;
+use diesel::sql_types::{Integer, Text};
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::deadpool::Pool;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_replica::{Config, ReplicaSet};
+use hdrhistogram::Histogram;
+use replica_testkit::{Cluster, NodeId};
+
+const ROWS: i32 = 10_000;
+const QUERY: &str = "SELECT payload FROM bench_items WHERE id = $1";
+const NAMES: [&str; 3] = [
+    "ours: ReplicaSet::read",
+    "A: plain pool, READ ONLY tx",
+    "B: plain pool, bare query",
+];
+
+#[derive(QueryableByName)]
+struct Item {
+    #[diesel(sql_type = Text)]
+    payload: String,
+}
+
+/// The one query every contender runs.
+async fn point_read(conn: &mut AsyncPgConnection, id: i32) -> QueryResult<Item> {
+    diesel::sql_query(QUERY)
+        .bind::<Integer, _>(id)
+        .get_result(conn)
+        .await
+}
+
+#[derive(Clone)]
+enum Contender {
+    Ours(ReplicaSet),
+    PlainTx(Pool<AsyncPgConnection>),
+    PlainBare(Pool<AsyncPgConnection>),
+}
+
+impl Contender {
+    async fn read(&self, id: i32) -> String {
+        let item = match self {
+            Self::Ours(db) => db
+                .read(async move |conn| point_read(conn, id).await)
+                .await
+                .expect("ours: read"),
+            Self::PlainTx(pool) => {
+                let mut conn = pool.get().await.expect("A: checkout");
+                conn.build_transaction()
+                    .read_only()
+                    .run(async move |conn| point_read(conn, id).await)
+                    .await
+                    .expect("A: read")
+            }
+            Self::PlainBare(pool) => {
+                let mut conn = pool.get().await.expect("B: checkout");
+                point_read(&mut conn, id).await.expect("B: read")
+            }
+        };
+        item.payload
+    }
+}
+
+/// What one fixed-duration run of one contender measured.
+struct Run {
+    ops: u64,
+    secs: f64,
+    /// CPU time of this process (the client side), in nanoseconds.
+    cpu_ns: u64,
+    /// Latencies in nanoseconds.
+    hist: Histogram<u64>,
+}
+
+impl Run {
+    fn empty() -> Self {
+        Self {
+            ops: 0,
+            secs: 0.0,
+            cpu_ns: 0,
+            hist: histogram(),
+        }
+    }
+
+    fn add(&mut self, other: &Run) {
+        self.ops += other.ops;
+        self.secs += other.secs;
+        self.cpu_ns += other.cpu_ns;
+        self.hist.add(&other.hist).expect("equal bounds");
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1_000, 60_000_000_000, 3).expect("valid histogram bounds")
+}
+
+/// `concurrency` tasks loop on the query for `secs`, each with its own
+/// random ids (splitmix64 seeded by `seed` and the task index).
+async fn run(contender: &Contender, concurrency: usize, secs: f64, seed: u64) -> Run {
+    let cpu = cpu_ns();
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(secs);
+    let tasks: Vec<_> = (0..concurrency as u64)
+        .map(|task| {
+            let contender = contender.clone();
+            let mut state = seed.wrapping_mul(0x1000_0000_01b3) ^ task;
+            tokio::spawn(async move {
+                let mut hist = histogram();
+                let mut ops = 0u64;
+                while Instant::now() < deadline {
+                    let id = (splitmix64(&mut state) % ROWS as u64) as i32 + 1;
+                    let began = Instant::now();
+                    std::hint::black_box(contender.read(id).await);
+                    hist.saturating_record(began.elapsed().as_nanos() as u64);
+                    ops += 1;
+                }
+                (ops, hist)
+            })
+        })
+        .collect();
+    let mut total = Run::empty();
+    for task in tasks {
+        let (ops, hist) = task.await.expect("a benchmark task panicked");
+        total.ops += ops;
+        total.hist.add(hist).expect("equal bounds");
+    }
+    total.secs = start.elapsed().as_secs_f64();
+    total.cpu_ns = cpu_ns() - cpu;
+    total
+}
+
+/// CPU time used so far by every thread of this process, in nanoseconds
+/// (Linux `/proc/self/task/*/schedstat`; 0 where that does not exist).
+fn cpu_ns() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(value) => value
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value} is not a valid number")),
+        Err(_) => default,
+    }
+}
+
+fn main() {
+    let concurrency: usize = env_or("BENCH_CONCURRENCY", 32);
+    let secs: f64 = env_or("BENCH_SECS", 3.0);
+    let rounds: usize = env_or("BENCH_ROUNDS", 5);
+
+    let cluster = Cluster::start(1).expect("start the cluster");
+    cluster
+        .psql(
+            NodeId::Primary,
+            &format!(
+                "CREATE TABLE bench_items (id int PRIMARY KEY, payload text NOT NULL); \
+                 INSERT INTO bench_items SELECT g, md5(g::text) FROM generate_series(1, {ROWS}) g"
+            ),
+        )
+        .expect("seed the table");
+    cluster
+        .psql(NodeId::Primary, "VACUUM ANALYZE bench_items")
+        .expect("vacuum the table");
+    cluster.wait_for_replication().expect("replication");
+    let replica_url = &cluster.replica_urls()[0];
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(async {
+        let mut config = Config::new(&cluster.writer_url())
+            .and_then(|config| config.with_replica(replica_url))
+            .expect("config");
+        config.replica_pool.max_size = concurrency;
+        config.writer_pool.max_size = concurrency;
+        let db = ReplicaSet::connect(config).await.expect("connect");
+        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(replica_url);
+        let pool = Pool::builder(manager)
+            .max_size(concurrency)
+            .build()
+            .expect("plain pool");
+        let contenders = [
+            Contender::Ours(db),
+            Contender::PlainTx(pool.clone()),
+            Contender::PlainBare(pool),
+        ];
+
+        for contender in &contenders {
+            run(contender, concurrency, 1.0, 0).await;
+        }
+
+        let mut totals = [Run::empty(), Run::empty(), Run::empty()];
+        let mut round_ratios = Vec::new();
+        for round in 0..rounds {
+            let order = if round % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
+            let mut rates = [0.0; 3];
+            for i in order {
+                let seed = (round * 3 + i + 1) as u64;
+                let r = run(&contenders[i], concurrency, secs, seed).await;
+                rates[i] = r.ops as f64 / r.secs;
+                totals[i].add(&r);
+            }
+            println!(
+                "round {}: ours {:.0} ops/s, A {:.0} ops/s, B {:.0} ops/s, ours/A {:.3}",
+                round + 1,
+                rates[0],
+                rates[1],
+                rates[2],
+                rates[0] / rates[1]
+            );
+            round_ratios.push(rates[0] / rates[1]);
+        }
+        report(concurrency, secs, rounds, &totals, &round_ratios);
+    });
+    drop(runtime);
+    drop(cluster);
+}
+
+fn report(concurrency: usize, secs: f64, rounds: usize, totals: &[Run], round_ratios: &[f64]) {
+    let rate = |r: &Run| r.ops as f64 / r.secs;
+    let micros = |r: &Run, q: f64| r.hist.value_at_quantile(q) as f64 / 1000.0;
+    let cpu_us = |r: &Run| r.cpu_ns as f64 / r.ops as f64 / 1000.0;
+    println!(
+        "\nread_path: 1 replica, {concurrency} tasks, {rounds} rounds x {secs} s per contender, \
+         2 tokio workers"
+    );
+    println!(
+        "{:<30} {:>9} {:>8} {:>9} {:>9} {:>15}",
+        "contender", "ops", "ops/s", "p50 µs", "p99 µs", "client CPU µs/op"
+    );
+    for (name, r) in NAMES.iter().zip(totals) {
+        println!(
+            "{name:<30} {:>9} {:>8.0} {:>9.1} {:>9.1} {:>15.1}",
+            r.ops,
+            rate(r),
+            micros(r, 0.5),
+            micros(r, 0.99),
+            cpu_us(r)
+        );
+    }
+    let ours_a = rate(&totals[0]) / rate(&totals[1]);
+    let ours_b = rate(&totals[0]) / rate(&totals[2]);
+    let mut sorted = round_ratios.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let (min, max) = (sorted[0], sorted[sorted.len() - 1]);
+    let median = sorted[sorted.len() / 2];
+    let shown: Vec<String> = round_ratios.iter().map(|r| format!("{r:.3}")).collect();
+    println!(
+        "ours/A throughput: {ours_a:.3} (target >= 0.97); per round {min:.3}..{max:.3}, \
+         median {median:.3}: {}",
+        shown.join(" ")
+    );
+    println!("ours/B throughput: {ours_b:.3} (B runs no transaction: 2 round trips fewer)");
+    let contender = |r: &Run| {
+        serde_json::json!({
+            "ops": r.ops,
+            "secs": r.secs,
+            "ops_per_sec": rate(r),
+            "p50_us": micros(r, 0.5),
+            "p99_us": micros(r, 0.99),
+            "client_cpu_us_per_op": cpu_us(r),
+        })
+    };
+    let json = serde_json::json!({
+        "bench": "read_path",
+        "concurrency": concurrency,
+        "secs_per_run": secs,
+        "rounds": rounds,
+        "ours": contender(&totals[0]),
+        "baseline_a_plain_pool_read_only_tx": contender(&totals[1]),
+        "baseline_b_plain_pool_bare_query": contender(&totals[2]),
+        "ratio_ours_over_a": ours_a,
+        "ratio_ours_over_b": ours_b,
+        "round_ratios_ours_over_a": round_ratios,
+        "round_ratio_median_ours_over_a": median,
+    });
+    println!("{json}");
+}
