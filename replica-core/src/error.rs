@@ -144,6 +144,23 @@ pub enum Error {
         /// Diesel's error.
         error: DieselError,
     },
+    /// A method of a unit-struct repo ran before the repo was connected
+    /// with one of its constructors.
+    #[error("`{repo}` is not connected: call `{repo}::from_env` or `{repo}::connect` first")]
+    NotConnected {
+        /// The repo's type.
+        repo: &'static str,
+    },
+    /// A unit-struct repo holds one replica set per process, and it was
+    /// already connected.
+    #[error(
+        "`{repo}` is already connected: a unit-struct repo holds one replica set per process; \
+         give the struct a `ReplicaSet` field to hold several"
+    )]
+    AlreadyConnected {
+        /// The repo's type.
+        repo: &'static str,
+    },
     /// A statement on the read path tried to write. Reads run in `READ ONLY`
     /// transactions; writes belong on the writer path.
     #[error(

@@ -10,6 +10,10 @@ mod error;
 mod set;
 mod url;
 
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+
 pub use crate::config::{Config, PoolConfig};
 pub use crate::error::{ConfigError, Error};
 pub use crate::set::{AsyncFunc, NodeStatus, ReplicaSet, Role, Status};

@@ -90,25 +90,39 @@ struct Node {
     warm_up: usize,
 }
 
-/// How a routed closure runs on its connection.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// Inside `BEGIN TRANSACTION READ ONLY`.
-    ReadOnly,
-    /// Inside `BEGIN`.
+/// Where and how a routed closure runs. Public for the macros only.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// A replica (the writer when there is none), `READ ONLY` transaction.
+    Read,
+    /// The writer, `READ ONLY` transaction.
+    ReadFresh,
+    /// The writer, transaction.
     Transaction,
-    /// Outside any transaction.
-    Autocommit,
+    /// The writer, no transaction.
+    Write,
 }
 
-impl Mode {
+impl Route {
     fn begin(self) -> Option<&'static str> {
         match self {
-            Self::ReadOnly => Some("BEGIN TRANSACTION READ ONLY"),
+            Self::Read | Self::ReadFresh => Some("BEGIN TRANSACTION READ ONLY"),
             Self::Transaction => Some("BEGIN"),
-            Self::Autocommit => None,
+            Self::Write => None,
         }
     }
+
+    fn is_read_only(self) -> bool {
+        matches!(self, Self::Read | Self::ReadFresh)
+    }
+}
+
+/// Why a routed closure did not return `Ok`: routing (checkout, `BEGIN`,
+/// `COMMIT`) or the closure itself.
+enum Failure<E> {
+    Routing(Error),
+    Body(E),
 }
 
 impl Node {
@@ -153,18 +167,37 @@ impl Node {
         Ok(())
     }
 
-    async fn run<T, F>(&self, mode: Mode, f: F) -> Result<T, Error>
+    async fn run<T, E, F>(&self, route: Route, f: F) -> Result<T, Failure<E>>
     where
-        F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, QueryResult<T>, Fut: Send> + Send,
-        T: Send,
+        F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, Result<T, E>, Fut: Send> + Send,
     {
-        let mut conn = self.get().await?;
+        let mut conn = self.get().await.map_err(Failure::Routing)?;
         let conn: &mut AsyncPgConnection = &mut conn;
-        let result = match mode.begin() {
-            None => f(conn).await,
-            Some(begin) => in_transaction(conn, begin, f).await,
+        let Some(begin) = route.begin() else {
+            return f(conn).await.map_err(Failure::Body);
         };
-        result.map_err(|error| Error::from_query(self.label.clone(), error, mode == Mode::ReadOnly))
+        let routing = |error| Failure::Routing(self.query_error(route, error));
+        AnsiTransactionManager::begin_transaction_sql(&mut *conn, begin)
+            .await
+            .map_err(routing)?;
+        match f(&mut *conn).await {
+            Ok(value) => {
+                AnsiTransactionManager::commit_transaction(conn)
+                    .await
+                    .map_err(routing)?;
+                Ok(value)
+            }
+            Err(error) => {
+                // A failed rollback marks the connection broken, and the pool
+                // discards it; the caller needs the first error.
+                let _ = AnsiTransactionManager::rollback_transaction(conn).await;
+                Err(Failure::Body(error))
+            }
+        }
+    }
+
+    fn query_error(&self, route: Route, error: diesel::result::Error) -> Error {
+        Error::from_query(self.label.clone(), error, route.is_read_only())
     }
 
     fn status(&self) -> NodeStatus {
@@ -282,7 +315,7 @@ impl ReplicaSet {
             + Send,
         T: Send,
     {
-        self.inner.pick_reader().run(Mode::ReadOnly, f)
+        self.route(Route::Read, f)
     }
 
     /// Runs `f` on the writer inside a `READ ONLY` transaction: a read that
@@ -297,7 +330,7 @@ impl ReplicaSet {
             + Send,
         T: Send,
     {
-        self.inner.writer.run(Mode::ReadOnly, f)
+        self.route(Route::ReadFresh, f)
     }
 
     /// Runs `f` on the writer, outside any transaction: each statement
@@ -313,7 +346,7 @@ impl ReplicaSet {
             + Send,
         T: Send,
     {
-        self.inner.writer.run(Mode::Autocommit, f)
+        self.route(Route::Write, f)
     }
 
     /// Runs `f` on the writer inside a transaction, committed when `f`
@@ -328,7 +361,7 @@ impl ReplicaSet {
             + Send,
         T: Send,
     {
-        self.inner.writer.run(Mode::Transaction, f)
+        self.route(Route::Transaction, f)
     }
 
     /// How many replicas the set holds.
@@ -345,31 +378,50 @@ impl ReplicaSet {
     }
 }
 
+impl ReplicaSet {
+    /// Runs a closure returning diesel's `QueryResult` on `route`; its
+    /// errors become [`Error::Query`] or [`Error::ReadOnlyViolation`].
+    pub(crate) async fn route<T, F>(&self, route: Route, f: F) -> Result<T, Error>
+    where
+        F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, QueryResult<T>, Fut: Send> + Send,
+        T: Send,
+    {
+        let node = self.inner.node(route);
+        node.run(route, f).await.map_err(|failure| match failure {
+            Failure::Routing(error) => error,
+            Failure::Body(error) => node.query_error(route, error),
+        })
+    }
+
+    /// Runs a closure returning the caller's own error type on `route`;
+    /// routing failures are converted with `E: From<Error>`.
+    pub(crate) async fn route_with<T, E, F>(&self, route: Route, f: F) -> Result<T, E>
+    where
+        F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, Result<T, E>, Fut: Send> + Send,
+        T: Send,
+        E: From<Error> + Send,
+    {
+        let node = self.inner.node(route);
+        node.run(route, f).await.map_err(|failure| match failure {
+            Failure::Routing(error) => E::from(error),
+            Failure::Body(error) => error,
+        })
+    }
+}
+
 impl Inner {
+    fn node(&self, route: Route) -> &Node {
+        match route {
+            Route::Read => self.pick_reader(),
+            Route::ReadFresh | Route::Transaction | Route::Write => &self.writer,
+        }
+    }
+
     /// The seam where replica selection lives.
     fn pick_reader(&self) -> &Node {
         match self.replicas.len() {
             0 => &self.writer,
             n => &self.replicas[self.next.fetch_add(1, Ordering::Relaxed) % n],
-        }
-    }
-}
-
-async fn in_transaction<T, F>(conn: &mut AsyncPgConnection, begin: &str, f: F) -> QueryResult<T>
-where
-    F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, QueryResult<T>, Fut: Send> + Send,
-{
-    AnsiTransactionManager::begin_transaction_sql(&mut *conn, begin).await?;
-    match f(&mut *conn).await {
-        Ok(value) => {
-            AnsiTransactionManager::commit_transaction(conn).await?;
-            Ok(value)
-        }
-        Err(error) => {
-            // A failed rollback marks the connection broken, and the pool
-            // discards it; the caller needs the first error.
-            let _ = AnsiTransactionManager::rollback_transaction(conn).await;
-            Err(error)
         }
     }
 }

@@ -1,0 +1,193 @@
+//! A `#[read_only]` or `#[write]` method, checked: an `async fn` with a
+//! `&self` receiver, then the connection parameter, then the rest.
+
+use proc_macro2::Span;
+use syn::spanned::Spanned;
+use syn::{FnArg, GenericArgument, ItemFn, Pat, PathArguments, ReturnType, Type, TypePath};
+
+use crate::attr::Kind;
+
+/// What the method returns, which decides the generated method's error type.
+pub(crate) enum Output {
+    /// diesel's `QueryResult<T>` (or `Result<T, diesel::result::Error>`):
+    /// the generated method returns `Result<T, diesel_replica::Error>`.
+    Diesel(Type),
+    /// Any other type, returned as it is; its error type implements
+    /// `From<diesel_replica::Error>`.
+    Own(Type),
+}
+
+/// The parts of a checked method that expansion needs.
+pub(crate) struct Method {
+    /// The pattern the connection is bound to (`conn`).
+    pub(crate) conn: Pat,
+    /// Its type as written (`&mut AsyncPgConnection`), so that the user's
+    /// import stays in use.
+    pub(crate) conn_ty: Type,
+    /// The declared return type.
+    pub(crate) declared: Type,
+    pub(crate) output: Output,
+}
+
+pub(crate) fn check(kind: Kind, item: &ItemFn) -> syn::Result<Method> {
+    let attr = kind.name();
+    let sig = &item.sig;
+    if sig.asyncness.is_none() {
+        return Err(syn::Error::new(
+            sig.fn_token.span,
+            format!(
+                "`#[{attr}]` needs an `async fn`: it runs the body on a pooled connection\n\n\
+                 help: write `async fn {}(..)`",
+                sig.ident
+            ),
+        ));
+    }
+    for other in &item.attrs {
+        let name = other.path().segments.last().map(|s| s.ident.to_string());
+        if matches!(name.as_deref(), Some("read_only" | "write")) {
+            return Err(syn::Error::new_spanned(
+                other,
+                "a method is either `#[read_only]` or `#[write]`, not both\n\n\
+                 help: keep `#[read_only]` for a read on a replica, `#[write]` for the writer",
+            ));
+        }
+    }
+    let mut inputs = sig.inputs.iter();
+    match inputs.next() {
+        Some(FnArg::Receiver(receiver))
+            if receiver.reference.is_some() && receiver.mutability.is_none() => {}
+        Some(FnArg::Receiver(receiver)) => {
+            return Err(syn::Error::new_spanned(
+                receiver,
+                format!("`#[{attr}]` methods take `&self`\n\nhelp: write `&self`"),
+            ));
+        }
+        _ => {
+            return Err(syn::Error::new(
+                sig.ident.span(),
+                format!(
+                    "`#[{attr}]` routes a method of a repo, and `{}` has no `&self` receiver\n\n\
+                     help: move it into `impl YourRepo {{ .. }}` of a type that derives `ReplicatedRepo`, \
+                     and take `&self` first",
+                    sig.ident
+                ),
+            ));
+        }
+    }
+    let (conn, conn_ty) = connection(attr, sig, inputs.next())?;
+    let ReturnType::Type(_, declared) = &sig.output else {
+        return Err(syn::Error::new(
+            sig.paren_token.span.close(),
+            format!(
+                "`#[{attr}]` methods return a `Result`, since routing can fail\n\n\
+                 help: return `QueryResult<T>`, or `Result<T, E>` where `E: From<diesel_replica::Error>`"
+            ),
+        ));
+    };
+    let declared = (**declared).clone();
+    let output = match diesel_result(&declared) {
+        Some(ok) => Output::Diesel(ok),
+        None => Output::Own(declared.clone()),
+    };
+    Ok(Method {
+        conn,
+        conn_ty,
+        declared,
+        output,
+    })
+}
+
+/// The connection parameter, right after `&self`.
+fn connection(attr: &str, sig: &syn::Signature, arg: Option<&FnArg>) -> syn::Result<(Pat, Type)> {
+    let help = "help: take the connection right after `&self`: `conn: &mut AsyncPgConnection`";
+    let missing = |span: Span| {
+        syn::Error::new(
+            span,
+            format!(
+                "`#[{attr}]` methods take the connection as their first parameter after `&self`; \
+                 the macro supplies it, and callers leave it out\n\n{help}"
+            ),
+        )
+    };
+    let Some(FnArg::Typed(arg)) = arg else {
+        return Err(missing(sig.paren_token.span.join()));
+    };
+    let looks_like_connection = names_connection(&arg.ty)
+        || matches!(&*arg.pat, Pat::Ident(p) if p.ident.to_string().contains("conn"));
+    if !looks_like_connection {
+        return Err(missing(arg.span()));
+    }
+    match &*arg.ty {
+        Type::Reference(r) if r.mutability.is_some() && is_async_pg_connection(&r.elem) => {}
+        other => {
+            return Err(syn::Error::new_spanned(
+                other,
+                format!(
+                    "the connection parameter must be `&mut AsyncPgConnection`, diesel-async's \
+                     connection, which the replica pools hand out\n\n{help}"
+                ),
+            ));
+        }
+    }
+    match &*arg.pat {
+        Pat::Ident(_) | Pat::Wild(_) => Ok(((*arg.pat).clone(), (*arg.ty).clone())),
+        other => Err(syn::Error::new_spanned(
+            other,
+            format!("bind the connection to a name\n\n{help}"),
+        )),
+    }
+}
+
+fn last_ident(ty: &Type) -> Option<String> {
+    match ty {
+        Type::Path(TypePath { path, .. }) => path.segments.last().map(|s| s.ident.to_string()),
+        _ => None,
+    }
+}
+
+fn is_async_pg_connection(ty: &Type) -> bool {
+    last_ident(ty).as_deref() == Some("AsyncPgConnection")
+}
+
+/// Whether a type names a connection of some kind, to tell a connection of
+/// the wrong type from a missing one.
+fn names_connection(ty: &Type) -> bool {
+    match ty {
+        Type::Reference(r) => names_connection(&r.elem),
+        other => last_ident(other).is_some_and(|name| name.contains("Connection")),
+    }
+}
+
+/// `T` when `ty` is diesel's `QueryResult<T>` or `Result<T, ..result::Error>`.
+fn diesel_result(ty: &Type) -> Option<Type> {
+    let Type::Path(TypePath { qself: None, path }) = ty else {
+        return None;
+    };
+    let last = path.segments.last()?;
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    let types: Vec<&Type> = args
+        .args
+        .iter()
+        .filter_map(|a| match a {
+            GenericArgument::Type(t) => Some(t),
+            _ => None,
+        })
+        .collect();
+    match (last.ident.to_string().as_str(), types.as_slice()) {
+        ("QueryResult", [ok]) => Some((*ok).clone()),
+        ("Result", [ok, Type::Path(err)]) => {
+            let names: Vec<String> = err
+                .path
+                .segments
+                .iter()
+                .map(|s| s.ident.to_string())
+                .collect();
+            names
+                .ends_with(&["result".to_owned(), "Error".to_owned()])
+                .then(|| (*ok).clone())
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,8 @@
+use diesel_replica::ReplicatedRepo;
+
+#[derive(ReplicatedRepo)]
+enum Db {
+    Primary,
+}
+
+fn main() {}

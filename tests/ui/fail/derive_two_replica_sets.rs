@@ -1,0 +1,9 @@
+use diesel_replica::{ReplicaSet, ReplicatedRepo};
+
+#[derive(ReplicatedRepo)]
+struct Db {
+    main: ReplicaSet,
+    analytics: ReplicaSet,
+}
+
+fn main() {}

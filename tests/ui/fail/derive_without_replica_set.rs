@@ -1,0 +1,8 @@
+use diesel_replica::ReplicatedRepo;
+
+#[derive(ReplicatedRepo)]
+struct Db {
+    name: String,
+}
+
+fn main() {}
