@@ -7,11 +7,14 @@
 //! (`inet_server_addr()`, `inet_server_port()`), so the per-node counts
 //! show where the library actually routed each query, not where it meant to.
 //!
-//! - A **read** fetches one row by random id through [`ReplicaSet::read`]:
-//!   a replica (round robin) inside a `READ ONLY` transaction, or the writer
-//!   when no replica is configured.
-//! - A **write** updates one row by random id through [`ReplicaSet::write`]:
-//!   always the writer.
+//! The queries are two methods of a `#[derive(ReplicatedRepo)]` repo, as an
+//! application would write them:
+//!
+//! - A **read** fetches one row by random id through a `#[read_only]`
+//!   method: a replica (round robin) inside a `READ ONLY` transaction, or
+//!   the writer when no replica is configured.
+//! - A **write** updates one row by random id through a `#[write]` method:
+//!   always the writer, in a transaction.
 //!
 //! # The table
 //!
@@ -96,7 +99,7 @@
 //! (shown wrapped here; it is one line). `per_node` is keyed by the
 //! `HOST:PORT` the server reports (`local:PORT` over a unix socket).
 //! The read latencies cover successful reads only, from the call to
-//! [`ReplicaSet::read`] to its result (connection checkout, `BEGIN READ
+//! the `#[read_only]` method to its result (connection checkout, `BEGIN READ
 //! ONLY`, the query and `COMMIT`), in microseconds; they are `null` when no
 //! read succeeded. `errors` counts failed operations by kind:
 //! `checkout_timeout` (no connection within the pool timeout), `checkout`
@@ -132,8 +135,8 @@ use clap::Parser;
 use diesel::QueryableByName;
 use diesel::result::Error as DieselError;
 use diesel::sql_types::{BigInt, Integer, Nullable, Text};
-use diesel_async::RunQueryDsl;
-use diesel_replica::{Config, Error, ReplicaSet};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_replica::{Config, Error, ReplicaSet, ReplicatedRepo, read_only, write};
 use hdrhistogram::Histogram;
 use replica_testkit::Cluster;
 use serde_json::{Map, Value, json};
@@ -155,11 +158,48 @@ const SEED: &str = "INSERT INTO loadgen_items (payload) \
      SELECT 'item ' || g FROM generate_series(1, $1) AS g \
      WHERE NOT EXISTS (SELECT 1 FROM loadgen_items)";
 const ID_RANGE: &str = "SELECT min(id) AS lo, max(id) AS hi FROM loadgen_items";
-/// Which server ran the query, as the server sees it. `host()` drops the
-/// `/32` that `inet_server_addr()::text` would add; both functions are
-/// NULL over a unix socket, where the `port` setting still names the node.
-const NODE_COLUMNS: &str = "host(inet_server_addr()) AS host, \
+// Each query returns the server that ran it, as the server sees it:
+// `host()` drops the `/32` that `inet_server_addr()::text` would add; both
+// functions are NULL over a unix socket, where the `port` setting still
+// names the node.
+const READ_ITEM: &str = "SELECT payload, host(inet_server_addr()) AS host, \
+     coalesce(inet_server_port(), current_setting('port')::int) AS port \
+     FROM loadgen_items WHERE id = $1";
+const WRITE_ITEM: &str = "UPDATE loadgen_items SET payload = $1, updated_at = now() WHERE id = $2 \
+     RETURNING host(inet_server_addr()) AS host, \
      coalesce(inet_server_port(), current_setting('port')::int) AS port";
+
+/// The repo the workers use: the replica set and the run's two queries.
+#[derive(ReplicatedRepo, Clone)]
+struct Items {
+    replicas: ReplicaSet,
+}
+
+impl Items {
+    /// One row by id, on a replica.
+    #[read_only]
+    async fn item(&self, conn: &mut AsyncPgConnection, id: i64) -> diesel::QueryResult<ReadRow> {
+        diesel::sql_query(READ_ITEM)
+            .bind::<BigInt, _>(id)
+            .get_result(conn)
+            .await
+    }
+
+    /// Rewrites one row, on the writer.
+    #[write]
+    async fn touch(
+        &self,
+        conn: &mut AsyncPgConnection,
+        id: i64,
+        payload: &str,
+    ) -> diesel::QueryResult<NodeRow> {
+        diesel::sql_query(WRITE_ITEM)
+            .bind::<Text, _>(payload)
+            .bind::<BigInt, _>(id)
+            .get_result(conn)
+            .await
+    }
+}
 
 /// Load generator for diesel-replica: runs reads and writes through a
 /// ReplicaSet and reports where each ran, throughput and read latency.
@@ -386,10 +426,10 @@ impl From<diesel_replica::ConfigError> for Fatal {
 /// Connects, prepares the table, runs the workers and builds the summary.
 async fn load(args: &Args, config: Config) -> Result<Value, Fatal> {
     let (writer_pool, replica_pool) = (config.writer_pool.max_size, config.replica_pool.max_size);
-    let db = ReplicaSet::connect(config)
+    let db = Items::connect(config)
         .await
         .map_err(|e| Fatal::new(format!("cannot connect: {e}")))?;
-    let status = db.status();
+    let status = db.replica_set().status();
     let replicas: Vec<String> = status.replicas.iter().map(|r| r.address.clone()).collect();
     if replicas.is_empty() {
         eprintln!(
@@ -490,8 +530,9 @@ struct Ids {
 }
 
 /// Creates and seeds `loadgen_items` on the writer and returns its ids.
-async fn prepare_table(db: &ReplicaSet) -> Result<Ids, Fatal> {
+async fn prepare_table(db: &Items) -> Result<Ids, Fatal> {
     let range = db
+        .replica_set()
         .write(async |conn| {
             diesel::sql_query(CREATE_TABLE).execute(conn).await?;
             diesel::sql_query(SEED)
@@ -518,21 +559,12 @@ async fn prepare_table(db: &ReplicaSet) -> Result<Ids, Fatal> {
 /// Reads the row `id` until every replica (or, with none, the writer) has
 /// served it, so that the run does not measure replication lag of the
 /// table's creation.
-async fn wait_for_replicas(db: &ReplicaSet, id: i64) -> Result<(), String> {
-    let sql = format!("SELECT {NODE_COLUMNS} FROM loadgen_items WHERE id = $1");
-    let needed = db.replica_count().max(1);
+async fn wait_for_replicas(db: &Items, id: i64) -> Result<(), String> {
+    let needed = db.replica_set().replica_count().max(1);
     let deadline = Instant::now() + REPLICA_WAIT;
     let mut seen = HashSet::new();
     loop {
-        let last = match db
-            .read(async |conn| {
-                diesel::sql_query(&sql)
-                    .bind::<BigInt, _>(id)
-                    .get_result::<NodeRow>(conn)
-                    .await
-            })
-            .await
-        {
+        let last = match db.item(id).await {
             Ok(row) => {
                 seen.insert(node_key(row.host.as_deref(), row.port));
                 if seen.len() >= needed {
@@ -625,7 +657,7 @@ impl Rng {
 
 /// What one worker task owns.
 struct Worker {
-    db: ReplicaSet,
+    db: Items,
     task: u32,
     rng: Rng,
     ids: Ids,
@@ -722,25 +754,13 @@ impl Stats {
 
 /// One task: reads and writes back to back until the deadline.
 async fn worker(mut w: Worker) -> Stats {
-    let read_sql = format!("SELECT payload, {NODE_COLUMNS} FROM loadgen_items WHERE id = $1");
-    let write_sql = format!(
-        "UPDATE loadgen_items SET payload = $1, updated_at = now() WHERE id = $2 \
-         RETURNING {NODE_COLUMNS}"
-    );
     let mut stats = Stats::new();
     let mut n = 0u64;
     while Instant::now() < w.deadline {
         let id = w.rng.id(w.ids);
         if w.rng.next_f64() < w.read_ratio {
             let started = Instant::now();
-            let result =
-                w.db.read(async |conn| {
-                    diesel::sql_query(&read_sql)
-                        .bind::<BigInt, _>(id)
-                        .get_result::<ReadRow>(conn)
-                        .await
-                })
-                .await;
+            let result = w.db.item(id).await;
             let micros = started.elapsed().as_micros();
             match result {
                 Ok(row) => {
@@ -763,15 +783,7 @@ async fn worker(mut w: Worker) -> Stats {
         } else {
             n += 1;
             let payload = format!("written by task {} (#{n})", w.task);
-            let result =
-                w.db.write(async |conn| {
-                    diesel::sql_query(&write_sql)
-                        .bind::<Text, _>(&payload)
-                        .bind::<BigInt, _>(id)
-                        .get_result::<NodeRow>(conn)
-                        .await
-                })
-                .await;
+            let result = w.db.touch(id, &payload).await;
             match result {
                 Ok(row) => {
                     stats.writes_ok += 1;

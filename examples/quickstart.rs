@@ -11,17 +11,18 @@
 //! variables (see the README) and creates one small table there,
 //! `quickstart_notes`.
 //!
-//! It writes a note on the writer, then reads through the replicas and
-//! prints which server answered each read, as the server itself reports it
-//! (`inet_server_port()`, `pg_is_in_recovery()`).
+//! A `#[derive(ReplicatedRepo)]` repo writes a note on the writer, then
+//! reads it through the replicas; each query returns which server answered,
+//! as the server itself reports it (`inet_server_port()`,
+//! `pg_is_in_recovery()`).
 
 use std::error::Error;
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 use diesel::sql_types::{Bool, Integer};
-use diesel_async::RunQueryDsl;
-use diesel_replica::{Config, ReplicaSet};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_replica::{Config, ReplicaSet, ReplicatedRepo, read_only, write};
 use replica_testkit::Cluster;
 
 // `table!` generates public items without docs.
@@ -36,15 +37,78 @@ mod schema {
 }
 use schema::quickstart_notes;
 
-/// Which server answered, asked of the server itself.
-fn served_by() -> (
-    diesel::expression::SqlLiteral<Integer>,
-    diesel::expression::SqlLiteral<Bool>,
-) {
-    (
+/// Which server ran a query: its port, and whether it is a replica.
+type ServedBy = (i32, bool);
+
+async fn served_by(conn: &mut AsyncPgConnection) -> QueryResult<ServedBy> {
+    diesel::select((
         diesel::dsl::sql::<Integer>("inet_server_port()"),
         diesel::dsl::sql::<Bool>("pg_is_in_recovery()"),
-    )
+    ))
+    .get_result(conn)
+    .await
+}
+
+/// The application's repo: its replica set, and its queries as methods.
+#[derive(ReplicatedRepo)]
+struct Notes {
+    replicas: ReplicaSet,
+}
+
+impl Notes {
+    #[write]
+    async fn create_table(&self, conn: &mut AsyncPgConnection) -> QueryResult<()> {
+        diesel::sql_query(
+            "CREATE TABLE IF NOT EXISTS quickstart_notes (id serial PRIMARY KEY, body text NOT NULL)",
+        )
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    #[write]
+    async fn add(&self, conn: &mut AsyncPgConnection, body: &str) -> QueryResult<(i32, ServedBy)> {
+        let id = diesel::insert_into(quickstart_notes::table)
+            .values(quickstart_notes::body.eq(body))
+            .returning(quickstart_notes::id)
+            .get_result(conn)
+            .await?;
+        Ok((id, served_by(conn).await?))
+    }
+
+    #[read_only]
+    async fn body(
+        &self,
+        conn: &mut AsyncPgConnection,
+        id: i32,
+    ) -> QueryResult<(Option<String>, ServedBy)> {
+        let body = quickstart_notes::table
+            .find(id)
+            .select(quickstart_notes::body)
+            .first(conn)
+            .await
+            .optional()?;
+        Ok((body, served_by(conn).await?))
+    }
+
+    #[read_only(primary)]
+    async fn fresh_body(
+        &self,
+        conn: &mut AsyncPgConnection,
+        id: i32,
+    ) -> QueryResult<(Option<String>, ServedBy)> {
+        let body = quickstart_notes::table
+            .find(id)
+            .select(quickstart_notes::body)
+            .first(conn)
+            .await
+            .optional()?;
+        Ok((body, served_by(conn).await?))
+    }
+}
+
+fn role((_, in_recovery): ServedBy) -> &'static str {
+    if in_recovery { "replica" } else { "writer" }
 }
 
 #[tokio::main]
@@ -76,83 +140,38 @@ async fn main() -> Result<(), Box<dyn Error>> {
         println!("replica:  {replica}");
     }
 
-    let db = ReplicaSet::connect(config).await?;
-
-    db.write(async |conn| {
-        diesel::sql_query(
-            "CREATE TABLE IF NOT EXISTS quickstart_notes (id serial PRIMARY KEY, body text NOT NULL)",
-        )
-        .execute(conn)
-        .await
-    })
-    .await?;
-
-    let (id, (port, in_recovery)) = db
-        .transaction(async |conn| {
-            let id = diesel::insert_into(quickstart_notes::table)
-                .values(quickstart_notes::body.eq("hello from the writer"))
-                .returning(quickstart_notes::id)
-                .get_result::<i32>(conn)
-                .await?;
-            let who = diesel::select(served_by())
-                .get_result::<(i32, bool)>(conn)
-                .await?;
-            Ok((id, who))
-        })
-        .await?;
-    println!("\nwrote note {id} on port {port} (in recovery: {in_recovery})");
+    let notes = Notes::connect(config).await?;
+    notes.create_table().await?;
+    let (id, served) = notes.add("hello from the writer").await?;
+    println!("\nwrote note {id} on port {} ({})", served.0, role(served));
 
     // Replicas apply the write a moment later; wait until each has it.
+    let replicas = notes.replica_set().replica_count().max(1);
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut caught_up = 0;
-    while caught_up < db.replica_count().max(1) && Instant::now() < deadline {
-        let seen = db
-            .read(async |conn| {
-                quickstart_notes::table
-                    .find(id)
-                    .count()
-                    .get_result::<i64>(conn)
-                    .await
-            })
-            .await;
-        caught_up = if matches!(seen, Ok(1)) {
-            caught_up + 1
-        } else {
-            0
-        };
+    while caught_up < replicas && Instant::now() < deadline {
+        let seen = matches!(notes.body(id).await, Ok((Some(_), _)));
+        caught_up = if seen { caught_up + 1 } else { 0 };
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    println!("\nreads through the replica set (server-reported):");
+    println!("\n#[read_only] reads (server-reported):");
     for _ in 0..6 {
-        let (body, port, in_recovery) = db
-            .read(async |conn| {
-                let body = quickstart_notes::table
-                    .find(id)
-                    .select(quickstart_notes::body)
-                    .first::<String>(conn)
-                    .await
-                    .optional()?;
-                let (port, in_recovery) = diesel::select(served_by())
-                    .get_result::<(i32, bool)>(conn)
-                    .await?;
-                Ok((body, port, in_recovery))
-            })
-            .await?;
-        let role = if in_recovery { "replica" } else { "writer" };
-        println!("  port {port} ({role}): {body:?}");
+        let (body, served) = notes.body(id).await?;
+        println!("  port {} ({}): {body:?}", served.0, role(served));
     }
 
-    let (port, in_recovery) = db
-        .read_fresh(async |conn| {
-            diesel::select(served_by())
-                .get_result::<(i32, bool)>(conn)
-                .await
-        })
-        .await?;
-    println!("\nread_fresh served by port {port} (in recovery: {in_recovery})");
+    let (body, served) = notes.fresh_body(id).await?;
+    println!(
+        "\n#[read_only(primary)] read: port {} ({}): {body:?}",
+        served.0,
+        role(served)
+    );
 
-    let refused = db
+    // The explicit API beside the methods; a write on its read path is
+    // refused by PostgreSQL.
+    let refused = notes
+        .replica_set()
         .read(async |conn| diesel::delete(quickstart_notes::table).execute(conn).await)
         .await;
     match refused {

@@ -164,7 +164,7 @@ pub enum Error {
     /// A statement on the read path tried to write. Reads run in `READ ONLY`
     /// transactions; writes belong on the writer path.
     #[error(
-        "{error} (on {node}): the read path is read-only; run writes with `write` or `transaction`"
+        "{error} (on {node}): the read path is read-only; run writes on the writer (`#[write]`, `write` or `transaction`)"
     )]
     ReadOnlyViolation {
         /// The node that refused it.
