@@ -82,13 +82,7 @@ impl Notes {
         conn: &mut AsyncPgConnection,
         id: i32,
     ) -> QueryResult<(Option<String>, ServedBy)> {
-        let body = quickstart_notes::table
-            .find(id)
-            .select(quickstart_notes::body)
-            .first(conn)
-            .await
-            .optional()?;
-        Ok((body, served_by(conn).await?))
+        body_and_server(conn, id).await
     }
 
     #[read_only(primary)]
@@ -97,14 +91,21 @@ impl Notes {
         conn: &mut AsyncPgConnection,
         id: i32,
     ) -> QueryResult<(Option<String>, ServedBy)> {
-        let body = quickstart_notes::table
-            .find(id)
-            .select(quickstart_notes::body)
-            .first(conn)
-            .await
-            .optional()?;
-        Ok((body, served_by(conn).await?))
+        body_and_server(conn, id).await
     }
+}
+
+async fn body_and_server(
+    conn: &mut AsyncPgConnection,
+    id: i32,
+) -> QueryResult<(Option<String>, ServedBy)> {
+    let body = quickstart_notes::table
+        .find(id)
+        .select(quickstart_notes::body)
+        .first(conn)
+        .await
+        .optional()?;
+    Ok((body, served_by(conn).await?))
 }
 
 fn role((_, in_recovery): ServedBy) -> &'static str {

@@ -7,7 +7,7 @@ mod common;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use common::{Served, WHO_SERVED};
+use common::{Served, WHO_SERVED, closed_port, config, replica_ports};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_replica::{Config, Error, ReplicaSet, ReplicatedRepo, read_only, write};
@@ -128,25 +128,6 @@ impl Db {
     }
 }
 
-fn config(cluster: &Cluster) -> Config {
-    cluster
-        .replica_urls()
-        .iter()
-        .try_fold(
-            Config::new(&cluster.writer_url()).unwrap(),
-            |config, url| config.with_replica(url),
-        )
-        .unwrap()
-}
-
-fn replica_ports(cluster: &Cluster) -> Vec<i32> {
-    cluster
-        .replicas()
-        .iter()
-        .map(|n| i32::from(n.port()))
-        .collect()
-}
-
 async fn read_only_methods_run_on_replicas_read_only(cluster: Arc<Cluster>) {
     let db = Db::connect(config(&cluster)).await.unwrap();
     assert_eq!(db.label, "", "other fields take their default");
@@ -239,11 +220,7 @@ async fn own_error_types_receive_routing_errors(cluster: Arc<Cluster>) {
     let db = Db::connect(config(&cluster)).await.unwrap();
     let count = db.count_as_app().await.unwrap();
     assert!(count >= 0);
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed_port = closed_port();
     let dead = Config::new(&cluster.writer_url())
         .unwrap()
         .with_replica(&format!(

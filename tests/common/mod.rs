@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use diesel::QueryableByName;
 use diesel::sql_types::{Bool, Integer, Text};
+use diesel_replica::Config;
 use libtest_mimic::{Arguments, Trial};
 use replica_testkit::Cluster;
 
@@ -84,3 +85,32 @@ pub(crate) struct Served {
 /// The query behind [`Served`].
 pub(crate) const WHO_SERVED: &str = "SELECT inet_server_port() AS port, pg_is_in_recovery() AS in_recovery, \
      current_setting('transaction_read_only') AS read_only";
+
+/// The cluster's writer and every replica, default pools.
+pub(crate) fn config(cluster: &Cluster) -> Config {
+    cluster
+        .replica_urls()
+        .iter()
+        .try_fold(
+            Config::new(&cluster.writer_url()).unwrap(),
+            |config, url| config.with_replica(url),
+        )
+        .unwrap()
+}
+
+/// The replicas' ports, in order.
+pub(crate) fn replica_ports(cluster: &Cluster) -> Vec<i32> {
+    cluster
+        .replicas()
+        .iter()
+        .map(|n| i32::from(n.port()))
+        .collect()
+}
+
+/// A loopback port where nothing listens.
+pub(crate) fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
