@@ -221,12 +221,13 @@ async fn own_error_types_receive_routing_errors(cluster: Arc<Cluster>) {
     let count = db.count_as_app().await.unwrap();
     assert!(count >= 0);
     let closed_port = closed_port();
-    let dead = Config::new(&cluster.writer_url())
+    let mut dead = Config::new(&cluster.writer_url())
         .unwrap()
         .with_replica(&format!(
             "postgres://postgres@127.0.0.1:{closed_port}/postgres"
         ))
         .unwrap();
+    dead.health.reads_fall_back_to_writer = false;
     let db = Db::connect(dead).await.unwrap();
     let err = db.count_as_app().await.unwrap_err();
     assert!(

@@ -291,6 +291,7 @@ async fn unreachable_replica_is_a_checkout_error_without_the_password(cluster: A
         cluster.password()
     );
     config = config.with_replica(&dead).unwrap();
+    config.health.reads_fall_back_to_writer = false;
     let db = ReplicaSet::connect(config)
         .await
         .expect("a dead replica does not stop start-up");

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::balance::Balance;
 use crate::error::ConfigError;
 use crate::url::{DatabaseUrl, UrlProblem, redact_unparsed};
 
@@ -40,6 +41,55 @@ pub struct Config {
     /// `application_name` given to every connection unless its URL sets one,
     /// as seen in `pg_stat_activity`. Default: `diesel-replica`.
     pub application_name: String,
+    /// How reads are spread over the replicas. Default: least in flight.
+    pub balance: Balance,
+    /// Weight of each replica, in order, for [`Balance::Weighted`]; a
+    /// replica of weight 0 serves reads only when every other is out.
+    /// Default: empty, meaning 1 for each.
+    pub replica_weights: Vec<u32>,
+    /// Ejection, re-admission and retry of failed reads. Default:
+    /// [`HealthConfig::default`].
+    pub health: HealthConfig,
+}
+
+/// How failing nodes are taken out and brought back, and how reads that
+/// hit them are retried.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HealthConfig {
+    /// Consecutive connection-class failures (connect, checkout, broken
+    /// connection, timeout) after which a replica is ejected: no read is sent
+    /// to it until a probe succeeds. Default: 2.
+    pub eject_after: u32,
+    /// First wait before probing an ejected replica; the wait doubles while
+    /// it stays down, up to `probe_max_interval`. Default: 200 ms.
+    /// Serde: `probe_interval_ms`.
+    #[serde(rename = "probe_interval_ms", with = "millis_required")]
+    pub probe_interval: Duration,
+    /// Longest wait between two probes. Default: 1 s. Serde:
+    /// `probe_max_interval_ms`.
+    #[serde(rename = "probe_max_interval_ms", with = "millis_required")]
+    pub probe_max_interval: Duration,
+    /// How many times a read that failed with a connection-class error is
+    /// tried again, each time on another replica (then the writer, when
+    /// allowed). SQL errors are never retried. Default: 2.
+    pub read_retries: u32,
+    /// Whether reads go to the writer when no replica is available.
+    /// Default: true.
+    pub reads_fall_back_to_writer: bool,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            eject_after: 2,
+            probe_interval: Duration::from_millis(200),
+            probe_max_interval: Duration::from_secs(1),
+            read_retries: 2,
+            reads_fall_back_to_writer: true,
+        }
+    }
 }
 
 /// Pool settings of one role (the writer, or each replica).
@@ -64,6 +114,14 @@ pub struct PoolConfig {
     /// for ever. Default: 5 s. Serde: `recycle_timeout_ms`.
     #[serde(rename = "recycle_timeout_ms", with = "millis")]
     pub recycle_timeout: Option<Duration>,
+    /// Longest run of one statement: set as the server's
+    /// `statement_timeout`, which cancels a slow query (an SQL error, not
+    /// retried). Half a second later the client gives up on the whole
+    /// attempt, which bounds a node that does not answer at all; that counts
+    /// against the node, and a read is retried elsewhere. `None` sets no
+    /// limit. Default: 10 s. Serde: `statement_timeout_ms`.
+    #[serde(rename = "statement_timeout_ms", with = "millis")]
+    pub statement_timeout: Option<Duration>,
 }
 
 impl Default for PoolConfig {
@@ -74,6 +132,7 @@ impl Default for PoolConfig {
             wait_timeout: Some(Duration::from_secs(5)),
             connect_timeout: Some(Duration::from_secs(5)),
             recycle_timeout: Some(Duration::from_secs(5)),
+            statement_timeout: Some(Duration::from_secs(10)),
         }
     }
 }
@@ -191,6 +250,7 @@ impl Config {
                 (&mut pool.wait_timeout, "wait_timeout"),
                 (&mut pool.connect_timeout, "connect_timeout"),
                 (&mut pool.recycle_timeout, "recycle_timeout"),
+                (&mut pool.statement_timeout, "statement_timeout"),
             ] {
                 if let Some(ms) = number(field)? {
                     *slot = Some(Duration::from_millis(ms));
@@ -204,8 +264,59 @@ impl Config {
                 reason: e.to_string(),
             })
         });
+        let mut health = HealthConfig::default();
+        if let Some(n) = number("health.eject_after")? {
+            health.eject_after = u32::try_from(n).unwrap_or(u32::MAX);
+        }
+        if let Some(n) = number("health.read_retries")? {
+            health.read_retries = u32::try_from(n).unwrap_or(u32::MAX);
+        }
+        if let Some(ms) = number("health.probe_interval")? {
+            health.probe_interval = Duration::from_millis(ms);
+        }
+        if let Some(ms) = number("health.probe_max_interval")? {
+            health.probe_max_interval = Duration::from_millis(ms);
+        }
+        if let Some(flag) = var("health.reads_fall_back_to_writer") {
+            health.reads_fall_back_to_writer = match flag.trim() {
+                "true" | "1" | "yes" => true,
+                "false" | "0" | "no" => false,
+                _ => {
+                    return Err(ConfigError::InvalidChoice {
+                        key: naming.key("health.reads_fall_back_to_writer"),
+                        value: flag,
+                        expected: "true or false",
+                    });
+                }
+            };
+        }
+        let balance = match var("balance") {
+            None => None,
+            Some(name) => {
+                Some(
+                    Balance::parse(&name).ok_or_else(|| ConfigError::InvalidChoice {
+                        key: naming.key("balance"),
+                        value: name,
+                        expected: "one of round_robin, random, least_in_flight, weighted",
+                    })?,
+                )
+            }
+        };
+        let replica_weights: Vec<String> = list("replica_weights");
+        let replica_weights = replica_weights
+            .into_iter()
+            .map(|w: String| {
+                w.parse().map_err(|_| ConfigError::InvalidNumber {
+                    key: naming.key("replica_weights"),
+                    value: w,
+                })
+            })
+            .collect::<Result<_, _>>()?;
         Settings {
             url: var("url"),
+            balance,
+            replica_weights,
+            health,
             secret: secret.transpose()?,
             replica_urls: list("replica_urls"),
             replica_hosts: list("replica_hosts"),
@@ -214,6 +325,22 @@ impl Config {
             replica_pool,
         }
         .resolve(&naming)
+    }
+
+    /// Weights, when given, name each replica, and not all are 0.
+    pub(crate) fn check_weights(&self, key: &str) -> Result<(), ConfigError> {
+        let weights = &self.replica_weights;
+        if weights.is_empty() {
+            return Ok(());
+        }
+        if weights.len() != self.replicas.len() || weights.iter().all(|&w| w == 0) {
+            return Err(ConfigError::InvalidWeights {
+                key: key.to_owned(),
+                weights: weights.len(),
+                replicas: self.replicas.len(),
+            });
+        }
+        Ok(())
     }
 
     fn push_replica(&mut self, key: String, replica: DatabaseUrl) -> Result<(), ConfigError> {
@@ -246,6 +373,9 @@ struct Settings {
     application_name: Option<String>,
     writer_pool: PoolConfig,
     replica_pool: PoolConfig,
+    balance: Option<Balance>,
+    replica_weights: Vec<u32>,
+    health: HealthConfig,
 }
 
 /// How a setting is named in errors: by environment variable or by field.
@@ -271,6 +401,14 @@ impl Naming {
             "wait_timeout" => "POOL_TIMEOUT_MS",
             "connect_timeout" => "CONNECT_TIMEOUT_MS",
             "recycle_timeout" => "RECYCLE_TIMEOUT_MS",
+            "statement_timeout" => "STATEMENT_TIMEOUT_MS",
+            "balance" => "BALANCE",
+            "replica_weights" => "REPLICA_WEIGHTS",
+            "health.eject_after" => "EJECT_AFTER",
+            "health.read_retries" => "READ_RETRIES",
+            "health.probe_interval" => "PROBE_INTERVAL_MS",
+            "health.probe_max_interval" => "PROBE_MAX_INTERVAL_MS",
+            "health.reads_fall_back_to_writer" => "READS_FALL_BACK_TO_WRITER",
             other => other,
         };
         format!("{prefix}DATABASE_{name}")
@@ -328,6 +466,9 @@ impl Settings {
             application_name: self
                 .application_name
                 .unwrap_or_else(|| DEFAULT_APPLICATION_NAME.to_owned()),
+            balance: self.balance.unwrap_or_default(),
+            replica_weights: self.replica_weights,
+            health: self.health,
         };
         let urls_key = naming.key("replica_urls");
         for (i, url) in self.replica_urls.iter().enumerate() {
@@ -349,6 +490,7 @@ impl Settings {
                     })?;
             config.push_replica(key, replica)?;
         }
+        config.check_weights(&naming.key("replica_weights"))?;
         Ok(config)
     }
 }
@@ -425,6 +567,19 @@ fn url_from_secret(key: &str, secret: &Value) -> Result<DatabaseUrl, ConfigError
             reason: format!("host `{host}`: {problem}"),
         }
     })
+}
+
+/// `Duration` as a number of milliseconds.
+mod millis_required {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(deserializer)?))
+    }
 }
 
 /// `Option<Duration>` as a number of milliseconds; `null` means no timeout.

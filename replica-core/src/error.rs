@@ -98,6 +98,29 @@ pub enum ConfigError {
         /// Its value.
         value: String,
     },
+    /// A setting that takes one of a few words got another.
+    #[error("`{key}` = `{value}` is not valid: expected {expected}")]
+    InvalidChoice {
+        /// The setting.
+        key: String,
+        /// Its value.
+        value: String,
+        /// What it may be.
+        expected: &'static str,
+    },
+    /// Replica weights that do not give each replica one, or are all 0.
+    #[error(
+        "`{key}` has {weights} weight(s) for {replicas} replica(s): give one weight per replica, \
+         in order, not all 0"
+    )]
+    InvalidWeights {
+        /// The setting.
+        key: String,
+        /// Weights given.
+        weights: usize,
+        /// Replicas configured.
+        replicas: usize,
+    },
     /// A pool of size zero could never serve a query.
     #[error("`{key}` is 0: a pool needs at least one connection")]
     ZeroPoolSize {
@@ -129,12 +152,31 @@ pub enum Error {
     Config(#[from] ConfigError),
     /// No connection could be had from the node's pool: the wait, connect or
     /// recycle timeout expired, or connecting failed.
-    #[error("no connection to {node}: {error}")]
+    #[error("{node} unavailable: {error}")]
     Checkout {
         /// The node, as `role (host:port)`.
         node: String,
         /// The pool's error.
         error: PoolError,
+    },
+    /// The node did not finish the attempt within its statement timeout
+    /// plus half a second: it is hung or unreachable.
+    #[error("{node} did not answer within {after:?}")]
+    Timeout {
+        /// The node, as `role (host:port)`.
+        node: String,
+        /// The bound that expired.
+        after: std::time::Duration,
+    },
+    /// No replica could serve a read, and reads may not fall back to the
+    /// writer (`reads_fall_back_to_writer = false`).
+    #[error(
+        "no replica available for a read, and reads may not fall back to the writer: {}",
+        replicas.join("; ")
+    )]
+    NoReplicaAvailable {
+        /// Each replica with its health and last error.
+        replicas: Vec<String>,
     },
     /// The query failed; its error is diesel's.
     #[error("{error} (on {node})")]
@@ -188,10 +230,11 @@ impl Error {
     pub fn is_timeout(&self) -> bool {
         matches!(
             self,
-            Self::Checkout {
-                error: PoolError::Timeout(_),
-                ..
-            }
+            Self::Timeout { .. }
+                | Self::Checkout {
+                    error: PoolError::Timeout(_),
+                    ..
+                }
         )
     }
 

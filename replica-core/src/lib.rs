@@ -5,8 +5,10 @@
 //! Most applications depend on `diesel-replica`, which re-exports this crate.
 #![forbid(unsafe_code)]
 
+mod balance;
 mod config;
 mod error;
+mod node;
 mod set;
 mod url;
 
@@ -14,8 +16,10 @@ mod url;
 #[path = "private.rs"]
 pub mod __private;
 
-pub use crate::config::{Config, PoolConfig};
+pub use crate::balance::Balance;
+pub use crate::config::{Config, HealthConfig, PoolConfig};
 pub use crate::error::{ConfigError, Error};
-pub use crate::set::{AsyncFunc, NodeStatus, ReplicaSet, Role, Status};
+pub use crate::node::{Health, NodeStatus, Role};
+pub use crate::set::{AsyncFunc, ReplicaSet, Status};
 pub use crate::url::DatabaseUrl;
 pub use diesel_async::AsyncPgConnection;

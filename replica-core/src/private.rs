@@ -22,7 +22,33 @@ pub trait Repo {
     fn replica_set(&self) -> Result<&ReplicaSet, Error>;
 }
 
-/// Runs the body of a method whose return type is diesel's `QueryResult`.
+/// Runs the body of a `#[read_only]` method returning diesel's
+/// `QueryResult` on the replicas, with retries.
+pub fn read_query<R, T, F>(repo: &R, f: F) -> impl Future<Output = Result<T, Error>> + Send
+where
+    R: Repo + ?Sized,
+    F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, QueryResult<T>, Fut: Send> + Clone + Send,
+    T: Send,
+{
+    let set = repo.replica_set();
+    async move { set?.read(f).await }
+}
+
+/// Runs the body of a `#[read_only]` method returning the caller's own
+/// error type on the replicas, with retries.
+pub fn read<R, T, E, F>(repo: &R, f: F) -> impl Future<Output = Result<T, E>> + Send
+where
+    R: Repo + ?Sized,
+    F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, Result<T, E>, Fut: Send> + Clone + Send,
+    T: Send,
+    E: From<Error> + Send,
+{
+    let set = repo.replica_set();
+    async move { set.map_err(E::from)?.read_with(f).await }
+}
+
+/// Runs the body of a method returning diesel's `QueryResult` on the
+/// writer.
 pub fn run_query<R, T, F>(
     repo: &R,
     route: Route,
@@ -34,10 +60,11 @@ where
     T: Send,
 {
     let set = repo.replica_set();
-    async move { set?.route(route, f).await }
+    async move { set?.on_writer(route, f).await }
 }
 
-/// Runs the body of a method returning the caller's own error type.
+/// Runs the body of a method returning the caller's own error type on the
+/// writer.
 pub fn run<R, T, E, F>(repo: &R, route: Route, f: F) -> impl Future<Output = Result<T, E>> + Send
 where
     R: Repo + ?Sized,
@@ -46,7 +73,13 @@ where
     E: From<Error> + Send,
 {
     let set = repo.replica_set();
-    async move { set.map_err(E::from)?.route_with(route, f).await }
+    async move { set.map_err(E::from)?.on_writer_with(route, f).await }
+}
+
+/// The index of the replica a read would use now (`usize::MAX` for the
+/// writer), for the selection benchmark.
+pub fn pick_reader(set: &ReplicaSet) -> usize {
+    set.pick_for_bench()
 }
 
 /// The set held by a unit-struct repo, one per type and process.

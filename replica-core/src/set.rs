@@ -1,21 +1,17 @@
-//! The replica set: one writer pool, any number of replica pools, and the
-//! routing of each query.
+//! The replica set: one writer and any number of replicas, and the routing,
+//! retry and fallback of each query.
 
-use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use deadpool::Runtime;
 use diesel::QueryResult;
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
-use diesel_async::pooled_connection::deadpool::{Object, Pool, PoolError};
-use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager};
-use futures_util::future::{join_all, try_join_all};
+use diesel_async::AsyncPgConnection;
+use futures_util::future::join_all;
 
-use crate::config::{Config, PoolConfig};
+use crate::balance::Balancer;
+use crate::config::{Config, HealthConfig};
 use crate::error::Error;
-use crate::url::DatabaseUrl;
+use crate::node::{Failed, Failure, Node, NodeStatus, Role};
 
 /// An async closure taking a connection whose future is nameable, so that
 /// bounds such as `Send` can be put on it.
@@ -38,56 +34,31 @@ where
     type Fut = Fut;
 }
 
-/// The role of a node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// The primary: takes writes, and reads when there is no replica or the
-    /// caller needs the freshest data.
-    Writer,
-    /// A read replica.
-    Replica,
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Writer => "writer",
-            Self::Replica => "replica",
-        })
-    }
-}
-
 /// One writer pool and any number of replica pools, with the routing of
 /// reads and writes between them.
 ///
 /// Cloning is cheap and shares the pools.
 ///
-/// - [`read`](Self::read) runs on a replica, chosen round robin, inside a
-///   `READ ONLY` transaction; with no replicas, on the writer, still
-///   `READ ONLY`.
+/// - [`read`](Self::read) runs on a replica, chosen by the configured
+///   [`Balance`](crate::Balance), inside a `READ ONLY` transaction. A read
+///   that fails because its node failed (refused or broken connection, no
+///   answer in time) is tried again on another replica, then on the writer
+///   when allowed; SQL errors are returned as they are. With no replicas,
+///   reads run on the writer, still `READ ONLY`.
 /// - [`read_fresh`](Self::read_fresh) runs on the writer, `READ ONLY`, for
 ///   reads that must see the latest writes.
 /// - [`write`](Self::write) runs on the writer; [`transaction`](Self::transaction)
-///   runs on the writer inside a transaction.
+///   runs on the writer inside a transaction. Writes are never retried.
 #[derive(Clone)]
 pub struct ReplicaSet {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    writer: Node,
-    replicas: Vec<Node>,
-    next: AtomicUsize,
-}
-
-struct Node {
-    role: Role,
-    name: String,
-    url: DatabaseUrl,
-    /// `name (host:port)`, as errors show the node.
-    label: String,
-    pool: Pool<AsyncPgConnection>,
-    warm_up: usize,
+    writer: Arc<Node>,
+    replicas: Vec<Arc<Node>>,
+    balancer: Balancer,
+    health: HealthConfig,
 }
 
 /// Where and how a routed closure runs. Public for the macros only.
@@ -105,7 +76,7 @@ pub enum Route {
 }
 
 impl Route {
-    fn begin(self) -> Option<&'static str> {
+    pub(crate) fn begin(self) -> Option<&'static str> {
         match self {
             Self::Read | Self::ReadFresh => Some("BEGIN TRANSACTION READ ONLY"),
             Self::Transaction => Some("BEGIN"),
@@ -113,106 +84,13 @@ impl Route {
         }
     }
 
-    fn is_read_only(self) -> bool {
+    pub(crate) fn is_read_only(self) -> bool {
         matches!(self, Self::Read | Self::ReadFresh)
     }
 }
 
-/// Why a routed closure did not return `Ok`: routing (checkout, `BEGIN`,
-/// `COMMIT`) or the closure itself.
-enum Failure<E> {
-    Routing(Error),
-    Body(E),
-}
-
-impl Node {
-    fn new(
-        role: Role,
-        name: String,
-        url: DatabaseUrl,
-        pool: &PoolConfig,
-        application_name: &str,
-    ) -> Self {
-        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(
-            url.connect_string(application_name),
-        );
-        let builder = Pool::builder(manager)
-            .max_size(pool.max_size)
-            .wait_timeout(pool.wait_timeout)
-            .create_timeout(pool.connect_timeout)
-            .recycle_timeout(pool.recycle_timeout)
-            .runtime(Runtime::Tokio1);
-        Self {
-            role,
-            label: format!("{name} ({})", url.address()),
-            name,
-            url,
-            pool: builder
-                .build()
-                .expect("a pool with a runtime always builds"),
-            warm_up: pool.warm_up,
-        }
-    }
-
-    async fn get(&self) -> Result<Object<AsyncPgConnection>, Error> {
-        self.pool.get().await.map_err(|error| Error::Checkout {
-            node: self.label.clone(),
-            error,
-        })
-    }
-
-    /// Opens `warm_up` connections at once and returns them to the pool.
-    async fn warm_up(&self) -> Result<(), PoolError> {
-        try_join_all((0..self.warm_up).map(|_| self.pool.get())).await?;
-        Ok(())
-    }
-
-    async fn run<T, E, F>(&self, route: Route, f: F) -> Result<T, Failure<E>>
-    where
-        F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, Result<T, E>, Fut: Send> + Send,
-    {
-        let mut conn = self.get().await.map_err(Failure::Routing)?;
-        let conn: &mut AsyncPgConnection = &mut conn;
-        let Some(begin) = route.begin() else {
-            return f(conn).await.map_err(Failure::Body);
-        };
-        let routing = |error| Failure::Routing(self.query_error(route, error));
-        AnsiTransactionManager::begin_transaction_sql(&mut *conn, begin)
-            .await
-            .map_err(routing)?;
-        match f(&mut *conn).await {
-            Ok(value) => {
-                AnsiTransactionManager::commit_transaction(conn)
-                    .await
-                    .map_err(routing)?;
-                Ok(value)
-            }
-            Err(error) => {
-                // A failed rollback marks the connection broken, and the pool
-                // discards it; the caller needs the first error.
-                let _ = AnsiTransactionManager::rollback_transaction(conn).await;
-                Err(Failure::Body(error))
-            }
-        }
-    }
-
-    fn query_error(&self, route: Route, error: diesel::result::Error) -> Error {
-        Error::from_query(self.label.clone(), error, route.is_read_only())
-    }
-
-    fn status(&self) -> NodeStatus {
-        let pool = self.pool.status();
-        NodeStatus {
-            role: self.role,
-            name: self.name.clone(),
-            address: self.url.address(),
-            max_size: pool.max_size,
-            size: pool.size,
-            available: pool.available,
-            waiting: pool.waiting,
-        }
-    }
-}
+/// Marks the writer among the nodes a read has tried.
+const WRITER: usize = usize::MAX;
 
 impl ReplicaSet {
     /// Builds the pools and opens each node's warm-up connections.
@@ -222,19 +100,17 @@ impl ReplicaSet {
     /// again on first use.
     ///
     /// # Errors
+    /// [`Error::Config`] for replica weights that do not fit the replicas,
     /// [`Error::Checkout`] when the writer's warm-up fails.
     pub async fn connect(config: Config) -> Result<Self, Error> {
-        let set = Self::new(config);
+        let set = Self::new(config)?;
         let inner = &set.inner;
         let (writer, replicas) = futures_util::future::join(
             inner.writer.warm_up(),
-            join_all(inner.replicas.iter().map(Node::warm_up)),
+            join_all(inner.replicas.iter().map(|node| node.warm_up())),
         )
         .await;
-        writer.map_err(|error| Error::Checkout {
-            node: inner.writer.label.clone(),
-            error,
-        })?;
+        writer?;
         for (node, result) in inner.replicas.iter().zip(replicas) {
             if let Err(error) = result {
                 tracing::warn!(node = %node.label, %error, "replica warm-up failed; it stays in the set");
@@ -259,13 +135,20 @@ impl ReplicaSet {
 
     /// Builds the pools without opening any connection: each opens on first
     /// use, and nothing is warmed up.
-    pub fn new(config: Config) -> Self {
+    ///
+    /// # Errors
+    /// [`Error::Config`] for replica weights that do not fit the replicas.
+    pub fn new(config: Config) -> Result<Self, Error> {
+        config.check_weights("replica_weights")?;
         let Config {
             writer,
             replicas,
             writer_pool,
             replica_pool,
             application_name,
+            balance,
+            replica_weights,
+            health,
         } = config;
         let writer = Node::new(
             Role::Writer,
@@ -274,26 +157,43 @@ impl ReplicaSet {
             &writer_pool,
             &application_name,
         );
-        let replicas = replicas
+        let replicas: Vec<Arc<Node>> = replicas
             .into_iter()
             .enumerate()
             .map(|(i, url)| {
                 let name = format!("replica-{i}");
-                Node::new(Role::Replica, name, url, &replica_pool, &application_name)
+                Arc::new(Node::new(
+                    Role::Replica,
+                    name,
+                    url,
+                    &replica_pool,
+                    &application_name,
+                ))
             })
             .collect();
-        Self {
+        let weights = if replica_weights.is_empty() {
+            vec![1; replicas.len()]
+        } else {
+            replica_weights
+        };
+        Ok(Self {
             inner: Arc::new(Inner {
-                writer,
+                writer: Arc::new(writer),
+                balancer: Balancer::new(balance, &weights),
                 replicas,
-                next: AtomicUsize::new(0),
+                health,
             }),
-        }
+        })
     }
 
     /// Runs `f` on a replica inside a `READ ONLY` transaction and returns its
-    /// result. Replicas take turns (round robin); with none configured the
-    /// writer serves the read, still `READ ONLY`.
+    /// result.
+    ///
+    /// `f` may run more than once: when its node fails (a refused or broken
+    /// connection, no answer within the statement timeout) it is run again
+    /// on another replica, up to `read_retries` times, then on the writer
+    /// when `reads_fall_back_to_writer` allows. Hence `Clone`: a closure
+    /// that borrows what it uses is cloned for free.
     ///
     /// ```no_run
     /// # use diesel_async::RunQueryDsl;
@@ -305,24 +205,28 @@ impl ReplicaSet {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Checkout`] when no connection could be had,
+    /// The last attempt's failure ([`Error::Checkout`], [`Error::Timeout`])
+    /// when every try failed, [`Error::NoReplicaAvailable`] when no replica
+    /// could be tried and reads may not fall back to the writer,
     /// [`Error::ReadOnlyViolation`] when `f` tried to write, and
     /// [`Error::Query`] for any other error of `f`.
     pub fn read<T, F>(&self, f: F) -> impl Future<Output = Result<T, Error>> + Send
     where
         F: for<'r> AsyncFnOnce(&'r mut AsyncPgConnection) -> QueryResult<T>
             + for<'r> AsyncFunc<&'r mut AsyncPgConnection, QueryResult<T>, Fut: Send>
+            + Clone
             + Send,
         T: Send,
     {
-        self.route(Route::Read, f)
+        self.read_query(f)
     }
 
     /// Runs `f` on the writer inside a `READ ONLY` transaction: a read that
-    /// must see every write committed before it.
+    /// must see every write committed before it. Not retried.
     ///
     /// # Errors
-    /// As [`ReplicaSet::read`].
+    /// [`Error::Checkout`] or [`Error::Timeout`] when the writer failed,
+    /// else as [`ReplicaSet::read`].
     pub fn read_fresh<T, F>(&self, f: F) -> impl Future<Output = Result<T, Error>> + Send
     where
         F: for<'r> AsyncFnOnce(&'r mut AsyncPgConnection) -> QueryResult<T>
@@ -330,15 +234,15 @@ impl ReplicaSet {
             + Send,
         T: Send,
     {
-        self.route(Route::ReadFresh, f)
+        self.on_writer(Route::ReadFresh, f)
     }
 
     /// Runs `f` on the writer, outside any transaction: each statement
-    /// commits on its own.
+    /// commits on its own. Not retried.
     ///
     /// # Errors
-    /// [`Error::Checkout`] when no connection could be had, and
-    /// [`Error::Query`] for an error of `f`.
+    /// [`Error::Checkout`] or [`Error::Timeout`] when the writer is
+    /// unavailable, and [`Error::Query`] for an error of `f`.
     pub fn write<T, F>(&self, f: F) -> impl Future<Output = Result<T, Error>> + Send
     where
         F: for<'r> AsyncFnOnce(&'r mut AsyncPgConnection) -> QueryResult<T>
@@ -346,11 +250,11 @@ impl ReplicaSet {
             + Send,
         T: Send,
     {
-        self.route(Route::Write, f)
+        self.on_writer(Route::Write, f)
     }
 
     /// Runs `f` on the writer inside a transaction, committed when `f`
-    /// returns `Ok` and rolled back when it returns `Err`.
+    /// returns `Ok` and rolled back when it returns `Err`. Not retried.
     ///
     /// # Errors
     /// As [`ReplicaSet::write`].
@@ -361,7 +265,7 @@ impl ReplicaSet {
             + Send,
         T: Send,
     {
-        self.route(Route::Transaction, f)
+        self.on_writer(Route::Transaction, f)
     }
 
     /// How many replicas the set holds.
@@ -369,65 +273,168 @@ impl ReplicaSet {
         self.inner.replicas.len()
     }
 
-    /// A snapshot of every node's pool, taken now.
+    /// A snapshot of every node, taken now.
     pub fn status(&self) -> Status {
         Status {
             writer: self.inner.writer.status(),
-            replicas: self.inner.replicas.iter().map(Node::status).collect(),
+            replicas: self
+                .inner
+                .replicas
+                .iter()
+                .map(|node| node.status())
+                .collect(),
         }
+    }
+
+    /// Runs a read returning diesel's `QueryResult`, with retries.
+    async fn read_query<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, QueryResult<T>, Fut: Send> + Clone + Send,
+    {
+        self.reads(f)
+            .await
+            .map_err(|(node, failure)| self.query_failure(node, Route::Read, failure))
+    }
+
+    /// Runs a closure returning diesel's `QueryResult` on the writer.
+    pub(crate) async fn on_writer<T, F>(&self, route: Route, f: F) -> Result<T, Error>
+    where
+        F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, QueryResult<T>, Fut: Send> + Send,
+    {
+        let writer = &self.inner.writer;
+        writer
+            .attempt(route, f, &self.inner.health)
+            .await
+            .map_err(|failed| self.query_failure(writer, route, failed.failure))
+    }
+
+    /// A closure's diesel error as [`Error::Query`] or
+    /// [`Error::ReadOnlyViolation`]; routing errors as they are.
+    fn query_failure(
+        &self,
+        node: &Node,
+        route: Route,
+        failure: Failure<diesel::result::Error>,
+    ) -> Error {
+        match failure {
+            Failure::Routing(error) => error,
+            Failure::Body(error) => node.query_error(route, error),
+        }
+    }
+
+    /// Runs a read, trying other nodes while nodes fail; on failure, the
+    /// node of the last attempt with what went wrong.
+    pub(crate) async fn reads<T, E, F>(&self, f: F) -> Result<T, (&Arc<Node>, Failure<E>)>
+    where
+        F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, Result<T, E>, Fut: Send> + Clone + Send,
+    {
+        let inner = &*self.inner;
+        let mut tried = Vec::new();
+        let mut last: Option<(&Arc<Node>, Failure<E>)> = None;
+        for _ in 0..=inner.health.read_retries {
+            let Some((index, node)) = inner.pick_reader(&tried) else {
+                break;
+            };
+            if let Some((previous, _)) = &last {
+                previous.count_retry();
+            }
+            match node.attempt(Route::Read, f.clone(), &inner.health).await {
+                Ok(value) => return Ok(value),
+                Err(Failed {
+                    failure,
+                    node_down: true,
+                }) => {
+                    tried.push(index);
+                    last = Some((node, failure));
+                }
+                Err(Failed { failure, .. }) => return Err((node, failure)),
+            }
+        }
+        match last {
+            Some(last) => Err(last),
+            None => Err((&inner.writer, Failure::Routing(inner.no_replica()))),
+        }
+    }
+
+    /// Runs a closure returning the caller's own error type on the writer;
+    /// routing failures are converted with `E: From<Error>`.
+    pub(crate) async fn on_writer_with<T, E, F>(&self, route: Route, f: F) -> Result<T, E>
+    where
+        F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, Result<T, E>, Fut: Send> + Send,
+        E: From<Error>,
+    {
+        let writer = &self.inner.writer;
+        writer
+            .attempt(route, f, &self.inner.health)
+            .await
+            .map_err(|failed| own_error(failed.failure))
+    }
+
+    /// As [`on_writer_with`](Self::on_writer_with) for a read on the
+    /// replicas, with retries.
+    pub(crate) async fn read_with<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, Result<T, E>, Fut: Send> + Clone + Send,
+        E: From<Error>,
+    {
+        self.reads(f)
+            .await
+            .map_err(|(_, failure)| own_error(failure))
+    }
+
+    /// The index of the replica a read would use now; for benchmarks.
+    pub(crate) fn pick_for_bench(&self) -> usize {
+        self.inner
+            .pick_reader(&[])
+            .map_or(WRITER, |(index, _)| index)
     }
 }
 
-impl ReplicaSet {
-    /// Runs a closure returning diesel's `QueryResult` on `route`; its
-    /// errors become [`Error::Query`] or [`Error::ReadOnlyViolation`].
-    pub(crate) async fn route<T, F>(&self, route: Route, f: F) -> Result<T, Error>
-    where
-        F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, QueryResult<T>, Fut: Send> + Send,
-        T: Send,
-    {
-        let node = self.inner.node(route);
-        node.run(route, f).await.map_err(|failure| match failure {
-            Failure::Routing(error) => error,
-            Failure::Body(error) => node.query_error(route, error),
-        })
-    }
-
-    /// Runs a closure returning the caller's own error type on `route`;
-    /// routing failures are converted with `E: From<Error>`.
-    pub(crate) async fn route_with<T, E, F>(&self, route: Route, f: F) -> Result<T, E>
-    where
-        F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, Result<T, E>, Fut: Send> + Send,
-        T: Send,
-        E: From<Error> + Send,
-    {
-        let node = self.inner.node(route);
-        node.run(route, f).await.map_err(|failure| match failure {
-            Failure::Routing(error) => E::from(error),
-            Failure::Body(error) => error,
-        })
+fn own_error<E: From<Error>>(failure: Failure<E>) -> E {
+    match failure {
+        Failure::Routing(error) => E::from(error),
+        Failure::Body(error) => error,
     }
 }
 
 impl Inner {
-    fn node(&self, route: Route) -> &Node {
-        match route {
-            Route::Read => self.pick_reader(),
-            Route::ReadFresh | Route::Transaction | Route::Write => &self.writer,
+    /// The node for the next attempt of a read: a replica that is up and not
+    /// yet tried, chosen by the balancer; else the writer, once, when there
+    /// are no replicas or reads may fall back to it.
+    fn pick_reader(&self, tried: &[usize]) -> Option<(usize, &Arc<Node>)> {
+        let replica = self.balancer.pick(&self.replicas, |i| {
+            self.replicas[i].is_up() && !tried.contains(&i)
+        });
+        match replica {
+            Some(index) => Some((index, &self.replicas[index])),
+            None if (self.replicas.is_empty() || self.health.reads_fall_back_to_writer)
+                && !tried.contains(&WRITER) =>
+            {
+                Some((WRITER, &self.writer))
+            }
+            None => None,
         }
     }
 
-    /// The seam where replica selection lives.
-    fn pick_reader(&self) -> &Node {
-        match self.replicas.len() {
-            0 => &self.writer,
-            n => &self.replicas[self.next.fetch_add(1, Ordering::Relaxed) % n],
+    fn no_replica(&self) -> Error {
+        Error::NoReplicaAvailable {
+            replicas: self
+                .replicas
+                .iter()
+                .map(|node| {
+                    let status = node.status();
+                    match status.last_error {
+                        Some(error) => format!("{} {:?}: {error}", node.label, status.health),
+                        None => format!("{} {:?}", node.label, status.health),
+                    }
+                })
+                .collect(),
         }
     }
 }
 
-/// A snapshot of the replica set's pools, taken by [`ReplicaSet::status`].
-/// It does not change as the pools do.
+/// A snapshot of the replica set, taken by [`ReplicaSet::status`]. It does
+/// not change as the nodes do.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Status {
@@ -435,24 +442,4 @@ pub struct Status {
     pub writer: NodeStatus,
     /// The replicas, in configuration order.
     pub replicas: Vec<NodeStatus>,
-}
-
-/// A snapshot of one node's pool.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct NodeStatus {
-    /// Writer or replica.
-    pub role: Role,
-    /// `writer`, or `replica-N` with N its position in the configuration.
-    pub name: String,
-    /// `host:port`.
-    pub address: String,
-    /// Most connections the pool may hold.
-    pub max_size: usize,
-    /// Connections open now.
-    pub size: usize,
-    /// Idle connections ready for use.
-    pub available: usize,
-    /// Callers waiting for a connection.
-    pub waiting: usize,
 }

@@ -142,15 +142,38 @@ impl DatabaseUrl {
     }
 
     /// The full URL, password included, for opening connections. Never log it.
-    pub(crate) fn connect_string(&self, application_name: &str) -> String {
+    pub(crate) fn connect_string(
+        &self,
+        application_name: &str,
+        statement_timeout: Option<std::time::Duration>,
+    ) -> String {
         let mut url = self.0.clone();
-        if !application_name.is_empty() && !url.query_pairs().any(|(k, _)| k == "application_name")
-        {
-            url.query_pairs_mut()
-                .append_pair("application_name", application_name);
+        let has = |url: &Url, key: &str| url.query_pairs().any(|(k, _)| k == key);
+        if !application_name.is_empty() && !has(&url, "application_name") {
+            append_param(&mut url, "application_name", application_name);
+        }
+        if let Some(timeout) = statement_timeout.filter(|_| !has(&url, "options")) {
+            let options = format!("-c statement_timeout={}", timeout.as_millis());
+            append_param(&mut url, "options", &options);
         }
         url.into()
     }
+}
+
+/// Appends `key=value` percent-encoded with `%20` for spaces: the server
+/// side (tokio-postgres) does not read `+` as a space, as form encoding has it.
+fn append_param(url: &mut Url, key: &str, value: &str) {
+    let encode = |s: &str| {
+        url::form_urlencoded::byte_serialize(s.as_bytes())
+            .collect::<String>()
+            .replace('+', "%20")
+    };
+    let pair = format!("{}={}", encode(key), encode(value));
+    let query = match url.query() {
+        Some(query) if !query.is_empty() => format!("{query}&{pair}"),
+        _ => pair,
+    };
+    url.set_query(Some(&query));
 }
 
 impl fmt::Display for DatabaseUrl {
@@ -204,7 +227,7 @@ mod tests {
             DatabaseUrl::parse("postgres://app:pw@writer:6543/main?sslmode=disable").unwrap();
         let replica = writer.with_address("reader-1").unwrap();
         assert_eq!(
-            replica.connect_string(""),
+            replica.connect_string("", None),
             "postgres://app:pw@reader-1:6543/main?sslmode=disable"
         );
         let replica = writer.with_address("reader-2:7000").unwrap();
@@ -214,15 +237,29 @@ mod tests {
     }
 
     #[test]
+    fn statement_timeout_goes_in_options_with_spaces_as_percent_20() {
+        let url = DatabaseUrl::parse("postgres://h/db?sslmode=disable").unwrap();
+        assert_eq!(
+            url.connect_string("my app", Some(std::time::Duration::from_secs(2))),
+            "postgres://h/db?sslmode=disable&application_name=my%20app&options=-c%20statement_timeout%3D2000"
+        );
+        let url = DatabaseUrl::parse("postgres://h/db?options=-c%20work_mem%3D64MB").unwrap();
+        assert_eq!(
+            url.connect_string("", Some(std::time::Duration::from_secs(2))),
+            "postgres://h/db?options=-c%20work_mem%3D64MB"
+        );
+    }
+
+    #[test]
     fn application_name_is_added_unless_present() {
         let url = DatabaseUrl::parse("postgres://h/db").unwrap();
         assert_eq!(
-            url.connect_string("svc"),
+            url.connect_string("svc", None),
             "postgres://h/db?application_name=svc"
         );
         let url = DatabaseUrl::parse("postgres://h/db?application_name=mine").unwrap();
         assert_eq!(
-            url.connect_string("svc"),
+            url.connect_string("svc", None),
             "postgres://h/db?application_name=mine"
         );
     }

@@ -30,30 +30,47 @@ fn method_inner(kind: Kind, args: TokenStream, mut item: ItemFn) -> syn::Result<
     if kind == Kind::ReadOnly {
         lint::writes_in(&item.block)?;
     }
-    let route = match (kind, args.primary.is_some()) {
-        (Kind::ReadOnly, false) => quote!(Read),
-        (Kind::ReadOnly, true) => quote!(ReadFresh),
-        (Kind::Write, _) => quote!(Transaction),
-    };
-    let (runner, output) = match &method.output {
-        Output::Diesel(ok) => (
-            quote!(run_query),
-            quote!(::core::result::Result<#ok, ::diesel_replica::__private::Error>),
-        ),
-        Output::Own(ty) => (quote!(run), quote!(#ty)),
-    };
     let conn = &method.conn;
     let conn_ty = &method.conn_ty;
     let declared = &method.declared;
     let body = &item.block;
-    let new_body = quote!({
-        ::diesel_replica::__private::#runner(
-            self,
-            ::diesel_replica::__private::Route::#route,
-            async move |#conn: #conn_ty| -> #declared #body,
-        )
-        .await
-    });
+    let own = matches!(method.output, Output::Own(_));
+    let output = match &method.output {
+        Output::Diesel(ok) => {
+            quote!(::core::result::Result<#ok, ::diesel_replica::__private::Error>)
+        }
+        Output::Own(ty) => quote!(#ty),
+    };
+    let call = match (kind, args.primary.is_some()) {
+        // A read may run again on another replica when its node fails, so
+        // its closure borrows the arguments (and is cloned per attempt)
+        // instead of taking them.
+        (Kind::ReadOnly, false) => {
+            let runner = if own {
+                quote!(read)
+            } else {
+                quote!(read_query)
+            };
+            quote!(::diesel_replica::__private::#runner(
+                self,
+                async |#conn: #conn_ty| -> #declared #body,
+            ))
+        }
+        (kind, _) => {
+            let runner = if own { quote!(run) } else { quote!(run_query) };
+            let route = if kind == Kind::ReadOnly {
+                quote!(ReadFresh)
+            } else {
+                quote!(Transaction)
+            };
+            quote!(::diesel_replica::__private::#runner(
+                self,
+                ::diesel_replica::__private::Route::#route,
+                async move |#conn: #conn_ty| -> #declared #body,
+            ))
+        }
+    };
+    let new_body = quote!({ #call.await });
     item.sig.inputs = item
         .sig
         .inputs

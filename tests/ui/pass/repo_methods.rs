@@ -52,23 +52,31 @@ impl Db {
         users::table.count().get_result(conn).await
     }
 
+    /// A read may run again on another replica, so it borrows its
+    /// arguments: slices, references and `impl Trait` values by reference.
     #[read_only]
     pub async fn matching<'a>(
         &self,
         conn: &mut AsyncPgConnection,
-        prefix: &'a str,
-        ids: impl IntoIterator<Item = i64> + Send,
+        prefix: impl AsRef<str> + Send + Sync,
+        ids: &'a [i64],
     ) -> Result<Vec<String>, AppError> {
+        let prefix = prefix.as_ref();
         if prefix.is_empty() {
             return Err(AppError::Invalid("empty prefix"));
         }
-        let ids: Vec<i64> = ids.into_iter().collect();
         Ok(users::table
             .filter(users::id.eq_any(ids))
             .filter(users::name.like(format!("{prefix}%")))
             .select(users::name)
             .load(conn)
             .await?)
+    }
+
+    /// An owned argument that the body consumes is cloned for each attempt.
+    #[read_only]
+    pub async fn named(&self, conn: &mut AsyncPgConnection, names: Vec<String>) -> QueryResult<i64> {
+        users::table.filter(users::name.eq_any(names)).count().get_result(conn).await
     }
 
     #[write]
@@ -86,14 +94,15 @@ fn assert_send<T: Send>(_: &T) {}
 async fn from_anywhere(db: Db) -> Result<(), AppError> {
     let name = db.name(1).await?;
     let count: i64 = db.fresh_count().await?;
-    let found = db.matching(&name, vec![1, 2]).await?;
+    let found = db.matching(name.clone(), &[1, 2]).await?;
+    let named = db.named(vec![name]).await?;
     let renamed: usize = db.rename(1, "ada").await?;
     assert_send(&db.name(1));
     let spawned = tokio::spawn({
         let db = db.clone();
-        async move { db.matching("a", [1]).await }
+        async move { db.matching("a", &[1]).await }
     });
-    let _ = (count, found, renamed, spawned.await);
+    let _ = (count, found, named, renamed, spawned.await);
     let explicit = db
         .replica_set()
         .read(async |conn| users::table.count().get_result::<i64>(conn).await)
