@@ -48,6 +48,20 @@
 //!   its docs, e.g. `PG_BIN`). The cluster lives in a temporary directory
 //!   and is removed when loadgen exits normally; interrupting loadgen with
 //!   Ctrl-C leaves its servers running.
+//! - `--kill-replica-at SECS` (with `--local` only): kills replica 0 with
+//!   an immediate shutdown (`pg_ctl stop -m immediate`, crash-like: open
+//!   connections break) `SECS` seconds into the run (decimals allowed,
+//!   e.g. `2.5`; must be within `--duration`).
+//! - `--restart-replica-at SECS` (with `--local` and `--kill-replica-at`
+//!   only, and later than the kill): starts replica 0 again `SECS` seconds
+//!   into the run. Without it, replica 0 stays down to the end.
+//! - `--timeline`: adds a `timeline` of 100 ms buckets to the JSON (see
+//!   below).
+//!
+//! The fault flags without `--local`, or a restart without a kill, before
+//! it, or past the run, are rejected with exit status 2. The kill and the
+//! restart are blocking `replica_testkit` calls (0.1 to 1 s each); they run
+//! off the workers' threads, so the load goes on meanwhile.
 //!
 //! # Configuration
 //!
@@ -90,24 +104,84 @@
 //!
 //! ```json
 //! {"reads_ok":61234,"reads_err":0,"writes_ok":6801,"writes_err":0,
-//!  "per_node":{"127.0.0.1:5433":{"reads":20411,"writes":0},
-//!              "127.0.0.1:5432":{"reads":0,"writes":6801}},
+//!  "per_node":{"127.0.0.1:5433":{"reads":20411,"writes":0,"retries":0,"ejections":0},
+//!              "127.0.0.1:5432":{"reads":0,"writes":6801,"retries":0,"ejections":0}},
 //!  "read_p50_us":812,"read_p99_us":2950,"errors":{},
 //!  "duration_s":5.003,"reads_per_s":12239.5,"writes_per_s":1359.4}
 //! ```
 //!
-//! (shown wrapped here; it is one line). `per_node` is keyed by the
-//! `HOST:PORT` the server reports (`local:PORT` over a unix socket).
+//! (shown wrapped here; it is one line, with its keys sorted). `per_node`
+//! is keyed by the `HOST:PORT` the server reports (`local:PORT` over a
+//! unix socket). Each node's `retries` (failed attempts on it that a read
+//! retried on another node) and `ejections` (times it was ejected) come
+//! from `ReplicaSet::status()` at the end, merged under the node's
+//! configured `host:port`: with `--local` that is the key the server
+//! reports; against your own cluster a node configured by a name (or an
+//! address the server does not report as its own) gets a second entry,
+//! with `reads` and `writes` 0, holding them.
 //! The read latencies cover successful reads only, from the call to
 //! the `#[read_only]` method to its result (connection checkout, `BEGIN READ
-//! ONLY`, the query and `COMMIT`), in microseconds; they are `null` when no
-//! read succeeded. `errors` counts failed operations by kind:
-//! `checkout_timeout` (no connection within the pool timeout), `checkout`
-//! (connecting failed), `read_only_violation`, `not_found` (no row with the
-//! chosen id), `query` (any other database error) and `config`. The first
-//! error of each kind is also printed on stderr. Operations still running
+//! ONLY`, the query and `COMMIT`, and any retries on other nodes), in
+//! microseconds; they are `null` when no read succeeded. `errors` counts
+//! failed operations by kind: `checkout_timeout` (no connection within the
+//! pool timeout), `checkout` (connecting failed), `timeout` (the node did
+//! not answer within its statement timeout plus half a second),
+//! `no_replica_available` (no replica could serve a read and reads may not
+//! fall back to the writer), `read_only_violation`, `not_found` (no row
+//! with the chosen id), `query` (any other database error), `config`,
+//! `not_connected`, `already_connected`, and `other` for an error kind
+//! added to the library later. A read that failed on one node and
+//! succeeded on another counts as a success (and as a `retries` of the
+//! first node), not as an error. The first error of each kind is also
+//! printed on stderr, with its time into the run. Operations still running
 //! at the deadline are allowed to finish, and `duration_s` includes them.
 //! The exit status is 0 even when operations failed: read `errors`.
+//!
+//! With `--timeline`, the JSON also holds `timeline`: one object per 100 ms
+//! bucket from the start to the end of the run (the last one holds the
+//! operations that finished after the deadline),
+//!
+//! ```json
+//! "timeline":[{"t_ms":0,"reads":612,"writes":0,"errors":0,
+//!              "by_node":{"127.0.0.1:5433":306,"127.0.0.1:5434":306}}, ...]
+//! ```
+//!
+//! where `t_ms` is the bucket's start, `reads` and `writes` the successful
+//! operations and `errors` the failed ones (reads and writes) that
+//! finished in it, and `by_node` the successful reads per node that served
+//! them (as the server reports it; every node that served a read at any
+//! time of the run is listed in every bucket). Each task counts into its
+//! own buckets, merged at the end, so the timeline costs the workers no
+//! shared state.
+//!
+//! With `--kill-replica-at`, the JSON also holds `faults`, each time in
+//! milliseconds from the start of the run (`null` for what did not happen):
+//!
+//! ```json
+//! "faults":{"replica":"127.0.0.1:5433",
+//!           "kill_issued_at_ms":3002,"killed_at_ms":3110,"ejected_at_ms":3033,
+//!           "restart_issued_at_ms":7001,"restarted_at_ms":7198,
+//!           "readmitted_at_ms":7512,"first_read_after_restart_ms":7517,
+//!           "readmission_ms":319}
+//! ```
+//!
+//! - `replica`: replica 0's `host:port`.
+//! - `kill_issued_at_ms`: the immediate shutdown was sent; `killed_at_ms`:
+//!   `pg_ctl stop` returned (the server is gone).
+//! - `ejected_at_ms`: the library was first seen to have ejected replica 0
+//!   (its health is looked at every 10 ms).
+//! - `restart_issued_at_ms`: `pg_ctl start` was run; `restarted_at_ms`: it
+//!   returned, the server accepting connections.
+//! - `readmitted_at_ms`: the library was first seen to have re-admitted
+//!   replica 0 after the ejection (health `Up` again).
+//! - `first_read_after_restart_ms`: the first read that the restarted
+//!   replica served (by the port the server reports) finished.
+//! - `readmission_ms`: `first_read_after_restart_ms - restarted_at_ms`,
+//!   how long after the replica was back it took reads again.
+//!
+//! Each of these events is also printed on stderr as it happens, e.g.
+//! `loadgen: t=7.517s first read served by restarted replica-0
+//! (127.0.0.1:5433)`; a later change of replica 0's health is printed too.
 //!
 //! # Examples
 //!
@@ -122,6 +196,12 @@
 //!
 //! # Writes only, to measure the writer alone:
 //! cargo run --release --example loadgen -- --read-ratio 0
+//!
+//! # Failover: kill replica 0 of 2 at 3 s, restart it at 7 s, reads only,
+//! # with the timeline and the library's ejection / re-admission logs:
+//! RUST_LOG=replica_core=info,warn cargo run --release --example loadgen -- \
+//!     --local 2 --duration 12 --concurrency 32 --read-ratio 1.0 \
+//!     --timeline --kill-replica-at 3 --restart-replica-at 7
 //! ```
 
 use std::collections::{HashMap, HashSet};
@@ -131,14 +211,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use clap::Parser;
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
 use diesel::QueryableByName;
 use diesel::result::Error as DieselError;
 use diesel::sql_types::{BigInt, Integer, Nullable, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use diesel_replica::{Config, Error, ReplicaSet, ReplicatedRepo, read_only, write};
+use diesel_replica::{Config, Error, Health, ReplicaSet, ReplicatedRepo, read_only, write};
 use hdrhistogram::Histogram;
-use replica_testkit::Cluster;
+use replica_testkit::{Cluster, NodeId};
 use serde_json::{Map, Value, json};
 use tracing_subscriber::EnvFilter;
 
@@ -148,6 +229,12 @@ const SEED_ROWS: i64 = 1000;
 const REPLICA_WAIT: Duration = Duration::from_secs(30);
 /// Largest latency the histograms hold (a minute); larger ones count as it.
 const MAX_LATENCY_US: u64 = 60_000_000;
+/// Width of one `--timeline` bucket, in milliseconds.
+const BUCKET_MS: u64 = 100;
+/// How often the health of the replica under `--kill-replica-at` is looked at.
+const HEALTH_POLL: Duration = Duration::from_millis(10);
+/// A fault time that has not happened (yet).
+const UNSET: u64 = u64::MAX;
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS loadgen_items (\
      id bigserial PRIMARY KEY, \
@@ -237,6 +324,92 @@ struct Args {
     /// removed on exit.
     #[arg(long, value_name = "N")]
     local: Option<usize>,
+
+    /// With --local: kill replica 0 (immediate shutdown) this many seconds
+    /// into the run (decimals allowed).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    kill_replica_at: Option<Duration>,
+
+    /// With --local and --kill-replica-at: start replica 0 again this many
+    /// seconds into the run (later than the kill).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    restart_replica_at: Option<Duration>,
+
+    /// Add to the JSON a "timeline" of 100 ms buckets: reads, writes,
+    /// errors, and reads per node.
+    #[arg(long)]
+    timeline: bool,
+}
+
+impl Args {
+    /// Checks what clap cannot: the fault flags against each other,
+    /// `--local` and `--duration`.
+    fn check(&self) -> Result<(), String> {
+        let (kill, restart) = (self.kill_replica_at, self.restart_replica_at);
+        if kill.is_none() && restart.is_none() {
+            return Ok(());
+        }
+        match self.local {
+            None => {
+                return Err(
+                    "--kill-replica-at and --restart-replica-at need --local N: loadgen \
+                     only kills and restarts replicas of the throwaway cluster it starts itself"
+                        .into(),
+                );
+            }
+            Some(0) => {
+                return Err(
+                    "--kill-replica-at needs a replica to kill: use --local 1 or more".into(),
+                );
+            }
+            Some(_) => {}
+        }
+        let Some(kill) = kill else {
+            return Err(
+                "--restart-replica-at needs --kill-replica-at: only a killed replica is restarted"
+                    .into(),
+            );
+        };
+        let run = Duration::from_secs(self.duration);
+        if kill >= run {
+            return Err(format!(
+                "--kill-replica-at {} is not within the run (--duration {})",
+                kill.as_secs_f64(),
+                self.duration
+            ));
+        }
+        match restart {
+            Some(restart) if restart <= kill => Err(format!(
+                "--restart-replica-at {} must be later than --kill-replica-at {}",
+                restart.as_secs_f64(),
+                kill.as_secs_f64()
+            )),
+            Some(restart) if restart >= run => Err(format!(
+                "--restart-replica-at {} is not within the run (--duration {})",
+                restart.as_secs_f64(),
+                self.duration
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The faults to inject, if any (after [`Args::check`]).
+    fn faults(&self) -> Option<FaultPlan> {
+        Some(FaultPlan {
+            kill_at: self.kill_replica_at?,
+            restart_at: self.restart_replica_at,
+        })
+    }
+}
+
+/// A time into the run, in seconds with decimals.
+fn parse_secs(value: &str) -> Result<Duration, String> {
+    let secs: f64 = value.trim().parse().map_err(|_| {
+        format!("`{value}` is not a number; expected seconds into the run, such as 3 or 2.5")
+    })?;
+    Duration::try_from_secs_f64(secs).map_err(|_| {
+        format!("`{value}` is not a time into the run; expected seconds from 0, such as 3 or 2.5")
+    })
 }
 
 fn parse_read_ratio(value: &str) -> Result<f64, String> {
@@ -299,6 +472,8 @@ fn error_kind(error: &Error) -> &'static str {
     match error {
         Error::Checkout { .. } if error.is_timeout() => "checkout_timeout",
         Error::Checkout { .. } => "checkout",
+        Error::Timeout { .. } => "timeout",
+        Error::NoReplicaAvailable { .. } => "no_replica_available",
         Error::ReadOnlyViolation { .. } => "read_only_violation",
         Error::Query {
             error: DieselError::NotFound,
@@ -306,6 +481,9 @@ fn error_kind(error: &Error) -> &'static str {
         } => "not_found",
         Error::Query { .. } => "query",
         Error::Config(_) => "config",
+        Error::NotConnected { .. } => "not_connected",
+        Error::AlreadyConnected { .. } => "already_connected",
+        // `Error` is non-exhaustive: a variant added later.
         _ => "other",
     }
 }
@@ -327,6 +505,12 @@ impl Fatal {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Err(message) = args.check() {
+        Args::command()
+            .bin_name("loadgen")
+            .error(ErrorKind::ArgumentConflict, message)
+            .exit();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
@@ -336,6 +520,7 @@ fn main() -> ExitCode {
         .init();
     // Owned here, outside `run`, so that the local cluster outlives the
     // runtime and its pools: the servers stop after every connection is gone.
+    // The fault injection shares it, and is over before `run` returns.
     let mut cluster = None;
     match run(&args, &mut cluster) {
         Ok(summary) => {
@@ -349,7 +534,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &Args, cluster: &mut Option<Cluster>) -> Result<Value, Fatal> {
+fn run(args: &Args, cluster: &mut Option<Arc<Cluster>>) -> Result<Value, Fatal> {
     let concurrency = args.concurrency as usize;
     let config = match args.local {
         Some(replicas) => {
@@ -357,10 +542,10 @@ fn run(args: &Args, cluster: &mut Option<Cluster>) -> Result<Value, Fatal> {
                 "loadgen: --local {replicas}: starting a throwaway local cluster (primary + \
                  {replicas} streaming replicas) with replica_testkit; it is removed on exit"
             );
-            let local = cluster.insert(
-                Cluster::start(replicas)
-                    .map_err(|e| Fatal::new(format!("cannot start the local cluster: {e}")))?,
-            );
+            let local = cluster
+                .insert(Arc::new(Cluster::start(replicas).map_err(|e| {
+                    Fatal::new(format!("cannot start the local cluster: {e}"))
+                })?));
             local_config(local, concurrency)?
         }
         None => env_config(concurrency)?,
@@ -369,7 +554,7 @@ fn run(args: &Args, cluster: &mut Option<Cluster>) -> Result<Value, Fatal> {
         .enable_all()
         .build()
         .map_err(|e| Fatal::new(format!("cannot start the tokio runtime: {e}")))?;
-    runtime.block_on(load(args, config))
+    runtime.block_on(load(args, config, cluster.clone()))
 }
 
 /// The local cluster's configuration, with pools of `concurrency`
@@ -423,8 +608,9 @@ impl From<diesel_replica::ConfigError> for Fatal {
     }
 }
 
-/// Connects, prepares the table, runs the workers and builds the summary.
-async fn load(args: &Args, config: Config) -> Result<Value, Fatal> {
+/// Connects, prepares the table, runs the workers (and the faults, with
+/// the local `cluster`) and builds the summary.
+async fn load(args: &Args, config: Config, cluster: Option<Arc<Cluster>>) -> Result<Value, Fatal> {
     let (writer_pool, replica_pool) = (config.writer_pool.max_size, config.replica_pool.max_size);
     let db = Items::connect(config)
         .await
@@ -466,10 +652,21 @@ async fn load(args: &Args, config: Config) -> Result<Value, Fatal> {
         "loadgen: running {}s, concurrency {}, read ratio {}",
         args.duration, args.concurrency, args.read_ratio
     );
+    // `check` made sure that faults come with a local cluster of at least
+    // one replica.
+    // (`<[_]>::first` spelled out: diesel-async's `RunQueryDsl::first`
+    // would otherwise be picked.)
+    let faults = args.faults().zip(cluster).zip(<[String]>::first(&replicas));
     let live = Arc::new(Live::default());
     let first_errors = Arc::new(Mutex::new(HashSet::new()));
     let start = Instant::now();
     let deadline = start + Duration::from_secs(args.duration);
+    let clock = match &faults {
+        Some((_, address)) => Some(Arc::new(
+            FaultClock::new(start, address).map_err(Fatal::new)?,
+        )),
+        None => None,
+    };
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
@@ -481,15 +678,25 @@ async fn load(args: &Args, config: Config) -> Result<Value, Fatal> {
                 rng: Rng::new(seed ^ u64::from(task)),
                 ids,
                 read_ratio: args.read_ratio,
+                start,
                 deadline,
                 live: live.clone(),
                 first_errors: first_errors.clone(),
+                timeline: args.timeline,
+                faults: clock.clone(),
             }))
         })
         .collect();
     let progress = tokio::spawn(progress(start, live));
+    let injected = match (faults, &clock) {
+        (Some(((plan, cluster), _)), Some(clock)) => Some((
+            tokio::spawn(inject_faults(cluster, plan, clock.clone())),
+            tokio::spawn(watch_health(db.clone(), clock.clone(), deadline)),
+        )),
+        _ => None,
+    };
 
-    let mut totals = Stats::new();
+    let mut totals = Stats::new(args.timeline);
     let mut panicked = None;
     for handle in workers {
         match handle.await {
@@ -502,7 +709,25 @@ async fn load(args: &Args, config: Config) -> Result<Value, Fatal> {
     if let Some(e) = panicked {
         return Err(Fatal::new(format!("a worker task failed: {e}")));
     }
-    let summary = totals.summary(elapsed);
+    if let Some((inject, watch)) = injected {
+        // `check` put the faults inside the run: both end at the deadline,
+        // or (a late restart) as soon as `pg_ctl start` returns.
+        inject
+            .await
+            .map_err(|e| Fatal::new(format!("the fault injection task failed: {e}")))?
+            .map_err(Fatal::new)?;
+        watch
+            .await
+            .map_err(|e| Fatal::new(format!("the health watch task failed: {e}")))?;
+    }
+    let mut summary = totals.summary(elapsed);
+    add_node_health(&mut summary, &db);
+    if let Some(timeline) = &totals.timeline {
+        summary["timeline"] = timeline.to_json(elapsed);
+    }
+    if let Some(clock) = &clock {
+        summary["faults"] = clock.to_json();
+    }
     let latency = match (
         summary["read_p50_us"].as_u64(),
         summary["read_p99_us"].as_u64(),
@@ -662,10 +887,16 @@ struct Worker {
     rng: Rng,
     ids: Ids,
     read_ratio: f64,
+    /// When the clock started, for the timeline and the fault times.
+    start: Instant,
     deadline: Instant,
     live: Arc<Live>,
     /// Kinds of error already printed, so that each is printed once.
     first_errors: Arc<Mutex<HashSet<&'static str>>>,
+    /// Whether to keep a timeline.
+    timeline: bool,
+    /// The fault times, with `--kill-replica-at`.
+    faults: Option<Arc<FaultClock>>,
 }
 
 /// Counts kept by one task without sharing, merged at the end.
@@ -678,10 +909,12 @@ struct Stats {
     per_node: HashMap<String, (u64, u64)>,
     errors: HashMap<&'static str, u64>,
     read_latency_us: Histogram<u64>,
+    /// With `--timeline`.
+    timeline: Option<Timeline>,
 }
 
 impl Stats {
-    fn new() -> Self {
+    fn new(timeline: bool) -> Self {
         Self {
             reads_ok: 0,
             reads_err: 0,
@@ -691,6 +924,7 @@ impl Stats {
             errors: HashMap::new(),
             read_latency_us: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
                 .expect("constant bounds are valid"),
+            timeline: timeline.then(Timeline::default),
         }
     }
 
@@ -710,6 +944,11 @@ impl Stats {
         self.read_latency_us
             .add(&other.read_latency_us)
             .expect("histograms with the same bounds always add");
+        match (&mut self.timeline, other.timeline) {
+            (Some(timeline), Some(other)) => timeline.merge(other),
+            (None, other) => self.timeline = other,
+            (Some(_), None) => {}
+        }
     }
 
     /// The JSON summary line.
@@ -754,14 +993,15 @@ impl Stats {
 
 /// One task: reads and writes back to back until the deadline.
 async fn worker(mut w: Worker) -> Stats {
-    let mut stats = Stats::new();
+    let mut stats = Stats::new(w.timeline);
     let mut n = 0u64;
     while Instant::now() < w.deadline {
         let id = w.rng.id(w.ids);
         if w.rng.next_f64() < w.read_ratio {
             let started = Instant::now();
             let result = w.db.item(id).await;
-            let micros = started.elapsed().as_micros();
+            let done = Instant::now();
+            let micros = done.duration_since(started).as_micros();
             match result {
                 Ok(row) => {
                     stats
@@ -774,16 +1014,23 @@ async fn worker(mut w: Worker) -> Stats {
                         .or_default()
                         .0 += 1;
                     w.live.reads.fetch_add(1, Ordering::Relaxed);
+                    if let Some(timeline) = &mut stats.timeline {
+                        timeline.read(bucket(w.start, done), row.host.as_deref(), row.port);
+                    }
+                    if let Some(faults) = &w.faults {
+                        faults.saw_read(row.host.as_deref(), row.port, done);
+                    }
                 }
                 Err(e) => {
                     stats.reads_err += 1;
-                    record_error(&mut stats, &w, &e);
+                    record_error(&mut stats, &w, &e, done);
                 }
             }
         } else {
             n += 1;
             let payload = format!("written by task {} (#{n})", w.task);
             let result = w.db.touch(id, &payload).await;
+            let done = Instant::now();
             match result {
                 Ok(row) => {
                     stats.writes_ok += 1;
@@ -793,10 +1040,13 @@ async fn worker(mut w: Worker) -> Stats {
                         .or_default()
                         .1 += 1;
                     w.live.writes.fetch_add(1, Ordering::Relaxed);
+                    if let Some(timeline) = &mut stats.timeline {
+                        Timeline::bump(&mut timeline.writes, bucket(w.start, done));
+                    }
                 }
                 Err(e) => {
                     stats.writes_err += 1;
-                    record_error(&mut stats, &w, &e);
+                    record_error(&mut stats, &w, &e, done);
                 }
             }
         }
@@ -804,17 +1054,350 @@ async fn worker(mut w: Worker) -> Stats {
     stats
 }
 
-/// Counts a failed operation, and prints it if it is the first of its kind.
-fn record_error(stats: &mut Stats, w: &Worker, error: &Error) {
+/// Counts a failed operation that ended at `done`, and prints it if it is
+/// the first of its kind.
+fn record_error(stats: &mut Stats, w: &Worker, error: &Error, done: Instant) {
     let kind = error_kind(error);
     *stats.errors.entry(kind).or_default() += 1;
     w.live.errors.fetch_add(1, Ordering::Relaxed);
+    if let Some(timeline) = &mut stats.timeline {
+        Timeline::bump(&mut timeline.errors, bucket(w.start, done));
+    }
     // Only failed operations get here, so the lock is off the hot path.
     let first = w
         .first_errors
         .lock()
         .map_or(true, |mut printed| printed.insert(kind));
     if first {
-        eprintln!("loadgen: first {kind} error: {error}");
+        eprintln!(
+            "loadgen: t={:.3}s first {kind} error: {error}",
+            done.saturating_duration_since(w.start).as_secs_f64()
+        );
+    }
+}
+
+/// Milliseconds from `start` to `at`.
+fn ms_since(start: Instant, at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(start).as_millis()).unwrap_or(u64::MAX - 1)
+}
+
+/// The timeline bucket of an operation that ended at `done`.
+fn bucket(start: Instant, done: Instant) -> usize {
+    usize::try_from(ms_since(start, done) / BUCKET_MS).unwrap_or(usize::MAX - 1)
+}
+
+/// Adds `retries` and `ejections` from [`ReplicaSet::status`] to the
+/// summary's `per_node`, keyed by each node's configured `host:port`.
+fn add_node_health(summary: &mut Value, db: &Items) {
+    let status = db.replica_set().status();
+    let Some(per_node) = summary["per_node"].as_object_mut() else {
+        return;
+    };
+    for node in std::iter::once(&status.writer).chain(&status.replicas) {
+        let entry = per_node
+            .entry(node.address.clone())
+            .or_insert_with(|| json!({ "reads": 0, "writes": 0 }));
+        entry["retries"] = json!(node.retried);
+        entry["ejections"] = json!(node.ejections);
+    }
+}
+
+/// Operations per 100 ms bucket (by the time they ended), kept by one task
+/// without sharing and merged at the end.
+#[derive(Default)]
+struct Timeline {
+    reads: Vec<u64>,
+    writes: Vec<u64>,
+    /// Failed operations, reads and writes.
+    errors: Vec<u64>,
+    /// The nodes that served reads, as the server reported them (host, port).
+    nodes: Vec<(Option<String>, i32)>,
+    /// Reads per bucket, one row per entry of `nodes`.
+    by_node: Vec<Vec<u64>>,
+}
+
+impl Timeline {
+    fn bump(counts: &mut Vec<u64>, bucket: usize) {
+        Self::add(counts, bucket, 1);
+    }
+
+    fn add(counts: &mut Vec<u64>, bucket: usize, n: u64) {
+        if counts.len() <= bucket {
+            counts.resize(bucket + 1, 0);
+        }
+        counts[bucket] += n;
+    }
+
+    /// The row of `by_node` for a node, added if new.
+    fn node(&mut self, host: Option<&str>, port: i32) -> &mut Vec<u64> {
+        let index = match self
+            .nodes
+            .iter()
+            .position(|(h, p)| *p == port && h.as_deref() == host)
+        {
+            Some(index) => index,
+            None => {
+                self.nodes.push((host.map(str::to_owned), port));
+                self.by_node.push(Vec::new());
+                self.nodes.len() - 1
+            }
+        };
+        &mut self.by_node[index]
+    }
+
+    /// A successful read served by `host:port`.
+    fn read(&mut self, bucket: usize, host: Option<&str>, port: i32) {
+        Self::bump(&mut self.reads, bucket);
+        Self::bump(self.node(host, port), bucket);
+    }
+
+    fn merge(&mut self, other: Self) {
+        for (mine, theirs) in [
+            (&mut self.reads, other.reads),
+            (&mut self.writes, other.writes),
+            (&mut self.errors, other.errors),
+        ] {
+            for (bucket, n) in theirs.into_iter().enumerate() {
+                Self::add(mine, bucket, n);
+            }
+        }
+        for ((host, port), counts) in other.nodes.into_iter().zip(other.by_node) {
+            let mine = self.node(host.as_deref(), port);
+            for (bucket, n) in counts.into_iter().enumerate() {
+                Self::add(mine, bucket, n);
+            }
+        }
+    }
+
+    /// One object per bucket, from 0 to the end of a run of `elapsed_s`;
+    /// `by_node` lists every node that served a read during the run.
+    fn to_json(&self, elapsed_s: f64) -> Value {
+        let run_buckets = (elapsed_s * 1000.0 / BUCKET_MS as f64).ceil() as usize;
+        let buckets = [&self.reads, &self.writes, &self.errors]
+            .into_iter()
+            .chain(&self.by_node)
+            .map(Vec::len)
+            .fold(run_buckets, usize::max);
+        let at = |counts: &Vec<u64>, bucket: usize| counts.get(bucket).copied().unwrap_or(0);
+        let keys: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|(host, port)| node_key(host.as_deref(), *port))
+            .collect();
+        (0..buckets)
+            .map(|bucket| {
+                let by_node: Map<String, Value> = keys
+                    .iter()
+                    .zip(&self.by_node)
+                    .map(|(key, counts)| (key.clone(), json!(at(counts, bucket))))
+                    .collect();
+                json!({
+                    "t_ms": bucket as u64 * BUCKET_MS,
+                    "reads": at(&self.reads, bucket),
+                    "writes": at(&self.writes, bucket),
+                    "errors": at(&self.errors, bucket),
+                    "by_node": by_node,
+                })
+            })
+            .collect()
+    }
+}
+
+/// What `--kill-replica-at` and `--restart-replica-at` ask for.
+#[derive(Clone, Copy)]
+struct FaultPlan {
+    kill_at: Duration,
+    restart_at: Option<Duration>,
+}
+
+/// When each fault event happened, in ms since the start of the run
+/// ([`UNSET`] until it does), shared by the fault task, the health watch
+/// and the workers.
+struct FaultClock {
+    start: Instant,
+    /// Replica 0, `host:port` as configured (and, locally, as reported).
+    address: String,
+    host: String,
+    port: i32,
+    kill_issued: AtomicU64,
+    killed: AtomicU64,
+    ejected: AtomicU64,
+    restart_issued: AtomicU64,
+    restarted: AtomicU64,
+    readmitted: AtomicU64,
+    first_read_after_restart: AtomicU64,
+}
+
+impl FaultClock {
+    fn new(start: Instant, address: &str) -> Result<Self, String> {
+        let (host, port) = address
+            .rsplit_once(':')
+            .and_then(|(host, port)| Some((host, port.parse().ok()?)))
+            .ok_or_else(|| format!("replica 0's address `{address}` is not host:port"))?;
+        let unset = || AtomicU64::new(UNSET);
+        Ok(Self {
+            start,
+            address: address.to_owned(),
+            host: host.trim_matches(['[', ']']).to_owned(),
+            port,
+            kill_issued: unset(),
+            killed: unset(),
+            ejected: unset(),
+            restart_issued: unset(),
+            restarted: unset(),
+            readmitted: unset(),
+            first_read_after_restart: unset(),
+        })
+    }
+
+    /// Records `event` as happening now (once) and prints it on stderr.
+    fn record(&self, event: &AtomicU64, what: impl std::fmt::Display) {
+        let now = ms_since(self.start, Instant::now());
+        if event
+            .compare_exchange(UNSET, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            eprintln!("loadgen: t={:.3}s {what}", now as f64 / 1000.0);
+        }
+    }
+
+    fn get(event: &AtomicU64) -> Option<u64> {
+        Some(AtomicU64::load(event, Ordering::Relaxed)).filter(|&ms| ms != UNSET)
+    }
+
+    /// A read served by `host:port` ended at `done`: the first one on
+    /// replica 0 after its restart was issued is recorded. (Replica 0 is
+    /// down from the kill to the restart, so such a read ran on the
+    /// restarted server.)
+    fn saw_read(&self, host: Option<&str>, port: i32, done: Instant) {
+        if port != self.port
+            || host != Some(self.host.as_str())
+            || Self::get(&self.restart_issued).is_none()
+            || Self::get(&self.first_read_after_restart).is_some()
+        {
+            return;
+        }
+        let at = ms_since(self.start, done);
+        if self
+            .first_read_after_restart
+            .compare_exchange(UNSET, at, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            eprintln!(
+                "loadgen: t={:.3}s first read served by restarted replica-0 ({})",
+                at as f64 / 1000.0,
+                self.address
+            );
+        }
+    }
+
+    /// The `faults` object of the summary.
+    fn to_json(&self) -> Value {
+        let restarted = Self::get(&self.restarted);
+        let first_read = Self::get(&self.first_read_after_restart);
+        json!({
+            "replica": self.address,
+            "kill_issued_at_ms": Self::get(&self.kill_issued),
+            "killed_at_ms": Self::get(&self.killed),
+            "ejected_at_ms": Self::get(&self.ejected),
+            "restart_issued_at_ms": Self::get(&self.restart_issued),
+            "restarted_at_ms": restarted,
+            "readmitted_at_ms": Self::get(&self.readmitted),
+            "first_read_after_restart_ms": first_read,
+            "readmission_ms": restarted
+                .zip(first_read)
+                .map(|(restarted, first)| first as i64 - restarted as i64),
+        })
+    }
+}
+
+/// Kills replica 0 and restarts it as planned. The testkit's calls block
+/// (up to a second), so they run on the blocking pool while the workers go on.
+async fn inject_faults(
+    cluster: Arc<Cluster>,
+    plan: FaultPlan,
+    clock: Arc<FaultClock>,
+) -> Result<(), String> {
+    let replica = NodeId::Replica(0);
+    let address = clock.address.clone();
+    tokio::time::sleep_until((clock.start + plan.kill_at).into()).await;
+    clock.record(
+        &clock.kill_issued,
+        format_args!("killing replica-0 ({address}): immediate shutdown"),
+    );
+    blocking(&cluster, move |cluster| cluster.kill(replica))
+        .await
+        .map_err(|e| format!("cannot kill replica-0 ({address}): {e}"))?;
+    clock.record(&clock.killed, "replica-0 is down (pg_ctl stop returned)");
+    let Some(restart_at) = plan.restart_at else {
+        return Ok(());
+    };
+    tokio::time::sleep_until((clock.start + restart_at).into()).await;
+    clock.record(
+        &clock.restart_issued,
+        format_args!("restarting replica-0 ({address})"),
+    );
+    blocking(&cluster, move |cluster| cluster.start_node(replica))
+        .await
+        .map_err(|e| format!("cannot restart replica-0 ({address}): {e}"))?;
+    clock.record(
+        &clock.restarted,
+        "replica-0 accepts connections again (pg_ctl start returned)",
+    );
+    Ok(())
+}
+
+/// Runs a blocking testkit call on the blocking pool.
+async fn blocking(
+    cluster: &Arc<Cluster>,
+    call: impl FnOnce(&Cluster) -> Result<(), replica_testkit::Error> + Send + 'static,
+) -> Result<(), String> {
+    let cluster = cluster.clone();
+    match tokio::task::spawn_blocking(move || call(&cluster)).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("the blocking task failed: {e}")),
+    }
+}
+
+/// Watches replica 0's health until the deadline and records (and prints)
+/// its first ejection and the first re-admission after it; later changes
+/// are printed only.
+async fn watch_health(db: Items, clock: Arc<FaultClock>, deadline: Instant) {
+    let mut ticks = tokio::time::interval(HEALTH_POLL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut was_up = true;
+    while Instant::now() < deadline {
+        ticks.tick().await;
+        let Some(replica) = db.replica_set().status().replicas.into_iter().next() else {
+            return;
+        };
+        let up = matches!(replica.health, Health::Up);
+        if up == was_up {
+            continue;
+        }
+        was_up = up;
+        let event = match (up, FaultClock::get(&clock.ejected)) {
+            (false, None) => &clock.ejected,
+            (true, Some(_)) if FaultClock::get(&clock.readmitted).is_none() => &clock.readmitted,
+            _ => {
+                let at = ms_since(clock.start, Instant::now());
+                eprintln!(
+                    "loadgen: t={:.3}s replica-0 is {:?} again",
+                    at as f64 / 1000.0,
+                    replica.health
+                );
+                continue;
+            }
+        };
+        let what = if up {
+            "replica-0 is re-admitted (health Up)".to_owned()
+        } else {
+            format!(
+                "replica-0 is ejected (ejection #{}); last error: {}",
+                replica.ejections,
+                replica.last_error.as_deref().unwrap_or("none")
+            )
+        };
+        clock.record(event, what);
     }
 }

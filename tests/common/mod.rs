@@ -3,6 +3,7 @@
 //! Test binaries that use it set `harness = false` and run their tests
 //! through libtest-mimic, so the cluster is started once before the tests
 //! and stopped and removed after them (a `static` would never be dropped).
+#![allow(dead_code, reason = "each test binary uses a part of this module")]
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,7 +25,17 @@ pub(crate) type Test = (&'static str, fn(Arc<Cluster>) -> TestFuture);
 /// Starts a cluster with `replicas` replicas, runs `setup` on it, then the
 /// tests, then removes the cluster.
 pub(crate) fn run(replicas: usize, setup: &str, tests: Vec<Test>) -> ExitCode {
-    let args = Arguments::from_args();
+    run_with(Arguments::from_args(), replicas, setup, tests)
+}
+
+/// As [`run`], one test at a time: for tests that stop and start nodes.
+pub(crate) fn run_one_at_a_time(replicas: usize, setup: &str, tests: Vec<Test>) -> ExitCode {
+    let mut args = Arguments::from_args();
+    args.test_threads = Some(1);
+    run_with(args, replicas, setup, tests)
+}
+
+fn run_with(args: Arguments, replicas: usize, setup: &str, tests: Vec<Test>) -> ExitCode {
     let cluster = (!args.list).then(|| {
         let cluster = Cluster::start(replicas)
             .unwrap_or_else(|e| panic!("cannot start the test cluster: {e}"));

@@ -1,0 +1,446 @@
+//! Faults under load against a real primary and two streaming replicas:
+//! nodes are killed (immediate shutdown), stopped (SIGSTOP) and restarted,
+//! while tasks read continuously. One test at a time: they share the nodes.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Command, ExitCode};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Served, WHO_SERVED, config, replica_ports};
+use diesel_async::RunQueryDsl;
+use diesel_replica::{Balance, Config, Error, Health, ReplicaSet};
+use replica_testkit::{Cluster, NodeId};
+
+const READERS: usize = 32;
+
+fn main() -> ExitCode {
+    common::run_one_at_a_time(
+        2,
+        "CREATE TABLE t (x int)",
+        tests![
+            a_killed_replica_costs_no_reads_and_is_readmitted_after_restart,
+            a_hung_replica_costs_no_reads_and_no_read_waits_past_the_bound,
+            with_every_replica_down_reads_use_the_writer_or_fail_clearly,
+            with_the_writer_down_writes_fail_clearly_and_reads_go_on,
+            an_sql_error_on_a_replica_is_returned_once,
+            round_robin_alternates,
+            random_uses_every_replica,
+            weighted_three_to_one_spreads_three_to_one,
+            least_in_flight_prefers_the_idle_replica_when_one_is_slow,
+        ],
+    )
+}
+
+/// What continuous readers saw.
+#[derive(Default, Debug)]
+struct Load {
+    ok: u64,
+    errors: Vec<String>,
+    by_port: HashMap<i32, u64>,
+    slowest: Duration,
+}
+
+/// `READERS` tasks reading which server answers, until `until`.
+async fn read_until(db: &ReplicaSet, until: Instant) -> Load {
+    let tasks: Vec<_> = (0..READERS)
+        .map(|_| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let mut load = Load::default();
+                while Instant::now() < until {
+                    let started = Instant::now();
+                    let result = db
+                        .read(async |conn| {
+                            diesel::sql_query(WHO_SERVED)
+                                .get_result::<Served>(conn)
+                                .await
+                        })
+                        .await;
+                    load.slowest = load.slowest.max(started.elapsed());
+                    match result {
+                        Ok(served) => {
+                            load.ok += 1;
+                            *load.by_port.entry(served.port).or_default() += 1;
+                        }
+                        Err(error) => load.errors.push(error.to_string()),
+                    }
+                }
+                load
+            })
+        })
+        .collect();
+    let mut total = Load::default();
+    for task in tasks {
+        let load = task.await.expect("a reader task");
+        total.ok += load.ok;
+        total.errors.extend(load.errors);
+        total.slowest = total.slowest.max(load.slowest);
+        for (port, n) in load.by_port {
+            *total.by_port.entry(port).or_default() += n;
+        }
+    }
+    total
+}
+
+/// Runs blocking cluster work off the runtime's threads.
+async fn on_cluster<T: Send + 'static>(
+    cluster: &Arc<Cluster>,
+    work: impl FnOnce(&Cluster) -> T + Send + 'static,
+) -> T {
+    let cluster = cluster.clone();
+    tokio::task::spawn_blocking(move || work(&cluster))
+        .await
+        .expect("cluster work")
+}
+
+/// Waits (bounded) until replica `index` of `db` has `health`.
+async fn until_health(db: &ReplicaSet, index: usize, health: Health) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while db.status().replicas[index].health != health {
+        assert!(
+            Instant::now() < deadline,
+            "replica-{index} never became {health:?}: {:?}",
+            db.status().replicas[index]
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `n` reads one after another, counted by the port that served them.
+async fn spread(db: &ReplicaSet, n: usize) -> HashMap<i32, u64> {
+    let mut by_port = HashMap::new();
+    for _ in 0..n {
+        let served = db
+            .read(async |conn| {
+                diesel::sql_query(WHO_SERVED)
+                    .get_result::<Served>(conn)
+                    .await
+            })
+            .await
+            .unwrap();
+        *by_port.entry(served.port).or_default() += 1;
+    }
+    by_port
+}
+
+/// Pools as large as the load, opened before it starts: the tests measure
+/// faults, not connection set-up.
+fn pool_for_load(mut config: Config) -> Config {
+    for pool in [&mut config.replica_pool, &mut config.writer_pool] {
+        pool.max_size = READERS;
+        pool.warm_up = READERS;
+    }
+    config
+}
+
+async fn a_killed_replica_costs_no_reads_and_is_readmitted_after_restart(cluster: Arc<Cluster>) {
+    let db = ReplicaSet::connect(pool_for_load(config(&cluster)))
+        .await
+        .unwrap();
+    let killed_port = replica_ports(&cluster)[1];
+    let load = tokio::spawn({
+        let db = db.clone();
+        async move { read_until(&db, Instant::now() + Duration::from_secs(4)).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    on_cluster(&cluster, |c| c.kill(NodeId::Replica(1)))
+        .await
+        .unwrap();
+    let load = load.await.unwrap();
+    assert!(
+        load.errors.is_empty(),
+        "{} failed reads: {:?}",
+        load.errors.len(),
+        &load.errors[..load.errors.len().min(5)]
+    );
+    assert!(
+        load.by_port[&killed_port] > 0,
+        "the replica served reads before it died: {load:?}"
+    );
+    let status = db.status();
+    assert_eq!(
+        status.replicas[1].health,
+        Health::Ejected,
+        "{:?}",
+        status.replicas[1]
+    );
+    assert!(status.replicas[1].ejections >= 1);
+    assert!(status.replicas[1].last_error.is_some());
+    assert_eq!(
+        status.replicas[1].in_flight, 0,
+        "reads still sent to the dead replica"
+    );
+
+    on_cluster(&cluster, |c| c.start_node(NodeId::Replica(1)))
+        .await
+        .unwrap();
+    until_health(&db, 1, Health::Up).await;
+    let after = spread(&db, 40).await;
+    assert!(
+        after.get(&killed_port).copied().unwrap_or(0) > 0,
+        "the restarted replica serves reads again: {after:?}"
+    );
+}
+
+/// Sends a signal to a node's postmaster, then to every process it
+/// started. Backends may exit meanwhile, so only the postmaster's signal
+/// must land.
+fn signal_node(cluster: &Cluster, id: NodeId, signal: &str) {
+    let pid = cluster.postmaster_pid(id).unwrap().to_string();
+    let status = Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill {signal} {pid}");
+    let children = Command::new("pgrep")
+        .args(["-P", &pid])
+        .output()
+        .expect("pgrep runs");
+    let children = String::from_utf8_lossy(&children.stdout);
+    let children: Vec<&str> = children.split_whitespace().collect();
+    if !children.is_empty() {
+        let _ = Command::new("kill").arg(signal).args(&children).status();
+    }
+}
+
+/// Resumes a stopped node even when the test fails midway.
+struct Resume(Arc<Cluster>, NodeId);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        signal_node(&self.0, self.1, "-CONT");
+    }
+}
+
+async fn a_hung_replica_costs_no_reads_and_no_read_waits_past_the_bound(cluster: Arc<Cluster>) {
+    let mut config = pool_for_load(config(&cluster));
+    let statement_timeout = Duration::from_secs(1);
+    config.replica_pool.statement_timeout = Some(statement_timeout);
+    let retries = config.health.read_retries;
+    let db = ReplicaSet::connect(config).await.unwrap();
+    let load = tokio::spawn({
+        let db = db.clone();
+        async move { read_until(&db, Instant::now() + Duration::from_secs(5)).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let resume = Resume(cluster.clone(), NodeId::Replica(1));
+    on_cluster(&cluster, |c| signal_node(c, NodeId::Replica(1), "-STOP")).await;
+    until_health(&db, 1, Health::Ejected).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(resume);
+    let load = load.await.unwrap();
+    assert!(
+        load.errors.is_empty(),
+        "{} failed reads: {:?}",
+        load.errors.len(),
+        &load.errors[..load.errors.len().min(5)]
+    );
+    // Each attempt is bounded by the statement timeout plus half a second;
+    // a read makes at most `retries + 1` of them. One second of slack for
+    // the shared machine.
+    let bound =
+        (statement_timeout + Duration::from_millis(500)) * (retries + 1) + Duration::from_secs(1);
+    assert!(
+        load.slowest <= bound,
+        "a read took {:?}, past the bound {bound:?}",
+        load.slowest
+    );
+    until_health(&db, 1, Health::Up).await;
+    assert!(db.status().replicas[1].ejections >= 1);
+}
+
+async fn with_every_replica_down_reads_use_the_writer_or_fail_clearly(cluster: Arc<Cluster>) {
+    let db = ReplicaSet::connect(config(&cluster)).await.unwrap();
+    let mut strict = config(&cluster);
+    strict.health.reads_fall_back_to_writer = false;
+    let strict = ReplicaSet::connect(strict).await.unwrap();
+    on_cluster(&cluster, |c| {
+        c.kill(NodeId::Replica(0))?;
+        c.kill(NodeId::Replica(1))
+    })
+    .await
+    .unwrap();
+    for _ in 0..10 {
+        let served = db
+            .read(async |conn| {
+                diesel::sql_query(WHO_SERVED)
+                    .get_result::<Served>(conn)
+                    .await
+            })
+            .await
+            .unwrap();
+        assert_eq!(served.port, i32::from(cluster.primary().port()));
+        assert_eq!(served.read_only, "on");
+    }
+    let mut last = None;
+    for _ in 0..5 {
+        last = strict
+            .read(async |conn| {
+                diesel::sql_query(WHO_SERVED)
+                    .get_result::<Served>(conn)
+                    .await
+            })
+            .await
+            .err();
+    }
+    let err = last.expect("reads fail with no replica and no fallback");
+    assert!(matches!(err, Error::NoReplicaAvailable { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("no replica available for a read"),
+        "{text}"
+    );
+    assert!(
+        text.contains("replica-0") && text.contains("replica-1") && text.contains("Ejected"),
+        "{text}"
+    );
+    on_cluster(&cluster, |c| {
+        c.start_node(NodeId::Replica(0))?;
+        c.start_node(NodeId::Replica(1))?;
+        c.wait_for_replication()
+    })
+    .await
+    .unwrap();
+}
+
+async fn with_the_writer_down_writes_fail_clearly_and_reads_go_on(cluster: Arc<Cluster>) {
+    let db = ReplicaSet::connect(config(&cluster)).await.unwrap();
+    let insert = async |conn: &mut diesel_async::AsyncPgConnection| {
+        diesel::sql_query("INSERT INTO t VALUES (1)")
+            .execute(conn)
+            .await
+    };
+    on_cluster(&cluster, |c| c.kill(NodeId::Primary))
+        .await
+        .unwrap();
+    let err = db.write(insert).await.unwrap_err();
+    assert!(matches!(err, Error::Checkout { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!(
+            "writer (127.0.0.1:{}) unavailable",
+            cluster.primary().port()
+        )),
+        "{text}"
+    );
+    let reads = spread(&db, 10).await;
+    assert!(
+        reads
+            .keys()
+            .all(|port| replica_ports(&cluster).contains(port)),
+        "{reads:?}"
+    );
+
+    on_cluster(&cluster, |c| c.start_node(NodeId::Primary))
+        .await
+        .unwrap();
+    assert_eq!(
+        db.write(insert).await.unwrap(),
+        1,
+        "writes resume without a restart of the app"
+    );
+    on_cluster(&cluster, |c| c.wait_for_replication())
+        .await
+        .unwrap();
+}
+
+async fn an_sql_error_on_a_replica_is_returned_once(cluster: Arc<Cluster>) {
+    let db = ReplicaSet::connect(config(&cluster)).await.unwrap();
+    let calls = AtomicUsize::new(0);
+    let err = db
+        .read(async |conn| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            diesel::sql_query("SELECT * FROM no_such_table")
+                .execute(conn)
+                .await
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Query { .. }), "{err:?}");
+    assert_eq!(calls.into_inner(), 1, "an SQL error was retried");
+    let status = db.status();
+    assert!(
+        status
+            .replicas
+            .iter()
+            .all(|r| r.retried == 0 && r.consecutive_failures == 0 && r.health == Health::Up)
+    );
+}
+
+async fn balanced(cluster: &Cluster, balance: Balance, weights: Vec<u32>) -> ReplicaSet {
+    let mut config = config(cluster);
+    config.balance = balance;
+    config.replica_weights = weights;
+    ReplicaSet::connect(config).await.unwrap()
+}
+
+async fn round_robin_alternates(cluster: Arc<Cluster>) {
+    let db = balanced(&cluster, Balance::RoundRobin, vec![]).await;
+    let by_port = spread(&db, 100).await;
+    let ports = replica_ports(&cluster);
+    assert_eq!((by_port[&ports[0]], by_port[&ports[1]]), (50, 50));
+}
+
+async fn random_uses_every_replica(cluster: Arc<Cluster>) {
+    let db = balanced(&cluster, Balance::Random, vec![]).await;
+    let by_port = spread(&db, 400).await;
+    for port in replica_ports(&cluster) {
+        assert!(by_port[&port] >= 100, "{by_port:?}");
+    }
+}
+
+async fn weighted_three_to_one_spreads_three_to_one(cluster: Arc<Cluster>) {
+    let db = balanced(&cluster, Balance::Weighted, vec![3, 1]).await;
+    let by_port = spread(&db, 2000).await;
+    let ports = replica_ports(&cluster);
+    let ratio = by_port[&ports[0]] as f64 / by_port[&ports[1]] as f64;
+    assert!((2.4..3.6).contains(&ratio), "{by_port:?} is {ratio:.2}:1");
+}
+
+async fn least_in_flight_prefers_the_idle_replica_when_one_is_slow(cluster: Arc<Cluster>) {
+    let ports = replica_ports(&cluster);
+    let slow_port = ports[1];
+    let mut config = pool_for_load(config(&cluster));
+    config.balance = Balance::LeastInFlight;
+    let db = ReplicaSet::connect(config).await.unwrap();
+    let slow = format!(
+        "SELECT CASE WHEN inet_server_port() = {slow_port} THEN pg_sleep(0.05) END IS NULL AS slowed, {}",
+        WHO_SERVED.trim_start_matches("SELECT ")
+    );
+    let until = Instant::now() + Duration::from_secs(2);
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (db, slow) = (db.clone(), slow.clone());
+            tokio::spawn(async move {
+                let mut on_slow = 0u64;
+                let mut total = 0u64;
+                while Instant::now() < until {
+                    let served = db
+                        .read(async |conn| {
+                            diesel::sql_query(&slow).get_result::<Served>(conn).await
+                        })
+                        .await
+                        .unwrap();
+                    total += 1;
+                    on_slow += u64::from(served.port == slow_port);
+                }
+                (on_slow, total)
+            })
+        })
+        .collect();
+    let (mut on_slow, mut total) = (0, 0);
+    for task in tasks {
+        let (s, t) = task.await.unwrap();
+        on_slow += s;
+        total += t;
+    }
+    let on_fast = total - on_slow;
+    assert!(
+        on_fast > 3 * on_slow,
+        "fast replica {on_fast} reads, slow replica {on_slow}"
+    );
+}
