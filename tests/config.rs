@@ -408,3 +408,119 @@ fn builder_checks_like_the_environment() {
         "`replicas[1]`: replica r1:5432 is listed twice"
     );
 }
+
+#[test]
+fn health_and_balance_settings_from_env_and_serde_agree() {
+    use diesel_replica::Balance;
+
+    let from_env = env(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_REPLICA_HOSTS", "r1,r2"),
+        ("DATABASE_BALANCE", "weighted"),
+        ("DATABASE_REPLICA_WEIGHTS", "3, 1"),
+        ("DATABASE_EJECT_AFTER", "5"),
+        ("DATABASE_READ_RETRIES", "1"),
+        ("DATABASE_PROBE_INTERVAL_MS", "100"),
+        ("DATABASE_PROBE_MAX_INTERVAL_MS", "400"),
+        ("DATABASE_READS_FALL_BACK_TO_WRITER", "false"),
+        ("DATABASE_STATEMENT_TIMEOUT_MS", "1500"),
+    ])
+    .unwrap();
+    assert_eq!(from_env.balance, Balance::Weighted);
+    assert_eq!(from_env.replica_weights, [3, 1]);
+    assert_eq!(from_env.health.eject_after, 5);
+    assert_eq!(from_env.health.read_retries, 1);
+    assert_eq!(from_env.health.probe_interval, Duration::from_millis(100));
+    assert_eq!(
+        from_env.health.probe_max_interval,
+        Duration::from_millis(400)
+    );
+    assert!(!from_env.health.reads_fall_back_to_writer);
+    assert_eq!(
+        from_env.replica_pool.statement_timeout,
+        Some(Duration::from_millis(1500))
+    );
+    assert_eq!(
+        from_env.writer_pool.statement_timeout,
+        Some(Duration::from_millis(1500))
+    );
+
+    let from_serde: Config = serde_json::from_value(serde_json::json!({
+        "url": writer(),
+        "replica_hosts": ["r1", "r2"],
+        "balance": "weighted",
+        "replica_weights": [3, 1],
+        "health": {
+            "eject_after": 5,
+            "read_retries": 1,
+            "probe_interval_ms": 100,
+            "probe_max_interval_ms": 400,
+            "reads_fall_back_to_writer": false
+        },
+        "writer_pool": { "statement_timeout_ms": 1500 },
+        "replica_pool": { "statement_timeout_ms": 1500 }
+    }))
+    .unwrap();
+    assert_eq!(from_env, from_serde);
+}
+
+#[test]
+fn defaults_of_health_and_balance() {
+    use diesel_replica::Balance;
+
+    let config = env(&[("DATABASE_URL", &writer())]).unwrap();
+    assert_eq!(config.balance, Balance::LeastInFlight);
+    assert_eq!(config.health.eject_after, 2);
+    assert_eq!(config.health.read_retries, 2);
+    assert_eq!(config.health.probe_interval, Duration::from_millis(200));
+    assert_eq!(config.health.probe_max_interval, Duration::from_secs(1));
+    assert!(config.health.reads_fall_back_to_writer);
+    assert_eq!(
+        config.replica_pool.statement_timeout,
+        Some(Duration::from_secs(10))
+    );
+}
+
+#[test]
+fn bad_balance_settings_are_rejected() {
+    let err = env_err(&[("DATABASE_URL", &writer()), ("DATABASE_BALANCE", "fastest")]);
+    assert_eq!(
+        err.to_string(),
+        "`DATABASE_BALANCE` = `fastest` is not valid: expected one of round_robin, random, least_in_flight, weighted"
+    );
+    let err = env_err(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_REPLICA_HOSTS", "r1,r2"),
+        ("DATABASE_REPLICA_WEIGHTS", "3"),
+    ]);
+    assert_eq!(
+        err.to_string(),
+        "`DATABASE_REPLICA_WEIGHTS` has 1 weight(s) for 2 replica(s): give one weight per replica, in order, not all 0"
+    );
+    let err = env_err(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_REPLICA_HOSTS", "r1"),
+        ("DATABASE_REPLICA_WEIGHTS", "0"),
+    ]);
+    assert!(matches!(err, ConfigError::InvalidWeights { .. }), "{err:?}");
+    let err = env_err(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_REPLICA_WEIGHTS", "x"),
+    ]);
+    assert_eq!(
+        err.to_string(),
+        "`DATABASE_REPLICA_WEIGHTS` = `x` is not a whole number"
+    );
+    let err = env_err(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_READS_FALL_BACK_TO_WRITER", "maybe"),
+    ]);
+    assert_eq!(
+        err.to_string(),
+        "`DATABASE_READS_FALL_BACK_TO_WRITER` = `maybe` is not valid: expected true or false"
+    );
+    let err = serde_json::from_str::<Config>(r#"{"url":"postgres://h/d","balance":"fastest"}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown variant `fastest`"), "{err}");
+}
