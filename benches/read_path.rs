@@ -1,23 +1,29 @@
-//! Read path overhead: throughput and latency of `ReplicaSet::read` against a
-//! plain diesel-async deadpool pool on the same replica, same query, same
+//! Read path overhead: throughput and latency of `ReplicaSet::read` against
+//! plain diesel-async deadpool pools on the same replica, same query, same
 //! concurrency, measured in the same run.
 //!
 //! Contenders, all running `SELECT payload FROM bench_items WHERE id = $1`
 //! with a random id out of 10 000 rows, on the one replica of a throwaway
-//! `replica_testkit` cluster:
+//! `replica_testkit` cluster, all connected with the same server settings
+//! (`statement_timeout`, ours by default):
 //!
-//! - **ours**: `ReplicaSet::read` (one replica, so every read goes there),
-//!   which runs the query inside `BEGIN TRANSACTION READ ONLY` ... `COMMIT`;
-//! - **A** (like for like, the headline ratio): a plain
-//!   `Pool<AsyncPgConnection>` running the query in
-//!   `build_transaction().read_only().run(..)`, the same transaction;
-//! - **B** (for transparency): the same plain pool running the bare query,
-//!   no transaction, which shows what the `READ ONLY` transaction costs.
+//! - **ours**: `ReplicaSet::read` (one replica, so every read goes there):
+//!   `BEGIN TRANSACTION READ ONLY`, the query, `COMMIT`; the `BEGIN` doubles
+//!   as the check that a pooled connection is alive, so no ping is sent;
+//! - **A** (what a plain pool gives, the headline ratio): a
+//!   `Pool<AsyncPgConnection>` with diesel-async's default recycling
+//!   (`Verified`: a `SELECT 1` before each reuse) running the query in
+//!   `build_transaction().read_only().run(..)`;
+//! - **B** (for transparency): pool A running the bare query, no
+//!   transaction, which shows what the `READ ONLY` transaction costs;
+//! - **F** (the cost of the layer): a plain pool with `Fast` recycling (no
+//!   check before reuse) running the same transaction: the same round trips
+//!   as ours without routing, health tracking, timeouts or retries.
 //!
-//! Every pool holds `concurrency` connections, default recycling (Verified)
-//! and gets one untimed second of load first. Then `BENCH_ROUNDS` rounds run
+//! Every pool holds `concurrency` connections and gets one untimed second
+//! of load first. Then `BENCH_ROUNDS` rounds run
 //! each contender for `BENCH_SECS` seconds with `BENCH_CONCURRENCY` tasks
-//! looping on the query, in alternating order (ours, A, B / B, A, ours / ..)
+//! looping on the query, in alternating order (ours, A, B, F / F, B, A, ours)
 //! so that drift on a shared machine hits all alike. Latencies go to
 //! per-task HDR histograms, merged. The client's CPU time per op (Linux
 //! schedstat, all threads of this process) is reported too: it shows what
@@ -34,8 +40,10 @@ use std::time::{Duration, Instant};
 use diesel::QueryResult;
 use diesel::prelude::QueryableByName;
 use diesel::sql_types::{Integer, Text};
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::deadpool::Pool;
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_replica::{Config, ReplicaSet};
 use hdrhistogram::Histogram;
@@ -43,10 +51,11 @@ use replica_testkit::{Cluster, NodeId};
 
 const ROWS: i32 = 10_000;
 const QUERY: &str = "SELECT payload FROM bench_items WHERE id = $1";
-const NAMES: [&str; 3] = [
+const NAMES: [&str; 4] = [
     "ours: ReplicaSet::read",
     "A: plain pool, READ ONLY tx",
     "B: plain pool, bare query",
+    "F: plain Fast pool, READ ONLY tx",
 ];
 
 #[derive(QueryableByName)]
@@ -222,40 +231,67 @@ fn main() {
             .expect("config");
         config.replica_pool.max_size = concurrency;
         config.writer_pool.max_size = concurrency;
+        let timeout_ms = config
+            .replica_pool
+            .statement_timeout
+            .map_or(0, |t| t.as_millis());
         let db = ReplicaSet::connect(config).await.expect("connect");
-        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(replica_url);
+        // The same server settings as ours: a `statement_timeout` is a
+        // setting any production pool would carry, not routing work.
+        let plain_url = format!("{replica_url}?options=-c%20statement_timeout%3D{timeout_ms}");
+        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(plain_url);
         let pool = Pool::builder(manager)
             .max_size(concurrency)
             .build()
             .expect("plain pool");
+        // The same round trips as ours: no check of an idle connection
+        // before reuse (ours lets `BEGIN` be the check).
+        let mut fast = ManagerConfig::default();
+        fast.recycling_method = RecyclingMethod::Fast;
+        let fast = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+            format!("{replica_url}?options=-c%20statement_timeout%3D{timeout_ms}"),
+            fast,
+        );
+        let fast = Pool::builder(fast)
+            .max_size(concurrency)
+            .build()
+            .expect("plain fast pool");
         let contenders = [
             Contender::Ours(db),
             Contender::PlainTx(pool.clone()),
             Contender::PlainBare(pool),
+            Contender::PlainTx(fast),
         ];
 
         for contender in &contenders {
             run(contender, concurrency, 1.0, 0).await;
         }
 
-        let mut totals = [Run::empty(), Run::empty(), Run::empty()];
+        let mut totals = [Run::empty(), Run::empty(), Run::empty(), Run::empty()];
         let mut round_ratios = Vec::new();
         for round in 0..rounds {
-            let order = if round % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
-            let mut rates = [0.0; 3];
+            let order = if round % 2 == 0 {
+                [0, 1, 2, 3]
+            } else {
+                [3, 2, 1, 0]
+            };
+            let mut rates = [0.0; 4];
             for i in order {
-                let seed = (round * 3 + i + 1) as u64;
+                let seed = (round * 4 + i + 1) as u64;
                 let r = run(&contenders[i], concurrency, secs, seed).await;
                 rates[i] = r.ops as f64 / r.secs;
                 totals[i].add(&r);
             }
             println!(
-                "round {}: ours {:.0} ops/s, A {:.0} ops/s, B {:.0} ops/s, ours/A {:.3}",
+                "round {}: ours {:.0} ops/s, A {:.0} ops/s, B {:.0} ops/s, F {:.0} ops/s, \
+                 ours/A {:.3}, ours/F {:.3}",
                 round + 1,
                 rates[0],
                 rates[1],
                 rates[2],
-                rates[0] / rates[1]
+                rates[3],
+                rates[0] / rates[1],
+                rates[0] / rates[3]
             );
             round_ratios.push(rates[0] / rates[1]);
         }
@@ -289,6 +325,7 @@ fn report(concurrency: usize, secs: f64, rounds: usize, totals: &[Run], round_ra
     }
     let ours_a = rate(&totals[0]) / rate(&totals[1]);
     let ours_b = rate(&totals[0]) / rate(&totals[2]);
+    let ours_f = rate(&totals[0]) / rate(&totals[3]);
     let mut sorted = round_ratios.to_vec();
     sorted.sort_by(f64::total_cmp);
     let (min, max) = (sorted[0], sorted[sorted.len() - 1]);
@@ -300,6 +337,10 @@ fn report(concurrency: usize, secs: f64, rounds: usize, totals: &[Run], round_ra
         shown.join(" ")
     );
     println!("ours/B throughput: {ours_b:.3} (B runs no transaction: 2 round trips fewer)");
+    println!(
+        "ours/F throughput: {ours_f:.3} (F: the same round trips as ours, with no routing, \
+         health or retry: the cost of the layer)"
+    );
     let contender = |r: &Run| {
         serde_json::json!({
             "ops": r.ops,
@@ -318,6 +359,8 @@ fn report(concurrency: usize, secs: f64, rounds: usize, totals: &[Run], round_ra
         "ours": contender(&totals[0]),
         "baseline_a_plain_pool_read_only_tx": contender(&totals[1]),
         "baseline_b_plain_pool_bare_query": contender(&totals[2]),
+        "baseline_f_plain_fast_pool_read_only_tx": contender(&totals[3]),
+        "ratio_ours_over_f": ours_f,
         "ratio_ours_over_a": ours_a,
         "ratio_ours_over_b": ours_b,
         "round_ratios_ours_over_a": round_ratios,

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use deadpool::Runtime;
 use diesel::QueryResult;
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
-use diesel_async::pooled_connection::deadpool::{Pool, PoolError};
+use diesel_async::pooled_connection::deadpool::{Object, Pool, PoolError};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
 use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager};
 use futures_util::future::try_join_all;
 
@@ -94,9 +96,14 @@ impl Node {
         config: &PoolConfig,
         application_name: &str,
     ) -> Self {
-        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(
+        let mut manager_config = ManagerConfig::default();
+        // See `ready_connection`: the first statement checks the connection.
+        manager_config.recycling_method = RecyclingMethod::Fast;
+        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
             url.connect_string(application_name, config.statement_timeout),
+            manager_config,
         );
+        let attempt_timeout = config.statement_timeout.map(|t| t + STATEMENT_GRACE);
         let pool = Pool::builder(manager)
             .max_size(config.max_size)
             .wait_timeout(config.wait_timeout)
@@ -112,7 +119,7 @@ impl Node {
             url,
             pool,
             warm_up: config.warm_up,
-            attempt_timeout: config.statement_timeout.map(|t| t + STATEMENT_GRACE),
+            attempt_timeout,
             ejected: AtomicBool::new(false),
             failures: AtomicU32::new(0),
             ejections: AtomicU64::new(0),
@@ -195,23 +202,14 @@ impl Node {
             failure: Failure::Routing(error),
             node_down: true,
         };
-        let mut conn = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| down(self.checkout_error(e)))?;
+        let mut conn = self.ready_connection(route).await.map_err(down)?;
         let conn: &mut AsyncPgConnection = &mut conn;
-        let Some(begin) = route.begin() else {
+        if route.begin().is_none() {
             return f(conn).await.map_err(|error| Failed {
                 failure: Failure::Body(error),
                 node_down: false,
             });
-        };
-        // `BEGIN` is the first statement on the connection: when it fails,
-        // the connection or the node is at fault, never the caller's SQL.
-        AnsiTransactionManager::begin_transaction_sql(&mut *conn, begin)
-            .await
-            .map_err(|e| down(self.query_error(route, e)))?;
+        }
         match f(&mut *conn).await {
             Ok(value) => match AnsiTransactionManager::commit_transaction(conn).await {
                 Ok(()) => Ok(value),
@@ -234,6 +232,38 @@ impl Node {
                 })
             }
         }
+    }
+
+    /// A pooled connection that has answered its first statement: `BEGIN`
+    /// for a transaction, `SELECT 1` for an autocommit write.
+    ///
+    /// Pools recycle idle connections without a check (diesel-async's
+    /// `Fast`): the first statement is the check, and it costs no extra
+    /// round trip. A connection that fails it is stale (its server went
+    /// away since it was pooled) or its node is down: it is dropped with
+    /// every idle one, and one new connection is tried. Nothing of the
+    /// caller's has run yet, so this is safe for writes too.
+    async fn ready_connection(&self, route: Route) -> Result<Object<AsyncPgConnection>, Error> {
+        let first = route.begin().unwrap_or("SELECT 1");
+        let mut last = None;
+        for _ in 0..2 {
+            let mut conn = self.pool.get().await.map_err(|e| self.checkout_error(e))?;
+            let result = match route.begin() {
+                Some(begin) => {
+                    AnsiTransactionManager::begin_transaction_sql(&mut *conn, begin).await
+                }
+                None => diesel_async::SimpleAsyncConnection::batch_execute(&mut *conn, first).await,
+            };
+            match result {
+                Ok(()) => return Ok(conn),
+                Err(error) => {
+                    drop(Object::take(conn));
+                    self.pool.retain(|_, _| false);
+                    last = Some(self.query_error(route, error));
+                }
+            }
+        }
+        Err(last.expect("the loop ran"))
     }
 
     fn record_success(&self) {
