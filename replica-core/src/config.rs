@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::balance::Balance;
 use crate::error::ConfigError;
+use crate::tenant::check_identifier;
 use crate::url::{DatabaseUrl, UrlProblem, redact_unparsed};
 
 /// Where to connect and how to pool: one writer and any number of replicas.
@@ -50,6 +51,9 @@ pub struct Config {
     /// Ejection, re-admission and retry of failed reads. Default:
     /// [`HealthConfig::default`].
     pub health: HealthConfig,
+    /// Schemas every tenant sees after its own, in `search_path` order.
+    /// Default: `public`.
+    pub shared_schemas: Vec<String>,
 }
 
 /// How failing nodes are taken out and brought back, and how reads that
@@ -312,8 +316,10 @@ impl Config {
                 })
             })
             .collect::<Result<_, _>>()?;
+        let shared_schemas = var("shared_schemas").map(|_| list("shared_schemas"));
         Settings {
             url: var("url"),
+            shared_schemas,
             balance,
             replica_weights,
             health,
@@ -376,6 +382,7 @@ struct Settings {
     balance: Option<Balance>,
     replica_weights: Vec<u32>,
     health: HealthConfig,
+    shared_schemas: Option<Vec<String>>,
 }
 
 /// How a setting is named in errors: by environment variable or by field.
@@ -403,6 +410,7 @@ impl Naming {
             "recycle_timeout" => "RECYCLE_TIMEOUT_MS",
             "statement_timeout" => "STATEMENT_TIMEOUT_MS",
             "balance" => "BALANCE",
+            "shared_schemas" => "SHARED_SCHEMAS",
             "replica_weights" => "REPLICA_WEIGHTS",
             "health.eject_after" => "EJECT_AFTER",
             "health.read_retries" => "READ_RETRIES",
@@ -469,7 +477,17 @@ impl Settings {
             balance: self.balance.unwrap_or_default(),
             replica_weights: self.replica_weights,
             health: self.health,
+            shared_schemas: match self.shared_schemas {
+                Some(schemas) => schemas,
+                None => vec!["public".to_owned()],
+            },
         };
+        for schema in &config.shared_schemas {
+            check_identifier(schema).map_err(|problem| ConfigError::InvalidSchema {
+                key: naming.key("shared_schemas"),
+                problem,
+            })?;
+        }
         let urls_key = naming.key("replica_urls");
         for (i, url) in self.replica_urls.iter().enumerate() {
             let key = format!("{urls_key}[{i}]");

@@ -121,6 +121,14 @@ pub enum ConfigError {
         /// Replicas configured.
         replicas: usize,
     },
+    /// A shared schema name is not a plain PostgreSQL identifier.
+    #[error("`{key}`: {problem}")]
+    InvalidSchema {
+        /// The setting.
+        key: String,
+        /// What is wrong with the name.
+        problem: crate::TenantError,
+    },
     /// A pool of size zero could never serve a query.
     #[error("`{key}` is 0: a pool needs at least one connection")]
     ZeroPoolSize {
@@ -177,6 +185,15 @@ pub enum Error {
     NoReplicaAvailable {
         /// Each replica with its health and last error.
         replicas: Vec<String>,
+    },
+    /// A tenant-scoped call named a tenant whose schema does not exist (on
+    /// the node that served it).
+    #[error("tenant `{tenant}` has no schema on {node}: provision it first")]
+    UnknownTenant {
+        /// The tenant.
+        tenant: String,
+        /// The node, as `role (host:port)`.
+        node: String,
     },
     /// The query failed; its error is diesel's.
     #[error("{error} (on {node})")]

@@ -10,6 +10,7 @@ mod config;
 mod error;
 mod node;
 mod set;
+mod tenant;
 mod url;
 
 #[doc(hidden)]
@@ -20,6 +21,7 @@ pub use crate::balance::Balance;
 pub use crate::config::{Config, HealthConfig, PoolConfig};
 pub use crate::error::{ConfigError, Error};
 pub use crate::node::{Health, NodeStatus, Role};
-pub use crate::set::{AsyncFunc, ReplicaSet, Status};
+pub use crate::set::{AsyncFunc, ReplicaSet, Status, TenantScope};
+pub use crate::tenant::{Tenant, TenantError};
 pub use crate::url::DatabaseUrl;
 pub use diesel_async::AsyncPgConnection;

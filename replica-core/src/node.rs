@@ -19,6 +19,7 @@ use crate::balance::Candidate;
 use crate::config::{HealthConfig, PoolConfig};
 use crate::error::Error;
 use crate::set::{AsyncFunc, Route};
+use crate::tenant::Scope;
 use crate::url::DatabaseUrl;
 
 /// The client gives up on an attempt this long after the server's
@@ -158,14 +159,15 @@ impl Node {
         route: Route,
         f: F,
         health: &HealthConfig,
+        scope: Option<&Scope<'_>>,
     ) -> Result<T, Failed<E>>
     where
         F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, Result<T, E>, Fut: Send> + Send,
     {
         let _in_flight = InFlight::enter(&self.in_flight);
         let result = match self.attempt_timeout {
-            None => self.run(route, f).await,
-            Some(after) => tokio::time::timeout(after, self.run(route, f))
+            None => self.run(route, f, scope).await,
+            Some(after) => tokio::time::timeout(after, self.run(route, f, scope))
                 .await
                 .unwrap_or_else(|_| {
                     Err(Failed {
@@ -194,7 +196,12 @@ impl Node {
         result
     }
 
-    async fn run<T, E, F>(&self, route: Route, f: F) -> Result<T, Failed<E>>
+    async fn run<T, E, F>(
+        &self,
+        route: Route,
+        f: F,
+        scope: Option<&Scope<'_>>,
+    ) -> Result<T, Failed<E>>
     where
         F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, Result<T, E>, Fut: Send> + Send,
     {
@@ -207,6 +214,15 @@ impl Node {
         if route.begin().is_none() {
             return f(conn).await.map_err(|error| Failed {
                 failure: Failure::Body(error),
+                node_down: false,
+            });
+        }
+        if let Some(scope) = scope
+            && let Err(error) = self.enter(conn, route, scope).await
+        {
+            let _ = AnsiTransactionManager::rollback_transaction(conn).await;
+            return Err(Failed {
+                failure: Failure::Routing(error),
                 node_down: false,
             });
         }
@@ -264,6 +280,43 @@ impl Node {
             }
         }
         Err(last.expect("the loop ran"))
+    }
+
+    /// Sets the tenant's `search_path` for this transaction only
+    /// (`set_config(.., true)`, as `SET LOCAL`), and checks that its schema
+    /// exists: PostgreSQL silently skips a missing schema in `search_path`,
+    /// which would let the tenant read the shared schemas' tables instead.
+    async fn enter(
+        &self,
+        conn: &mut AsyncPgConnection,
+        route: Route,
+        scope: &Scope<'_>,
+    ) -> Result<(), Error> {
+        use diesel::sql_types::{Bool, Text};
+        use diesel_async::RunQueryDsl;
+
+        #[derive(diesel::QueryableByName)]
+        struct Entered {
+            #[diesel(sql_type = Bool)]
+            present: bool,
+        }
+        let entered: Entered = diesel::sql_query(
+            "SELECT set_config('search_path', $1, true) IS NOT NULL \
+             AND EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $2) AS present",
+        )
+        .bind::<Text, _>(&scope.search_path)
+        .bind::<Text, _>(scope.tenant.name())
+        .get_result(conn)
+        .await
+        .map_err(|error| self.query_error(route, error))?;
+        if entered.present {
+            Ok(())
+        } else {
+            Err(Error::UnknownTenant {
+                tenant: scope.tenant.name().to_owned(),
+                node: self.label.clone(),
+            })
+        }
     }
 
     fn record_success(&self) {

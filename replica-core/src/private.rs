@@ -6,7 +6,7 @@ use std::future::Future;
 use diesel::QueryResult;
 
 pub use crate::set::Route;
-pub use crate::{AsyncFunc, Config, Error, ReplicaSet};
+pub use crate::{AsyncFunc, Config, Error, ReplicaSet, Tenant};
 use diesel_async::AsyncPgConnection;
 pub use std::sync::OnceLock;
 
@@ -24,19 +24,31 @@ pub trait Repo {
 
 /// Runs the body of a `#[read_only]` method returning diesel's
 /// `QueryResult` on the replicas, with retries.
-pub fn read_query<R, T, F>(repo: &R, f: F) -> impl Future<Output = Result<T, Error>> + Send
+pub fn read_query<'a, R, T, F>(
+    repo: &'a R,
+    tenant: Option<&'a Tenant>,
+    f: F,
+) -> impl Future<Output = Result<T, Error>> + Send
 where
     R: Repo + ?Sized,
     F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, QueryResult<T>, Fut: Send> + Clone + Send,
     T: Send,
 {
     let set = repo.replica_set();
-    async move { set?.read(f).await }
+    async move {
+        let set = set?;
+        let scope = tenant.map(|tenant| set.scope(tenant));
+        set.read_query(f, scope.as_ref()).await
+    }
 }
 
 /// Runs the body of a `#[read_only]` method returning the caller's own
 /// error type on the replicas, with retries.
-pub fn read<R, T, E, F>(repo: &R, f: F) -> impl Future<Output = Result<T, E>> + Send
+pub fn read<'a, R, T, E, F>(
+    repo: &'a R,
+    tenant: Option<&'a Tenant>,
+    f: F,
+) -> impl Future<Output = Result<T, E>> + Send
 where
     R: Repo + ?Sized,
     F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, Result<T, E>, Fut: Send> + Clone + Send,
@@ -44,14 +56,19 @@ where
     E: From<Error> + Send,
 {
     let set = repo.replica_set();
-    async move { set.map_err(E::from)?.read_with(f).await }
+    async move {
+        let set = set.map_err(E::from)?;
+        let scope = tenant.map(|tenant| set.scope(tenant));
+        set.read_with(f, scope.as_ref()).await
+    }
 }
 
 /// Runs the body of a method returning diesel's `QueryResult` on the
 /// writer.
-pub fn run_query<R, T, F>(
-    repo: &R,
+pub fn run_query<'a, R, T, F>(
+    repo: &'a R,
     route: Route,
+    tenant: Option<&'a Tenant>,
     f: F,
 ) -> impl Future<Output = Result<T, Error>> + Send
 where
@@ -60,12 +77,21 @@ where
     T: Send,
 {
     let set = repo.replica_set();
-    async move { set?.on_writer(route, f).await }
+    async move {
+        let set = set?;
+        let scope = tenant.map(|tenant| set.scope(tenant));
+        set.on_writer(route, f, scope.as_ref()).await
+    }
 }
 
 /// Runs the body of a method returning the caller's own error type on the
 /// writer.
-pub fn run<R, T, E, F>(repo: &R, route: Route, f: F) -> impl Future<Output = Result<T, E>> + Send
+pub fn run<'a, R, T, E, F>(
+    repo: &'a R,
+    route: Route,
+    tenant: Option<&'a Tenant>,
+    f: F,
+) -> impl Future<Output = Result<T, E>> + Send
 where
     R: Repo + ?Sized,
     F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, Result<T, E>, Fut: Send> + Send,
@@ -73,7 +99,11 @@ where
     E: From<Error> + Send,
 {
     let set = repo.replica_set();
-    async move { set.map_err(E::from)?.on_writer_with(route, f).await }
+    async move {
+        let set = set.map_err(E::from)?;
+        let scope = tenant.map(|tenant| set.scope(tenant));
+        set.on_writer_with(route, f, scope.as_ref()).await
+    }
 }
 
 /// The index of the replica a read would use now (`usize::MAX` for the

@@ -12,6 +12,7 @@ use crate::balance::Balancer;
 use crate::config::{Config, HealthConfig};
 use crate::error::Error;
 use crate::node::{Failed, Failure, Node, NodeStatus, Role};
+use crate::tenant::{Scope, Tenant};
 
 /// An async closure taking a connection whose future is nameable, so that
 /// bounds such as `Send` can be put on it.
@@ -59,6 +60,7 @@ struct Inner {
     replicas: Vec<Arc<Node>>,
     balancer: Balancer,
     health: HealthConfig,
+    shared_schemas: Vec<String>,
 }
 
 /// Where and how a routed closure runs. Public for the macros only.
@@ -149,6 +151,7 @@ impl ReplicaSet {
             balance,
             replica_weights,
             health,
+            shared_schemas,
         } = config;
         let writer = Node::new(
             Role::Writer,
@@ -182,6 +185,7 @@ impl ReplicaSet {
                 balancer: Balancer::new(balance, &weights),
                 replicas,
                 health,
+                shared_schemas,
             }),
         })
     }
@@ -218,7 +222,7 @@ impl ReplicaSet {
             + Send,
         T: Send,
     {
-        self.read_query(f)
+        self.read_query(f, None)
     }
 
     /// Runs `f` on the writer inside a `READ ONLY` transaction: a read that
@@ -234,7 +238,7 @@ impl ReplicaSet {
             + Send,
         T: Send,
     {
-        self.on_writer(Route::ReadFresh, f)
+        self.on_writer(Route::ReadFresh, f, None)
     }
 
     /// Runs `f` on the writer, outside any transaction: each statement
@@ -250,7 +254,7 @@ impl ReplicaSet {
             + Send,
         T: Send,
     {
-        self.on_writer(Route::Write, f)
+        self.on_writer(Route::Write, f, None)
     }
 
     /// Runs `f` on the writer inside a transaction, committed when `f`
@@ -265,7 +269,20 @@ impl ReplicaSet {
             + Send,
         T: Send,
     {
-        self.on_writer(Route::Transaction, f)
+        self.on_writer(Route::Transaction, f, None)
+    }
+
+    /// Scopes reads and transactions to `tenant`: each runs with
+    /// `search_path` set to the tenant's schema, then the shared schemas
+    /// (`shared_schemas`, default `public`), for that transaction only, on
+    /// whichever node serves it. A tenant whose schema does not exist gets
+    /// [`Error::UnknownTenant`], never the shared schemas' rows.
+    pub fn tenant<'a>(&'a self, tenant: &'a Tenant) -> TenantScope<'a> {
+        TenantScope { set: self, tenant }
+    }
+
+    pub(crate) fn scope<'a>(&self, tenant: &'a Tenant) -> Scope<'a> {
+        Scope::new(tenant, &self.inner.shared_schemas)
     }
 
     /// How many replicas the set holds.
@@ -287,23 +304,28 @@ impl ReplicaSet {
     }
 
     /// Runs a read returning diesel's `QueryResult`, with retries.
-    async fn read_query<T, F>(&self, f: F) -> Result<T, Error>
+    pub(crate) async fn read_query<T, F>(&self, f: F, scope: Option<&Scope<'_>>) -> Result<T, Error>
     where
         F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, QueryResult<T>, Fut: Send> + Clone + Send,
     {
-        self.reads(f)
+        self.reads(f, scope)
             .await
             .map_err(|(node, failure)| self.query_failure(node, Route::Read, failure))
     }
 
     /// Runs a closure returning diesel's `QueryResult` on the writer.
-    pub(crate) async fn on_writer<T, F>(&self, route: Route, f: F) -> Result<T, Error>
+    pub(crate) async fn on_writer<T, F>(
+        &self,
+        route: Route,
+        f: F,
+        scope: Option<&Scope<'_>>,
+    ) -> Result<T, Error>
     where
         F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, QueryResult<T>, Fut: Send> + Send,
     {
         let writer = &self.inner.writer;
         writer
-            .attempt(route, f, &self.inner.health)
+            .attempt(route, f, &self.inner.health, scope)
             .await
             .map_err(|failed| self.query_failure(writer, route, failed.failure))
     }
@@ -324,7 +346,11 @@ impl ReplicaSet {
 
     /// Runs a read, trying other nodes while nodes fail; on failure, the
     /// node of the last attempt with what went wrong.
-    pub(crate) async fn reads<T, E, F>(&self, f: F) -> Result<T, (&Arc<Node>, Failure<E>)>
+    pub(crate) async fn reads<T, E, F>(
+        &self,
+        f: F,
+        scope: Option<&Scope<'_>>,
+    ) -> Result<T, (&Arc<Node>, Failure<E>)>
     where
         F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, Result<T, E>, Fut: Send> + Clone + Send,
     {
@@ -338,7 +364,10 @@ impl ReplicaSet {
             if let Some((previous, _)) = &last {
                 previous.count_retry();
             }
-            match node.attempt(Route::Read, f.clone(), &inner.health).await {
+            match node
+                .attempt(Route::Read, f.clone(), &inner.health, scope)
+                .await
+            {
                 Ok(value) => return Ok(value),
                 Err(Failed {
                     failure,
@@ -358,26 +387,31 @@ impl ReplicaSet {
 
     /// Runs a closure returning the caller's own error type on the writer;
     /// routing failures are converted with `E: From<Error>`.
-    pub(crate) async fn on_writer_with<T, E, F>(&self, route: Route, f: F) -> Result<T, E>
+    pub(crate) async fn on_writer_with<T, E, F>(
+        &self,
+        route: Route,
+        f: F,
+        scope: Option<&Scope<'_>>,
+    ) -> Result<T, E>
     where
         F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, Result<T, E>, Fut: Send> + Send,
         E: From<Error>,
     {
         let writer = &self.inner.writer;
         writer
-            .attempt(route, f, &self.inner.health)
+            .attempt(route, f, &self.inner.health, scope)
             .await
             .map_err(|failed| own_error(failed.failure))
     }
 
     /// As [`on_writer_with`](Self::on_writer_with) for a read on the
     /// replicas, with retries.
-    pub(crate) async fn read_with<T, E, F>(&self, f: F) -> Result<T, E>
+    pub(crate) async fn read_with<T, E, F>(&self, f: F, scope: Option<&Scope<'_>>) -> Result<T, E>
     where
         F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, Result<T, E>, Fut: Send> + Clone + Send,
         E: From<Error>,
     {
-        self.reads(f)
+        self.reads(f, scope)
             .await
             .map_err(|(_, failure)| own_error(failure))
     }
@@ -442,4 +476,66 @@ pub struct Status {
     pub writer: NodeStatus,
     /// The replicas, in configuration order.
     pub replicas: Vec<NodeStatus>,
+}
+
+/// A replica set scoped to one tenant, from [`ReplicaSet::tenant`]. Its
+/// calls are those of the set, each inside a transaction whose
+/// `search_path` is the tenant's.
+#[derive(Clone, Copy)]
+pub struct TenantScope<'a> {
+    set: &'a ReplicaSet,
+    tenant: &'a Tenant,
+}
+
+impl TenantScope<'_> {
+    /// [`ReplicaSet::read`] in the tenant's schema.
+    ///
+    /// # Errors
+    /// As [`ReplicaSet::read`], and [`Error::UnknownTenant`].
+    pub fn read<T, F>(&self, f: F) -> impl Future<Output = Result<T, Error>> + Send
+    where
+        F: for<'r> AsyncFnOnce(&'r mut AsyncPgConnection) -> QueryResult<T>
+            + for<'r> AsyncFunc<&'r mut AsyncPgConnection, QueryResult<T>, Fut: Send>
+            + Clone
+            + Send,
+        T: Send,
+    {
+        let scope = self.set.scope(self.tenant);
+        async move { self.set.read_query(f, Some(&scope)).await }
+    }
+
+    /// [`ReplicaSet::read_fresh`] in the tenant's schema.
+    ///
+    /// # Errors
+    /// As [`ReplicaSet::read_fresh`], and [`Error::UnknownTenant`].
+    pub fn read_fresh<T, F>(&self, f: F) -> impl Future<Output = Result<T, Error>> + Send
+    where
+        F: for<'r> AsyncFnOnce(&'r mut AsyncPgConnection) -> QueryResult<T>
+            + for<'r> AsyncFunc<&'r mut AsyncPgConnection, QueryResult<T>, Fut: Send>
+            + Send,
+        T: Send,
+    {
+        let scope = self.set.scope(self.tenant);
+        async move { self.set.on_writer(Route::ReadFresh, f, Some(&scope)).await }
+    }
+
+    /// [`ReplicaSet::transaction`] in the tenant's schema. (There is no
+    /// tenant-scoped autocommit `write`: the scope lives in a transaction.)
+    ///
+    /// # Errors
+    /// As [`ReplicaSet::transaction`], and [`Error::UnknownTenant`].
+    pub fn transaction<T, F>(&self, f: F) -> impl Future<Output = Result<T, Error>> + Send
+    where
+        F: for<'r> AsyncFnOnce(&'r mut AsyncPgConnection) -> QueryResult<T>
+            + for<'r> AsyncFunc<&'r mut AsyncPgConnection, QueryResult<T>, Fut: Send>
+            + Send,
+        T: Send,
+    {
+        let scope = self.set.scope(self.tenant);
+        async move {
+            self.set
+                .on_writer(Route::Transaction, f, Some(&scope))
+                .await
+        }
+    }
 }

@@ -35,6 +35,10 @@ fn method_inner(kind: Kind, args: TokenStream, mut item: ItemFn) -> syn::Result<
     let declared = &method.declared;
     let body = &item.block;
     let own = matches!(method.output, Output::Own(_));
+    let tenant = match &method.tenant {
+        Some(tenant) => quote!(::core::option::Option::Some(#tenant)),
+        None => quote!(::core::option::Option::None),
+    };
     let output = match &method.output {
         Output::Diesel(ok) => {
             quote!(::core::result::Result<#ok, ::diesel_replica::__private::Error>)
@@ -53,6 +57,7 @@ fn method_inner(kind: Kind, args: TokenStream, mut item: ItemFn) -> syn::Result<
             };
             quote!(::diesel_replica::__private::#runner(
                 self,
+                #tenant,
                 async |#conn: #conn_ty| -> #declared #body,
             ))
         }
@@ -66,6 +71,7 @@ fn method_inner(kind: Kind, args: TokenStream, mut item: ItemFn) -> syn::Result<
             quote!(::diesel_replica::__private::#runner(
                 self,
                 ::diesel_replica::__private::Route::#route,
+                #tenant,
                 async move |#conn: #conn_ty| -> #declared #body,
             ))
         }

@@ -26,6 +26,8 @@ pub(crate) struct Method {
     pub(crate) conn_ty: Type,
     /// The declared return type.
     pub(crate) declared: Type,
+    /// The `&Tenant` parameter that scopes the method, if any.
+    pub(crate) tenant: Option<Pat>,
     pub(crate) output: Output,
 }
 
@@ -75,6 +77,7 @@ pub(crate) fn check(kind: Kind, item: &ItemFn) -> syn::Result<Method> {
         }
     }
     let (conn, conn_ty) = connection(attr, sig, inputs.next())?;
+    let tenant = tenant(attr, inputs)?;
     let ReturnType::Type(_, declared) = &sig.output else {
         return Err(syn::Error::new(
             sig.paren_token.span.close(),
@@ -93,6 +96,7 @@ pub(crate) fn check(kind: Kind, item: &ItemFn) -> syn::Result<Method> {
         conn,
         conn_ty,
         declared,
+        tenant,
         output,
     })
 }
@@ -136,6 +140,44 @@ fn connection(attr: &str, sig: &syn::Signature, arg: Option<&FnArg>) -> syn::Res
             format!("bind the connection to a name\n\n{help}"),
         )),
     }
+}
+
+/// The parameter of type `&Tenant`, which scopes the method to that
+/// tenant's schema.
+fn tenant<'a>(attr: &str, inputs: impl Iterator<Item = &'a FnArg>) -> syn::Result<Option<Pat>> {
+    let mut found: Option<Pat> = None;
+    for arg in inputs {
+        let FnArg::Typed(arg) = arg else { continue };
+        let by_reference = match &*arg.ty {
+            Type::Reference(r) if last_ident(&r.elem).as_deref() == Some("Tenant") => true,
+            other if last_ident(other).as_deref() == Some("Tenant") => false,
+            _ => continue,
+        };
+        if !by_reference {
+            return Err(syn::Error::new_spanned(
+                &arg.ty,
+                format!(
+                    "`#[{attr}]` takes the tenant by reference\n\nhelp: write `tenant: &Tenant`"
+                ),
+            ));
+        }
+        if found.is_some() {
+            return Err(syn::Error::new_spanned(
+                arg,
+                format!(
+                    "a `#[{attr}]` method runs in one tenant's schema; this is a second `&Tenant`"
+                ),
+            ));
+        }
+        let Pat::Ident(_) = &*arg.pat else {
+            return Err(syn::Error::new_spanned(
+                &arg.pat,
+                "bind the tenant to a name: `tenant: &Tenant`",
+            ));
+        };
+        found = Some((*arg.pat).clone());
+    }
+    Ok(found)
 }
 
 fn last_ident(ty: &Type) -> Option<String> {

@@ -1,0 +1,210 @@
+//! Tenants: one PostgreSQL schema each, named by a validated identifier.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A tenant: the name of its PostgreSQL schema, checked before any
+/// connection is touched.
+///
+/// Valid names are what PostgreSQL accepts unquoted and keeps as written:
+/// 1 to 63 bytes of lower-case ASCII letters, digits and `_`, not starting
+/// with a digit. Names PostgreSQL reserves (`pg_*`, `information_schema`)
+/// and `public` are refused. The library quotes the name itself wherever it
+/// reaches SQL, and passes it as a bound parameter, never spliced in.
+///
+/// ```
+/// # use replica_core::Tenant;
+/// let acme: Tenant = "acme".parse().unwrap();
+/// assert_eq!(acme.name(), "acme");
+/// assert!(Tenant::new("Acme").is_err());
+/// assert!(Tenant::new("acme\"; DROP SCHEMA public; --").is_err());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tenant(String);
+
+/// Why a tenant name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TenantError {
+    /// The name is empty.
+    #[error("a tenant name cannot be empty")]
+    Empty,
+    /// The name is longer than PostgreSQL's 63-byte identifiers.
+    #[error("tenant name {name:?} is {len} bytes long: at most 63")]
+    TooLong {
+        /// The name.
+        name: String,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The name holds a character outside `a-z`, `0-9` and `_`, or starts
+    /// with a digit.
+    #[error(
+        "tenant name {name:?} has {found:?} at byte {at}: use lower-case ASCII letters, digits and `_`, \
+         not starting with a digit"
+    )]
+    InvalidCharacter {
+        /// The name.
+        name: String,
+        /// The first character refused.
+        found: char,
+        /// Its byte offset.
+        at: usize,
+    },
+    /// The name is PostgreSQL's or shared by every tenant.
+    #[error("tenant name {name:?} is reserved (`pg_*`, `information_schema`, `public`)")]
+    Reserved {
+        /// The name.
+        name: String,
+    },
+}
+
+impl Tenant {
+    /// Checks `name` and makes it a tenant.
+    ///
+    /// # Errors
+    /// When the name is not a valid tenant name (see [`Tenant`]).
+    pub fn new(name: impl Into<String>) -> Result<Self, TenantError> {
+        let name = name.into();
+        check_identifier(&name)?;
+        if name.starts_with("pg_") || name == "information_schema" || name == "public" {
+            return Err(TenantError::Reserved { name });
+        }
+        Ok(Self(name))
+    }
+
+    /// The schema's name.
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Checks that `name` is an identifier PostgreSQL keeps as written.
+pub(crate) fn check_identifier(name: &str) -> Result<(), TenantError> {
+    if name.is_empty() {
+        return Err(TenantError::Empty);
+    }
+    if name.len() > 63 {
+        return Err(TenantError::TooLong {
+            name: name.to_owned(),
+            len: name.len(),
+        });
+    }
+    let refused = name
+        .char_indices()
+        .find(|&(at, c)| !(c.is_ascii_lowercase() || c == '_' || (at > 0 && c.is_ascii_digit())));
+    match refused {
+        Some((at, found)) => Err(TenantError::InvalidCharacter {
+            name: name.to_owned(),
+            found,
+            at,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// `name` as a quoted SQL identifier.
+pub(crate) fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// What a tenant-scoped transaction sets first: the tenant's schema, then
+/// the shared ones, as `search_path` for this transaction only.
+pub(crate) struct Scope<'a> {
+    pub(crate) tenant: &'a Tenant,
+    pub(crate) search_path: String,
+}
+
+impl<'a> Scope<'a> {
+    pub(crate) fn new(tenant: &'a Tenant, shared: &[String]) -> Self {
+        let search_path = std::iter::once(tenant.name())
+            .chain(shared.iter().map(String::as_str))
+            .map(quote_identifier)
+            .collect::<Vec<_>>()
+            .join(", ");
+        Self {
+            tenant,
+            search_path,
+        }
+    }
+}
+
+impl FromStr for Tenant {
+    type Err = TenantError;
+
+    fn from_str(name: &str) -> Result<Self, TenantError> {
+        Self::new(name)
+    }
+}
+
+impl fmt::Display for Tenant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_names_are_refused() {
+        for name in [
+            "",
+            "\"",
+            "acme\"",
+            "a;b",
+            "\"; DROP SCHEMA public; --",
+            "acme; DROP SCHEMA public",
+            "ac me",
+            "Acme",
+            "ACME",
+            "acmé",
+            "ацме",
+            "1acme",
+            "acme-corp",
+            "acme.public",
+            "acme$",
+            "public",
+            "pg_catalog",
+            "information_schema",
+        ] {
+            assert!(Tenant::new(name).is_err(), "{name:?} was accepted");
+        }
+        assert_eq!(Tenant::new("a".repeat(63)).map(|t| t.name().len()), Ok(63));
+        assert_eq!(
+            Tenant::new("a".repeat(64)),
+            Err(TenantError::TooLong {
+                name: "a".repeat(64),
+                len: 64
+            })
+        );
+    }
+
+    #[test]
+    fn good_names_are_kept() {
+        for name in ["acme", "_acme", "tenant_42", "a"] {
+            assert_eq!(Tenant::new(name).unwrap().to_string(), name);
+        }
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        assert_eq!(
+            Tenant::new("Acme").unwrap_err().to_string(),
+            "tenant name \"Acme\" has 'A' at byte 0: use lower-case ASCII letters, digits and `_`, not starting with a digit"
+        );
+        assert_eq!(
+            Tenant::new("\"; DROP SCHEMA public; --")
+                .unwrap_err()
+                .to_string(),
+            "tenant name \"\\\"; DROP SCHEMA public; --\" has '\"' at byte 0: use lower-case ASCII letters, digits and `_`, not starting with a digit"
+        );
+    }
+
+    #[test]
+    fn quoting_doubles_quotes() {
+        assert_eq!(quote_identifier("acme"), "\"acme\"");
+        assert_eq!(quote_identifier("a\"b"), "\"a\"\"b\"");
+    }
+}

@@ -1,0 +1,194 @@
+//! Schema-per-tenant scoping against a real primary and two replicas: fifty
+//! tenants, each row naming its tenant, so a leak is seen, not assumed.
+
+mod common;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use common::{Served, WHO_SERVED, config};
+use diesel::QueryableByName;
+use diesel::sql_types::{Integer, Text};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_replica::{Config, Error, ReplicaSet, ReplicatedRepo, Tenant, read_only};
+use replica_testkit::Cluster;
+
+const TENANTS: usize = 50;
+
+const SETUP: &str = "CREATE TABLE public.items (id bigserial PRIMARY KEY, owner text NOT NULL); \
+    INSERT INTO public.items (owner) VALUES ('public'); \
+    DO $$ BEGIN FOR i IN 0..49 LOOP \
+        EXECUTE format('CREATE SCHEMA t%s; \
+            CREATE TABLE t%s.items (id bigserial PRIMARY KEY, owner text NOT NULL); \
+            INSERT INTO t%s.items (owner) VALUES (%L)', i, i, i, 't' || i); \
+    END LOOP; END $$";
+
+fn main() -> ExitCode {
+    common::run(
+        2,
+        SETUP,
+        tests![
+            fifty_tenants_never_see_each_others_rows,
+            a_scoped_search_path_ends_with_its_transaction,
+            an_unknown_tenant_is_an_error_not_a_read_of_public,
+            tenant_scoped_read_only_methods_run_on_replicas_read_only,
+        ],
+    )
+}
+
+#[derive(QueryableByName, Debug)]
+struct Owner {
+    #[diesel(sql_type = Text)]
+    owner: String,
+}
+
+fn tenant(i: usize) -> Tenant {
+    Tenant::new(format!("t{i}")).expect("a valid tenant name")
+}
+
+async fn fifty_tenants_never_see_each_others_rows(cluster: Arc<Cluster>) {
+    let mut config = config(&cluster);
+    config.replica_pool.max_size = 16;
+    config.writer_pool.max_size = 16;
+    let db = ReplicaSet::connect(config).await.unwrap();
+    let violations = Arc::new(AtomicU64::new(0));
+    let ops = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..32u64)
+        .map(|task| {
+            let (db, violations, ops) = (db.clone(), violations.clone(), ops.clone());
+            tokio::spawn(async move {
+                let mut state = task * 7919 + 1;
+                for n in 0..320u64 {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let t = tenant((state >> 33) as usize % TENANTS);
+                    let scoped = db.tenant(&t);
+                    let owners: Vec<Owner> = if n % 5 == 0 {
+                        scoped
+                            .transaction(async |conn| {
+                                diesel::sql_query("INSERT INTO items (owner) VALUES (current_schema()) RETURNING owner")
+                                    .load(conn)
+                                    .await
+                            })
+                            .await
+                            .unwrap()
+                    } else {
+                        scoped
+                            .read(async |conn| diesel::sql_query("SELECT owner FROM items").load(conn).await)
+                            .await
+                            .unwrap()
+                    };
+                    assert!(!owners.is_empty());
+                    let wrong = owners.iter().filter(|o| o.owner != t.name()).count();
+                    violations.fetch_add(wrong as u64, Ordering::Relaxed);
+                    ops.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert!(AtomicU64::load(&ops, Ordering::Relaxed) >= 10_000);
+    assert_eq!(
+        AtomicU64::load(&violations, Ordering::Relaxed),
+        0,
+        "rows seen by the wrong tenant"
+    );
+}
+
+#[derive(QueryableByName, Debug)]
+struct Session {
+    #[diesel(sql_type = Integer)]
+    pid: i32,
+    #[diesel(sql_type = Text)]
+    search_path: String,
+}
+
+const SESSION: &str =
+    "SELECT pg_backend_pid() AS pid, current_setting('search_path') AS search_path";
+
+async fn a_scoped_search_path_ends_with_its_transaction(cluster: Arc<Cluster>) {
+    let mut config = Config::new(&cluster.writer_url())
+        .unwrap()
+        .with_replica(&cluster.replica_urls()[0])
+        .unwrap();
+    config.replica_pool.max_size = 1;
+    let db = ReplicaSet::connect(config).await.unwrap();
+    let scoped: Session = db
+        .tenant(&tenant(7))
+        .read(async |conn| diesel::sql_query(SESSION).get_result(conn).await)
+        .await
+        .unwrap();
+    assert_eq!(scoped.search_path, "\"t7\", \"public\"");
+    let after: Session = db
+        .read(async |conn| diesel::sql_query(SESSION).get_result(conn).await)
+        .await
+        .unwrap();
+    assert_eq!(after.pid, scoped.pid, "the same pooled connection");
+    assert_eq!(after.search_path, "\"$user\", public");
+}
+
+async fn an_unknown_tenant_is_an_error_not_a_read_of_public(cluster: Arc<Cluster>) {
+    let db = ReplicaSet::connect(config(&cluster)).await.unwrap();
+    let ran = AtomicUsize::new(0);
+    let err = db
+        .tenant(&Tenant::new("not_provisioned").unwrap())
+        .read(async |conn| {
+            ran.fetch_add(1, Ordering::SeqCst);
+            diesel::sql_query("SELECT owner FROM items")
+                .load::<Owner>(conn)
+                .await
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::UnknownTenant { ref tenant, .. } if tenant == "not_provisioned"),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with("tenant `not_provisioned` has no schema on replica-"),
+        "{err}"
+    );
+    assert_eq!(ran.into_inner(), 0, "the body ran without its schema");
+}
+
+#[derive(ReplicatedRepo)]
+struct Db {
+    replicas: ReplicaSet,
+}
+
+#[derive(QueryableByName, Debug)]
+struct ServedOwner {
+    #[diesel(embed)]
+    served: Served,
+    #[diesel(sql_type = Text)]
+    owner: String,
+}
+
+impl Db {
+    #[read_only]
+    async fn owners(
+        &self,
+        conn: &mut AsyncPgConnection,
+        tenant: &Tenant,
+    ) -> diesel::QueryResult<Vec<ServedOwner>> {
+        let _ = tenant;
+        let sql = format!("{WHO_SERVED}, owner FROM items");
+        diesel::sql_query(sql).load(conn).await
+    }
+}
+
+async fn tenant_scoped_read_only_methods_run_on_replicas_read_only(cluster: Arc<Cluster>) {
+    let db = Db::connect(config(&cluster)).await.unwrap();
+    for i in [3, 11, 42] {
+        let rows = db.owners(&tenant(i)).await.unwrap();
+        assert!(!rows.is_empty());
+        for row in rows {
+            assert_eq!(row.owner, format!("t{i}"));
+            assert!(row.served.in_recovery, "{:?}", row.served);
+            assert_eq!(row.served.read_only, "on");
+        }
+    }
+}
