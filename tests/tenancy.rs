@@ -11,8 +11,11 @@ use common::{Served, WHO_SERVED, config};
 use diesel::QueryableByName;
 use diesel::sql_types::{Integer, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use diesel_replica::{Config, Error, ReplicaSet, ReplicatedRepo, Tenant, read_only};
-use replica_testkit::Cluster;
+use replica_testkit::{Cluster, NodeId};
+
+const MIGRATIONS: EmbeddedMigrations = embed_migrations!("tests/migrations");
 
 const TENANTS: usize = 50;
 
@@ -33,6 +36,8 @@ fn main() -> ExitCode {
             a_scoped_search_path_ends_with_its_transaction,
             an_unknown_tenant_is_an_error_not_a_read_of_public,
             tenant_scoped_read_only_methods_run_on_replicas_read_only,
+            provisioning_twice_changes_nothing_and_replicas_receive_it,
+            a_failing_migration_leaves_its_tenant_as_it_was_and_the_others_run,
         ],
     )
 }
@@ -190,5 +195,95 @@ async fn tenant_scoped_read_only_methods_run_on_replicas_read_only(cluster: Arc<
             assert!(row.served.in_recovery, "{:?}", row.served);
             assert_eq!(row.served.read_only, "on");
         }
+    }
+}
+
+/// The tables of a schema, as the writer's catalog lists them.
+fn tables(cluster: &Cluster, schema: &str) -> String {
+    cluster
+        .psql(
+            NodeId::Primary,
+            &format!(
+                "SELECT coalesce(string_agg(table_name || '(' || columns || ')', ' ' ORDER BY table_name), '') \
+                 FROM (SELECT table_name, string_agg(column_name, ',' ORDER BY ordinal_position) AS columns \
+                 FROM information_schema.columns WHERE table_schema = '{schema}' GROUP BY table_name) t"
+            ),
+        )
+        .unwrap()
+}
+
+async fn provisioning_twice_changes_nothing_and_replicas_receive_it(cluster: Arc<Cluster>) {
+    let db = ReplicaSet::connect(config(&cluster)).await.unwrap();
+    let fresh = Tenant::new("fresh_tenant").unwrap();
+    let first = db.provision_tenant(&fresh, MIGRATIONS).await.unwrap();
+    assert!(first.created_schema);
+    assert_eq!(first.applied, ["20261127000001", "20261127000002"]);
+    let catalog = tables(&cluster, "fresh_tenant");
+    assert!(catalog.contains("notes(id,body,owner)"), "{catalog}");
+    let again = db.provision_tenant(&fresh, MIGRATIONS).await.unwrap();
+    assert!(!again.created_schema);
+    assert!(again.applied.is_empty(), "{again:?}");
+    assert_eq!(tables(&cluster, "fresh_tenant"), catalog);
+
+    // The replicas have the schema by replication: a scoped read there
+    // finds the empty table, where an unknown schema would be an error.
+    cluster.wait_for_replication().unwrap();
+    let on_replica: Vec<Owner> = db
+        .tenant(&fresh)
+        .read(async |conn| {
+            diesel::sql_query("SELECT owner FROM notes")
+                .load(conn)
+                .await
+        })
+        .await
+        .unwrap();
+    assert!(on_replica.is_empty());
+    let owner: Owner = db
+        .tenant(&fresh)
+        .transaction(async |conn| {
+            diesel::sql_query("INSERT INTO notes (body) VALUES ('hi') RETURNING owner")
+                .get_result(conn)
+                .await
+        })
+        .await
+        .unwrap();
+    assert_eq!(owner.owner, "fresh_tenant");
+}
+
+async fn a_failing_migration_leaves_its_tenant_as_it_was_and_the_others_run(cluster: Arc<Cluster>) {
+    // A tenant whose schema already holds a `notes` table of another
+    // shape: the first migration fails there.
+    cluster
+        .psql(
+            NodeId::Primary,
+            "CREATE SCHEMA broken; CREATE TABLE broken.notes (legacy int)",
+        )
+        .unwrap();
+    let before = tables(&cluster, "broken");
+    let db = ReplicaSet::connect(config(&cluster)).await.unwrap();
+    let tenants = ["good_one", "broken", "good_two"].map(|name| Tenant::new(name).unwrap());
+    let mut heard = Vec::new();
+    let results = db
+        .provision_tenants(&tenants, MIGRATIONS, |done, total, result| {
+            heard.push((done, total, result.is_ok()));
+        })
+        .await;
+    assert_eq!(heard, [(1, 3, true), (2, 3, false), (3, 3, true)]);
+    let err = results[1].as_ref().unwrap_err();
+    assert!(
+        matches!(err, Error::Provision { tenant, .. } if tenant == "broken"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("already exists"), "{err}");
+    assert_eq!(
+        tables(&cluster, "broken"),
+        before,
+        "the failed tenant changed"
+    );
+    for good in ["good_one", "good_two"] {
+        assert!(
+            tables(&cluster, good).contains("notes(id,body,owner)"),
+            "{good} not migrated"
+        );
     }
 }

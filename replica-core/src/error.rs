@@ -195,6 +195,15 @@ pub enum Error {
         /// The node, as `role (host:port)`.
         node: String,
     },
+    /// Provisioning a tenant failed; its transaction rolled back, so its
+    /// schema is as it was.
+    #[error("provisioning tenant `{tenant}` failed, and its schema is as it was: {reason}")]
+    Provision {
+        /// The tenant.
+        tenant: String,
+        /// The failed statement's or migration's error.
+        reason: String,
+    },
     /// The query failed; its error is diesel's.
     #[error("{error} (on {node})")]
     Query {

@@ -319,6 +319,11 @@ impl Node {
         }
     }
 
+    /// A checked connection taken out of the pool for good.
+    pub(crate) async fn dedicated_connection(&self) -> Result<AsyncPgConnection, Error> {
+        Ok(Object::take(self.ready_connection(Route::Write).await?))
+    }
+
     fn record_success(&self) {
         // Read first: a store on every success would bounce the cache line.
         if self.failures.load(Ordering::Relaxed) != 0 {

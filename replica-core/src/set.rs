@@ -285,6 +285,12 @@ impl ReplicaSet {
         Scope::new(tenant, &self.inner.shared_schemas)
     }
 
+    /// A connection of the writer's, taken out of its pool, for work that
+    /// holds it outside the routing (provisioning).
+    pub(crate) async fn writer_connection(&self) -> Result<AsyncPgConnection, Error> {
+        self.inner.writer.dedicated_connection().await
+    }
+
     /// How many replicas the set holds.
     pub fn replica_count(&self) -> usize {
         self.inner.replicas.len()
