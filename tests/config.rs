@@ -524,3 +524,33 @@ fn bad_balance_settings_are_rejected() {
         .to_string();
     assert!(err.contains("unknown variant `fastest`"), "{err}");
 }
+
+#[test]
+fn shared_schemas_from_env_and_serde_and_their_checks() {
+    let from_env = env(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_SHARED_SCHEMAS", "public, reference"),
+    ])
+    .unwrap();
+    assert_eq!(from_env.shared_schemas, ["public", "reference"]);
+    let from_serde: Config = serde_json::from_value(serde_json::json!({
+        "url": writer(),
+        "shared_schemas": ["public", "reference"]
+    }))
+    .unwrap();
+    assert_eq!(from_env, from_serde);
+    assert_eq!(
+        env(&[("DATABASE_URL", &writer())]).unwrap().shared_schemas,
+        ["public"]
+    );
+    let err = env_err(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_SHARED_SCHEMAS", "public,x; DROP TABLE y"),
+    ]);
+    assert!(matches!(err, ConfigError::InvalidSchema { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .starts_with("`DATABASE_SHARED_SCHEMAS`: tenant name \"x; DROP TABLE y\""),
+        "{err}"
+    );
+}
