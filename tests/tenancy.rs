@@ -38,6 +38,7 @@ fn main() -> ExitCode {
             tenant_scoped_read_only_methods_run_on_replicas_read_only,
             provisioning_twice_changes_nothing_and_replicas_receive_it,
             a_failing_migration_leaves_its_tenant_as_it_was_and_the_others_run,
+            a_tenant_not_yet_on_the_replicas_is_read_on_the_writer,
         ],
     )
 }
@@ -153,7 +154,7 @@ async fn an_unknown_tenant_is_an_error_not_a_read_of_public(cluster: Arc<Cluster
     );
     assert!(
         err.to_string()
-            .starts_with("tenant `not_provisioned` has no schema on replica-"),
+            .starts_with("tenant `not_provisioned` has no schema on writer"),
         "{err}"
     );
     assert_eq!(ran.into_inner(), 0, "the body ran without its schema");
@@ -286,4 +287,48 @@ async fn a_failing_migration_leaves_its_tenant_as_it_was_and_the_others_run(clus
             "{good} not migrated"
         );
     }
+}
+
+async fn a_tenant_not_yet_on_the_replicas_is_read_on_the_writer(cluster: Arc<Cluster>) {
+    let db = ReplicaSet::connect(config(&cluster)).await.unwrap();
+    let mut strict = config(&cluster);
+    strict.health.reads_fall_back_to_writer = false;
+    let strict = ReplicaSet::connect(strict).await.unwrap();
+    let newcomer = Tenant::new("newcomer").unwrap();
+    cluster.pause_replay(0).unwrap();
+    cluster.pause_replay(1).unwrap();
+    db.provision_tenant(&newcomer, MIGRATIONS).await.unwrap();
+    let served: Served = db
+        .tenant(&newcomer)
+        .read(async |conn| diesel::sql_query(WHO_SERVED).get_result(conn).await)
+        .await
+        .unwrap();
+    assert_eq!(
+        served.port,
+        i32::from(cluster.primary().port()),
+        "{served:?}"
+    );
+    assert_eq!(served.read_only, "on");
+    let err = strict
+        .tenant(&newcomer)
+        .read(async |conn| {
+            diesel::sql_query(WHO_SERVED)
+                .get_result::<Served>(conn)
+                .await
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::UnknownTenant { .. }), "{err:?}");
+    cluster.resume_replay(0).unwrap();
+    cluster.resume_replay(1).unwrap();
+    cluster.wait_for_replication().unwrap();
+    let served: Served = strict
+        .tenant(&newcomer)
+        .read(async |conn| diesel::sql_query(WHO_SERVED).get_result(conn).await)
+        .await
+        .unwrap();
+    assert!(
+        served.in_recovery,
+        "once replayed, the replicas serve it: {served:?}"
+    );
 }

@@ -276,7 +276,9 @@ impl ReplicaSet {
     /// `search_path` set to the tenant's schema, then the shared schemas
     /// (`shared_schemas`, default `public`), for that transaction only, on
     /// whichever node serves it. A tenant whose schema does not exist gets
-    /// [`Error::UnknownTenant`], never the shared schemas' rows.
+    /// [`Error::UnknownTenant`], never the shared schemas' rows; a read
+    /// that meets a replica without the schema yet (it was just provisioned
+    /// and the replica lags) tries the next node, as for a failed one.
     pub fn tenant<'a>(&'a self, tenant: &'a Tenant) -> TenantScope<'a> {
         TenantScope { set: self, tenant }
     }
@@ -375,10 +377,12 @@ impl ReplicaSet {
                 .await
             {
                 Ok(value) => return Ok(value),
-                Err(Failed {
-                    failure,
-                    node_down: true,
-                }) => {
+                // A failed node, or a replica that has not yet replayed the
+                // creation of the tenant's schema: another node may serve it.
+                Err(Failed { failure, node_down })
+                    if node_down
+                        || matches!(failure, Failure::Routing(Error::UnknownTenant { .. })) =>
+                {
                     tried.push(index);
                     last = Some((node, failure));
                 }
