@@ -217,7 +217,8 @@ use diesel::QueryableByName;
 use diesel::result::Error as DieselError;
 use diesel::sql_types::{BigInt, Integer, Nullable, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use diesel_replica::{Config, Error, Health, ReplicaSet, ReplicatedRepo, read_only, write};
+use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+use diesel_replica::{Config, Error, Health, ReplicaSet, ReplicatedRepo, Tenant, read_only, write};
 use hdrhistogram::Histogram;
 use replica_testkit::{Cluster, NodeId};
 use serde_json::{Map, Value, json};
@@ -225,6 +226,11 @@ use tracing_subscriber::EnvFilter;
 
 /// Rows put into an empty `loadgen_items`.
 const SEED_ROWS: i64 = 1000;
+/// Rows put into each tenant's empty `loadgen_items` (with `--tenants`).
+const TENANT_SEED_ROWS: i64 = 200;
+/// The tenants' migrations: one, creating `loadgen_items` in the tenant's
+/// schema (path relative to the crate root).
+const MIGRATIONS: EmbeddedMigrations = embed_migrations!("examples/loadgen_migrations");
 /// Longest wait for the replicas to see the seeded table.
 const REPLICA_WAIT: Duration = Duration::from_secs(30);
 /// Largest latency the histograms hold (a minute); larger ones count as it.
@@ -255,6 +261,15 @@ const READ_ITEM: &str = "SELECT payload, host(inet_server_addr()) AS host, \
 const WRITE_ITEM: &str = "UPDATE loadgen_items SET payload = $1, updated_at = now() WHERE id = $2 \
      RETURNING host(inet_server_addr()) AS host, \
      coalesce(inet_server_port(), current_setting('port')::int) AS port";
+// The same with `--tenants`, in the tenant's own `loadgen_items`, also
+// returning the tenant that the row belongs to.
+const TENANT_READ_ITEM: &str = "SELECT tenant, payload, host(inet_server_addr()) AS host, \
+     coalesce(inet_server_port(), current_setting('port')::int) AS port \
+     FROM loadgen_items WHERE id = $1";
+const TENANT_WRITE_ITEM: &str = "UPDATE loadgen_items SET payload = $1, updated_at = now() \
+     WHERE id = $2 \
+     RETURNING tenant, host(inet_server_addr()) AS host, \
+     coalesce(inet_server_port(), current_setting('port')::int) AS port";
 
 /// The repo the workers use: the replica set and the run's two queries.
 #[derive(ReplicatedRepo, Clone)]
@@ -281,6 +296,38 @@ impl Items {
         payload: &str,
     ) -> diesel::QueryResult<NodeRow> {
         diesel::sql_query(WRITE_ITEM)
+            .bind::<Text, _>(payload)
+            .bind::<BigInt, _>(id)
+            .get_result(conn)
+            .await
+    }
+
+    /// One row by id in `tenant`'s schema, on a replica.
+    #[read_only]
+    async fn tenant_item(
+        &self,
+        conn: &mut AsyncPgConnection,
+        tenant: &Tenant,
+        id: i64,
+    ) -> diesel::QueryResult<TenantReadRow> {
+        let _ = tenant;
+        diesel::sql_query(TENANT_READ_ITEM)
+            .bind::<BigInt, _>(id)
+            .get_result(conn)
+            .await
+    }
+
+    /// Rewrites one row in `tenant`'s schema, on the writer.
+    #[write]
+    async fn tenant_touch(
+        &self,
+        conn: &mut AsyncPgConnection,
+        tenant: &Tenant,
+        id: i64,
+        payload: &str,
+    ) -> diesel::QueryResult<TenantNodeRow> {
+        let _ = tenant;
+        diesel::sql_query(TENANT_WRITE_ITEM)
             .bind::<Text, _>(payload)
             .bind::<BigInt, _>(id)
             .get_result(conn)
@@ -339,6 +386,11 @@ struct Args {
     /// errors, and reads per node.
     #[arg(long)]
     timeline: bool,
+
+    /// Provision N tenants (schemas tenant_0 .. tenant_{N-1}) and run every
+    /// operation scoped to a random one of them; 0: no tenants.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    tenants: u32,
 }
 
 impl Args {
@@ -441,6 +493,36 @@ struct ReadRow {
     port: i32,
 }
 
+/// The row a tenant-scoped read returns: whose row it is, and which node
+/// ran it.
+#[derive(QueryableByName)]
+struct TenantReadRow {
+    #[diesel(sql_type = Text)]
+    tenant: String,
+    #[diesel(sql_type = Text)]
+    #[allow(
+        dead_code,
+        reason = "fetched like an application would, never inspected"
+    )]
+    payload: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    host: Option<String>,
+    #[diesel(sql_type = Integer)]
+    port: i32,
+}
+
+/// The row a tenant-scoped write returns: whose row it is, and which node
+/// ran it.
+#[derive(QueryableByName)]
+struct TenantNodeRow {
+    #[diesel(sql_type = Text)]
+    tenant: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    host: Option<String>,
+    #[diesel(sql_type = Integer)]
+    port: i32,
+}
+
 /// The row a write (or the replica wait) returns: which node ran it.
 #[derive(QueryableByName)]
 struct NodeRow {
@@ -483,6 +565,8 @@ fn error_kind(error: &Error) -> &'static str {
         Error::Config(_) => "config",
         Error::NotConnected { .. } => "not_connected",
         Error::AlreadyConnected { .. } => "already_connected",
+        Error::UnknownTenant { .. } => "unknown_tenant",
+        Error::Provision { .. } => "provision",
         // `Error` is non-exhaustive: a variant added later.
         _ => "other",
     }
@@ -636,17 +720,30 @@ async fn load(args: &Args, config: Config, cluster: Option<Arc<Cluster>>) -> Res
         );
     }
 
-    let ids = prepare_table(&db).await?;
+    // Untenanted, the workers use `public.loadgen_items` and its ids; with
+    // `--tenants`, each tenant's own table and ids (`ids` is then unused).
+    let (ids, tenants) = if args.tenants == 0 {
+        (prepare_table(&db).await?, Vec::new())
+    } else {
+        let tenants = prepare_tenants(&db, args.tenants).await?;
+        (tenants[tenants.len() - 1].1, tenants)
+    };
+    let last_tenant = tenants.last().map(|(tenant, _)| tenant);
     let waited = Instant::now();
-    match wait_for_replicas(&db, ids.hi).await {
+    match wait_for_replicas(&db, last_tenant, ids.hi).await {
         Ok(()) => eprintln!(
-            "loadgen: table loadgen_items ready ({} ids), seen by every reader after {} ms",
+            "loadgen: table loadgen_items ready ({} ids{}), seen by every reader after {} ms",
             ids.hi - ids.lo + 1,
+            match last_tenant {
+                Some(tenant) => format!(" in {tenant}, the last of {} tenants", tenants.len()),
+                None => String::new(),
+            },
             waited.elapsed().as_millis()
         ),
         Err(e) if args.local.is_some() => return Err(Fatal::new(e)),
         Err(e) => eprintln!("loadgen: warning: {e}; starting anyway"),
     }
+    let tenants: Arc<[(Tenant, Ids)]> = tenants.into();
 
     eprintln!(
         "loadgen: running {}s, concurrency {}, read ratio {}",
@@ -677,6 +774,7 @@ async fn load(args: &Args, config: Config, cluster: Option<Arc<Cluster>>) -> Res
                 task,
                 rng: Rng::new(seed ^ u64::from(task)),
                 ids,
+                tenants: tenants.clone(),
                 read_ratio: args.read_ratio,
                 start,
                 deadline,
@@ -721,6 +819,7 @@ async fn load(args: &Args, config: Config, cluster: Option<Arc<Cluster>>) -> Res
             .map_err(|e| Fatal::new(format!("the health watch task failed: {e}")))?;
     }
     let mut summary = totals.summary(elapsed);
+    summary["tenants"] = json!(args.tenants);
     add_node_health(&mut summary, &db);
     if let Some(timeline) = &totals.timeline {
         summary["timeline"] = timeline.to_json(elapsed);
@@ -781,17 +880,91 @@ async fn prepare_table(db: &Items) -> Result<Ids, Fatal> {
     }
 }
 
-/// Reads the row `id` until every replica (or, with none, the writer) has
-/// served it, so that the run does not measure replication lag of the
-/// table's creation.
-async fn wait_for_replicas(db: &Items, id: i64) -> Result<(), String> {
+/// Provisions `tenant_0 .. tenant_{n-1}` (schema and migrations, on the
+/// writer), seeds each one's empty `loadgen_items` in a tenant-scoped
+/// transaction, and returns each tenant with its ids.
+async fn prepare_tenants(db: &Items, n: u32) -> Result<Vec<(Tenant, Ids)>, Fatal> {
+    let tenants = (0..n)
+        .map(|i| Tenant::new(format!("tenant_{i}")))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Fatal::new(format!("bad tenant name: {e}")))?;
+    let started = Instant::now();
+    let results = db
+        .replica_set()
+        .provision_tenants(&tenants, MIGRATIONS, |done, total, result| match result {
+            Ok(p) => eprintln!(
+                "loadgen: [{done}/{total}] provisioned {} ({}, {} migration(s) applied)",
+                p.tenant,
+                if p.created_schema {
+                    "schema created"
+                } else {
+                    "schema existed"
+                },
+                p.applied.len()
+            ),
+            Err(e) => eprintln!("loadgen: [{done}/{total}] {e}"),
+        })
+        .await;
+    if let Some(e) = results.into_iter().find_map(Result::err) {
+        return Err(Fatal::new(format!("cannot provision the tenants: {e}")));
+    }
+    eprintln!(
+        "loadgen: {n} tenants provisioned in {} ms; seeding them",
+        started.elapsed().as_millis()
+    );
+    let mut seeded = Vec::with_capacity(tenants.len());
+    for tenant in tenants {
+        let range = db
+            .replica_set()
+            .tenant(&tenant)
+            .transaction(async |conn| {
+                diesel::sql_query(SEED)
+                    .bind::<BigInt, _>(TENANT_SEED_ROWS)
+                    .execute(conn)
+                    .await?;
+                diesel::sql_query(ID_RANGE)
+                    .get_result::<IdRange>(conn)
+                    .await
+            })
+            .await
+            .map_err(|e| Fatal::new(format!("cannot seed {tenant}.loadgen_items: {e}")))?;
+        match range {
+            IdRange {
+                lo: Some(lo),
+                hi: Some(hi),
+            } => seeded.push((tenant, Ids { lo, hi })),
+            _ => {
+                return Err(Fatal::new(format!(
+                    "table {tenant}.loadgen_items is empty after seeding (was it emptied \
+                     meanwhile?)"
+                )));
+            }
+        }
+    }
+    Ok(seeded)
+}
+
+/// Reads the row `id` (of `tenant`'s table, with one) until every replica
+/// (or, with none, the writer) has served it, so that the run does not
+/// measure replication lag of the table's creation.
+async fn wait_for_replicas(db: &Items, tenant: Option<&Tenant>, id: i64) -> Result<(), String> {
     let needed = db.replica_set().replica_count().max(1);
     let deadline = Instant::now() + REPLICA_WAIT;
     let mut seen = HashSet::new();
     loop {
-        let last = match db.item(id).await {
-            Ok(row) => {
-                seen.insert(node_key(row.host.as_deref(), row.port));
+        let read = match tenant {
+            Some(tenant) => db
+                .tenant_item(tenant, id)
+                .await
+                .map(|row| node_key(row.host.as_deref(), row.port)),
+            None => db
+                .item(id)
+                .await
+                .map(|row| node_key(row.host.as_deref(), row.port)),
+        };
+        let last = match read {
+            Ok(node) => {
+                seen.insert(node);
                 if seen.len() >= needed {
                     return Ok(());
                 }
@@ -873,6 +1046,11 @@ impl Rng {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// Uniform in `0..n` (`n > 0`), up to a negligible modulo bias.
+    fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
     /// Uniform in `lo..=hi` (`lo <= hi`), up to a negligible modulo bias.
     fn id(&mut self, ids: Ids) -> i64 {
         let span = ids.hi.abs_diff(ids.lo) + 1;
@@ -886,6 +1064,9 @@ struct Worker {
     task: u32,
     rng: Rng,
     ids: Ids,
+    /// With `--tenants`: the tenants and their ids; each operation picks
+    /// one. Empty: untenanted, on `ids`.
+    tenants: Arc<[(Tenant, Ids)]>,
     read_ratio: f64,
     /// When the clock started, for the timeline and the fault times.
     start: Instant,
@@ -908,6 +1089,8 @@ struct Stats {
     /// `HOST:PORT` to (reads, writes).
     per_node: HashMap<String, (u64, u64)>,
     errors: HashMap<&'static str, u64>,
+    /// Successful operations that returned a row of another tenant.
+    cross_tenant_violations: u64,
     read_latency_us: Histogram<u64>,
     /// With `--timeline`.
     timeline: Option<Timeline>,
@@ -922,6 +1105,7 @@ impl Stats {
             writes_err: 0,
             per_node: HashMap::new(),
             errors: HashMap::new(),
+            cross_tenant_violations: 0,
             read_latency_us: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
                 .expect("constant bounds are valid"),
             timeline: timeline.then(Timeline::default),
@@ -938,6 +1122,7 @@ impl Stats {
             counts.0 += reads;
             counts.1 += writes;
         }
+        self.cross_tenant_violations += other.cross_tenant_violations;
         for (kind, n) in other.errors {
             *self.errors.entry(kind).or_default() += n;
         }
@@ -984,6 +1169,7 @@ impl Stats {
             "read_p50_us": quantile(0.5),
             "read_p99_us": quantile(0.99),
             "errors": errors,
+            "cross_tenant_violations": self.cross_tenant_violations,
             "duration_s": (elapsed_s * 1000.0).round() / 1000.0,
             "reads_per_s": rate(self.reads_ok),
             "writes_per_s": rate(self.writes_ok),
@@ -996,14 +1182,29 @@ async fn worker(mut w: Worker) -> Stats {
     let mut stats = Stats::new(w.timeline);
     let mut n = 0u64;
     while Instant::now() < w.deadline {
-        let id = w.rng.id(w.ids);
+        let (tenant, ids) = if w.tenants.is_empty() {
+            (None, w.ids)
+        } else {
+            let (tenant, ids) = &w.tenants[w.rng.below(w.tenants.len())];
+            (Some(tenant), *ids)
+        };
+        let id = w.rng.id(ids);
         if w.rng.next_f64() < w.read_ratio {
             let started = Instant::now();
-            let result = w.db.item(id).await;
+            let result = match tenant {
+                Some(tenant) => {
+                    w.db.tenant_item(tenant, id)
+                        .await
+                        .map(|row| (row.host, row.port, Some(row.tenant)))
+                }
+                None => w.db.item(id).await.map(|row| (row.host, row.port, None)),
+            };
             let done = Instant::now();
             let micros = done.duration_since(started).as_micros();
             match result {
-                Ok(row) => {
+                Ok((host, port, owner)) => {
+                    check_owner(&mut stats, &w, tenant, owner.as_deref(), "read", id, done);
+                    let row = NodeRow { host, port };
                     stats
                         .read_latency_us
                         .saturating_record(u64::try_from(micros).unwrap_or(u64::MAX));
@@ -1029,10 +1230,23 @@ async fn worker(mut w: Worker) -> Stats {
         } else {
             n += 1;
             let payload = format!("written by task {} (#{n})", w.task);
-            let result = w.db.touch(id, &payload).await;
+            let result = match tenant {
+                Some(tenant) => {
+                    w.db.tenant_touch(tenant, id, &payload)
+                        .await
+                        .map(|row| (row.host, row.port, Some(row.tenant)))
+                }
+                None => {
+                    w.db.touch(id, &payload)
+                        .await
+                        .map(|row| (row.host, row.port, None))
+                }
+            };
             let done = Instant::now();
             match result {
-                Ok(row) => {
+                Ok((host, port, owner)) => {
+                    check_owner(&mut stats, &w, tenant, owner.as_deref(), "write", id, done);
+                    let row = NodeRow { host, port };
                     stats.writes_ok += 1;
                     stats
                         .per_node
@@ -1052,6 +1266,39 @@ async fn worker(mut w: Worker) -> Stats {
         }
     }
     stats
+}
+
+/// Counts a successful operation scoped to `tenant` that returned a row of
+/// `owner` (another tenant) as a cross-tenant violation, and prints the
+/// first one.
+fn check_owner(
+    stats: &mut Stats,
+    w: &Worker,
+    tenant: Option<&Tenant>,
+    owner: Option<&str>,
+    op: &str,
+    id: i64,
+    done: Instant,
+) {
+    let (Some(tenant), Some(owner)) = (tenant, owner) else {
+        return;
+    };
+    if owner == tenant.name() {
+        return;
+    }
+    stats.cross_tenant_violations += 1;
+    // Only violations get here, so the lock is off the hot path.
+    let first = w
+        .first_errors
+        .lock()
+        .map_or(true, |mut printed| printed.insert("cross_tenant_violation"));
+    if first {
+        eprintln!(
+            "loadgen: t={:.3}s first cross-tenant violation: a {op} scoped to {tenant} \
+             returned row {id} of {owner}",
+            done.saturating_duration_since(w.start).as_secs_f64()
+        );
+    }
 }
 
 /// Counts a failed operation that ended at `done`, and prints it if it is

@@ -220,10 +220,14 @@ impl Node {
         if let Some(scope) = scope
             && let Err(error) = self.enter(conn, route, scope).await
         {
-            let _ = AnsiTransactionManager::rollback_transaction(conn).await;
+            // As for a body's error: a failed rollback means a broken
+            // connection, not a missing schema.
+            let broken = AnsiTransactionManager::rollback_transaction(conn)
+                .await
+                .is_err();
             return Err(Failed {
                 failure: Failure::Routing(error),
-                node_down: false,
+                node_down: broken,
             });
         }
         match f(&mut *conn).await {
