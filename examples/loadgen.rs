@@ -36,6 +36,40 @@
 //! in place afterwards; drop it with `DROP TABLE loadgen_items` when done.
 //! Writes change `payload` and `updated_at` of existing rows only.
 //!
+//! # Tenants
+//!
+//! With `--tenants N`, loadgen leaves `public.loadgen_items` alone and
+//! instead provisions `N` tenants, `tenant_0` to `tenant_{N-1}`, with
+//! `ReplicaSet::provision_tenants` and the migrations in
+//! `examples/loadgen_migrations` (embedded at build time): each tenant's
+//! schema gets its own
+//!
+//! ```sql
+//! CREATE TABLE loadgen_items (
+//!     id bigserial PRIMARY KEY,
+//!     tenant text NOT NULL DEFAULT current_schema(),
+//!     payload text NOT NULL,
+//!     updated_at timestamptz NOT NULL DEFAULT now()
+//! )
+//! ```
+//!
+//! (one line per tenant on stderr as it is provisioned; a tenant that
+//! fails is fatal). Each empty table is then seeded with 200 rows in a
+//! tenant-scoped transaction, so that every row's `tenant` is the name of
+//! the schema it lives in, and loadgen waits, as above, until every reader
+//! sees the last tenant's rows. During the run each operation picks a
+//! random tenant and a random id of that tenant's rows, and reads or
+//! writes through tenant-scoped methods (a `tenant: &Tenant` parameter):
+//! the read `SELECT tenant, payload, .. FROM loadgen_items WHERE id = $1`
+//! through a `#[read_only]` method, the write `UPDATE .. RETURNING tenant,
+//! ..` through a `#[write]` one. Each runs with `search_path` set to the
+//! tenant's schema for its transaction, which costs one more statement per
+//! transaction. A successful operation whose row's `tenant` is not the
+//! tenant it was scoped to is a **cross-tenant violation**: it still
+//! counts as a success, is counted in `cross_tenant_violations`, and the
+//! first one is printed on stderr. The schemas stay afterwards; drop them
+//! with `DROP SCHEMA tenant_0 CASCADE` (and so on) when done.
+//!
 //! # Flags
 //!
 //! - `--duration SECS`: how long to run, in whole seconds (default 10).
@@ -57,6 +91,8 @@
 //!   into the run. Without it, replica 0 stays down to the end.
 //! - `--timeline`: adds a `timeline` of 100 ms buckets to the JSON (see
 //!   below).
+//! - `--tenants N`: provisions `N` tenants and scopes every operation to a
+//!   random one of them (see above); default 0, no tenants.
 //!
 //! The fault flags without `--local`, or a restart without a kill, before
 //! it, or past the run, are rejected with exit status 2. The kill and the
@@ -107,6 +143,7 @@
 //!  "per_node":{"127.0.0.1:5433":{"reads":20411,"writes":0,"retries":0,"ejections":0},
 //!              "127.0.0.1:5432":{"reads":0,"writes":6801,"retries":0,"ejections":0}},
 //!  "read_p50_us":812,"read_p99_us":2950,"errors":{},
+//!  "cross_tenant_violations":0,"tenants":0,
 //!  "duration_s":5.003,"reads_per_s":12239.5,"writes_per_s":1359.4}
 //! ```
 //!
@@ -114,7 +151,8 @@
 //! is keyed by the `HOST:PORT` the server reports (`local:PORT` over a
 //! unix socket). Each node's `retries` (failed attempts on it that a read
 //! retried on another node) and `ejections` (times it was ejected) come
-//! from `ReplicaSet::status()` at the end, merged under the node's
+//! from `ReplicaSet::status()`, counted from the start of the run (not
+//! the wait for the replicas before it), merged under the node's
 //! configured `host:port`: with `--local` that is the key the server
 //! reports; against your own cluster a node configured by a name (or an
 //! address the server does not report as its own) gets a second entry,
@@ -129,13 +167,17 @@
 //! `no_replica_available` (no replica could serve a read and reads may not
 //! fall back to the writer), `read_only_violation`, `not_found` (no row
 //! with the chosen id), `query` (any other database error), `config`,
-//! `not_connected`, `already_connected`, and `other` for an error kind
+//! `not_connected`, `already_connected`, `unknown_tenant` (the tenant's
+//! schema does not exist on the node), `provision`, and `other` for an error kind
 //! added to the library later. A read that failed on one node and
 //! succeeded on another counts as a success (and as a `retries` of the
 //! first node), not as an error. The first error of each kind is also
 //! printed on stderr, with its time into the run. Operations still running
 //! at the deadline are allowed to finish, and `duration_s` includes them.
 //! The exit status is 0 even when operations failed: read `errors`.
+//! `tenants` is `--tenants` (0 without it), and `cross_tenant_violations`
+//! the successful operations that returned another tenant's row (see
+//! [Tenants](#tenants); always 0 without `--tenants`).
 //!
 //! With `--timeline`, the JSON also holds `timeline`: one object per 100 ms
 //! bucket from the start to the end of the run (the last one holds the
@@ -197,6 +239,9 @@
 //! # Writes only, to measure the writer alone:
 //! cargo run --release --example loadgen -- --read-ratio 0
 //!
+//! # The cost of tenancy: the same load, scoped to 20 tenants:
+//! cargo run --release --example loadgen -- --local 2 --duration 8 --concurrency 32 --tenants 20
+//!
 //! # Failover: kill replica 0 of 2 at 3 s, restart it at 7 s, reads only,
 //! # with the timeline and the library's ejection / re-admission logs:
 //! RUST_LOG=replica_core=info,warn cargo run --release --example loadgen -- \
@@ -218,7 +263,9 @@ use diesel::result::Error as DieselError;
 use diesel::sql_types::{BigInt, Integer, Nullable, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
-use diesel_replica::{Config, Error, Health, ReplicaSet, ReplicatedRepo, Tenant, read_only, write};
+use diesel_replica::{
+    Config, Error, Health, ReplicaSet, ReplicatedRepo, Status, Tenant, read_only, write,
+};
 use hdrhistogram::Histogram;
 use replica_testkit::{Cluster, NodeId};
 use serde_json::{Map, Value, json};
@@ -250,6 +297,9 @@ const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS loadgen_items (\
 const SEED: &str = "INSERT INTO loadgen_items (payload) \
      SELECT 'item ' || g FROM generate_series(1, $1) AS g \
      WHERE NOT EXISTS (SELECT 1 FROM loadgen_items)";
+/// Which node this is, as in the queries below.
+const WHO_AM_I: &str = "SELECT host(inet_server_addr()) AS host, \
+     coalesce(inet_server_port(), current_setting('port')::int) AS port";
 const ID_RANGE: &str = "SELECT min(id) AS lo, max(id) AS hi FROM loadgen_items";
 // Each query returns the server that ran it, as the server sees it:
 // `host()` drops the `/32` that `inet_server_addr()::text` would add; both
@@ -756,6 +806,7 @@ async fn load(args: &Args, config: Config, cluster: Option<Arc<Cluster>>) -> Res
     let faults = args.faults().zip(cluster).zip(<[String]>::first(&replicas));
     let live = Arc::new(Live::default());
     let first_errors = Arc::new(Mutex::new(HashSet::new()));
+    let before = db.replica_set().status();
     let start = Instant::now();
     let deadline = start + Duration::from_secs(args.duration);
     let clock = match &faults {
@@ -820,7 +871,7 @@ async fn load(args: &Args, config: Config, cluster: Option<Arc<Cluster>>) -> Res
     }
     let mut summary = totals.summary(elapsed);
     summary["tenants"] = json!(args.tenants);
-    add_node_health(&mut summary, &db);
+    add_node_health(&mut summary, &db, &before);
     if let Some(timeline) = &totals.timeline {
         summary["timeline"] = timeline.to_json(elapsed);
     }
@@ -951,6 +1002,23 @@ async fn wait_for_replicas(db: &Items, tenant: Option<&Tenant>, id: i64) -> Resu
     let needed = db.replica_set().replica_count().max(1);
     let deadline = Instant::now() + REPLICA_WAIT;
     let mut seen = HashSet::new();
+    // A read that no replica can serve (a tenant-scoped one on replicas
+    // without the schema yet is retried elsewhere) may fall back to the
+    // writer: with replicas, the writer does not count as a reader.
+    let writer = if db.replica_set().replica_count() > 0 {
+        let row = db
+            .replica_set()
+            .write(async |conn| {
+                diesel::sql_query(WHO_AM_I)
+                    .get_result::<NodeRow>(conn)
+                    .await
+            })
+            .await
+            .map_err(|e| format!("cannot ask the writer its address: {e}"))?;
+        Some(node_key(row.host.as_deref(), row.port))
+    } else {
+        None
+    };
     loop {
         let read = match tenant {
             Some(tenant) => db
@@ -963,13 +1031,17 @@ async fn wait_for_replicas(db: &Items, tenant: Option<&Tenant>, id: i64) -> Resu
                 .map(|row| node_key(row.host.as_deref(), row.port)),
         };
         let last = match read {
-            Ok(node) => {
-                seen.insert(node);
+            Ok(node) if writer.as_ref() != Some(&node) => {
+                let new = seen.insert(node);
                 if seen.len() >= needed {
                     return Ok(());
                 }
-                continue;
+                if new {
+                    continue;
+                }
+                "no new reader served the read".to_owned()
             }
+            Ok(_) => "the read fell back to the writer".to_owned(),
             // An unreachable reader will not catch up by waiting.
             Err(e @ Error::Checkout { .. }) => {
                 return Err(format!("cannot check that the readers see the table: {e}"));
@@ -1335,17 +1407,27 @@ fn bucket(start: Instant, done: Instant) -> usize {
 
 /// Adds `retries` and `ejections` from [`ReplicaSet::status`] to the
 /// summary's `per_node`, keyed by each node's configured `host:port`.
-fn add_node_health(summary: &mut Value, db: &Items) {
+/// Only what happened since `before` (taken when the clock started)
+/// counts: not the retries of the wait for the replicas.
+fn add_node_health(summary: &mut Value, db: &Items, before: &Status) {
     let status = db.replica_set().status();
     let Some(per_node) = summary["per_node"].as_object_mut() else {
         return;
     };
+    let earlier: HashMap<&str, (u64, u64)> = std::iter::once(&before.writer)
+        .chain(&before.replicas)
+        .map(|node| (node.address.as_str(), (node.retried, node.ejections)))
+        .collect();
     for node in std::iter::once(&status.writer).chain(&status.replicas) {
+        let (retried, ejections) = earlier
+            .get(node.address.as_str())
+            .copied()
+            .unwrap_or_default();
         let entry = per_node
             .entry(node.address.clone())
             .or_insert_with(|| json!({ "reads": 0, "writes": 0 }));
-        entry["retries"] = json!(node.retried);
-        entry["ejections"] = json!(node.ejections);
+        entry["retries"] = json!(node.retried.saturating_sub(retried));
+        entry["ejections"] = json!(node.ejections.saturating_sub(ejections));
     }
 }
 
