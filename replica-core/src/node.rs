@@ -296,24 +296,22 @@ impl Node {
         route: Route,
         scope: &Scope<'_>,
     ) -> Result<(), Error> {
-        use diesel::sql_types::{Bool, Text};
+        use diesel::ExpressionMethods;
+        use diesel::query_dsl::QueryDsl;
         use diesel_async::RunQueryDsl;
 
-        #[derive(diesel::QueryableByName)]
-        struct Entered {
-            #[diesel(sql_type = Bool)]
-            present: bool,
-        }
-        let entered: Entered = diesel::sql_query(
-            "SELECT set_config('search_path', $1, true) IS NOT NULL \
-             AND EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $2) AS present",
-        )
-        .bind::<Text, _>(&scope.search_path)
-        .bind::<Text, _>(scope.tenant.name())
+        // A typed query: diesel-async keeps it as a prepared statement on
+        // each connection, so the server parses and plans it once.
+        let (_, present): (String, bool) = diesel::select((
+            set_config("search_path", &scope.search_path, true),
+            diesel::dsl::exists(
+                pg_namespace::table.filter(pg_namespace::nspname.eq(scope.tenant.name())),
+            ),
+        ))
         .get_result(conn)
         .await
         .map_err(|error| self.query_error(route, error))?;
-        if entered.present {
+        if present {
             Ok(())
         } else {
             Err(Error::UnknownTenant {
@@ -387,6 +385,19 @@ impl Node {
 impl Candidate for Arc<Node> {
     fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+diesel::define_sql_function! {
+    /// PostgreSQL's `set_config(name, value, is_local)`.
+    fn set_config(name: diesel::sql_types::Text, value: diesel::sql_types::Text, is_local: diesel::sql_types::Bool) -> diesel::sql_types::Text;
+}
+
+diesel::table! {
+    /// The catalog of schemas, for the tenant's existence check.
+    pg_catalog.pg_namespace (nspname) {
+        /// The schema's name.
+        nspname -> Text,
     }
 }
 
