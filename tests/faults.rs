@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Served, WHO_SERVED, config, replica_ports};
+use common::{Served, WHO_SERVED, config, replica_ports, who_served};
 use diesel_async::RunQueryDsl;
 use diesel_replica::{Balance, Config, Error, Health, ReplicaSet};
 use replica_testkit::{Cluster, NodeId};
@@ -53,13 +53,7 @@ async fn read_until(db: &ReplicaSet, until: Instant) -> Load {
                 let mut load = Load::default();
                 while Instant::now() < until {
                     let started = Instant::now();
-                    let result = db
-                        .read(async |conn| {
-                            diesel::sql_query(WHO_SERVED)
-                                .get_result::<Served>(conn)
-                                .await
-                        })
-                        .await;
+                    let result = db.read(who_served).await;
                     load.slowest = load.slowest.max(started.elapsed());
                     match result {
                         Ok(served) => {
@@ -114,14 +108,7 @@ async fn until_health(db: &ReplicaSet, index: usize, health: Health) {
 async fn spread(db: &ReplicaSet, n: usize) -> HashMap<i32, u64> {
     let mut by_port = HashMap::new();
     for _ in 0..n {
-        let served = db
-            .read(async |conn| {
-                diesel::sql_query(WHO_SERVED)
-                    .get_result::<Served>(conn)
-                    .await
-            })
-            .await
-            .unwrap();
+        let served = db.read(who_served).await.unwrap();
         *by_port.entry(served.port).or_default() += 1;
     }
     by_port
@@ -265,27 +252,13 @@ async fn with_every_replica_down_reads_use_the_writer_or_fail_clearly(cluster: A
     .await
     .unwrap();
     for _ in 0..10 {
-        let served = db
-            .read(async |conn| {
-                diesel::sql_query(WHO_SERVED)
-                    .get_result::<Served>(conn)
-                    .await
-            })
-            .await
-            .unwrap();
+        let served = db.read(who_served).await.unwrap();
         assert_eq!(served.port, i32::from(cluster.primary().port()));
         assert_eq!(served.read_only, "on");
     }
     let mut last = None;
     for _ in 0..5 {
-        last = strict
-            .read(async |conn| {
-                diesel::sql_query(WHO_SERVED)
-                    .get_result::<Served>(conn)
-                    .await
-            })
-            .await
-            .err();
+        last = strict.read(who_served).await.err();
     }
     let err = last.expect("reads fail with no replica and no fallback");
     assert!(matches!(err, Error::NoReplicaAvailable { .. }), "{err:?}");

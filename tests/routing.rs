@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
-use common::{Served, WHO_SERVED, closed_port, config, replica_ports};
+use common::{Served, WHO_SERVED, closed_port, config, replica_ports, who_served};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::RunQueryDsl;
 use diesel_replica::{Config, Error, ReplicaSet};
@@ -43,16 +43,10 @@ async fn connect(cluster: &Cluster) -> ReplicaSet {
     ReplicaSet::connect(config(cluster)).await.unwrap()
 }
 
-async fn who_served_read(db: &ReplicaSet) -> Served {
-    db.read(async |conn| diesel::sql_query(WHO_SERVED).get_result(conn).await)
-        .await
-        .unwrap()
-}
-
 async fn reads_land_on_replicas_in_read_only_transactions(cluster: Arc<Cluster>) {
     let db = connect(&cluster).await;
     for _ in 0..6 {
-        let served = who_served_read(&db).await;
+        let served = db.read(who_served).await.unwrap();
         assert!(replica_ports(&cluster).contains(&served.port), "{served:?}");
         assert!(served.in_recovery, "{served:?}");
         assert_eq!(served.read_only, "on");
@@ -62,20 +56,7 @@ async fn reads_land_on_replicas_in_read_only_transactions(cluster: Arc<Cluster>)
 async fn writes_land_on_the_writer(cluster: Arc<Cluster>) {
     let db = connect(&cluster).await;
     let writer_port = i32::from(cluster.primary().port());
-    for served in [
-        db.write(async |conn| {
-            diesel::sql_query(WHO_SERVED)
-                .get_result::<Served>(conn)
-                .await
-        })
-        .await,
-        db.transaction(async |conn| {
-            diesel::sql_query(WHO_SERVED)
-                .get_result::<Served>(conn)
-                .await
-        })
-        .await,
-    ] {
+    for served in [db.write(who_served).await, db.transaction(who_served).await] {
         let served = served.unwrap();
         assert_eq!(served.port, writer_port);
         assert!(!served.in_recovery);
@@ -103,7 +84,7 @@ async fn every_replica_serves_reads(cluster: Arc<Cluster>) {
     let db = connect(&cluster).await;
     let mut seen = HashSet::new();
     for _ in 0..12 {
-        seen.insert(who_served_read(&db).await.port);
+        seen.insert(db.read(who_served).await.unwrap().port);
     }
     assert_eq!(
         seen,
@@ -116,7 +97,7 @@ async fn zero_replicas_reads_go_to_the_writer_read_only(cluster: Arc<Cluster>) {
         .await
         .unwrap();
     assert_eq!(db.replica_count(), 0);
-    let served = who_served_read(&db).await;
+    let served = db.read(who_served).await.unwrap();
     assert_eq!(served.port, i32::from(cluster.primary().port()));
     assert!(!served.in_recovery);
     assert_eq!(served.read_only, "on");
@@ -133,14 +114,7 @@ async fn zero_replicas_reads_go_to_the_writer_read_only(cluster: Arc<Cluster>) {
 
 async fn read_fresh_runs_on_the_writer_read_only(cluster: Arc<Cluster>) {
     let db = connect(&cluster).await;
-    let served = db
-        .read_fresh(async |conn| {
-            diesel::sql_query(WHO_SERVED)
-                .get_result::<Served>(conn)
-                .await
-        })
-        .await
-        .unwrap();
+    let served = db.read_fresh(who_served).await.unwrap();
     assert_eq!(served.port, i32::from(cluster.primary().port()));
     assert_eq!(served.read_only, "on");
 }
@@ -295,7 +269,7 @@ async fn unreachable_replica_is_a_checkout_error_without_the_password(cluster: A
     let db = ReplicaSet::connect(config)
         .await
         .expect("a dead replica does not stop start-up");
-    let err = who_served_read_err(&db).await;
+    let err = db.read(who_served).await.unwrap_err();
     assert!(matches!(err, Error::Checkout { .. }), "{err:?}");
     let text = format!("{err} {err:?}");
     assert!(
@@ -318,16 +292,6 @@ async fn wrong_password_is_reported_without_the_password(cluster: Arc<Cluster>) 
     let text = format!("{err} {err:?}");
     assert!(text.contains("password authentication failed"), "{text}");
     assert!(!text.contains(wrong), "{text}");
-}
-
-async fn who_served_read_err(db: &ReplicaSet) -> Error {
-    db.read(async |conn| {
-        diesel::sql_query(WHO_SERVED)
-            .get_result::<Served>(conn)
-            .await
-    })
-    .await
-    .unwrap_err()
 }
 
 async fn a_cancelled_read_does_not_hand_its_open_transaction_to_the_next(cluster: Arc<Cluster>) {

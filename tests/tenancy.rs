@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use common::{Served, WHO_SERVED, config};
+use common::{Served, WHO_SERVED, config, who_served};
 use diesel::QueryableByName;
 use diesel::sql_types::{Integer, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -298,35 +298,19 @@ async fn a_tenant_not_yet_on_the_replicas_is_read_on_the_writer(cluster: Arc<Clu
     cluster.pause_replay(0).unwrap();
     cluster.pause_replay(1).unwrap();
     db.provision_tenant(&newcomer, MIGRATIONS).await.unwrap();
-    let served: Served = db
-        .tenant(&newcomer)
-        .read(async |conn| diesel::sql_query(WHO_SERVED).get_result(conn).await)
-        .await
-        .unwrap();
+    let served: Served = db.tenant(&newcomer).read(who_served).await.unwrap();
     assert_eq!(
         served.port,
         i32::from(cluster.primary().port()),
         "{served:?}"
     );
     assert_eq!(served.read_only, "on");
-    let err = strict
-        .tenant(&newcomer)
-        .read(async |conn| {
-            diesel::sql_query(WHO_SERVED)
-                .get_result::<Served>(conn)
-                .await
-        })
-        .await
-        .unwrap_err();
+    let err = strict.tenant(&newcomer).read(who_served).await.unwrap_err();
     assert!(matches!(err, Error::UnknownTenant { .. }), "{err:?}");
     cluster.resume_replay(0).unwrap();
     cluster.resume_replay(1).unwrap();
     cluster.wait_for_replication().unwrap();
-    let served: Served = strict
-        .tenant(&newcomer)
-        .read(async |conn| diesel::sql_query(WHO_SERVED).get_result(conn).await)
-        .await
-        .unwrap();
+    let served: Served = strict.tenant(&newcomer).read(who_served).await.unwrap();
     assert!(
         served.in_recovery,
         "once replayed, the replicas serve it: {served:?}"

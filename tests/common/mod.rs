@@ -93,6 +93,15 @@ pub(crate) struct Served {
     pub(crate) read_only: String,
 }
 
+/// Which server a connection is on, for `db.read(who_served)` and the like.
+pub(crate) async fn who_served(
+    conn: &mut diesel_async::AsyncPgConnection,
+) -> diesel::QueryResult<Served> {
+    use diesel_async::RunQueryDsl;
+
+    diesel::sql_query(WHO_SERVED).get_result(conn).await
+}
+
 /// The query behind [`Served`].
 pub(crate) const WHO_SERVED: &str = "SELECT inet_server_port() AS port, pg_is_in_recovery() AS in_recovery, \
      current_setting('transaction_read_only') AS read_only";
