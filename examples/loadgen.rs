@@ -537,10 +537,8 @@ struct ReadRow {
         reason = "fetched like an application would, never inspected"
     )]
     payload: String,
-    #[diesel(sql_type = Nullable<Text>)]
-    host: Option<String>,
-    #[diesel(sql_type = Integer)]
-    port: i32,
+    #[diesel(embed)]
+    node: NodeRow,
 }
 
 /// The row a tenant-scoped read returns: whose row it is, and which node
@@ -549,16 +547,8 @@ struct ReadRow {
 struct TenantReadRow {
     #[diesel(sql_type = Text)]
     tenant: String,
-    #[diesel(sql_type = Text)]
-    #[allow(
-        dead_code,
-        reason = "fetched like an application would, never inspected"
-    )]
-    payload: String,
-    #[diesel(sql_type = Nullable<Text>)]
-    host: Option<String>,
-    #[diesel(sql_type = Integer)]
-    port: i32,
+    #[diesel(embed)]
+    read: ReadRow,
 }
 
 /// The row a tenant-scoped write returns: whose row it is, and which node
@@ -567,10 +557,8 @@ struct TenantReadRow {
 struct TenantNodeRow {
     #[diesel(sql_type = Text)]
     tenant: String,
-    #[diesel(sql_type = Nullable<Text>)]
-    host: Option<String>,
-    #[diesel(sql_type = Integer)]
-    port: i32,
+    #[diesel(embed)]
+    node: NodeRow,
 }
 
 /// The row a write (or the replica wait) returns: which node ran it.
@@ -588,6 +576,13 @@ struct IdRange {
     lo: Option<i64>,
     #[diesel(sql_type = Nullable<BigInt>)]
     hi: Option<i64>,
+}
+
+impl NodeRow {
+    /// The node's `HOST:PORT`.
+    fn key(&self) -> String {
+        node_key(self.host.as_deref(), self.port)
+    }
 }
 
 /// `HOST:PORT`, with IPv6 hosts in brackets and `local` for a unix socket.
@@ -1015,7 +1010,7 @@ async fn wait_for_replicas(db: &Items, tenant: Option<&Tenant>, id: i64) -> Resu
             })
             .await
             .map_err(|e| format!("cannot ask the writer its address: {e}"))?;
-        Some(node_key(row.host.as_deref(), row.port))
+        Some(row.key())
     } else {
         None
     };
@@ -1024,11 +1019,8 @@ async fn wait_for_replicas(db: &Items, tenant: Option<&Tenant>, id: i64) -> Resu
             Some(tenant) => db
                 .tenant_item(tenant, id)
                 .await
-                .map(|row| node_key(row.host.as_deref(), row.port)),
-            None => db
-                .item(id)
-                .await
-                .map(|row| node_key(row.host.as_deref(), row.port)),
+                .map(|row| row.read.node.key()),
+            None => db.item(id).await.map(|row| row.node.key()),
         };
         let last = match read {
             Ok(node) if writer.as_ref() != Some(&node) => {
@@ -1267,25 +1259,20 @@ async fn worker(mut w: Worker) -> Stats {
                 Some(tenant) => {
                     w.db.tenant_item(tenant, id)
                         .await
-                        .map(|row| (row.host, row.port, Some(row.tenant)))
+                        .map(|row| (row.read.node, Some(row.tenant)))
                 }
-                None => w.db.item(id).await.map(|row| (row.host, row.port, None)),
+                None => w.db.item(id).await.map(|row| (row.node, None)),
             };
             let done = Instant::now();
             let micros = done.duration_since(started).as_micros();
             match result {
-                Ok((host, port, owner)) => {
+                Ok((row, owner)) => {
                     check_owner(&mut stats, &w, tenant, owner.as_deref(), "read", id, done);
-                    let row = NodeRow { host, port };
                     stats
                         .read_latency_us
                         .saturating_record(u64::try_from(micros).unwrap_or(u64::MAX));
                     stats.reads_ok += 1;
-                    stats
-                        .per_node
-                        .entry(node_key(row.host.as_deref(), row.port))
-                        .or_default()
-                        .0 += 1;
+                    stats.per_node.entry(row.key()).or_default().0 += 1;
                     w.live.reads.fetch_add(1, Ordering::Relaxed);
                     if let Some(timeline) = &mut stats.timeline {
                         timeline.read(bucket(w.start, done), row.host.as_deref(), row.port);
@@ -1306,25 +1293,16 @@ async fn worker(mut w: Worker) -> Stats {
                 Some(tenant) => {
                     w.db.tenant_touch(tenant, id, &payload)
                         .await
-                        .map(|row| (row.host, row.port, Some(row.tenant)))
+                        .map(|row| (row.node, Some(row.tenant)))
                 }
-                None => {
-                    w.db.touch(id, &payload)
-                        .await
-                        .map(|row| (row.host, row.port, None))
-                }
+                None => w.db.touch(id, &payload).await.map(|row| (row, None)),
             };
             let done = Instant::now();
             match result {
-                Ok((host, port, owner)) => {
+                Ok((row, owner)) => {
                     check_owner(&mut stats, &w, tenant, owner.as_deref(), "write", id, done);
-                    let row = NodeRow { host, port };
                     stats.writes_ok += 1;
-                    stats
-                        .per_node
-                        .entry(node_key(row.host.as_deref(), row.port))
-                        .or_default()
-                        .1 += 1;
+                    stats.per_node.entry(row.key()).or_default().1 += 1;
                     w.live.writes.fetch_add(1, Ordering::Relaxed);
                     if let Some(timeline) = &mut stats.timeline {
                         Timeline::bump(&mut timeline.writes, bucket(w.start, done));
