@@ -222,19 +222,27 @@ fn malformed_urls_name_the_key_and_hide_the_password() {
     let cases = [
         (
             format!("postgres://app:{PASSWORD}@host:99999/db"),
-            "invalid port number",
+            "invalid value for option `port`",
         ),
         (
             format!("mysql://app:{PASSWORD}@host/db"),
             "scheme `mysql` is not supported",
         ),
-        ("no url here".to_owned(), "relative URL without a base"),
+        ("no url here".to_owned(), "invalid connection string"),
+        (
+            format!("host=h user=app password={PASSWORD} dbname"),
+            "invalid connection string",
+        ),
+        (
+            format!("host=h,h2 user=app password={PASSWORD}"),
+            "it names 2 hosts",
+        ),
     ];
     for (url, problem) in cases {
         let err = env_err(&[("DATABASE_URL", &url)]);
         assert!(matches!(err, ConfigError::InvalidUrl { .. }), "{err:?}");
         let text = err.to_string();
-        assert!(text.starts_with("`DATABASE_URL` = `"), "{text}");
+        assert!(text.starts_with("`DATABASE_URL` is not a usable"), "{text}");
         assert!(text.contains(problem), "{text}");
     }
     let urls = format!("postgres://r1/db,postgres://app:{PASSWORD}@r2:port/db");
@@ -244,7 +252,7 @@ fn malformed_urls_name_the_key_and_hide_the_password() {
     ]);
     assert!(
         err.to_string()
-            .starts_with("`DATABASE_REPLICA_URLS[1]` = `postgres://***@r2:port/db`"),
+            .starts_with("`DATABASE_REPLICA_URLS[1]` is not a usable PostgreSQL URL"),
         "{err}"
     );
 }
@@ -374,7 +382,7 @@ fn bad_numbers_and_pool_sizes_are_rejected() {
     ]);
     assert_eq!(
         err.to_string(),
-        "`DATABASE_WRITER_POOL_SIZE` is 0: a pool needs at least one connection"
+        "`DATABASE_WRITER_POOL_SIZE` = 0 is out of range: expected from 1 to 10000 connections"
     );
     let err = env_err(&[("DATABASE_URL", &writer()), ("DATABASE_WARM_UP", "11")]);
     assert_eq!(
@@ -522,7 +530,7 @@ fn bad_balance_settings_are_rejected() {
     let err = serde_json::from_str::<Config>(r#"{"url":"postgres://h/d","balance":"fastest"}"#)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("unknown variant `fastest`"), "{err}");
+    assert!(err.contains("unknown strategy `fastest`"), "{err}");
 }
 
 #[test]
@@ -550,7 +558,210 @@ fn shared_schemas_from_env_and_serde_and_their_checks() {
     assert!(matches!(err, ConfigError::InvalidSchema { .. }), "{err:?}");
     assert!(
         err.to_string()
-            .starts_with("`DATABASE_SHARED_SCHEMAS`: tenant name \"x; DROP TABLE y\""),
+            .starts_with("`DATABASE_SHARED_SCHEMAS`: schema name \"x; DROP TABLE y\" has ';'"),
+        "{err}"
+    );
+}
+
+#[test]
+fn passwords_never_show_wherever_they_are_given() {
+    let key_value = format!("host=writer.internal user=app password={PASSWORD} dbname=app");
+    let query = format!("postgres://app@writer.internal/app?password={PASSWORD}");
+    for url in [key_value, query] {
+        let config = env(&[("DATABASE_URL", &url), ("DATABASE_REPLICA_HOSTS", "r1")]).unwrap();
+        let text = format!("{config:?} {}", config.writer);
+        assert!(!text.contains(PASSWORD), "{text}");
+        assert_eq!(
+            config.replicas[0].to_string(),
+            "postgres://app:***@r1:5432/app"
+        );
+    }
+    // A key=value string that does not parse is not echoed.
+    let err = env_err(&[(
+        "DATABASE_URL",
+        &format!("host=writer user=app password={PASSWORD} port=x"),
+    )]);
+    assert!(err.to_string().contains("`port`"), "{err}");
+}
+
+#[test]
+fn a_raw_slash_in_a_password_is_refused_with_a_hint() {
+    let err = env_err(&[("DATABASE_URL", "postgres://u:4711/s3cr3t-Pa55@host:6500/db")]);
+    let text = err.to_string();
+    assert!(text.contains("percent-encode `/` as %2F"), "{text}");
+    assert!(!text.contains("4711"), "{text}");
+    let config = env(&[(
+        "DATABASE_URL",
+        "postgres://u:4711%2Fs3cr3t-Pa55@host:6500/db",
+    )])
+    .unwrap();
+    assert_eq!(config.writer.address(), "host:6500");
+}
+
+#[test]
+fn absurd_numbers_are_refused_with_the_setting_and_its_range() {
+    let cases = [
+        (
+            "DATABASE_REPLICA_POOL_SIZE",
+            "1000000000000",
+            "from 1 to 10000 connections",
+        ),
+        (
+            "DATABASE_REPLICA_POOL_SIZE",
+            "18446744073709551615",
+            "from 1 to 10000",
+        ),
+        (
+            "DATABASE_WRITER_POOL_SIZE",
+            "99999999999999999999999",
+            "at most 18446744073709551615",
+        ),
+        (
+            "DATABASE_CONNECT_TIMEOUT_MS",
+            "0",
+            "from 1 to 2147483647 ms",
+        ),
+        (
+            "DATABASE_RECYCLE_TIMEOUT_MS",
+            "0",
+            "from 1 to 2147483647 ms",
+        ),
+        (
+            "DATABASE_STATEMENT_TIMEOUT_MS",
+            "2147483648",
+            "from 1 to 2147483647 ms",
+        ),
+        (
+            "DATABASE_POOL_TIMEOUT_MS",
+            "18446744073709551615",
+            "to 2147483647 ms",
+        ),
+        (
+            "DATABASE_PROBE_INTERVAL_MS",
+            "0",
+            "from 10 to 2147483647 ms",
+        ),
+        (
+            "DATABASE_PROBE_MAX_INTERVAL_MS",
+            "100",
+            "at least the probe interval, 200 ms",
+        ),
+        ("DATABASE_EJECT_AFTER", "0", "from 1 to 4294967295"),
+        ("DATABASE_READ_RETRIES", "4294967296", "at most 4294967295"),
+    ];
+    for (key, value, expected) in cases {
+        let err = env_err(&[("DATABASE_URL", &writer()), (key, value)]);
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("`{key}` = ")),
+            "{key}={value}: {text}"
+        );
+        assert!(text.contains(expected), "{key}={value}: {text}");
+    }
+    let err = env_err(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_REPLICA_HOSTS", "r1"),
+        ("DATABASE_REPLICA_WEIGHTS", "4294967296"),
+    ]);
+    assert!(err.to_string().contains("at most 4294967295"), "{err}");
+}
+
+#[test]
+fn zero_statement_timeout_means_none() {
+    let config = env(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_STATEMENT_TIMEOUT_MS", "0"),
+    ])
+    .unwrap();
+    assert_eq!(config.writer_pool.statement_timeout, None);
+    let config: Config = serde_json::from_value(serde_json::json!({
+        "url": writer(),
+        "replica_pool": { "statement_timeout_ms": 0 }
+    }))
+    .unwrap();
+    assert_eq!(config.replica_pool.statement_timeout, None);
+}
+
+#[test]
+fn serde_and_hand_built_configs_are_checked_like_the_environment() {
+    let err = serde_json::from_value::<Config>(serde_json::json!({
+        "url": writer(),
+        "replica_pool": { "max_size": 1_000_000_u64 }
+    }))
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("`replica_pool.max_size` = 1000000 is out of range"),
+        "{err}"
+    );
+    let err = serde_json::from_value::<Config>(serde_json::json!({
+        "url": writer(),
+        "health": { "probe_interval_ms": 0 }
+    }))
+    .unwrap_err();
+    assert!(err.to_string().contains("`health.probe_interval`"), "{err}");
+
+    let mut config = Config::new(&writer()).unwrap();
+    config.replica_pool.max_size = usize::MAX;
+    let err = diesel_replica::ReplicaSet::new(config)
+        .err()
+        .expect("an absurd pool size is refused");
+    assert!(
+        err.to_string().contains(&format!(
+            "`replica_pool.max_size` = {} is out of range",
+            usize::MAX
+        )),
+        "{err}"
+    );
+    let mut config = Config::new(&writer()).unwrap();
+    config.writer_pool.connect_timeout = Some(Duration::ZERO);
+    assert!(diesel_replica::ReplicaSet::new(config).is_err());
+    let mut config = Config::new(&writer()).unwrap();
+    config.health.probe_max_interval = Duration::from_millis(50);
+    assert!(diesel_replica::ReplicaSet::new(config).is_err());
+}
+
+#[test]
+fn replica_address_errors_give_one_reason() {
+    for (host, reason) in [
+        (":5433", "it names no host; expected host or host:port"),
+        ("user@h", "takes no user name or password"),
+    ] {
+        let err = env_err(&[
+            ("DATABASE_URL", &writer()),
+            ("DATABASE_REPLICA_HOSTS", host),
+        ]);
+        let text = err.to_string();
+        assert!(text.contains(reason), "{host}: {text}");
+        assert_eq!(text.matches("expected").count(), 1, "{host}: {text}");
+    }
+}
+
+#[test]
+fn obvious_spellings_are_accepted() {
+    let config = Config::from_vars(
+        Some("analytics"),
+        [
+            ("ANALYTICS_DATABASE_URL", writer()),
+            ("ANALYTICS_DATABASE_BALANCE", "LEAST_IN_FLIGHT".to_owned()),
+            (
+                "ANALYTICS_DATABASE_READS_FALL_BACK_TO_WRITER",
+                "FALSE".to_owned(),
+            ),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.balance, diesel_replica::Balance::LeastInFlight);
+    assert!(!config.health.reads_fall_back_to_writer);
+    let config: Config = serde_json::from_value(serde_json::json!({
+        "url": writer(),
+        "balance": "Round-Robin"
+    }))
+    .unwrap();
+    assert_eq!(config.balance, diesel_replica::Balance::RoundRobin);
+    let err = Config::from_vars(Some("my app"), [("X", "y")]).unwrap_err();
+    assert!(
+        err.to_string().contains("prefix `my app` is not valid"),
         "{err}"
     );
 }

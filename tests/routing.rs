@@ -35,6 +35,9 @@ fn main() -> ExitCode {
             unreachable_replica_is_a_checkout_error_without_the_password,
             wrong_password_is_reported_without_the_password,
             a_cancelled_read_does_not_hand_its_open_transaction_to_the_next,
+            every_character_of_a_generated_password_connects,
+            url_options_keep_the_statement_timeout,
+            zero_statement_timeout_sets_no_limit_on_either_side,
         ],
     )
 }
@@ -341,4 +344,134 @@ async fn backend_pid(conn: &mut diesel_async::AsyncPgConnection) -> diesel::Quer
     ))
     .get_result(conn)
     .await
+}
+
+/// Every printable ASCII character and a space, as a generated secret may
+/// hold them, with `%41` that a URL decoder would read as `A`.
+fn hostile_password() -> String {
+    let printable: String = (b' '..=b'~').map(char::from).collect();
+    format!("p%41ss{printable}")
+}
+
+/// Percent-encodes every byte but ASCII letters and digits.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn every_character_of_a_generated_password_connects(cluster: Arc<Cluster>) {
+    let password = hostile_password();
+    let literal = password.replace('\'', "''");
+    cluster
+        .psql(
+            NodeId::Primary,
+            &format!(
+                "CREATE ROLE hostile LOGIN PASSWORD '{literal}'; GRANT ALL ON items TO hostile"
+            ),
+        )
+        .unwrap();
+    cluster.wait_for_replication().unwrap();
+    let writer_port = cluster.primary().port();
+    let replica_hosts = cluster
+        .replicas()
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let secret = serde_json::json!({
+        "username": "hostile",
+        "password": password,
+        "host": "127.0.0.1",
+        "port": writer_port,
+        "dbname": "postgres",
+    })
+    .to_string();
+    let url = format!(
+        "postgres://hostile:{}@127.0.0.1:{writer_port}/postgres",
+        encode(&password)
+    );
+    for source in [("DATABASE_SECRET", secret), ("DATABASE_URL", url)] {
+        let config = Config::from_vars(
+            None,
+            [
+                source.clone(),
+                ("DATABASE_REPLICA_HOSTS", replica_hosts.clone()),
+            ],
+        )
+        .unwrap();
+        assert!(!format!("{config:?}").contains("p%41ss"), "{config:?}");
+        let db = ReplicaSet::connect(config)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", source.0));
+        for _ in 0..4 {
+            let served = db.read(who_served).await.unwrap();
+            assert!(served.in_recovery, "{}: a replica serves reads", source.0);
+        }
+        let user: String = db
+            .write(async |conn| {
+                diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
+                    "current_user::text",
+                ))
+                .get_result(conn)
+                .await
+            })
+            .await
+            .unwrap();
+        assert_eq!(user, "hostile");
+        let status = db.status();
+        assert!(
+            status.replicas.iter().all(|r| r.last_error.is_none()),
+            "{status:?}"
+        );
+    }
+}
+
+async fn url_options_keep_the_statement_timeout(cluster: Arc<Cluster>) {
+    let url = format!("{}?options=-c%20work_mem%3D7MB", cluster.writer_url());
+    let mut config = Config::new(&url).unwrap();
+    config.writer_pool.statement_timeout = Some(Duration::from_millis(3000));
+    let db = ReplicaSet::connect(config).await.unwrap();
+    let (work_mem, timeout): (String, String) = db
+        .read(async |conn| {
+            diesel::select((
+                diesel::dsl::sql::<diesel::sql_types::Text>("current_setting('work_mem')"),
+                diesel::dsl::sql::<diesel::sql_types::Text>("current_setting('statement_timeout')"),
+            ))
+            .get_result(conn)
+            .await
+        })
+        .await
+        .unwrap();
+    assert_eq!((work_mem.as_str(), timeout.as_str()), ("7MB", "3s"));
+}
+
+async fn zero_statement_timeout_sets_no_limit_on_either_side(cluster: Arc<Cluster>) {
+    let db = ReplicaSet::connect(
+        Config::from_vars(
+            None,
+            [
+                ("DATABASE_URL", cluster.writer_url()),
+                ("DATABASE_STATEMENT_TIMEOUT_MS", "0".to_owned()),
+            ],
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    // Longer than the half second the client used to add to a timeout of 0.
+    let timeout: String = db
+        .read(async |conn| {
+            diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
+                "current_setting('statement_timeout') FROM pg_sleep(0.8)",
+            ))
+            .get_result(conn)
+            .await
+        })
+        .await
+        .unwrap();
+    assert_eq!(timeout, "0");
 }

@@ -7,7 +7,7 @@ use serde::Deserialize;
 /// How reads are spread over the replicas. Ejected replicas are skipped by
 /// every strategy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(try_from = "String")]
 #[non_exhaustive]
 pub enum Balance {
     /// Replicas take turns.
@@ -24,14 +24,29 @@ pub enum Balance {
 }
 
 impl Balance {
-    /// Parses the names used in `DATABASE_BALANCE`.
+    /// Parses the names used in `DATABASE_BALANCE` and serde, in any case
+    /// and with `-` or `_` between words.
     pub(crate) fn parse(name: &str) -> Option<Self> {
-        Some(match name.trim() {
-            "round_robin" => Self::RoundRobin,
-            "random" => Self::Random,
-            "least_in_flight" => Self::LeastInFlight,
-            "weighted" => Self::Weighted,
-            _ => return None,
+        Some(
+            match name.trim().to_ascii_lowercase().replace('-', "_").as_str() {
+                "round_robin" => Self::RoundRobin,
+                "random" => Self::Random,
+                "least_in_flight" => Self::LeastInFlight,
+                "weighted" => Self::Weighted,
+                _ => return None,
+            },
+        )
+    }
+}
+
+impl TryFrom<String> for Balance {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        Self::parse(&name).ok_or_else(|| {
+            format!(
+                "unknown strategy `{name}`, expected one of round_robin, random, least_in_flight, weighted"
+            )
         })
     }
 }

@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::balance::Balance;
 use crate::error::ConfigError;
 use crate::tenant::check_identifier;
-use crate::url::{DatabaseUrl, UrlProblem, redact_unparsed};
+use crate::url::{DatabaseUrl, MAX_TIMEOUT_MS, UrlProblem, redact_address};
 
 /// Where to connect and how to pool: one writer and any number of replicas.
 ///
@@ -122,8 +122,10 @@ pub struct PoolConfig {
     /// `statement_timeout`, which cancels a slow query (an SQL error, not
     /// retried). Half a second later the client gives up on the whole
     /// attempt, which bounds a node that does not answer at all; that counts
-    /// against the node, and a read is retried elsewhere. `None` sets no
-    /// limit. Default: 10 s. Serde: `statement_timeout_ms`.
+    /// against the node, and a read is retried elsewhere. `None` or 0 sets
+    /// no limit on either side. The server's limit is appended to any
+    /// `options` of the URL, and wins over a `statement_timeout` set there.
+    /// Default: 10 s. Serde: `statement_timeout_ms`.
     #[serde(rename = "statement_timeout_ms", with = "millis")]
     pub statement_timeout: Option<Duration>,
 }
@@ -138,6 +140,19 @@ impl Default for PoolConfig {
             recycle_timeout: Some(Duration::from_secs(5)),
             statement_timeout: Some(Duration::from_secs(10)),
         }
+    }
+}
+
+impl PoolConfig {
+    /// The statement timeout, `None` for 0: PostgreSQL's own word for no
+    /// timeout, which then also sets no client bound.
+    pub(crate) fn statement_timeout(&self) -> Option<Duration> {
+        self.statement_timeout.filter(|t| !t.is_zero())
+    }
+
+    fn normalized(mut self) -> Self {
+        self.statement_timeout = self.statement_timeout();
+        self
     }
 }
 
@@ -208,13 +223,7 @@ impl Config {
         prefix: Option<&str>,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let naming = Naming::Env {
-            prefix: prefix
-                .map(|p| p.trim_end_matches('_'))
-                .filter(|p| !p.is_empty())
-                .map(|p| format!("{p}_"))
-                .unwrap_or_default(),
-        };
+        let naming = Naming::env(prefix)?;
         let var = |field: &str| lookup(&naming.key(field));
         let list = |field: &str| {
             var(field)
@@ -229,15 +238,20 @@ impl Config {
         };
         let number = |field: &str| -> Result<Option<u64>, ConfigError> {
             var(field)
-                .map(|v| {
-                    v.trim().parse().map_err(|_| ConfigError::InvalidNumber {
-                        key: naming.key(field),
-                        value: v,
-                    })
-                })
+                .map(|v| parse_number(&naming.key(field), &v))
                 .transpose()
         };
-        let size = |field: &str| Ok(number(field)?.map(|n| n as usize));
+        let narrow = |field: &str, n: u64| -> Result<u32, ConfigError> {
+            u32::try_from(n).map_err(|_| ConfigError::OutOfRange {
+                key: naming.key(field),
+                value: n.to_string(),
+                expected: format!("at most {}", u32::MAX),
+            })
+        };
+        let size = |field: &str| -> Result<Option<usize>, ConfigError> {
+            // Out of `usize` is out of any range `validate` accepts.
+            Ok(number(field)?.map(|n| usize::try_from(n).unwrap_or(usize::MAX)))
+        };
         let mut writer_pool = PoolConfig::default();
         let mut replica_pool = PoolConfig::default();
         for (pool, size_field) in [
@@ -270,10 +284,10 @@ impl Config {
         });
         let mut health = HealthConfig::default();
         if let Some(n) = number("health.eject_after")? {
-            health.eject_after = u32::try_from(n).unwrap_or(u32::MAX);
+            health.eject_after = narrow("health.eject_after", n)?;
         }
         if let Some(n) = number("health.read_retries")? {
-            health.read_retries = u32::try_from(n).unwrap_or(u32::MAX);
+            health.read_retries = narrow("health.read_retries", n)?;
         }
         if let Some(ms) = number("health.probe_interval")? {
             health.probe_interval = Duration::from_millis(ms);
@@ -282,17 +296,12 @@ impl Config {
             health.probe_max_interval = Duration::from_millis(ms);
         }
         if let Some(flag) = var("health.reads_fall_back_to_writer") {
-            health.reads_fall_back_to_writer = match flag.trim() {
-                "true" | "1" | "yes" => true,
-                "false" | "0" | "no" => false,
-                _ => {
-                    return Err(ConfigError::InvalidChoice {
-                        key: naming.key("health.reads_fall_back_to_writer"),
-                        value: flag,
-                        expected: "true or false",
-                    });
-                }
-            };
+            health.reads_fall_back_to_writer =
+                parse_flag(&flag).ok_or_else(|| ConfigError::InvalidChoice {
+                    key: naming.key("health.reads_fall_back_to_writer"),
+                    value: flag,
+                    expected: "true or false",
+                })?;
         }
         let balance = match var("balance") {
             None => None,
@@ -310,10 +319,8 @@ impl Config {
         let replica_weights = replica_weights
             .into_iter()
             .map(|w: String| {
-                w.parse().map_err(|_| ConfigError::InvalidNumber {
-                    key: naming.key("replica_weights"),
-                    value: w,
-                })
+                let n = parse_number(&naming.key("replica_weights"), &w)?;
+                narrow("replica_weights", n)
             })
             .collect::<Result<_, _>>()?;
         let shared_schemas = var("shared_schemas").map(|_| list("shared_schemas"));
@@ -333,8 +340,102 @@ impl Config {
         .resolve(&naming)
     }
 
+    /// Checks every setting of a configuration however it was built: from
+    /// the environment, serde, or by hand before [`ReplicaSet::new`]
+    /// (crate::ReplicaSet::new).
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        self.check(&Naming::Fields)
+    }
+
+    fn check(&self, naming: &Naming) -> Result<(), ConfigError> {
+        let out_of_range = |field: &str, value: String, expected: String| ConfigError::OutOfRange {
+            key: naming.key(field),
+            value,
+            expected,
+        };
+        let ms = |d: Duration| format!("{} ms", d.as_millis());
+        let timeout = |field: &str, value: Option<Duration>, least: u64| match value {
+            Some(d)
+                if d < Duration::from_millis(least)
+                    || d.as_millis() > u128::from(MAX_TIMEOUT_MS) =>
+            {
+                Err(out_of_range(
+                    field,
+                    ms(d),
+                    format!("from {least} to {MAX_TIMEOUT_MS} ms (about 24 days)"),
+                ))
+            }
+            _ => Ok(()),
+        };
+        for (pool, role) in [
+            (&self.writer_pool, "writer_pool"),
+            (&self.replica_pool, "replica_pool"),
+        ] {
+            if !(1..=MAX_POOL_SIZE).contains(&pool.max_size) {
+                return Err(out_of_range(
+                    &format!("{role}.max_size"),
+                    pool.max_size.to_string(),
+                    format!("from 1 to {MAX_POOL_SIZE} connections"),
+                ));
+            }
+            if pool.warm_up > pool.max_size {
+                return Err(ConfigError::WarmUpTooLarge {
+                    key: naming.key(&format!("{role}.warm_up")),
+                    warm_up: pool.warm_up,
+                    max_size: pool.max_size,
+                });
+            }
+            // 0 does not wait for a free connection; 0 would time out every
+            // connect and check.
+            timeout("wait_timeout", pool.wait_timeout, 0)?;
+            timeout("connect_timeout", pool.connect_timeout, 1)?;
+            timeout("recycle_timeout", pool.recycle_timeout, 1)?;
+            timeout("statement_timeout", pool.statement_timeout(), 1)?;
+        }
+        let health = &self.health;
+        if health.eject_after == 0 {
+            return Err(out_of_range(
+                "health.eject_after",
+                "0".into(),
+                format!("from 1 to {}", u32::MAX),
+            ));
+        }
+        timeout(
+            "health.probe_interval",
+            Some(health.probe_interval),
+            MIN_PROBE_INTERVAL_MS,
+        )?;
+        if health.probe_max_interval < health.probe_interval {
+            return Err(out_of_range(
+                "health.probe_max_interval",
+                ms(health.probe_max_interval),
+                format!("at least the probe interval, {}", ms(health.probe_interval)),
+            ));
+        }
+        timeout(
+            "health.probe_max_interval",
+            Some(health.probe_max_interval),
+            MIN_PROBE_INTERVAL_MS,
+        )?;
+        if self.application_name.len() > 63 || self.application_name.contains(char::is_control) {
+            return Err(ConfigError::InvalidChoice {
+                key: naming.key("application_name"),
+                value: self.application_name.clone(),
+                expected: "at most 63 bytes, without control characters",
+            });
+        }
+        for schema in &self.shared_schemas {
+            check_identifier(schema).map_err(|problem| ConfigError::InvalidSchema {
+                key: naming.key("shared_schemas"),
+                name: schema.clone(),
+                problem,
+            })?;
+        }
+        self.check_weights(&naming.key("replica_weights"))
+    }
+
     /// Weights, when given, name each replica, and not all are 0.
-    pub(crate) fn check_weights(&self, key: &str) -> Result<(), ConfigError> {
+    fn check_weights(&self, key: &str) -> Result<(), ConfigError> {
         let weights = &self.replica_weights;
         if weights.is_empty() {
             return Ok(());
@@ -391,7 +492,60 @@ enum Naming {
     Fields,
 }
 
+/// The most connections one pool may hold to one node.
+const MAX_POOL_SIZE: usize = 10_000;
+
+/// The shortest wait between two probes of an ejected replica.
+const MIN_PROBE_INTERVAL_MS: u64 = 10;
+
+/// A whole number of an environment variable.
+fn parse_number(key: &str, value: &str) -> Result<u64, ConfigError> {
+    let digits = value.trim();
+    digits.parse().map_err(|_| {
+        if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+            ConfigError::OutOfRange {
+                key: key.to_owned(),
+                value: digits.to_owned(),
+                expected: format!("at most {}", u64::MAX),
+            }
+        } else {
+            ConfigError::InvalidNumber {
+                key: key.to_owned(),
+                value: value.to_owned(),
+            }
+        }
+    })
+}
+
+/// `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`, in any case.
+fn parse_flag(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
 impl Naming {
+    /// Environment variables, `{PREFIX}_DATABASE_*` with the prefix
+    /// upper-cased, as environment variables are conventionally named.
+    fn env(prefix: Option<&str>) -> Result<Self, ConfigError> {
+        let prefix = prefix.unwrap_or_default().trim().trim_end_matches('_');
+        if !prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(ConfigError::InvalidPrefix {
+                prefix: prefix.to_owned(),
+            });
+        }
+        let prefix = match prefix {
+            "" => String::new(),
+            p => format!("{}_", p.to_ascii_uppercase()),
+        };
+        Ok(Self::Env { prefix })
+    }
+
     fn key(&self, field: &str) -> String {
         let Self::Env { prefix } = self else {
             return field.to_owned();
@@ -449,28 +603,11 @@ impl Settings {
                 });
             }
         };
-        for (pool, role) in [
-            (&self.writer_pool, "writer_pool"),
-            (&self.replica_pool, "replica_pool"),
-        ] {
-            if pool.max_size == 0 {
-                return Err(ConfigError::ZeroPoolSize {
-                    key: naming.key(&format!("{role}.max_size")),
-                });
-            }
-            if pool.warm_up > pool.max_size {
-                return Err(ConfigError::WarmUpTooLarge {
-                    key: naming.key(&format!("{role}.warm_up")),
-                    warm_up: pool.warm_up,
-                    max_size: pool.max_size,
-                });
-            }
-        }
         let mut config = Config {
             writer,
             replicas: Vec::new(),
-            writer_pool: self.writer_pool,
-            replica_pool: self.replica_pool,
+            writer_pool: self.writer_pool.normalized(),
+            replica_pool: self.replica_pool.normalized(),
             application_name: self
                 .application_name
                 .unwrap_or_else(|| DEFAULT_APPLICATION_NAME.to_owned()),
@@ -482,12 +619,6 @@ impl Settings {
                 None => vec!["public".to_owned()],
             },
         };
-        for schema in &config.shared_schemas {
-            check_identifier(schema).map_err(|problem| ConfigError::InvalidSchema {
-                key: naming.key("shared_schemas"),
-                problem,
-            })?;
-        }
         let urls_key = naming.key("replica_urls");
         for (i, url) in self.replica_urls.iter().enumerate() {
             let key = format!("{urls_key}[{i}]");
@@ -503,12 +634,12 @@ impl Settings {
                     .with_address(host)
                     .map_err(|problem| ConfigError::InvalidHost {
                         key: key.clone(),
-                        value: redact_unparsed(host),
+                        value: redact_address(host),
                         problem: problem.to_string(),
                     })?;
             config.push_replica(key, replica)?;
         }
-        config.check_weights(&naming.key("replica_weights"))?;
+        config.check(naming)?;
         Ok(config)
     }
 }
@@ -521,7 +652,6 @@ fn parse_url(key: &str, value: &str) -> Result<DatabaseUrl, ConfigError> {
     }
     DatabaseUrl::parse(value).map_err(|problem: UrlProblem| ConfigError::InvalidUrl {
         key: key.to_owned(),
-        value: redact_unparsed(value),
         problem: problem.to_string(),
     })
 }

@@ -31,13 +31,12 @@ pub enum ConfigError {
         /// The setting.
         key: String,
     },
-    /// A URL does not parse or cannot be used.
-    #[error("`{key}` = `{value}` is not a usable PostgreSQL URL: {problem}")]
+    /// A URL or connection string does not parse or cannot be used. The
+    /// value is not quoted: it may hold a password wherever it failed.
+    #[error("`{key}` is not a usable PostgreSQL URL: {problem}")]
     InvalidUrl {
         /// The setting, with the list index for list entries.
         key: String,
-        /// The value, credentials hidden.
-        value: String,
         /// What is wrong and what is expected.
         problem: String,
     },
@@ -122,18 +121,31 @@ pub enum ConfigError {
         replicas: usize,
     },
     /// A shared schema name is not a plain PostgreSQL identifier.
-    #[error("`{key}`: {problem}")]
+    #[error("`{key}`: schema name {name:?} {}", problem.reason())]
     InvalidSchema {
         /// The setting.
         key: String,
+        /// The schema name.
+        name: String,
         /// What is wrong with the name.
         problem: crate::TenantError,
     },
-    /// A pool of size zero could never serve a query.
-    #[error("`{key}` is 0: a pool needs at least one connection")]
-    ZeroPoolSize {
+    /// A number outside the range its setting accepts.
+    #[error("`{key}` = {value} is out of range: expected {expected}")]
+    OutOfRange {
         /// The setting.
         key: String,
+        /// The value, with its unit.
+        value: String,
+        /// The range accepted.
+        expected: String,
+    },
+    /// A prefix for `{PREFIX}_DATABASE_*` variables that no environment
+    /// variable name could start with.
+    #[error("prefix `{prefix}` is not valid: use ASCII letters, digits and `_`, as in `ANALYTICS`")]
+    InvalidPrefix {
+        /// The prefix.
+        prefix: String,
     },
     /// More connections to warm up than the pool may hold.
     #[error("`{key}` = {warm_up} is larger than the pool size {max_size}")]

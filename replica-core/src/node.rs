@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use deadpool::Runtime;
+use diesel::ConnectionError;
 use diesel::QueryResult;
 use diesel_async::pooled_connection::deadpool::{Object, Pool, PoolError};
 use diesel_async::pooled_connection::{
-    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod, SetupCallback,
 };
 use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager};
 use futures_util::future::try_join_all;
@@ -97,14 +98,19 @@ impl Node {
         config: &PoolConfig,
         application_name: &str,
     ) -> Self {
+        let statement_timeout = config.statement_timeout();
         let mut manager_config = ManagerConfig::default();
         // See `ready_connection`: the first statement checks the connection.
         manager_config.recycling_method = RecyclingMethod::Fast;
+        manager_config.custom_setup =
+            connector(url.connect_config(application_name, statement_timeout));
+        // The manager's URL string is only a label: connections are opened
+        // from the parsed settings above, never from a string.
         let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
-            url.connect_string(application_name, config.statement_timeout),
+            url.to_string(),
             manager_config,
         );
-        let attempt_timeout = config.statement_timeout.map(|t| t + STATEMENT_GRACE);
+        let attempt_timeout = statement_timeout.map(|t| t + STATEMENT_GRACE);
         let pool = Pool::builder(manager)
             .max_size(config.max_size)
             .wait_timeout(config.wait_timeout)
@@ -380,6 +386,34 @@ impl Node {
             waiting: pool.waiting,
         }
     }
+}
+
+/// Opens connections from parsed settings, the one reading of the URL.
+fn connector(config: tokio_postgres::Config) -> SetupCallback<AsyncPgConnection> {
+    let config = Arc::new(config);
+    Box::new(move |_label| {
+        let config = Arc::clone(&config);
+        Box::pin(async move {
+            let (client, connection) = config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(|e| ConnectionError::BadConnection(with_causes(&e)))?;
+            AsyncPgConnection::try_from_client_and_connection(client, connection).await
+        })
+    })
+}
+
+/// An error's message followed by those of its causes: tokio-postgres says
+/// "db error" and leaves the server's words to the cause.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        text.push_str(": ");
+        text.push_str(&next.to_string());
+        cause = next.source();
+    }
+    text
 }
 
 impl Candidate for Arc<Node> {

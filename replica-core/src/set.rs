@@ -102,8 +102,8 @@ impl ReplicaSet {
     /// again on first use.
     ///
     /// # Errors
-    /// [`Error::Config`] for replica weights that do not fit the replicas,
-    /// [`Error::Checkout`] when the writer's warm-up fails.
+    /// [`Error::Config`] as for [`ReplicaSet::new`], [`Error::Checkout`]
+    /// when the writer's warm-up fails.
     pub async fn connect(config: Config) -> Result<Self, Error> {
         let set = Self::new(config)?;
         let inner = &set.inner;
@@ -139,9 +139,11 @@ impl ReplicaSet {
     /// use, and nothing is warmed up.
     ///
     /// # Errors
-    /// [`Error::Config`] for replica weights that do not fit the replicas.
+    /// [`Error::Config`] for a setting out of its range or replica weights
+    /// that do not fit the replicas: a `Config` changed by hand is checked
+    /// as one read from the environment is.
     pub fn new(config: Config) -> Result<Self, Error> {
-        config.check_weights("replica_weights")?;
+        config.validate()?;
         let Config {
             writer,
             replicas,

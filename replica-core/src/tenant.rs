@@ -23,14 +23,12 @@ use std::str::FromStr;
 pub struct Tenant(String);
 
 /// Why a tenant name was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TenantError {
     /// The name is empty.
-    #[error("a tenant name cannot be empty")]
     Empty,
     /// The name is longer than PostgreSQL's 63-byte identifiers.
-    #[error("tenant name {name:?} is {len} bytes long: at most 63")]
     TooLong {
         /// The name.
         name: String,
@@ -39,10 +37,6 @@ pub enum TenantError {
     },
     /// The name holds a character outside `a-z`, `0-9` and `_`, or starts
     /// with a digit.
-    #[error(
-        "tenant name {name:?} has {found:?} at byte {at}: use lower-case ASCII letters, digits and `_`, \
-         not starting with a digit"
-    )]
     InvalidCharacter {
         /// The name.
         name: String,
@@ -52,12 +46,42 @@ pub enum TenantError {
         at: usize,
     },
     /// The name is PostgreSQL's or shared by every tenant.
-    #[error("tenant name {name:?} is reserved (`pg_*`, `information_schema`, `public`)")]
     Reserved {
         /// The name.
         name: String,
     },
 }
+
+impl TenantError {
+    /// What is wrong with the name, without saying whose name it is, so
+    /// that a shared schema's name is not reported as a tenant's.
+    pub(crate) fn reason(&self) -> String {
+        match self {
+            Self::Empty => "is empty".to_owned(),
+            Self::TooLong { len, .. } => format!("is {len} bytes long: at most 63"),
+            Self::InvalidCharacter { found, at, .. } => format!(
+                "has {found:?} at byte {at}: use lower-case ASCII letters, digits and `_`, \
+                 not starting with a digit"
+            ),
+            Self::Reserved { .. } => {
+                "is reserved (`pg_*`, `information_schema`, `public`)".to_owned()
+            }
+        }
+    }
+}
+
+impl fmt::Display for TenantError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Empty => f.write_str("a tenant name cannot be empty"),
+            Self::TooLong { name, .. }
+            | Self::InvalidCharacter { name, .. }
+            | Self::Reserved { name } => write!(f, "tenant name {name:?} {}", self.reason()),
+        }
+    }
+}
+
+impl std::error::Error for TenantError {}
 
 impl Tenant {
     /// Checks `name` and makes it a tenant.

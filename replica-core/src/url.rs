@@ -1,24 +1,39 @@
-//! Database URLs that never show their password.
+//! Connection settings of one node that never show their password.
+//!
+//! One parser reads a setting, tokio-postgres', and what it reads is what
+//! connections use: the library never keeps a second reading of the same
+//! string. URLs that two readers could take differently (a raw `/`, `?`,
+//! `#` or `@` in the credentials) are refused.
 
 use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
 
-use url::Url;
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use tokio_postgres::config::{Host, SslMode};
 
-/// A validated PostgreSQL connection URL.
+/// Where and as whom to connect to one node: host, port, user, password,
+/// database and connection options, parsed from a `postgres://` URL, a
+/// libpq `key=value` string, or a Secrets Manager secret.
 ///
-/// Its `Display` and `Debug` forms replace the password with `***`, so a
-/// `DatabaseUrl` can be logged or put in an error message as it is.
-#[derive(Clone, PartialEq, Eq)]
-pub struct DatabaseUrl(Url);
+/// Its `Display` and `Debug` forms show `postgres://user:***@host:port/database`
+/// and nothing else, so a `DatabaseUrl` can be logged or put in an error
+/// message as it is: the password, wherever it was given, never shows.
+#[derive(Clone)]
+pub struct DatabaseUrl(tokio_postgres::Config);
 
-/// Why a string is not a usable PostgreSQL URL.
+/// Why a setting is not a usable connection string.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum UrlProblem {
-    Syntax(url::ParseError),
+    /// tokio-postgres' own message, which quotes option names, never values.
+    Syntax(String),
     Scheme(String),
-    NoHost,
     UnknownSslMode(String),
+    Ambiguous(&'static str),
+    NoHost,
+    Hosts(usize),
     UnsupportedSslMode(String),
+    Address(&'static str),
 }
 
 impl fmt::Display for UrlProblem {
@@ -26,62 +41,100 @@ impl fmt::Display for UrlProblem {
         match self {
             Self::Syntax(e) => write!(
                 f,
-                "{e}; expected postgres://user:password@host:port/database"
+                "{e}; expected postgres://user:password@host:port/database or host=.. user=.. dbname=.."
             ),
             Self::Scheme(s) => write!(
                 f,
                 "scheme `{s}` is not supported; expected `postgres` or `postgresql`"
             ),
-            Self::NoHost => f.write_str("it names no host"),
             Self::UnknownSslMode(m) => write!(
                 f,
                 "sslmode `{m}` is unknown; expected one of disable, allow, prefer, require, verify-ca, verify-full"
+            ),
+            Self::Ambiguous(what) => write!(
+                f,
+                "{what}, so the URL can be read in two ways; percent-encode `/` as %2F, `?` as %3F, \
+                 `#` as %23 and `@` as %40 in the user name and password"
+            ),
+            Self::NoHost => f.write_str("it names no host"),
+            Self::Hosts(n) => write!(
+                f,
+                "it names {n} hosts; give one host per URL and list each replica on its own"
             ),
             Self::UnsupportedSslMode(m) => write!(
                 f,
                 "sslmode `{m}` needs TLS, which this version does not support yet; use disable or prefer"
             ),
+            Self::Address(problem) => f.write_str(problem),
         }
     }
 }
 
-const SSL_MODES: [&str; 6] = [
-    "disable",
-    "allow",
-    "prefer",
-    "require",
-    "verify-ca",
-    "verify-full",
-];
-const SUPPORTED_SSL_MODES: [&str; 2] = ["disable", "prefer"];
+/// What a percent-encoded user name or database name keeps as it is.
+const COMPONENT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'/')
+    .add(b':')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'@')
+    .add(b'[')
+    .add(b']')
+    .add(b'\\')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}');
+
+/// The most PostgreSQL's `statement_timeout` takes, in milliseconds.
+pub(crate) const MAX_TIMEOUT_MS: u64 = i32::MAX as u64;
 
 impl DatabaseUrl {
-    /// Parses and checks a URL: `postgres` or `postgresql` scheme, a host,
-    /// and a known `sslmode` if one is given.
+    /// Parses a `postgres://` / `postgresql://` URL or a libpq `key=value`
+    /// string and checks it names exactly one host.
     pub(crate) fn parse(input: &str) -> Result<Self, UrlProblem> {
-        let url = Url::parse(input.trim()).map_err(UrlProblem::Syntax)?;
-        Self::check(url)
-    }
-
-    fn check(url: Url) -> Result<Self, UrlProblem> {
-        if !matches!(url.scheme(), "postgres" | "postgresql") {
-            return Err(UrlProblem::Scheme(url.scheme().to_owned()));
-        }
-        if url.host_str().is_none_or(str::is_empty) {
-            return Err(UrlProblem::NoHost);
-        }
-        if let Some((_, mode)) = url.query_pairs().find(|(k, _)| k == "sslmode") {
-            if !SSL_MODES.contains(&mode.as_ref()) {
-                return Err(UrlProblem::UnknownSslMode(mode.into_owned()));
+        let input = input.trim();
+        if let Some((scheme, rest)) = input.split_once("://") {
+            if !matches!(scheme, "postgres" | "postgresql") {
+                return Err(UrlProblem::Scheme(scheme.to_owned()));
             }
-            if !SUPPORTED_SSL_MODES.contains(&mode.as_ref()) {
-                return Err(UrlProblem::UnsupportedSslMode(mode.into_owned()));
+            check_unambiguous(rest)?;
+            if let Some((_, query)) = rest.split_once('?') {
+                check_ssl_mode(query)?;
             }
         }
-        Ok(Self(url))
+        let config = tokio_postgres::Config::from_str(input).map_err(|e| {
+            UrlProblem::Syntax(match std::error::Error::source(&e) {
+                Some(cause) => format!("{e}: {cause}"),
+                None => e.to_string(),
+            })
+        })?;
+        Self::check(config)
     }
 
-    /// Builds a URL from parts, as found in a Secrets Manager secret.
+    fn check(config: tokio_postgres::Config) -> Result<Self, UrlProblem> {
+        match config.get_hosts() {
+            [] => return Err(UrlProblem::NoHost),
+            [Host::Tcp(host)] if host.is_empty() => return Err(UrlProblem::NoHost),
+            [_] => {}
+            hosts => return Err(UrlProblem::Hosts(hosts.len())),
+        }
+        if config.get_ports().len() > 1 {
+            return Err(UrlProblem::Hosts(config.get_ports().len()));
+        }
+        if config.get_ssl_mode() == SslMode::Require {
+            return Err(UrlProblem::UnsupportedSslMode("require".into()));
+        }
+        Ok(Self(config))
+    }
+
+    /// Builds the settings from parts, as found in a Secrets Manager secret.
+    /// Every byte of every part is kept as it is: nothing is decoded.
     pub(crate) fn from_parts(
         user: &str,
         password: &str,
@@ -89,101 +142,238 @@ impl DatabaseUrl {
         port: u16,
         dbname: &str,
     ) -> Result<Self, UrlProblem> {
-        let mut url = Url::parse("postgres://localhost").map_err(UrlProblem::Syntax)?;
-        url.set_host(Some(host)).map_err(UrlProblem::Syntax)?;
-        // These cannot fail on a URL that has a host.
-        let _ = url.set_port(Some(port));
-        let _ = url.set_username(user);
-        let _ = url.set_password((!password.is_empty()).then_some(password));
-        url.set_path(dbname);
-        Self::check(url)
+        let (host, _) = split_address(host)?;
+        let mut config = tokio_postgres::Config::new();
+        config.user(user).host(host).port(port).dbname(dbname);
+        if !password.is_empty() {
+            config.password(password);
+        }
+        Self::check(config)
     }
 
-    /// The same URL pointing at another `host[:port]`; credentials, database
-    /// and options are kept. Without a port, this URL's port is kept.
+    /// The same settings pointing at another `host[:port]`; credentials,
+    /// database and options are kept. Without a port, this one's is kept.
     pub(crate) fn with_address(&self, address: &str) -> Result<Self, UrlProblem> {
-        let parsed =
-            Url::parse(&format!("postgres://{}", address.trim())).map_err(UrlProblem::Syntax)?;
-        let host = match parsed.host_str() {
-            Some(h)
-                if !h.is_empty() && parsed.path().is_empty() && parsed.username().is_empty() =>
-            {
-                h
-            }
-            _ => return Err(UrlProblem::NoHost),
-        };
-        let mut url = self.0.clone();
-        url.set_host(Some(host)).map_err(UrlProblem::Syntax)?;
-        if let Some(port) = parsed.port() {
-            let _ = url.set_port(Some(port));
-        }
-        Ok(Self(url))
+        let (host, port) = split_address(address)?;
+        let mut config = without_address(&self.0);
+        config.host(host).port(port.unwrap_or_else(|| self.port()));
+        Self::check(config)
+    }
+
+    fn port(&self) -> u16 {
+        self.0.get_ports().first().copied().unwrap_or(5432)
     }
 
     /// `host:port` of the server, the port defaulting to 5432.
     pub fn address(&self) -> String {
-        let port = self.0.port().unwrap_or(5432);
-        match self.0.host() {
-            Some(url::Host::Ipv6(ip)) => format!("[{ip}]:{port}"),
-            Some(host) => format!("{host}:{port}"),
+        let port = self.port();
+        match self.0.get_hosts().first() {
+            Some(Host::Tcp(host)) if host.contains(':') => format!("[{host}]:{port}"),
+            Some(Host::Tcp(host)) => format!("{host}:{port}"),
+            #[cfg(unix)]
+            Some(Host::Unix(path)) => format!("{}:{port}", path.display()),
             None => format!(":{port}"),
         }
     }
 
-    /// The database name, empty when the URL names none.
+    /// The database name, empty when the settings name none (the server
+    /// then takes the user name).
     pub fn database(&self) -> &str {
-        self.0.path().trim_start_matches('/')
+        self.0.get_dbname().unwrap_or_default()
     }
 
-    /// The identity of the server and database this URL reaches, used to
-    /// find duplicates.
+    /// The identity of the server and database these settings reach, used
+    /// to find duplicates.
     pub(crate) fn target(&self) -> (String, &str) {
         (self.address().to_ascii_lowercase(), self.database())
     }
 
-    /// The full URL, password included, for opening connections. Never log it.
-    pub(crate) fn connect_string(
+    /// The settings connections are opened with, password included. Never
+    /// log them. `application_name` is added unless set; the statement
+    /// timeout and UTC time zone are appended to any `options` given, so
+    /// that they win over what the options say and survive `RESET ALL`.
+    pub(crate) fn connect_config(
         &self,
         application_name: &str,
-        statement_timeout: Option<std::time::Duration>,
-    ) -> String {
-        let mut url = self.0.clone();
-        let has = |url: &Url, key: &str| url.query_pairs().any(|(k, _)| k == key);
-        if !application_name.is_empty() && !has(&url, "application_name") {
-            append_param(&mut url, "application_name", application_name);
+        statement_timeout: Option<Duration>,
+    ) -> tokio_postgres::Config {
+        let mut config = self.0.clone();
+        if config.get_application_name().is_none() && !application_name.is_empty() {
+            config.application_name(application_name);
         }
-        if let Some(timeout) = statement_timeout.filter(|_| !has(&url, "options")) {
-            let options = format!("-c statement_timeout={}", timeout.as_millis());
-            append_param(&mut url, "options", &options);
+        let mut options = config.get_options().unwrap_or_default().to_owned();
+        if let Some(timeout) = statement_timeout {
+            options.push_str(&format!(" -c statement_timeout={}", timeout.as_millis()));
         }
-        url.into()
+        // diesel-async sets this on each new connection; as a startup option
+        // it is also what `RESET ALL` goes back to.
+        options.push_str(" -c TimeZone=UTC");
+        config.options(options.trim_start());
+        config
     }
 }
 
-/// Appends `key=value` percent-encoded with `%20` for spaces: the server
-/// side (tokio-postgres) does not read `+` as a space, as form encoding has it.
-fn append_param(url: &mut Url, key: &str, value: &str) {
-    let encode = |s: &str| {
-        url::form_urlencoded::byte_serialize(s.as_bytes())
-            .collect::<String>()
-            .replace('+', "%20")
-    };
-    let pair = format!("{}={}", encode(key), encode(value));
-    let query = match url.query() {
-        Some(query) if !query.is_empty() => format!("{query}&{pair}"),
-        _ => pair,
-    };
-    url.set_query(Some(&query));
+/// Everything of `config` but where it connects: tokio-postgres' setters
+/// append to the host, address and port lists, which cannot be cleared.
+fn without_address(config: &tokio_postgres::Config) -> tokio_postgres::Config {
+    let mut out = tokio_postgres::Config::new();
+    if let Some(user) = config.get_user() {
+        out.user(user);
+    }
+    if let Some(password) = config.get_password() {
+        out.password(password);
+    }
+    if let Some(dbname) = config.get_dbname() {
+        out.dbname(dbname);
+    }
+    if let Some(options) = config.get_options() {
+        out.options(options);
+    }
+    if let Some(name) = config.get_application_name() {
+        out.application_name(name);
+    }
+    if let Some(timeout) = config.get_connect_timeout() {
+        out.connect_timeout(*timeout);
+    }
+    if let Some(timeout) = config.get_tcp_user_timeout() {
+        out.tcp_user_timeout(*timeout);
+    }
+    if let Some(interval) = config.get_keepalives_interval() {
+        out.keepalives_interval(interval);
+    }
+    if let Some(retries) = config.get_keepalives_retries() {
+        out.keepalives_retries(retries);
+    }
+    out.ssl_mode(config.get_ssl_mode())
+        .ssl_negotiation(config.get_ssl_negotiation())
+        .keepalives(config.get_keepalives())
+        .keepalives_idle(config.get_keepalives_idle())
+        .target_session_attrs(config.get_target_session_attrs())
+        .channel_binding(config.get_channel_binding())
+        .load_balance_hosts(config.get_load_balance_hosts());
+    out
 }
+
+/// Refuses a URL whose credentials a URL parser and tokio-postgres would
+/// split differently: the credentials end at the first `@`, so they must
+/// not hold `/`, `?` or `#`, and the host part must not hold `@`.
+fn check_unambiguous(rest: &str) -> Result<(), UrlProblem> {
+    let Some(at) = rest.find('@') else {
+        return Ok(());
+    };
+    if rest[..at].contains(['/', '?', '#']) {
+        return Err(UrlProblem::Ambiguous(
+            "the part before the first `@` holds `/`, `?` or `#`",
+        ));
+    }
+    let after = &rest[at + 1..];
+    let host_part = &after[..after.find(['/', '?']).unwrap_or(after.len())];
+    if host_part.contains('@') {
+        return Err(UrlProblem::Ambiguous("the credentials hold a second `@`"));
+    }
+    Ok(())
+}
+
+/// Refuses the `sslmode`s that need TLS with our own message, before
+/// tokio-postgres refuses `verify-*` with a generic one.
+fn check_ssl_mode(query: &str) -> Result<(), UrlProblem> {
+    for (key, mode) in form_urlencoded::parse(query.as_bytes()) {
+        if key != "sslmode" {
+            continue;
+        }
+        match &*mode {
+            "disable" | "allow" | "prefer" => {}
+            "require" | "verify-ca" | "verify-full" => {
+                return Err(UrlProblem::UnsupportedSslMode(mode.into_owned()));
+            }
+            _ => return Err(UrlProblem::UnknownSslMode(mode.into_owned())),
+        }
+    }
+    Ok(())
+}
+
+/// Splits `host`, `host:port`, `[v6]` or `[v6]:port`.
+fn split_address(address: &str) -> Result<(&str, Option<u16>), UrlProblem> {
+    let address = address.trim();
+    if address.contains('@') {
+        return Err(UrlProblem::Address(
+            "a replica address takes no user name or password: replicas use the writer's credentials",
+        ));
+    }
+    if address.contains(['/', '?']) {
+        return Err(UrlProblem::Address(
+            "a replica address takes no database or options: replicas use the writer's",
+        ));
+    }
+    let (host, port) = match address.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((host, "")) => (host, None),
+            Some((host, rest)) => match rest.strip_prefix(':') {
+                Some(port) => (host, Some(port)),
+                None => {
+                    return Err(UrlProblem::Address(
+                        "text follows the `]` of an IPv6 address",
+                    ));
+                }
+            },
+            None => return Err(UrlProblem::Address("an IPv6 address lacks its closing `]`")),
+        },
+        None => match address.rsplit_once(':') {
+            Some((host, _)) if host.contains(':') => {
+                return Err(UrlProblem::Address(
+                    "write an IPv6 address in brackets: [::1]:5432",
+                ));
+            }
+            Some((host, port)) => (host, Some(port)),
+            None => (address, None),
+        },
+    };
+    if host.is_empty() {
+        return Err(UrlProblem::Address("it names no host"));
+    }
+    if host.contains(|c: char| c.is_whitespace() || c == ',') {
+        return Err(UrlProblem::Address("a host name holds no spaces or commas"));
+    }
+    let port = match port {
+        None => None,
+        Some(port) => match port.parse::<u16>() {
+            Ok(port) if port > 0 => Some(port),
+            _ => {
+                return Err(UrlProblem::Address(
+                    "the port is not a number from 1 to 65535",
+                ));
+            }
+        },
+    };
+    Ok((host, port))
+}
+
+impl PartialEq for DatabaseUrl {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for DatabaseUrl {}
 
 impl fmt::Display for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.password().is_none() {
-            return f.write_str(self.0.as_str());
+        f.write_str("postgres://")?;
+        if let Some(user) = self.0.get_user() {
+            write!(f, "{}", utf8_percent_encode(user, COMPONENT))?;
+            if self.0.get_password().is_some() {
+                f.write_str(":***")?;
+            }
+            f.write_str("@")?;
         }
-        let mut shown = self.0.clone();
-        let _ = shown.set_password(Some("***"));
-        f.write_str(shown.as_str())
+        write!(f, "{}", self.address())?;
+        if let Some(db) = self.0.get_dbname() {
+            write!(f, "/{}", utf8_percent_encode(db, COMPONENT))?;
+        }
+        if self.0.get_ssl_mode() == SslMode::Disable {
+            f.write_str("?sslmode=disable")?;
+        }
+        Ok(())
     }
 }
 
@@ -193,13 +383,12 @@ impl fmt::Debug for DatabaseUrl {
     }
 }
 
-/// Hides the credentials of a string that did not parse as a URL, so that it
-/// can be quoted in an error: everything between `://` and the last `@`.
-pub(crate) fn redact_unparsed(input: &str) -> String {
+/// Hides the credentials of a replica address that did not parse, so that
+/// it can be quoted in an error: everything before the last `@`.
+pub(crate) fn redact_address(input: &str) -> String {
     let input = input.trim();
-    let start = input.find("://").map_or(0, |i| i + 3);
-    match input[start..].rfind('@') {
-        Some(at) => format!("{}***{}", &input[..start], &input[start + at..]),
+    match input.rfind('@') {
+        Some(at) => format!("***{}", &input[at..]),
         None => input.to_owned(),
     }
 }
@@ -208,68 +397,150 @@ pub(crate) fn redact_unparsed(input: &str) -> String {
 mod tests {
     use super::*;
 
+    fn password(url: &DatabaseUrl) -> &[u8] {
+        url.0.get_password().unwrap_or_default()
+    }
+
     #[test]
-    fn display_and_debug_hide_the_password() {
+    fn display_and_debug_show_no_password_wherever_it_was_given() {
+        for input in [
+            "postgres://app:hunter2@db:5432/main",
+            "postgres://app@db:5432/main?password=hunter2",
+            "host=db port=5432 user=app password=hunter2 dbname=main",
+            "postgres://app:hun%2Fter2@db:5432/main",
+        ] {
+            let url = DatabaseUrl::parse(input).unwrap();
+            let shown = format!("{url} {url:?}");
+            assert!(!shown.contains("hunter2"), "{input}: {shown}");
+            assert!(!shown.contains("hun"), "{input}: {shown}");
+            assert!(shown.contains("db:5432"), "{input}: {shown}");
+        }
         let url = DatabaseUrl::parse("postgres://app:hunter2@db:5432/main").unwrap();
         assert_eq!(url.to_string(), "postgres://app:***@db:5432/main");
-        assert!(!format!("{url:?}").contains("hunter2"));
     }
 
     #[test]
-    fn address_defaults_the_port_and_brackets_ipv6() {
-        let url = DatabaseUrl::parse("postgresql://app@[::1]/main").unwrap();
-        assert_eq!(url.address(), "[::1]:5432");
+    fn a_url_is_read_as_tokio_postgres_reads_it() {
+        let url = DatabaseUrl::parse("postgres://u:p%41ss%2F@h:6500/db").unwrap();
+        assert_eq!(password(&url), b"pAss/");
+        assert_eq!(url.address(), "h:6500");
+        assert_eq!(url.database(), "db");
     }
 
     #[test]
-    fn with_address_keeps_credentials_database_and_options() {
-        let writer =
-            DatabaseUrl::parse("postgres://app:pw@writer:6543/main?sslmode=disable").unwrap();
+    fn urls_two_readers_could_split_differently_are_refused() {
+        for input in [
+            "postgres://u:4711/Zq@host:6500/db",
+            "postgres://u:a?b@host/db",
+            "postgres://u:a#b@host/db",
+            "postgres://u:p@ss@host/db",
+            "postgres://host/db?application_name=a@b",
+        ] {
+            let problem = DatabaseUrl::parse(input).unwrap_err();
+            assert!(matches!(problem, UrlProblem::Ambiguous(_)), "{input}");
+            let message = problem.to_string();
+            assert!(message.contains("percent-encode"), "{message}");
+            assert!(
+                !message.contains("4711") && !message.contains("Zq"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_keep_every_byte_of_the_password() {
+        let raw = "p%41ss/?#@:[]&= 'x\"\\é";
+        let url = DatabaseUrl::from_parts("app", raw, "db.example", 5432, "main").unwrap();
+        assert_eq!(password(&url), raw.as_bytes());
+        let replica = url.with_address("reader-1:5433").unwrap();
+        assert_eq!(password(&replica), raw.as_bytes());
+        assert_eq!(replica.address(), "reader-1:5433");
+        assert!(!format!("{url} {replica:?}").contains("p%41ss"));
+    }
+
+    #[test]
+    fn with_address_keeps_everything_but_the_address() {
+        let writer = DatabaseUrl::parse(
+            "postgres://app:pw@writer:6543/main?sslmode=disable&hostaddr=10.0.0.1",
+        )
+        .unwrap();
         let replica = writer.with_address("reader-1").unwrap();
-        assert_eq!(
-            replica.connect_string("", None),
-            "postgres://app:pw@reader-1:6543/main?sslmode=disable"
+        assert_eq!(replica.address(), "reader-1:6543");
+        assert_eq!(replica.database(), "main");
+        assert_eq!(password(&replica), b"pw");
+        assert_eq!(replica.0.get_ssl_mode(), SslMode::Disable);
+        assert!(
+            replica.0.get_hostaddrs().is_empty(),
+            "the writer's address stays behind"
         );
-        let replica = writer.with_address("reader-2:7000").unwrap();
-        assert_eq!(replica.address(), "reader-2:7000");
-        assert_eq!(writer.with_address("app@host"), Err(UrlProblem::NoHost));
-        assert_eq!(writer.with_address("host/db"), Err(UrlProblem::NoHost));
+        assert_eq!(
+            writer.with_address("[::1]:7000").unwrap().address(),
+            "[::1]:7000"
+        );
     }
 
     #[test]
-    fn statement_timeout_goes_in_options_with_spaces_as_percent_20() {
-        let url = DatabaseUrl::parse("postgres://h/db?sslmode=disable").unwrap();
-        assert_eq!(
-            url.connect_string("my app", Some(std::time::Duration::from_secs(2))),
-            "postgres://h/db?sslmode=disable&application_name=my%20app&options=-c%20statement_timeout%3D2000"
-        );
+    fn bad_replica_addresses_get_one_reason() {
+        for (input, reason) in [
+            (":5433", "it names no host"),
+            ("app@host", "takes no user name or password"),
+            ("host/db", "takes no database"),
+            ("host:0", "not a number from 1 to 65535"),
+            ("host:x", "not a number from 1 to 65535"),
+            ("::1", "in brackets"),
+            ("a b", "no spaces"),
+        ] {
+            let problem = DatabaseUrl::parse("postgres://app@w/db")
+                .unwrap()
+                .with_address(input)
+                .unwrap_err()
+                .to_string();
+            assert!(problem.contains(reason), "{input}: {problem}");
+        }
+    }
+
+    #[test]
+    fn connect_settings_merge_options() {
         let url = DatabaseUrl::parse("postgres://h/db?options=-c%20work_mem%3D64MB").unwrap();
+        let config = url.connect_config("svc", Some(Duration::from_secs(2)));
         assert_eq!(
-            url.connect_string("", Some(std::time::Duration::from_secs(2))),
-            "postgres://h/db?options=-c%20work_mem%3D64MB"
+            config.get_options(),
+            Some("-c work_mem=64MB -c statement_timeout=2000 -c TimeZone=UTC")
         );
-    }
-
-    #[test]
-    fn application_name_is_added_unless_present() {
-        let url = DatabaseUrl::parse("postgres://h/db").unwrap();
-        assert_eq!(
-            url.connect_string("svc", None),
-            "postgres://h/db?application_name=svc"
-        );
+        assert_eq!(config.get_application_name(), Some("svc"));
         let url = DatabaseUrl::parse("postgres://h/db?application_name=mine").unwrap();
-        assert_eq!(
-            url.connect_string("svc", None),
-            "postgres://h/db?application_name=mine"
-        );
+        let config = url.connect_config("svc", None);
+        assert_eq!(config.get_application_name(), Some("mine"));
+        assert_eq!(config.get_options(), Some("-c TimeZone=UTC"));
     }
 
     #[test]
-    fn redact_unparsed_hides_userinfo() {
+    fn one_host_and_no_tls_yet() {
         assert_eq!(
-            redact_unparsed("postgres://u:p@ss@h:x/db"),
-            "postgres://***@h:x/db"
+            DatabaseUrl::parse("postgres://a,b/db").unwrap_err(),
+            UrlProblem::Hosts(2)
         );
-        assert_eq!(redact_unparsed("not a url"), "not a url");
+        assert_eq!(
+            DatabaseUrl::parse("postgres:///db").unwrap_err(),
+            UrlProblem::NoHost
+        );
+        assert!(matches!(
+            DatabaseUrl::parse("postgres://h/db?sslmode=verify-full").unwrap_err(),
+            UrlProblem::UnsupportedSslMode(_)
+        ));
+        assert!(matches!(
+            DatabaseUrl::parse("host=h sslmode=require").unwrap_err(),
+            UrlProblem::UnsupportedSslMode(_)
+        ));
+        assert!(matches!(
+            DatabaseUrl::parse("mysql://h/db").unwrap_err(),
+            UrlProblem::Scheme(_)
+        ));
+    }
+
+    #[test]
+    fn redact_address_hides_userinfo() {
+        assert_eq!(redact_address("u:p@ss@h:x"), "***@h:x");
+        assert_eq!(redact_address("host"), "host");
     }
 }
