@@ -132,7 +132,7 @@ async fn read_only_methods_run_on_replicas_read_only(cluster: Arc<Cluster>) {
     let db = Db::connect(config(&cluster)).await.unwrap();
     assert_eq!(db.label, "", "other fields take their default");
     let mut ports = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..40 {
         let served = db.who().await.unwrap();
         assert!(served.in_recovery, "{served:?}");
         assert_eq!(served.read_only, "on");

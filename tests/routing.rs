@@ -38,6 +38,11 @@ fn main() -> ExitCode {
             every_character_of_a_generated_password_connects,
             url_options_keep_the_statement_timeout,
             zero_statement_timeout_sets_no_limit_on_either_side,
+            session_state_a_read_leaves_is_gone_for_the_next_user,
+            session_state_a_write_leaves_is_gone_for_the_next_user,
+            a_read_on_the_writer_cannot_be_made_read_write,
+            reads_refuse_the_same_writes_on_the_writer_as_on_a_replica,
+            a_read_on_the_writer_sends_no_notification,
         ],
     )
 }
@@ -86,7 +91,7 @@ async fn writes_land_on_the_writer(cluster: Arc<Cluster>) {
 async fn every_replica_serves_reads(cluster: Arc<Cluster>) {
     let db = connect(&cluster).await;
     let mut seen = HashSet::new();
-    for _ in 0..12 {
+    for _ in 0..60 {
         seen.insert(db.read(who_served).await.unwrap().port);
     }
     assert_eq!(
@@ -474,4 +479,232 @@ async fn zero_statement_timeout_sets_no_limit_on_either_side(cluster: Arc<Cluste
         .await
         .unwrap();
     assert_eq!(timeout, "0");
+}
+
+/// One replica and the writer, one connection each: every call reuses the
+/// connection the call before it used.
+fn one_connection_each(cluster: &Cluster) -> Config {
+    let mut config = Config::new(&cluster.writer_url())
+        .unwrap()
+        .with_replica(&cluster.replica_urls()[0])
+        .unwrap();
+    config.writer_pool.max_size = 1;
+    config.replica_pool.max_size = 1;
+    config
+}
+
+/// Runs `sql` (any statements) in a body, as a body may.
+async fn batch(conn: &mut diesel_async::AsyncPgConnection, sql: &str) -> diesel::QueryResult<()> {
+    diesel_async::SimpleAsyncConnection::batch_execute(conn, sql).await
+}
+
+/// A text value computed by the server.
+async fn text(
+    conn: &mut diesel_async::AsyncPgConnection,
+    sql: &str,
+) -> diesel::QueryResult<String> {
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(sql))
+        .get_result(conn)
+        .await
+}
+
+/// What a session shows of its state, as one line.
+const SESSION_STATE: &str = "current_setting('search_path') || ' | ' || current_setting('statement_timeout') \
+     || ' | ' || current_setting('work_mem') || ' | ' || current_user::text \
+     || ' | ' || (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()) \
+     || ' | ' || (SELECT count(*) FROM pg_listening_channels()) \
+     || ' | ' || (to_regclass('pg_temp.scratch') IS NULL)::text \
+     || ' | ' || current_setting('TimeZone')";
+
+async fn session_state_a_read_leaves_is_gone_for_the_next_user(cluster: Arc<Cluster>) {
+    let db = ReplicaSet::connect(one_connection_each(&cluster))
+        .await
+        .unwrap();
+    let fresh = db
+        .read(async |conn| text(conn, SESSION_STATE).await)
+        .await
+        .unwrap();
+    assert_eq!(
+        fresh,
+        "\"$user\", public | 10s | 4MB | postgres | 0 | 0 | true | UTC"
+    );
+    let pid = db
+        .read(async |conn| text(conn, "pg_backend_pid()::text").await)
+        .await
+        .unwrap();
+    // Session state of every kind a read may set, with and without an error.
+    let leave = "SET search_path TO nowhere; SET statement_timeout = 12345; SET work_mem = '64MB'; \
+         SET TimeZone = 'Asia/Tokyo'; SELECT pg_advisory_lock(42)";
+    db.read(async |conn| batch(conn, leave).await)
+        .await
+        .unwrap();
+    let after = db
+        .read(async |conn| text(conn, SESSION_STATE).await)
+        .await
+        .unwrap();
+    assert_eq!(after, fresh);
+    let failed = db
+        .read(async |conn| batch(conn, &format!("{leave}; SELECT 1/0")).await)
+        .await;
+    assert!(matches!(failed, Err(Error::Query { .. })), "{failed:?}");
+    // The body ends the transaction it was given, then sets state.
+    db.read(async |conn| batch(conn, &format!("COMMIT; {leave}")).await)
+        .await
+        .unwrap();
+    let after = db
+        .read(async |conn| text(conn, SESSION_STATE).await)
+        .await
+        .unwrap();
+    assert_eq!(after, fresh);
+    let same = db
+        .read(async |conn| text(conn, "pg_backend_pid()::text").await)
+        .await
+        .unwrap();
+    assert_eq!(same, pid, "the connection was reused, not replaced");
+}
+
+async fn session_state_a_write_leaves_is_gone_for_the_next_user(cluster: Arc<Cluster>) {
+    let db = ReplicaSet::connect(one_connection_each(&cluster))
+        .await
+        .unwrap();
+    let fresh = db
+        .write(async |conn| text(conn, SESSION_STATE).await)
+        .await
+        .unwrap();
+    let leave = "SET search_path TO nowhere; SET work_mem = '64MB'; SELECT pg_advisory_lock(42); \
+         LISTEN somewhere; CREATE TEMP TABLE scratch (a int); SET ROLE pg_read_all_data";
+    db.transaction(async |conn| batch(conn, leave).await)
+        .await
+        .unwrap();
+    let after = db
+        .write(async |conn| text(conn, SESSION_STATE).await)
+        .await
+        .unwrap();
+    assert_eq!(after, fresh);
+    db.write(async |conn| batch(conn, leave).await)
+        .await
+        .unwrap();
+    let after = db
+        .write(async |conn| text(conn, SESSION_STATE).await)
+        .await
+        .unwrap();
+    assert_eq!(after, fresh);
+    let failed = db
+        .transaction(async |conn| batch(conn, &format!("{leave}; SELECT 1/0")).await)
+        .await;
+    assert!(failed.is_err());
+    let after = db
+        .write(async |conn| text(conn, SESSION_STATE).await)
+        .await
+        .unwrap();
+    assert_eq!(after, fresh);
+}
+
+async fn a_read_on_the_writer_cannot_be_made_read_write(cluster: Arc<Cluster>) {
+    let db = ReplicaSet::connect(Config::new(&cluster.writer_url()).unwrap())
+        .await
+        .unwrap();
+    let count = || {
+        cluster.psql(
+            NodeId::Primary,
+            "SELECT count(*) FROM items WHERE name = 'escaped'",
+        )
+    };
+    let before = count().unwrap();
+    let insert = "INSERT INTO items (name) VALUES ('escaped')";
+    for body in [
+        format!("SET TRANSACTION READ WRITE; {insert}"),
+        format!("SET TRANSACTION ISOLATION LEVEL READ COMMITTED, READ WRITE; {insert}"),
+        format!("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE; {insert}"),
+        format!("COMMIT; BEGIN; {insert}"),
+    ] {
+        for result in [
+            db.read(async |conn| batch(conn, &body).await).await,
+            db.read_fresh(async |conn| batch(conn, &body).await).await,
+        ] {
+            assert!(result.is_err(), "{body}");
+        }
+    }
+    assert_eq!(count().unwrap(), before, "no row was written");
+    // A body that commits the transaction it was given and writes outside
+    // any: the write stands, and the read reports it.
+    let escaped = db
+        .read(async |conn| batch(conn, &format!("COMMIT; {insert}")).await)
+        .await;
+    assert!(
+        matches!(escaped, Err(Error::ReadOnlyViolation { .. })),
+        "{escaped:?}"
+    );
+}
+
+async fn reads_refuse_the_same_writes_on_the_writer_as_on_a_replica(cluster: Arc<Cluster>) {
+    let on_writer = ReplicaSet::connect(Config::new(&cluster.writer_url()).unwrap())
+        .await
+        .unwrap();
+    let on_replica = connect(&cluster).await;
+    let objects = || {
+        cluster.psql(
+            NodeId::Primary,
+            "SELECT count(*) FROM pg_largeobject_metadata",
+        )
+    };
+    let before = objects().unwrap();
+    for sql in [
+        "SELECT txid_current()",
+        "SELECT pg_current_xact_id()",
+        "INSERT INTO items (name) VALUES ('no')",
+    ] {
+        for db in [&on_writer, &on_replica] {
+            let result = db.read(async |conn| batch(conn, sql).await).await;
+            assert!(
+                matches!(result, Err(Error::ReadOnlyViolation { .. })),
+                "{sql}: {result:?}"
+            );
+        }
+    }
+    let result = on_writer
+        .read(async |conn| batch(conn, "SELECT lo_create(0)").await)
+        .await;
+    assert!(
+        matches!(result, Err(Error::ReadOnlyViolation { .. })),
+        "{result:?}"
+    );
+    assert_eq!(objects().unwrap(), before, "no large object was created");
+    // A standby refuses it with an internal error: the documented difference.
+    let result = on_replica
+        .read(async |conn| batch(conn, "SELECT lo_create(0)").await)
+        .await;
+    assert!(matches!(result, Err(Error::Query { .. })), "{result:?}");
+}
+
+async fn a_read_on_the_writer_sends_no_notification(cluster: Arc<Cluster>) {
+    use diesel_async::AsyncConnection;
+    use futures_util::StreamExt;
+
+    let db = ReplicaSet::connect(Config::new(&cluster.writer_url()).unwrap())
+        .await
+        .unwrap();
+    let mut listener = diesel_async::AsyncPgConnection::establish(&cluster.writer_url())
+        .await
+        .unwrap();
+    batch(&mut listener, "LISTEN news").await.unwrap();
+    let next = async |listener: &mut diesel_async::AsyncPgConnection| {
+        let mut stream = std::pin::pin!(listener.notifications_stream());
+        tokio::time::timeout(Duration::from_millis(300), stream.next())
+            .await
+            .ok()
+            .flatten()
+            .map(|n| n.unwrap().payload)
+    };
+    db.read(async |conn| batch(conn, "NOTIFY news, 'from a read'").await)
+        .await
+        .unwrap();
+    db.read_fresh(async |conn| batch(conn, "SELECT pg_notify('news', 'from a fresh read')").await)
+        .await
+        .unwrap();
+    db.write(async |conn| batch(conn, "NOTIFY news, 'from a write'").await)
+        .await
+        .unwrap();
+    assert_eq!(next(&mut listener).await.as_deref(), Some("from a write"));
+    assert_eq!(next(&mut listener).await, None);
 }

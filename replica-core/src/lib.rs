@@ -10,6 +10,7 @@ mod config;
 mod error;
 mod node;
 mod provision;
+mod session;
 mod set;
 mod tenant;
 mod url;

@@ -9,16 +9,18 @@ use std::time::Duration;
 use deadpool::Runtime;
 use diesel::ConnectionError;
 use diesel::QueryResult;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::pooled_connection::deadpool::{Object, Pool, PoolError};
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod, SetupCallback,
 };
-use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager};
+use diesel_async::{AnsiTransactionManager, AsyncPgConnection, SimpleAsyncConnection};
 use futures_util::future::try_join_all;
 
 use crate::balance::Candidate;
 use crate::config::{HealthConfig, PoolConfig};
 use crate::error::Error;
+use crate::session::{self, Wrap};
 use crate::set::{AsyncFunc, Route};
 use crate::tenant::Scope;
 use crate::url::DatabaseUrl;
@@ -211,35 +213,38 @@ impl Node {
     where
         F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, Result<T, E>, Fut: Send> + Send,
     {
+        let wrap = Wrap::new(route, self.role == Role::Writer);
         let down = |error| Failed {
             failure: Failure::Routing(error),
             node_down: true,
         };
-        let mut conn = self.ready_connection(route).await.map_err(down)?;
-        let conn: &mut AsyncPgConnection = &mut conn;
-        if route.begin().is_none() {
-            return f(conn).await.map_err(|error| Failed {
-                failure: Failure::Body(error),
-                node_down: false,
-            });
-        }
+        let mut conn = self.ready_connection(route, wrap).await.map_err(down)?;
         if let Some(scope) = scope
-            && let Err(error) = self.enter(conn, route, scope).await
+            && let Err(error) = self.enter(&mut conn, route, scope).await
         {
-            // As for a body's error: a failed rollback means a broken
+            // As for a body's error: a failed end means a broken
             // connection, not a missing schema.
-            let broken = AnsiTransactionManager::rollback_transaction(conn)
-                .await
-                .is_err();
+            let broken = end(&mut conn, wrap, false).await.is_err();
             return Err(Failed {
                 failure: Failure::Routing(error),
                 node_down: broken,
             });
         }
-        match f(&mut *conn).await {
-            Ok(value) => match AnsiTransactionManager::commit_transaction(conn).await {
+        match f(&mut conn).await {
+            Ok(value) => match end(&mut conn, wrap, true).await {
                 Ok(()) => Ok(value),
-                // Nothing was written: what was read stands.
+                Err(
+                    error @ DieselError::DatabaseError(DatabaseErrorKind::ReadOnlyTransaction, _),
+                ) if route.is_read_only() => {
+                    // The guard of a read on the writer refused it: the
+                    // connection, discarded, rolls back as it closes.
+                    Err(Failed {
+                        failure: Failure::Routing(self.query_error(route, error)),
+                        node_down: false,
+                    })
+                }
+                // Nothing was written: what was read stands. The connection
+                // still counts as in a transaction, and is discarded.
                 Err(_) if route.is_read_only() => Ok(value),
                 Err(error) => Err(Failed {
                     failure: Failure::Routing(self.query_error(route, error)),
@@ -247,11 +252,9 @@ impl Node {
                 }),
             },
             Err(error) => {
-                // A rollback that fails means the connection broke (the
-                // pool discards it): the node, not the statement, failed.
-                let broken = AnsiTransactionManager::rollback_transaction(conn)
-                    .await
-                    .is_err();
+                // An end that fails means the connection broke (the pool
+                // discards it): the node, not the statement, failed.
+                let broken = end(&mut conn, wrap, false).await.is_err();
                 Err(Failed {
                     failure: Failure::Body(error),
                     node_down: broken,
@@ -260,8 +263,8 @@ impl Node {
         }
     }
 
-    /// A pooled connection that has answered its first statement: `BEGIN`
-    /// for a transaction, `SELECT 1` for an autocommit write.
+    /// A pooled connection that has answered its first statement: the
+    /// `BEGIN` of a transaction, `SELECT 1` for an autocommit write.
     ///
     /// Pools recycle idle connections without a check (diesel-async's
     /// `Fast`): the first statement is the check, and it costs no extra
@@ -269,16 +272,19 @@ impl Node {
     /// away since it was pooled) or its node is down: it is dropped with
     /// every idle one, and one new connection is tried. Nothing of the
     /// caller's has run yet, so this is safe for writes too.
-    async fn ready_connection(&self, route: Route) -> Result<Object<AsyncPgConnection>, Error> {
-        let first = route.begin().unwrap_or("SELECT 1");
+    async fn ready_connection(
+        &self,
+        route: Route,
+        wrap: Wrap,
+    ) -> Result<Object<AsyncPgConnection>, Error> {
         let mut last = None;
         for _ in 0..2 {
             let mut conn = self.pool.get().await.map_err(|e| self.checkout_error(e))?;
-            let result = match route.begin() {
+            let result = match wrap.begin {
                 Some(begin) => {
                     AnsiTransactionManager::begin_transaction_sql(&mut *conn, begin).await
                 }
-                None => diesel_async::SimpleAsyncConnection::batch_execute(&mut *conn, first).await,
+                None => SimpleAsyncConnection::batch_execute(&mut *conn, "SELECT 1").await,
             };
             match result {
                 Ok(()) => return Ok(conn),
@@ -329,7 +335,10 @@ impl Node {
 
     /// A checked connection taken out of the pool for good.
     pub(crate) async fn dedicated_connection(&self) -> Result<AsyncPgConnection, Error> {
-        Ok(Object::take(self.ready_connection(Route::Write).await?))
+        let wrap = Wrap::new(Route::Write, true);
+        Ok(Object::take(
+            self.ready_connection(Route::Write, wrap).await?,
+        ))
     }
 
     fn record_success(&self) {
@@ -386,6 +395,15 @@ impl Node {
             waiting: pool.waiting,
         }
     }
+}
+
+/// Ends a call with one batch of [`Wrap`], the one for `Ok` or for `Err`.
+/// A connection whose end failed is never reused: its session state is
+/// unknown.
+async fn end(conn: &mut AsyncPgConnection, wrap: Wrap, ok: bool) -> QueryResult<()> {
+    let batch = if ok { wrap.on_ok } else { wrap.on_err };
+    let result = SimpleAsyncConnection::batch_execute(conn, batch).await;
+    session::settle(conn, wrap, result)
 }
 
 /// Opens connections from parsed settings, the one reading of the URL.

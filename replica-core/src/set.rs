@@ -78,14 +78,6 @@ pub enum Route {
 }
 
 impl Route {
-    pub(crate) fn begin(self) -> Option<&'static str> {
-        match self {
-            Self::Read | Self::ReadFresh => Some("BEGIN TRANSACTION READ ONLY"),
-            Self::Transaction => Some("BEGIN"),
-            Self::Write => None,
-        }
-    }
-
     pub(crate) fn is_read_only(self) -> bool {
         matches!(self, Self::Read | Self::ReadFresh)
     }

@@ -1,0 +1,115 @@
+//! The statements sent around a routed body: how its transaction begins,
+//! how it ends, and the reset that keeps what one call leaves in its
+//! session from reaching the next user of the pooled connection.
+//!
+//! Each end is one simple-query batch, sent in the round trip a `COMMIT` or
+//! `ROLLBACK` would take anyway: the reset costs no extra round trip,
+//! except after an autocommit [`Route::Write`], which has no end to fold
+//! it into.
+
+use diesel::QueryResult;
+use diesel::connection::TransactionDepthChange;
+use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager};
+
+use crate::set::Route;
+
+/// Undoes what a session can keep past a transaction: cursors, a changed
+/// session user or role, every `SET` (back to the startup values, which
+/// hold the statement timeout and time zone), `LISTEN`s, session advisory
+/// locks, temporary tables and sequence state. It is `DISCARD ALL` without
+/// `DEALLOCATE ALL`, which would drop the statements diesel-async keeps
+/// prepared on the connection, and without `DISCARD PLANS`. Every one of
+/// these runs in a transaction block, and on a hot standby.
+macro_rules! reset {
+    () => {
+        "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; \
+         SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES"
+    };
+}
+
+/// The reset alone, after an autocommit write.
+pub(crate) const RESET: &str = reset!();
+
+/// The first statement of a read-only transaction on the writer: its
+/// `SELECT` takes the transaction's snapshot, after which PostgreSQL
+/// refuses `SET TRANSACTION READ WRITE`, and it marks the transaction as
+/// ours for [`GUARD`]. (A hot standby refuses both itself.)
+const BEGIN_READ_ON_WRITER: &str = "BEGIN TRANSACTION READ ONLY; \
+     SELECT pg_catalog.set_config('diesel_replica.read_only', 'on', true)";
+
+/// Fails a read on the writer that wrote (it was given a transaction ID:
+/// `txid_current()`, `lo_create()`, ...) or that ended the transaction it
+/// was given, with the SQLSTATE a standby uses for the same, 25006.
+macro_rules! guard {
+    () => {
+        "DO $diesel_replica$BEGIN \
+         IF pg_catalog.current_setting('diesel_replica.read_only', true) IS DISTINCT FROM 'on' \
+         OR pg_catalog.txid_current_if_assigned() IS NOT NULL THEN \
+         RAISE EXCEPTION USING ERRCODE = 'read_only_sql_transaction', \
+         MESSAGE = 'a read on the writer wrote, or ended its READ ONLY transaction'; \
+         END IF; END$diesel_replica$"
+    };
+}
+
+/// How a routed body is wrapped on one node.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Wrap {
+    /// The statements that open the transaction, `None` for autocommit.
+    pub(crate) begin: Option<&'static str>,
+    /// Ends the call after the body returned `Ok`.
+    pub(crate) on_ok: &'static str,
+    /// Ends the call after the body returned `Err`.
+    pub(crate) on_err: &'static str,
+}
+
+impl Wrap {
+    /// Reads end with `ROLLBACK`: a read has nothing to commit, and a
+    /// rollback also drops whatever PostgreSQL lets a `READ ONLY`
+    /// transaction queue on the writer (`NOTIFY`, `LISTEN`).
+    pub(crate) fn new(route: Route, on_writer: bool) -> Self {
+        match route {
+            Route::Read | Route::ReadFresh if on_writer => Self {
+                begin: Some(BEGIN_READ_ON_WRITER),
+                on_ok: concat!(guard!(), "; ROLLBACK; ", reset!()),
+                on_err: concat!("ROLLBACK; ", reset!()),
+            },
+            Route::Read | Route::ReadFresh => Self {
+                begin: Some("BEGIN TRANSACTION READ ONLY"),
+                on_ok: concat!("ROLLBACK; ", reset!()),
+                on_err: concat!("ROLLBACK; ", reset!()),
+            },
+            Route::Transaction => Self {
+                begin: Some("BEGIN"),
+                on_ok: concat!(reset!(), "; COMMIT"),
+                on_err: concat!("ROLLBACK; ", reset!()),
+            },
+            Route::Write => Self {
+                begin: None,
+                on_ok: RESET,
+                on_err: RESET,
+            },
+        }
+    }
+}
+
+/// Brings diesel-async's transaction manager in line with an end batch
+/// sent outside it: the transaction it saw begin has ended. After a failed
+/// end the manager is put in error, so the pool discards the connection
+/// instead of handing its unknown session state to someone else.
+pub(crate) fn settle(
+    conn: &mut AsyncPgConnection,
+    wrap: Wrap,
+    result: QueryResult<()>,
+) -> QueryResult<()> {
+    let status = AnsiTransactionManager::transaction_manager_status_mut(conn);
+    match result {
+        Ok(()) if wrap.begin.is_none() => Ok(()),
+        Ok(()) => status
+            .transaction_state()?
+            .change_transaction_depth(TransactionDepthChange::DecreaseDepth),
+        Err(error) => {
+            status.set_in_error();
+            Err(error)
+        }
+    }
+}
