@@ -43,6 +43,7 @@ fn main() -> ExitCode {
             a_read_on_the_writer_cannot_be_made_read_write,
             reads_refuse_the_same_writes_on_the_writer_as_on_a_replica,
             a_read_on_the_writer_sends_no_notification,
+            log_lines_show_no_password_given_as_a_query_parameter,
         ],
     )
 }
@@ -547,7 +548,18 @@ async fn session_state_a_read_leaves_is_gone_for_the_next_user(cluster: Arc<Clus
         .read(async |conn| batch(conn, &format!("{leave}; SELECT 1/0")).await)
         .await;
     assert!(matches!(failed, Err(Error::Query { .. })), "{failed:?}");
-    // The body ends the transaction it was given, then sets state.
+    let after = db
+        .read(async |conn| text(conn, SESSION_STATE).await)
+        .await
+        .unwrap();
+    assert_eq!(after, fresh);
+    let pid_after = db
+        .read(async |conn| text(conn, "pg_backend_pid()::text").await)
+        .await
+        .unwrap();
+    assert_eq!(pid_after, pid, "the connection was reused, not replaced");
+    // The body ends the transaction it was given, then sets state: the
+    // connection is not reused.
     db.read(async |conn| batch(conn, &format!("COMMIT; {leave}")).await)
         .await
         .unwrap();
@@ -556,11 +568,11 @@ async fn session_state_a_read_leaves_is_gone_for_the_next_user(cluster: Arc<Clus
         .await
         .unwrap();
     assert_eq!(after, fresh);
-    let same = db
+    let pid_after = db
         .read(async |conn| text(conn, "pg_backend_pid()::text").await)
         .await
         .unwrap();
-    assert_eq!(same, pid, "the connection was reused, not replaced");
+    assert_ne!(pid_after, pid, "a session in an unknown state is discarded");
 }
 
 async fn session_state_a_write_leaves_is_gone_for_the_next_user(cluster: Arc<Cluster>) {
@@ -707,4 +719,42 @@ async fn a_read_on_the_writer_sends_no_notification(cluster: Arc<Cluster>) {
         .unwrap();
     assert_eq!(next(&mut listener).await.as_deref(), Some("from a write"));
     assert_eq!(next(&mut listener).await, None);
+}
+
+async fn log_lines_show_no_password_given_as_a_query_parameter(cluster: Arc<Cluster>) {
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing_subscriber::filter::LevelFilter::DEBUG)
+        .finish();
+    let _guard = tracing_subscriber::util::SubscriberInitExt::set_default(subscriber);
+    let port = |id| cluster.node(id).port();
+    let password = cluster.password();
+    let url = |id| {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?password={password}",
+            port(id)
+        )
+    };
+    let config = Config::new(&url(NodeId::Primary))
+        .unwrap()
+        .with_replica(&url(NodeId::Replica(0)))
+        .unwrap();
+    let db = ReplicaSet::connect(config).await.unwrap();
+    db.read(who_served).await.unwrap();
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(log.contains("replica set ready"), "{log}");
+    assert!(!log.contains(password), "{log}");
 }

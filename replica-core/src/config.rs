@@ -64,14 +64,16 @@ pub struct Config {
 pub struct HealthConfig {
     /// Consecutive connection-class failures (connect, checkout, broken
     /// connection, timeout) after which a replica is ejected: no read is sent
-    /// to it until a probe succeeds. Default: 2.
+    /// to it until a probe succeeds. At least 1. Default: 2.
     pub eject_after: u32,
     /// First wait before probing an ejected replica; the wait doubles while
-    /// it stays down, up to `probe_max_interval`. Default: 200 ms.
+    /// it stays down, up to `probe_max_interval`. At least 10 ms.
+    /// Default: 200 ms.
     /// Serde: `probe_interval_ms`.
     #[serde(rename = "probe_interval_ms", with = "millis_required")]
     pub probe_interval: Duration,
-    /// Longest wait between two probes. Default: 1 s. Serde:
+    /// Longest wait between two probes, at least `probe_interval`.
+    /// Default: 1 s. Serde:
     /// `probe_max_interval_ms`.
     #[serde(rename = "probe_max_interval_ms", with = "millis_required")]
     pub probe_max_interval: Duration,
@@ -101,13 +103,13 @@ impl Default for HealthConfig {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct PoolConfig {
-    /// Most connections open to one node. Default: 10.
+    /// Most connections open to one node, 1 to 10 000. Default: 10.
     pub max_size: usize,
     /// Connections opened to each node at start, so that the first requests
     /// do not pay for connection set-up. At most `max_size`. Default: 1.
     pub warm_up: usize,
-    /// Longest wait for a free connection; `None` waits for ever.
-    /// Default: 5 s. Serde: `wait_timeout_ms`.
+    /// Longest wait for a free connection; `None` waits for ever, zero does
+    /// not wait. Default: 5 s. Serde: `wait_timeout_ms`.
     #[serde(rename = "wait_timeout_ms", with = "millis")]
     pub wait_timeout: Option<Duration>,
     /// Longest time to open a connection (TCP, TLS, authentication);

@@ -244,7 +244,7 @@ impl Node {
                     })
                 }
                 // Nothing was written: what was read stands. The connection
-                // still counts as in a transaction, and is discarded.
+                // is marked broken, and discarded.
                 Err(_) if route.is_read_only() => Ok(value),
                 Err(error) => Err(Failed {
                     failure: Failure::Routing(self.query_error(route, error)),

@@ -3,9 +3,17 @@
 //! session from reaching the next user of the pooled connection.
 //!
 //! Each end is one simple-query batch, sent in the round trip a `COMMIT` or
-//! `ROLLBACK` would take anyway: the reset costs no extra round trip,
-//! except after an autocommit [`Route::Write`], which has no end to fold
-//! it into.
+//! `ROLLBACK` takes anyway: nothing costs an extra round trip, except the
+//! reset after an autocommit [`Route::Write`], which has no end to fold it
+//! into.
+//!
+//! Reads end with `ROLLBACK`, which undoes every `SET`, `LISTEN` and cursor
+//! of the transaction (a read can create no temporary table or sequence
+//! state): what survives it is a session advisory lock, released in the
+//! same batch, and whatever the body did after ending the transaction it
+//! was given, which the end detects by the transaction's marker being gone
+//! and answers by discarding the connection. Writes commit, so their
+//! session is reset in full.
 
 use diesel::QueryResult;
 use diesel::connection::TransactionDepthChange;
@@ -28,28 +36,34 @@ macro_rules! reset {
 }
 
 /// The reset alone, after an autocommit write.
-pub(crate) const RESET: &str = reset!();
+const RESET: &str = reset!();
 
-/// The first statement of a read-only transaction on the writer: its
-/// `SELECT` takes the transaction's snapshot, after which PostgreSQL
-/// refuses `SET TRANSACTION READ WRITE`, and it marks the transaction as
-/// ours for [`GUARD`]. (A hot standby refuses both itself.)
+/// Begins a read on a replica, marking the transaction as the read's own.
+const BEGIN_READ: &str = "BEGIN TRANSACTION READ ONLY; SET LOCAL diesel_replica.read_only = on";
+
+/// Begins a read on the writer. Its `SELECT` also takes the transaction's
+/// snapshot, after which PostgreSQL refuses `SET TRANSACTION READ WRITE`
+/// (a hot standby refuses it anyway).
 const BEGIN_READ_ON_WRITER: &str = "BEGIN TRANSACTION READ ONLY; \
      SELECT pg_catalog.set_config('diesel_replica.read_only', 'on', true)";
 
-/// Fails a read on the writer that wrote (it was given a transaction ID:
-/// `txid_current()`, `lo_create()`, ...) or that ended the transaction it
-/// was given, with the SQLSTATE a standby uses for the same, 25006.
-macro_rules! guard {
-    () => {
-        "DO $diesel_replica$BEGIN \
-         IF pg_catalog.current_setting('diesel_replica.read_only', true) IS DISTINCT FROM 'on' \
-         OR pg_catalog.txid_current_if_assigned() IS NOT NULL THEN \
-         RAISE EXCEPTION USING ERRCODE = 'read_only_sql_transaction', \
-         MESSAGE = 'a read on the writer wrote, or ended its READ ONLY transaction'; \
-         END IF; END$diesel_replica$"
-    };
-}
+/// Ends a read that returned `Ok`: fails (and so discards the connection)
+/// when the body ended the read's transaction, whose marker then reads as
+/// `''`, not a boolean; releases session advisory locks; rolls back.
+const END_READ: &str = "SELECT pg_catalog.current_setting('diesel_replica.read_only')::bool, \
+     pg_catalog.pg_advisory_unlock_all(); ROLLBACK";
+
+/// As [`END_READ`] on the writer, where a read could write: fails with the
+/// SQLSTATE a standby uses, 25006, when the transaction was given a
+/// transaction ID (`txid_current()`, `lo_create()`, any write) or the body
+/// ended it.
+const END_READ_ON_WRITER: &str = "DO $diesel_replica$BEGIN \
+     IF pg_catalog.current_setting('diesel_replica.read_only', true) IS DISTINCT FROM 'on' \
+     OR pg_catalog.txid_current_if_assigned() IS NOT NULL THEN \
+     RAISE EXCEPTION USING ERRCODE = 'read_only_sql_transaction', \
+     MESSAGE = 'a read on the writer wrote, or ended its READ ONLY transaction'; \
+     END IF; END$diesel_replica$; \
+     SELECT pg_catalog.pg_advisory_unlock_all(); ROLLBACK";
 
 /// How a routed body is wrapped on one node.
 #[derive(Clone, Copy, Debug)]
@@ -65,17 +79,18 @@ pub(crate) struct Wrap {
 impl Wrap {
     /// Reads end with `ROLLBACK`: a read has nothing to commit, and a
     /// rollback also drops whatever PostgreSQL lets a `READ ONLY`
-    /// transaction queue on the writer (`NOTIFY`, `LISTEN`).
+    /// transaction queue on the writer (`NOTIFY`, `LISTEN`). A body's error
+    /// takes the slow path: a full reset.
     pub(crate) fn new(route: Route, on_writer: bool) -> Self {
         match route {
             Route::Read | Route::ReadFresh if on_writer => Self {
                 begin: Some(BEGIN_READ_ON_WRITER),
-                on_ok: concat!(guard!(), "; ROLLBACK; ", reset!()),
+                on_ok: END_READ_ON_WRITER,
                 on_err: concat!("ROLLBACK; ", reset!()),
             },
             Route::Read | Route::ReadFresh => Self {
-                begin: Some("BEGIN TRANSACTION READ ONLY"),
-                on_ok: concat!("ROLLBACK; ", reset!()),
+                begin: Some(BEGIN_READ),
+                on_ok: END_READ,
                 on_err: concat!("ROLLBACK; ", reset!()),
             },
             Route::Transaction => Self {
