@@ -417,14 +417,8 @@ async fn every_character_of_a_generated_password_connects(cluster: Arc<Cluster>)
             let served = db.read(who_served).await.unwrap();
             assert!(served.in_recovery, "{}: a replica serves reads", source.0);
         }
-        let user: String = db
-            .write(async |conn| {
-                diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
-                    "current_user::text",
-                ))
-                .get_result(conn)
-                .await
-            })
+        let user = db
+            .write(async |conn| text(conn, "current_user::text").await)
             .await
             .unwrap();
         assert_eq!(user, "hostile");
@@ -441,18 +435,17 @@ async fn url_options_keep_the_statement_timeout(cluster: Arc<Cluster>) {
     let mut config = Config::new(&url).unwrap();
     config.writer_pool.statement_timeout = Some(Duration::from_millis(3000));
     let db = ReplicaSet::connect(config).await.unwrap();
-    let (work_mem, timeout): (String, String) = db
+    let settings = db
         .read(async |conn| {
-            diesel::select((
-                diesel::dsl::sql::<diesel::sql_types::Text>("current_setting('work_mem')"),
-                diesel::dsl::sql::<diesel::sql_types::Text>("current_setting('statement_timeout')"),
-            ))
-            .get_result(conn)
+            text(
+                conn,
+                "current_setting('work_mem') || ' ' || current_setting('statement_timeout')",
+            )
             .await
         })
         .await
         .unwrap();
-    assert_eq!((work_mem.as_str(), timeout.as_str()), ("7MB", "3s"));
+    assert_eq!(settings, "7MB 3s");
 }
 
 async fn zero_statement_timeout_sets_no_limit_on_either_side(cluster: Arc<Cluster>) {
@@ -469,12 +462,12 @@ async fn zero_statement_timeout_sets_no_limit_on_either_side(cluster: Arc<Cluste
     .await
     .unwrap();
     // Longer than the half second the client used to add to a timeout of 0.
-    let timeout: String = db
+    let timeout = db
         .read(async |conn| {
-            diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
+            text(
+                conn,
                 "current_setting('statement_timeout') FROM pg_sleep(0.8)",
-            ))
-            .get_result(conn)
+            )
             .await
         })
         .await
