@@ -53,15 +53,14 @@ impl Db {
     }
 
     /// A read may run again on another replica, so it borrows its
-    /// arguments: slices, references and `impl Trait` values by reference.
+    /// arguments: slices and references.
     #[read_only]
     pub async fn matching<'a>(
         &self,
         conn: &mut AsyncPgConnection,
-        prefix: impl AsRef<str> + Send + Sync,
+        prefix: &'a str,
         ids: &'a [i64],
     ) -> Result<Vec<String>, AppError> {
-        let prefix = prefix.as_ref();
         if prefix.is_empty() {
             return Err(AppError::Invalid("empty prefix"));
         }
@@ -94,7 +93,7 @@ fn assert_send<T: Send>(_: &T) {}
 async fn from_anywhere(db: Db) -> Result<(), AppError> {
     let name = db.name(1).await?;
     let count: i64 = db.fresh_count().await?;
-    let found = db.matching(name.clone(), &[1, 2]).await?;
+    let found = db.matching(&name, &[1, 2]).await?;
     let named = db.named(vec![name]).await?;
     let renamed: usize = db.rename(1, "ada").await?;
     assert_send(&db.name(1));
