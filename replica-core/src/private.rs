@@ -338,3 +338,169 @@ impl<S, P: ?Sized> WithParam<Refused<P>> for S {
         self
     }
 }
+
+// A method's own error type, told apart from diesel's by type (autoref
+// specialization): `(&&ErrorProbe::<R>::NEW).runner()`, where `R` is the
+// declared return type, finds `DieselErrorKind` for a `Result` whose error
+// is exactly `diesel::result::Error` (under any alias), else
+// `OwnErrorKind`.
+
+/// The error type of a `Result`.
+#[diagnostic::on_unimplemented(
+    message = "`#[read_only]` and `#[write]` methods return a `Result`, and `{Self}` is not one",
+    label = "routing can fail, so the method returns a `Result`",
+    note = "return `QueryResult<T>`, or `Result<T, E>` where `E: From<diesel_replica::Error>`"
+)]
+pub trait Fallible {
+    /// `E` of `Result<T, E>`.
+    type Error;
+}
+
+impl<T, E> Fallible for Result<T, E> {
+    type Error = E;
+}
+
+/// The declared return type of a method that does not spell diesel's
+/// error.
+pub struct ErrorProbe<R>(PhantomData<fn() -> R>);
+
+impl<R> ErrorProbe<R> {
+    /// The probe.
+    pub const NEW: Self = Self(PhantomData);
+}
+
+/// First choice: diesel's error, under another name.
+pub trait DieselErrorKind {
+    /// A runner that refuses the method.
+    fn runner(&self) -> DieselErrorUnderAlias<diesel::result::Error>;
+}
+
+impl<R> DieselErrorKind for &ErrorProbe<R>
+where
+    R: Fallible<Error = diesel::result::Error>,
+{
+    fn runner(&self) -> DieselErrorUnderAlias<diesel::result::Error> {
+        DieselErrorUnderAlias(PhantomData)
+    }
+}
+
+/// Otherwise: the method's own error type.
+pub trait OwnErrorKind {
+    /// The return type.
+    type Returns;
+    /// The runner of methods with their own error type.
+    fn runner(&self) -> OwnError<Self::Returns>;
+}
+
+impl<R> OwnErrorKind for ErrorProbe<R> {
+    type Returns = R;
+    fn runner(&self) -> OwnError<R> {
+        OwnError(PhantomData)
+    }
+}
+
+/// Runs methods that return their own error type, declared to return
+/// `Ret`.
+pub struct OwnError<Ret>(PhantomData<fn() -> Ret>);
+
+impl<Ret> OwnError<Ret> {
+    /// A compile error that says so when `Ret` is not a `Result`.
+    pub fn checked(self) -> Self
+    where
+        Ret: Fallible,
+    {
+        self
+    }
+
+    /// [`read`].
+    pub fn read<'a, R, T, E, F>(
+        self,
+        repo: &'a R,
+        tenant: Option<&'a Tenant>,
+        f: F,
+    ) -> impl Future<Output = Result<T, E>> + Send
+    where
+        R: Repo + ?Sized,
+        F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, Result<T, E>, Fut: Send> + Clone + Send,
+        T: Send,
+        E: From<Error> + Send,
+    {
+        read(repo, tenant, f)
+    }
+
+    /// [`run`].
+    pub fn run<'a, R, T, E, F>(
+        self,
+        repo: &'a R,
+        route: Route,
+        tenant: Option<&'a Tenant>,
+        f: F,
+    ) -> impl Future<Output = Result<T, E>> + Send
+    where
+        R: Repo + ?Sized,
+        F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, Result<T, E>, Fut: Send> + Send,
+        T: Send,
+        E: From<Error> + Send,
+    {
+        run(repo, route, tenant, f)
+    }
+}
+
+/// Refuses methods that return diesel's error under a name the macro
+/// cannot see through: their callers would need routing errors in it.
+pub struct DieselErrorUnderAlias<E>(PhantomData<fn() -> E>);
+
+impl<E> DieselErrorUnderAlias<E> {
+    /// A compile error, the only one: `read` and `run` ask nothing more of
+    /// `E`, so no confusing demand for `From<diesel_replica::Error>` follows.
+    pub fn checked(self) -> Self
+    where
+        E: NotDieselsError,
+    {
+        self
+    }
+
+    /// Never runs: [`checked`](Self::checked) failed to compile.
+    pub fn read<'a, R, T, F>(
+        self,
+        repo: &'a R,
+        tenant: Option<&'a Tenant>,
+        f: F,
+    ) -> impl Future<Output = Result<T, E>> + Send
+    where
+        R: Repo + ?Sized,
+        F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, Result<T, E>, Fut: Send> + Clone + Send,
+        T: Send,
+        E: Send,
+    {
+        let _ = (repo, tenant, f);
+        std::future::pending()
+    }
+
+    /// Never runs: [`checked`](Self::checked) failed to compile.
+    pub fn run<'a, R, T, F>(
+        self,
+        repo: &'a R,
+        route: Route,
+        tenant: Option<&'a Tenant>,
+        f: F,
+    ) -> impl Future<Output = Result<T, E>> + Send
+    where
+        R: Repo + ?Sized,
+        F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, Result<T, E>, Fut: Send> + Send,
+        T: Send,
+        E: Send,
+    {
+        let _ = (repo, route, tenant, f);
+        std::future::pending()
+    }
+}
+
+/// Implemented by nothing: the error for a method that returns diesel's
+/// error under another name.
+#[diagnostic::on_unimplemented(
+    message = "this method returns diesel's `diesel::result::Error` under another name; the macro cannot see through the alias",
+    label = "diesel's error, which cannot carry routing errors",
+    note = "write `QueryResult<T>` (or `Result<T, diesel::result::Error>`), and callers get `Result<T, diesel_replica::Error>`"
+)]
+pub trait NotDieselsError {}

@@ -37,8 +37,9 @@ fn method_inner(kind: Kind, args: TokenStream, mut item: ItemFn) -> syn::Result<
     let conn_ty = &method.conn_ty;
     let declared = &method.declared;
     let body = &item.block;
-    // Mixed-site: this name cannot clash with the user's.
+    // Mixed-site: these names cannot clash with the user's.
     let tenant_var = Ident::new("__tenant", Span::mixed_site());
+    let runner_var = Ident::new("__runner", Span::mixed_site());
     let tenant = tenant(kind, &method.params);
     let destructure = method.params.iter().filter_map(|param| {
         let name = &param.name;
@@ -51,10 +52,29 @@ fn method_inner(kind: Kind, args: TokenStream, mut item: ItemFn) -> syn::Result<
         Output::Diesel(ok) => quote!(::core::result::Result<#ok, #p::Error>),
         Output::Own(ty) => quote!(#ty),
     };
-    let own = matches!(method.output, Output::Own(_));
-    let runner = |own_name: &str, diesel_name: &str| {
-        let name = Ident::new(if own { own_name } else { diesel_name }, Span::call_site());
-        quote!(#p::#name)
+    // The runner of a method with its own error type is chosen by that
+    // type: one that is diesel's under another name is a compile error
+    // that says so, on the declared type.
+    let own = matches!(method.output, Output::Own(_)).then(|| {
+        let span = Span::mixed_site().located_at(declared.span());
+        quote_spanned! {span=>
+            let #runner_var = {
+                use ::diesel_replica::__private::{DieselErrorKind as _, OwnErrorKind as _};
+                (&&::diesel_replica::__private::ErrorProbe::<#declared>::NEW)
+                    .runner()
+                    .checked()
+            };
+        }
+    });
+    let runner = |own_name: &str, diesel_name: &str| match &own {
+        Some(_) => {
+            let name = Ident::new(own_name, Span::call_site());
+            quote!(#runner_var.#name)
+        }
+        None => {
+            let name = Ident::new(diesel_name, Span::call_site());
+            quote!(#p::#name)
+        }
     };
     let call = match (kind, args.primary.is_some()) {
         // A read may run again on another replica when its node fails, so
@@ -86,6 +106,7 @@ fn method_inner(kind: Kind, args: TokenStream, mut item: ItemFn) -> syn::Result<
     let new_body = quote!({
         let #tenant_var = #tenant;
         #(#destructure)*
+        #own
         #call.await
     });
     let mut inputs: Punctuated<FnArg, Token![,]> = item.sig.inputs.into_iter().take(1).collect();

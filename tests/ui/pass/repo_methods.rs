@@ -37,6 +37,10 @@ impl From<diesel::result::Error> for AppError {
     }
 }
 
+/// The application's own result type: the macro finds its error type by
+/// type, through the alias.
+pub type AppResult<T> = Result<T, AppError>;
+
 impl Db {
     #[read_only]
     pub async fn name(&self, conn: &mut AsyncPgConnection, id: i64) -> QueryResult<String> {
@@ -72,6 +76,11 @@ impl Db {
             .await?)
     }
 
+    #[read_only]
+    pub async fn user_count(&self, conn: &mut AsyncPgConnection) -> AppResult<i64> {
+        Ok(users::table.count().get_result(conn).await?)
+    }
+
     /// An owned argument that the body consumes is cloned for each attempt.
     #[read_only]
     pub async fn named(&self, conn: &mut AsyncPgConnection, names: Vec<String>) -> QueryResult<i64> {
@@ -95,6 +104,7 @@ async fn from_anywhere(db: Db) -> Result<(), AppError> {
     let count: i64 = db.fresh_count().await?;
     let found = db.matching(&name, &[1, 2]).await?;
     let named = db.named(vec![name]).await?;
+    let _: i64 = db.user_count().await?;
     let renamed: usize = db.rename(1, "ada").await?;
     assert_send(&db.name(1));
     let spawned = tokio::spawn({
