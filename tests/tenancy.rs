@@ -12,7 +12,7 @@ use diesel::QueryableByName;
 use diesel::sql_types::{Integer, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
-use diesel_replica::{Config, Error, ReplicaSet, ReplicatedRepo, Tenant, read_only};
+use diesel_replica::{Config, Error, ReplicaSet, ReplicatedRepo, Tenant, read_only, write};
 use replica_testkit::{Cluster, NodeId};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("tests/migrations");
@@ -36,6 +36,7 @@ fn main() -> ExitCode {
             a_scoped_search_path_ends_with_its_transaction,
             an_unknown_tenant_is_an_error_not_a_read_of_public,
             tenant_scoped_read_only_methods_run_on_replicas_read_only,
+            a_tenant_under_an_alias_scopes_the_method_not_the_shared_schemas,
             provisioning_twice_changes_nothing_and_replicas_receive_it,
             a_failing_migration_leaves_its_tenant_as_it_was_and_the_others_run,
             a_tenant_not_yet_on_the_replicas_is_read_on_the_writer,
@@ -184,6 +185,53 @@ impl Db {
         let sql = format!("{WHO_SERVED}, owner FROM items");
         diesel::sql_query(sql).load(conn).await
     }
+}
+
+/// The application's name for a tenant.
+type Org = Tenant;
+
+impl Db {
+    #[read_only]
+    async fn owners_of_org(
+        &self,
+        conn: &mut AsyncPgConnection,
+        org: &Org,
+    ) -> diesel::QueryResult<Vec<Owner>> {
+        let _ = org;
+        diesel::sql_query("SELECT owner FROM items")
+            .load(conn)
+            .await
+    }
+
+    #[write]
+    async fn add_to_org(
+        &self,
+        conn: &mut AsyncPgConnection,
+        _: &Org,
+        (n, m): (i32, i32),
+    ) -> diesel::QueryResult<Owner> {
+        diesel::sql_query("INSERT INTO items (owner) VALUES (current_schema()) RETURNING owner")
+            .get_result::<Owner>(conn)
+            .await
+            .map(|owner| Owner {
+                owner: format!("{}:{}", owner.owner, n + m),
+            })
+    }
+}
+
+/// Regression: scoping was decided by the spelling `Tenant`, so a
+/// `&Tenant` under an alias (or bound to `_`) ran unscoped, reading and
+/// writing the shared `public.items`.
+async fn a_tenant_under_an_alias_scopes_the_method_not_the_shared_schemas(cluster: Arc<Cluster>) {
+    let db = Db::connect(config(&cluster)).await.unwrap();
+    for i in [4, 23] {
+        let owners = db.owners_of_org(&tenant(i)).await.unwrap();
+        let owners: Vec<&str> = owners.iter().map(|o| o.owner.as_str()).collect();
+        assert!(!owners.is_empty());
+        assert!(owners.iter().all(|&o| o == format!("t{i}")), "{owners:?}");
+    }
+    let added = db.add_to_org(&tenant(9), (1, 2)).await.unwrap();
+    assert_eq!(added.owner, "t9:3", "the write ran outside t9's schema");
 }
 
 async fn tenant_scoped_read_only_methods_run_on_replicas_read_only(cluster: Arc<Cluster>) {

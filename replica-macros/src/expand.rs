@@ -1,13 +1,15 @@
 //! Rewrites a checked method: the connection parameter goes, and the body
 //! runs unchanged inside an `async move` closure handed to the routing.
 
-use proc_macro2::TokenStream;
-use quote::quote;
-use syn::ItemFn;
+use proc_macro2::{Ident, Span, TokenStream};
+use quote::{quote, quote_spanned};
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::{FnArg, ItemFn, Token};
 
 use crate::attr::{Args, Kind};
 use crate::lint;
-use crate::model::{self, Output};
+use crate::model::{self, Output, Param};
 
 /// Expands `#[read_only]` or `#[write]`; on error, the error and the item as
 /// it was, so one mistake does not cascade.
@@ -30,62 +32,127 @@ fn method_inner(kind: Kind, args: TokenStream, mut item: ItemFn) -> syn::Result<
     if kind == Kind::ReadOnly {
         lint::writes_in(&item.block)?;
     }
+    let p = quote!(::diesel_replica::__private);
     let conn = &method.conn;
     let conn_ty = &method.conn_ty;
     let declared = &method.declared;
     let body = &item.block;
-    let own = matches!(method.output, Output::Own(_));
-    let tenant = match &method.tenant {
-        Some(tenant) => quote!(::core::option::Option::Some(#tenant)),
-        None => quote!(::core::option::Option::None),
-    };
+    // Mixed-site: these names cannot clash with the user's.
+    let tenant_var = Ident::new("__tenant", Span::mixed_site());
+    let runner_var = Ident::new("__runner", Span::mixed_site());
+    let tenant = tenant(kind, &method.params);
+    let destructure = method.params.iter().filter_map(|param| {
+        let name = &param.name;
+        param
+            .destructure
+            .as_ref()
+            .map(|pat| quote!(let #pat = #name;))
+    });
     let output = match &method.output {
-        Output::Diesel(ok) => {
-            quote!(::core::result::Result<#ok, ::diesel_replica::__private::Error>)
-        }
+        Output::Diesel(ok) => quote!(::core::result::Result<#ok, #p::Error>),
         Output::Own(ty) => quote!(#ty),
+    };
+    // The runner of a method with its own error type is chosen by that
+    // type: one that is diesel's under another name is a compile error
+    // that says so, on the declared type.
+    let own = matches!(method.output, Output::Own(_)).then(|| {
+        let span = Span::mixed_site().located_at(declared.span());
+        quote_spanned! {span=>
+            let #runner_var = {
+                use ::diesel_replica::__private::{DieselErrorKind as _, OwnErrorKind as _};
+                (&&::diesel_replica::__private::ErrorProbe::<#declared>::NEW)
+                    .runner()
+                    .checked()
+            };
+        }
+    });
+    let runner = |own_name: &str, diesel_name: &str| match &own {
+        Some(_) => {
+            let name = Ident::new(own_name, Span::call_site());
+            quote!(#runner_var.#name)
+        }
+        None => {
+            let name = Ident::new(diesel_name, Span::call_site());
+            quote!(#p::#name)
+        }
     };
     let call = match (kind, args.primary.is_some()) {
         // A read may run again on another replica when its node fails, so
         // its closure borrows the arguments (and is cloned per attempt)
         // instead of taking them.
         (Kind::ReadOnly, false) => {
-            let runner = if own {
-                quote!(read)
-            } else {
-                quote!(read_query)
-            };
-            quote!(::diesel_replica::__private::#runner(
+            let runner = runner("read", "read_query");
+            quote!(#runner(
                 self,
-                #tenant,
+                #tenant_var,
                 async |#conn: #conn_ty| -> #declared #body,
             ))
         }
         (kind, _) => {
-            let runner = if own { quote!(run) } else { quote!(run_query) };
+            let runner = runner("run", "run_query");
             let route = if kind == Kind::ReadOnly {
                 quote!(ReadFresh)
             } else {
                 quote!(Transaction)
             };
-            quote!(::diesel_replica::__private::#runner(
+            quote!(#runner(
                 self,
-                ::diesel_replica::__private::Route::#route,
-                #tenant,
+                #p::Route::#route,
+                #tenant_var,
                 async move |#conn: #conn_ty| -> #declared #body,
             ))
         }
     };
-    let new_body = quote!({ #call.await });
-    item.sig.inputs = item
-        .sig
-        .inputs
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| *i != 1)
-        .map(|(_, a)| a)
-        .collect();
+    let new_body = quote!({
+        let #tenant_var = #tenant;
+        #(#destructure)*
+        #own
+        #call.await
+    });
+    let mut inputs: Punctuated<FnArg, Token![,]> = item.sig.inputs.into_iter().take(1).collect();
+    for param in &method.params {
+        let Param {
+            attrs, name, ty, ..
+        } = param;
+        inputs.push(syn::parse2(quote!(#(#attrs)* #name: #ty))?);
+    }
+    item.sig.inputs = inputs;
     item.sig.output = syn::parse2(quote!(-> #output))?;
     item.block = syn::parse2(new_body)?;
     Ok(quote!(#item))
+}
+
+/// The tenant that scopes the call, decided by the parameters' types: each
+/// is classified (`&Tenant`, a refused form holding a tenant, or anything
+/// else) and the results folded, so that two tenants or a refused form are
+/// compile errors pointing at the parameter.
+fn tenant(kind: Kind, params: &[Param]) -> TokenStream {
+    let p = quote!(::diesel_replica::__private);
+    if params.is_empty() {
+        return quote!(::core::option::Option::None);
+    }
+    let check = match kind {
+        Kind::ReadOnly => "read_only",
+        Kind::Write => "write",
+    };
+    // Every token of a fold is located at the parameter's type, where its
+    // errors point.
+    let folds = params.iter().map(|Param { name, ty, .. }| {
+        let span = Span::mixed_site().located_at(ty.span());
+        let so_far = Ident::new("__params", span);
+        let check = Ident::new(check, span);
+        quote_spanned! {span=>
+            let #so_far = ::diesel_replica::__private::WithParam::with_param(
+                #so_far,
+                (&&&::diesel_replica::__private::Probe(&#name)).tenant_param().#check(),
+            );
+        }
+    });
+    let so_far = Ident::new("__params", Span::mixed_site());
+    quote!({
+        use #p::{HeldTenant as _, OtherParam as _, TenantRef as _};
+        let #so_far = #p::NoTenant;
+        #(#folds)*
+        #so_far.tenant()
+    })
 }

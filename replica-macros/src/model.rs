@@ -3,7 +3,10 @@
 
 use proc_macro2::Span;
 use syn::spanned::Spanned;
-use syn::{FnArg, GenericArgument, ItemFn, Pat, PathArguments, ReturnType, Type, TypePath};
+use syn::visit::{self, Visit};
+use syn::{
+    Attribute, FnArg, GenericArgument, ItemFn, Pat, PathArguments, ReturnType, Type, TypePath,
+};
 
 use crate::attr::Kind;
 
@@ -26,9 +29,21 @@ pub(crate) struct Method {
     pub(crate) conn_ty: Type,
     /// The declared return type.
     pub(crate) declared: Type,
-    /// The `&Tenant` parameter that scopes the method, if any.
-    pub(crate) tenant: Option<Pat>,
+    /// The parameters after the connection, each of which the generated
+    /// code classifies by type: the one of type `&Tenant` scopes the method.
+    pub(crate) params: Vec<Param>,
     pub(crate) output: Output,
+}
+
+/// A parameter after the connection.
+pub(crate) struct Param {
+    pub(crate) attrs: Vec<Attribute>,
+    /// The name it is bound to in the generated method: the user's, or a
+    /// generated one for a pattern (`(a, b)`, `_`).
+    pub(crate) name: syn::Ident,
+    pub(crate) ty: Type,
+    /// The user's pattern, bound from `name` at the start of the body.
+    pub(crate) destructure: Option<Pat>,
 }
 
 pub(crate) fn check(kind: Kind, item: &ItemFn) -> syn::Result<Method> {
@@ -77,7 +92,7 @@ pub(crate) fn check(kind: Kind, item: &ItemFn) -> syn::Result<Method> {
         }
     }
     let (conn, conn_ty) = connection(attr, sig, inputs.next())?;
-    let tenant = tenant(attr, inputs)?;
+    let params = params(attr, &sig.generics, inputs)?;
     let ReturnType::Type(_, declared) = &sig.output else {
         return Err(syn::Error::new(
             sig.paren_token.span.close(),
@@ -96,7 +111,7 @@ pub(crate) fn check(kind: Kind, item: &ItemFn) -> syn::Result<Method> {
         conn,
         conn_ty,
         declared,
-        tenant,
+        params,
         output,
     })
 }
@@ -142,42 +157,89 @@ fn connection(attr: &str, sig: &syn::Signature, arg: Option<&FnArg>) -> syn::Res
     }
 }
 
-/// The parameter of type `&Tenant`, which scopes the method to that
-/// tenant's schema.
-fn tenant<'a>(attr: &str, inputs: impl Iterator<Item = &'a FnArg>) -> syn::Result<Option<Pat>> {
-    let mut found: Option<Pat> = None;
-    for arg in inputs {
+/// The parameters after the connection. Whether one scopes the method is
+/// decided by its type, in the generated code; here each is checked to
+/// have a type that decision can see, and bound to a name it can use.
+fn params<'a>(
+    attr: &str,
+    generics: &syn::Generics,
+    inputs: impl Iterator<Item = &'a FnArg>,
+) -> syn::Result<Vec<Param>> {
+    let generics: Vec<&syn::Ident> = generics.type_params().map(|p| &p.ident).collect();
+    let mut params = Vec::new();
+    for (i, arg) in inputs.enumerate() {
         let FnArg::Typed(arg) = arg else { continue };
-        let by_reference = match &*arg.ty {
-            Type::Reference(r) if last_ident(&r.elem).as_deref() == Some("Tenant") => true,
-            other if last_ident(other).as_deref() == Some("Tenant") => false,
-            _ => continue,
+        let mut hidden = Hidden {
+            attr,
+            generics: &generics,
+            error: None,
         };
-        if !by_reference {
-            return Err(syn::Error::new_spanned(
-                &arg.ty,
-                format!(
-                    "`#[{attr}]` takes the tenant by reference\n\nhelp: write `tenant: &Tenant`"
-                ),
-            ));
+        hidden.visit_type(&arg.ty);
+        if let Some(error) = hidden.error {
+            return Err(error);
         }
-        if found.is_some() {
-            return Err(syn::Error::new_spanned(
-                arg,
-                format!(
-                    "a `#[{attr}]` method runs in one tenant's schema; this is a second `&Tenant`"
-                ),
-            ));
-        }
-        let Pat::Ident(_) = &*arg.pat else {
-            return Err(syn::Error::new_spanned(
-                &arg.pat,
-                "bind the tenant to a name: `tenant: &Tenant`",
-            ));
+        let (name, destructure) = match &*arg.pat {
+            Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => (p.ident.clone(), None),
+            other => (
+                // Mixed-site: the name cannot clash with the user's.
+                syn::Ident::new(&format!("__arg{}", i + 2), Span::mixed_site()),
+                Some(other.clone()),
+            ),
         };
-        found = Some((*arg.pat).clone());
+        params.push(Param {
+            attrs: arg.attrs.clone(),
+            name,
+            ty: (*arg.ty).clone(),
+            destructure,
+        });
     }
-    Ok(found)
+    Ok(params)
+}
+
+/// Finds what would hide a tenant from the type check: a generic type
+/// parameter of the method, or `impl Trait`.
+struct Hidden<'a> {
+    attr: &'a str,
+    generics: &'a [&'a syn::Ident],
+    error: Option<syn::Error>,
+}
+
+impl Hidden<'_> {
+    fn report(&mut self, span: &dyn quote::ToTokens, what: String) {
+        let attr = self.attr;
+        let error = syn::Error::new_spanned(
+            span,
+            format!(
+                "`#[{attr}]` cannot tell whether {what} holds a tenant: one passed here \
+                 would leave the method unscoped, on the shared schemas\n\n\
+                 help: give the parameter a concrete type (`&str`, `&[i64]`, `Vec<String>`, ..); \
+                 a tenant is taken as `tenant: &Tenant`"
+            ),
+        );
+        match &mut self.error {
+            Some(first) => first.combine(error),
+            None => self.error = Some(error),
+        }
+    }
+}
+
+impl<'ast> Visit<'ast> for Hidden<'_> {
+    fn visit_type_impl_trait(&mut self, ty: &'ast syn::TypeImplTrait) {
+        self.report(ty, "an `impl Trait` parameter".to_owned());
+    }
+
+    fn visit_type_path(&mut self, ty: &'ast TypePath) {
+        if ty.qself.is_none()
+            && let Some(first) = ty.path.segments.first()
+            && self.generics.contains(&&first.ident)
+        {
+            self.report(
+                ty,
+                format!("a parameter of the generic type `{}`", first.ident),
+            );
+        }
+        visit::visit_type_path(self, ty);
+    }
 }
 
 fn last_ident(ty: &Type) -> Option<String> {

@@ -36,8 +36,7 @@ fn read_only_primary_with_own_error_and_borrowed_args() {
         Kind::ReadOnly,
         quote!(primary),
         quote! {
-            async fn by_name<'a>(&self, conn: &mut AsyncPgConnection, name: &'a str, ids: impl IntoIterator<Item = i64> + Send) -> Result<Vec<User>, AppError> {
-                let ids: Vec<i64> = ids.into_iter().collect();
+            async fn by_name<'a>(&self, conn: &mut AsyncPgConnection, name: &'a str, ids: &'a [i64]) -> Result<Vec<User>, AppError> {
                 Ok(users::table.filter(users::name.eq(name)).filter(users::id.eq_any(ids)).load(conn).await?)
             }
         },
@@ -52,6 +51,19 @@ fn write_in_a_transaction() {
         quote! {
             pub async fn rename(&self, conn: &mut AsyncPgConnection, id: i64, name: &str) -> diesel::QueryResult<User> {
                 diesel::update(users::table.find(id)).set(users::name.eq(name)).get_result(conn).await
+            }
+        },
+    ));
+}
+
+#[test]
+fn write_scoped_by_an_unnamed_tenant_with_a_destructured_argument() {
+    insta::assert_snapshot!(method(
+        Kind::Write,
+        quote!(),
+        quote! {
+            async fn shift(&self, conn: &mut AsyncPgConnection, _: &Org, (id, by): (i64, i64)) -> Result<usize, AppError> {
+                Ok(diesel::update(users::table.find(id)).set(users::rank.eq(users::rank + by)).execute(conn).await?)
             }
         },
     ));

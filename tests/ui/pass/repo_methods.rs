@@ -37,6 +37,10 @@ impl From<diesel::result::Error> for AppError {
     }
 }
 
+/// The application's own result type: the macro finds its error type by
+/// type, through the alias.
+pub type AppResult<T> = Result<T, AppError>;
+
 impl Db {
     #[read_only]
     pub async fn name(&self, conn: &mut AsyncPgConnection, id: i64) -> QueryResult<String> {
@@ -53,15 +57,14 @@ impl Db {
     }
 
     /// A read may run again on another replica, so it borrows its
-    /// arguments: slices, references and `impl Trait` values by reference.
+    /// arguments: slices and references.
     #[read_only]
     pub async fn matching<'a>(
         &self,
         conn: &mut AsyncPgConnection,
-        prefix: impl AsRef<str> + Send + Sync,
+        prefix: &'a str,
         ids: &'a [i64],
     ) -> Result<Vec<String>, AppError> {
-        let prefix = prefix.as_ref();
         if prefix.is_empty() {
             return Err(AppError::Invalid("empty prefix"));
         }
@@ -71,6 +74,11 @@ impl Db {
             .select(users::name)
             .load(conn)
             .await?)
+    }
+
+    #[read_only]
+    pub async fn user_count(&self, conn: &mut AsyncPgConnection) -> AppResult<i64> {
+        Ok(users::table.count().get_result(conn).await?)
     }
 
     /// An owned argument that the body consumes is cloned for each attempt.
@@ -94,8 +102,9 @@ fn assert_send<T: Send>(_: &T) {}
 async fn from_anywhere(db: Db) -> Result<(), AppError> {
     let name = db.name(1).await?;
     let count: i64 = db.fresh_count().await?;
-    let found = db.matching(name.clone(), &[1, 2]).await?;
+    let found = db.matching(&name, &[1, 2]).await?;
     let named = db.named(vec![name]).await?;
+    let _: i64 = db.user_count().await?;
     let renamed: usize = db.rename(1, "ada").await?;
     assert_send(&db.name(1));
     let spawned = tokio::spawn({
