@@ -8,7 +8,8 @@
 //! (`statement_timeout`, ours by default):
 //!
 //! - **ours**: `ReplicaSet::read` (one replica, so every read goes there):
-//!   `BEGIN TRANSACTION READ ONLY`, the query, `COMMIT`; the `BEGIN` doubles
+//!   `BEGIN TRANSACTION READ ONLY`, the query, and the end batch that resets
+//!   the session and rolls back (one round trip, as `COMMIT`); the `BEGIN` doubles
 //!   as the check that a pooled connection is alive, so no ping is sent;
 //! - **A** (what a plain pool gives, the headline ratio): a
 //!   `Pool<AsyncPgConnection>` with diesel-async's default recycling
