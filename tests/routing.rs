@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
-use common::{Served, WHO_SERVED, closed_port, config, replica_ports, who_served};
+use common::{Served, WHO_SERVED, closed_port, config, replica_ports, report, who_served};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::RunQueryDsl;
 use diesel_replica::{Config, Error, ReplicaSet};
@@ -140,7 +140,7 @@ async fn write_on_the_read_path_fails_with_the_read_only_error(cluster: Arc<Clus
         db.read_fresh(insert).await.unwrap_err(),
     ] {
         assert!(matches!(err, Error::ReadOnlyViolation { .. }), "{err:?}");
-        let text = err.to_string();
+        let text = report(&err);
         assert!(
             text.contains("cannot execute INSERT in a read-only transaction"),
             "{text}"

@@ -343,8 +343,8 @@ impl Config {
     }
 
     /// Checks every setting of a configuration however it was built: from
-    /// the environment, serde, or by hand before [`ReplicaSet::new`]
-    /// (crate::ReplicaSet::new).
+    /// the environment, serde, or by hand before
+    /// [`ReplicaSet::new`](crate::ReplicaSet::new).
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         self.check(&Naming::Fields)
     }

@@ -121,14 +121,15 @@ pub enum ConfigError {
         replicas: usize,
     },
     /// A shared schema name is not a plain PostgreSQL identifier.
-    #[error("`{key}`: schema name {name:?} {}", problem.reason())]
+    #[error("`{key}`: schema name {name:?} is not a plain identifier")]
     InvalidSchema {
         /// The setting.
         key: String,
         /// The schema name.
         name: String,
         /// What is wrong with the name.
-        problem: crate::TenantError,
+        #[source]
+        problem: crate::tenant::NameError,
     },
     /// A number outside the range its setting accepts.
     #[error("`{key}` = {value} is out of range: expected {expected}")]
@@ -163,7 +164,11 @@ pub enum ConfigError {
 ///
 /// Routing failures ([`Error::Checkout`]) are told apart from the query's
 /// own errors ([`Error::Query`], [`Error::ReadOnlyViolation`]). Every variant
-/// names the node, by role and `host:port`, never with credentials.
+/// names the node, by role and `host:port`, never with credentials. The
+/// error behind a failure (diesel's, the pool's) is its
+/// [`source`](std::error::Error::source), not part of its message: print
+/// the chain (`{:#}` with anyhow, or walk `source()`) to see it. Sort
+/// errors with [`Error::kind`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -172,12 +177,13 @@ pub enum Error {
     Config(#[from] ConfigError),
     /// No connection could be had from the node's pool: the wait, connect or
     /// recycle timeout expired, or connecting failed.
-    #[error("{node} unavailable: {error}")]
+    #[error("{node} unavailable")]
     Checkout {
         /// The node, as `role (host:port)`.
         node: String,
-        /// The pool's error.
-        error: PoolError,
+        /// What went wrong.
+        #[source]
+        error: CheckoutError,
     },
     /// The node did not finish the attempt within its statement timeout
     /// plus half a second: it is hung or unreachable.
@@ -217,11 +223,12 @@ pub enum Error {
         reason: String,
     },
     /// The query failed; its error is diesel's.
-    #[error("{error} (on {node})")]
+    #[error("query failed on {node}")]
     Query {
         /// The node that ran it.
         node: String,
         /// Diesel's error.
+        #[source]
         error: DieselError,
     },
     /// A method of a unit-struct repo ran before the repo was connected
@@ -244,17 +251,152 @@ pub enum Error {
     /// A statement on the read path tried to write. Reads run in `READ ONLY`
     /// transactions; writes belong on the writer path.
     #[error(
-        "{error} (on {node}): the read path is read-only; run writes on the writer (`#[write]`, `write` or `transaction`)"
+        "{node} refused a write: the read path is read-only; run writes on the writer \
+         (`#[write]`, `write` or `transaction`)"
     )]
     ReadOnlyViolation {
         /// The node that refused it.
         node: String,
         /// Diesel's error, `DatabaseErrorKind::ReadOnlyTransaction`.
+        #[source]
         error: DieselError,
     },
 }
 
+/// Why no connection could be had from a node's pool: the source of
+/// [`Error::Checkout`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckoutError {
+    /// No connection came free within the pool's wait timeout.
+    #[error("no connection came free within the wait timeout")]
+    WaitTimeout,
+    /// Opening a connection took longer than the connect timeout.
+    #[error("opening a connection took longer than the connect timeout")]
+    ConnectTimeout,
+    /// Checking an idle connection took longer than the recycle timeout.
+    #[error("checking an idle connection took longer than the recycle timeout")]
+    RecycleTimeout,
+    /// Opening a connection failed: refused, unreachable, authentication.
+    #[error("opening a connection failed")]
+    Connect(#[source] diesel::ConnectionError),
+    /// Setting up or checking a connection failed.
+    #[error("setting up a connection failed")]
+    Setup(#[source] DieselError),
+    /// The pool was closed.
+    #[error("the pool is closed")]
+    Closed,
+}
+
+impl From<PoolError> for CheckoutError {
+    fn from(error: PoolError) -> Self {
+        use deadpool::managed::TimeoutType;
+        use diesel_async::pooled_connection::PoolError as Backend;
+
+        match error {
+            PoolError::Timeout(TimeoutType::Wait) => Self::WaitTimeout,
+            PoolError::Timeout(TimeoutType::Create) => Self::ConnectTimeout,
+            PoolError::Timeout(TimeoutType::Recycle) => Self::RecycleTimeout,
+            PoolError::Backend(Backend::ConnectionError(e)) => Self::Connect(e),
+            PoolError::Backend(Backend::QueryError(e)) => Self::Setup(e),
+            // No hooks are installed and the runtime is always set: what is
+            // left is a closed pool.
+            PoolError::Closed | PoolError::NoRuntimeSpecified | PoolError::PostCreateHook(_) => {
+                Self::Closed
+            }
+        }
+    }
+}
+
+/// What kind of failure an [`Error`] is, to count, alert or decide on
+/// without matching every variant. [`ErrorKind::as_str`] gives a stable
+/// `snake_case` name for metrics and logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// [`Error::Config`].
+    Config,
+    /// [`Error::Checkout`] on a wait, connect or recycle timeout.
+    CheckoutTimeout,
+    /// [`Error::Checkout`] for any other reason.
+    Checkout,
+    /// [`Error::Timeout`]: a node did not answer.
+    Timeout,
+    /// [`Error::NoReplicaAvailable`].
+    NoReplicaAvailable,
+    /// [`Error::ReadOnlyViolation`].
+    ReadOnlyViolation,
+    /// [`Error::Query`] with diesel's `NotFound`: no row.
+    NotFound,
+    /// [`Error::Query`], any other query error.
+    Query,
+    /// [`Error::UnknownTenant`].
+    UnknownTenant,
+    /// [`Error::Provision`].
+    Provision,
+    /// [`Error::NotConnected`].
+    NotConnected,
+    /// [`Error::AlreadyConnected`].
+    AlreadyConnected,
+}
+
+impl ErrorKind {
+    /// The kind's `snake_case` name, as `"checkout_timeout"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Config => "config",
+            Self::CheckoutTimeout => "checkout_timeout",
+            Self::Checkout => "checkout",
+            Self::Timeout => "timeout",
+            Self::NoReplicaAvailable => "no_replica_available",
+            Self::ReadOnlyViolation => "read_only_violation",
+            Self::NotFound => "not_found",
+            Self::Query => "query",
+            Self::UnknownTenant => "unknown_tenant",
+            Self::Provision => "provision",
+            Self::NotConnected => "not_connected",
+            Self::AlreadyConnected => "already_connected",
+        }
+    }
+
+    /// Whether the failure is the node's (it could not be reached, did not
+    /// answer, or none was available), not the query's or the caller's.
+    pub fn is_unavailable(self) -> bool {
+        matches!(
+            self,
+            Self::CheckoutTimeout | Self::Checkout | Self::Timeout | Self::NoReplicaAvailable
+        )
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Error {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Config(_) => ErrorKind::Config,
+            Self::Checkout { .. } if self.is_timeout() => ErrorKind::CheckoutTimeout,
+            Self::Checkout { .. } => ErrorKind::Checkout,
+            Self::Timeout { .. } => ErrorKind::Timeout,
+            Self::NoReplicaAvailable { .. } => ErrorKind::NoReplicaAvailable,
+            Self::ReadOnlyViolation { .. } => ErrorKind::ReadOnlyViolation,
+            Self::Query {
+                error: DieselError::NotFound,
+                ..
+            } => ErrorKind::NotFound,
+            Self::Query { .. } => ErrorKind::Query,
+            Self::UnknownTenant { .. } => ErrorKind::UnknownTenant,
+            Self::Provision { .. } => ErrorKind::Provision,
+            Self::NotConnected { .. } => ErrorKind::NotConnected,
+            Self::AlreadyConnected { .. } => ErrorKind::AlreadyConnected,
+        }
+    }
+
     /// The diesel error of a failed query, if that is what this is.
     pub fn query_error(&self) -> Option<&DieselError> {
         match self {
@@ -270,7 +412,9 @@ impl Error {
             self,
             Self::Timeout { .. }
                 | Self::Checkout {
-                    error: PoolError::Timeout(_),
+                    error: CheckoutError::WaitTimeout
+                        | CheckoutError::ConnectTimeout
+                        | CheckoutError::RecycleTimeout,
                     ..
                 }
         )
@@ -284,4 +428,18 @@ impl Error {
             error => Self::Query { node, error },
         }
     }
+}
+
+/// An error's message followed by those of its sources, joined by `: `:
+/// the whole story on one line, for a node's last error and for
+/// tokio-postgres' errors, which leave the server's words to their source.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(next) = source {
+        text.push_str(": ");
+        text.push_str(&next.to_string());
+        source = next.source();
+    }
+    text
 }

@@ -5,14 +5,20 @@
 //! Most applications depend on `diesel-replica`, which re-exports this crate.
 #![forbid(unsafe_code)]
 
+mod attempt;
 mod balance;
 mod config;
+mod connector;
 mod error;
+mod health;
 mod node;
 mod provision;
+mod read_path;
+mod route;
 mod session;
 mod set;
 mod tenant;
+mod topology;
 mod url;
 
 #[doc(hidden)]
@@ -21,10 +27,12 @@ pub mod __private;
 
 pub use crate::balance::Balance;
 pub use crate::config::{Config, HealthConfig, PoolConfig};
-pub use crate::error::{ConfigError, Error};
-pub use crate::node::{Health, NodeStatus, Role};
+pub use crate::error::{CheckoutError, ConfigError, Error, ErrorKind};
+pub use crate::health::Health;
+pub use crate::node::{NodeId, NodeStatus, Role};
 pub use crate::provision::Provisioned;
-pub use crate::set::{AsyncFunc, ReplicaSet, Status, TenantScope};
-pub use crate::tenant::{Tenant, TenantError};
+pub use crate::route::AsyncFunc;
+pub use crate::set::{ReplicaSet, Status, TenantScope};
+pub use crate::tenant::{NameError, Tenant, TenantError};
 pub use crate::url::DatabaseUrl;
 pub use diesel_async::AsyncPgConnection;

@@ -7,12 +7,12 @@ use std::marker::PhantomData;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use diesel::QueryResult;
+use diesel::result::Error as DieselError;
 
-pub use crate::set::Route;
-use crate::set::TenantScope;
+use crate::route::Call;
+pub use crate::route::{Body, Route};
+use crate::set::{TenantScope, diesel_result, own_result};
 pub use crate::{AsyncFunc, Config, Error, ReplicaSet, Tenant};
-use diesel_async::AsyncPgConnection;
 pub use std::sync::OnceLock;
 
 /// Implemented by `#[derive(ReplicatedRepo)]`: the repo's replica set.
@@ -36,14 +36,18 @@ pub fn read_query<'a, R, T, F>(
 ) -> impl Future<Output = Result<T, Error>> + Send
 where
     R: Repo + ?Sized,
-    F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, QueryResult<T>, Fut: Send> + Clone + Send,
+    F: Body<T, DieselError> + Clone,
     T: Send,
 {
     let set = repo.replica_set();
     async move {
         let set = set?;
         let scope = tenant.map(|tenant| set.scope(tenant));
-        set.read_query(f, scope.as_ref()).await
+        let call = Call {
+            route: Route::Read,
+            scope: scope.as_ref(),
+        };
+        diesel_result(set.read_call(call, f).await, Route::Read)
     }
 }
 
@@ -56,7 +60,7 @@ pub fn read<'a, R, T, E, F>(
 ) -> impl Future<Output = Result<T, E>> + Send
 where
     R: Repo + ?Sized,
-    F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, Result<T, E>, Fut: Send> + Clone + Send,
+    F: Body<T, E> + Clone,
     T: Send,
     E: From<Error> + Send,
 {
@@ -64,7 +68,11 @@ where
     async move {
         let set = set.map_err(E::from)?;
         let scope = tenant.map(|tenant| set.scope(tenant));
-        set.read_with(f, scope.as_ref()).await
+        let call = Call {
+            route: Route::Read,
+            scope: scope.as_ref(),
+        };
+        own_result(set.read_call(call, f).await)
     }
 }
 
@@ -78,14 +86,18 @@ pub fn run_query<'a, R, T, F>(
 ) -> impl Future<Output = Result<T, Error>> + Send
 where
     R: Repo + ?Sized,
-    F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, QueryResult<T>, Fut: Send> + Send,
+    F: Body<T, DieselError>,
     T: Send,
 {
     let set = repo.replica_set();
     async move {
         let set = set?;
         let scope = tenant.map(|tenant| set.scope(tenant));
-        set.on_writer(route, f, scope.as_ref()).await
+        let call = Call {
+            route,
+            scope: scope.as_ref(),
+        };
+        diesel_result(set.writer_call(call, f).await, route)
     }
 }
 
@@ -99,7 +111,7 @@ pub fn run<'a, R, T, E, F>(
 ) -> impl Future<Output = Result<T, E>> + Send
 where
     R: Repo + ?Sized,
-    F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, Result<T, E>, Fut: Send> + Send,
+    F: Body<T, E>,
     T: Send,
     E: From<Error> + Send,
 {
@@ -107,7 +119,11 @@ where
     async move {
         let set = set.map_err(E::from)?;
         let scope = tenant.map(|tenant| set.scope(tenant));
-        set.on_writer_with(route, f, scope.as_ref()).await
+        let call = Call {
+            route,
+            scope: scope.as_ref(),
+        };
+        own_result(set.writer_call(call, f).await)
     }
 }
 
@@ -421,7 +437,7 @@ impl<Ret> OwnError<Ret> {
     ) -> impl Future<Output = Result<T, E>> + Send
     where
         R: Repo + ?Sized,
-        F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, Result<T, E>, Fut: Send> + Clone + Send,
+        F: Body<T, E> + Clone,
         T: Send,
         E: From<Error> + Send,
     {
@@ -438,7 +454,7 @@ impl<Ret> OwnError<Ret> {
     ) -> impl Future<Output = Result<T, E>> + Send
     where
         R: Repo + ?Sized,
-        F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, Result<T, E>, Fut: Send> + Send,
+        F: Body<T, E>,
         T: Send,
         E: From<Error> + Send,
     {
@@ -469,7 +485,7 @@ impl<E> DieselErrorUnderAlias<E> {
     ) -> impl Future<Output = Result<T, E>> + Send
     where
         R: Repo + ?Sized,
-        F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, Result<T, E>, Fut: Send> + Clone + Send,
+        F: Body<T, E> + Clone,
         T: Send,
         E: Send,
     {
@@ -487,7 +503,7 @@ impl<E> DieselErrorUnderAlias<E> {
     ) -> impl Future<Output = Result<T, E>> + Send
     where
         R: Repo + ?Sized,
-        F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, Result<T, E>, Fut: Send> + Send,
+        F: Body<T, E>,
         T: Send,
         E: Send,
     {

@@ -19,7 +19,7 @@ use diesel::QueryResult;
 use diesel::connection::TransactionDepthChange;
 use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager};
 
-use crate::set::Route;
+use crate::route::Route;
 
 /// Undoes what a session can keep past a transaction: cursors, a changed
 /// session user or role, every `SET` (back to the startup values, which

@@ -1,39 +1,23 @@
-//! The replica set: one writer and any number of replicas, and the routing,
-//! retry and fallback of each query.
+//! The replica set: the public routing API (`read`, `read_fresh`, `write`,
+//! `transaction`, tenant scopes, status) over the current topology.
 
 use std::future::Future;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use diesel::QueryResult;
+use diesel::result::Error as DieselError;
 use diesel_async::AsyncPgConnection;
 use futures_util::future::join_all;
 
-use crate::balance::Balancer;
+use crate::attempt::{self, Failure, attempt};
 use crate::config::{Config, HealthConfig};
 use crate::error::Error;
-use crate::node::{Failed, Failure, Node, NodeStatus, Role};
+use crate::node::{Node, NodeStatus};
+use crate::read_path;
+use crate::route::{AsyncFunc, Body, Call, Route};
 use crate::tenant::{Scope, Tenant};
-
-/// An async closure taking a connection whose future is nameable, so that
-/// bounds such as `Send` can be put on it.
-///
-/// Implemented for every `async |conn| ...` closure; it exists because
-/// `AsyncFnOnce` cannot yet say that its future is `Send` (the same device
-/// as diesel-async's transactions). Never implement it by hand.
-pub trait AsyncFunc<T, R>:
-    AsyncFnOnce(T) -> R + FnOnce(T) -> <Self as AsyncFunc<T, R>>::Fut
-{
-    /// The future the closure returns.
-    type Fut: Future<Output = R>;
-}
-
-impl<F, T, Fut, R> AsyncFunc<T, R> for F
-where
-    F: AsyncFnOnce(T) -> R + FnOnce(T) -> Fut,
-    Fut: Future<Output = R>,
-{
-    type Fut = Fut;
-}
+use crate::topology::Topology;
 
 /// One writer pool and any number of replica pools, with the routing of
 /// reads and writes between them.
@@ -56,35 +40,15 @@ pub struct ReplicaSet {
 }
 
 struct Inner {
-    writer: Arc<Node>,
-    replicas: Vec<Arc<Node>>,
-    balancer: Balancer,
+    /// The nodes, replaced as a whole: each call keeps the snapshot it
+    /// started with.
+    topology: ArcSwap<Topology>,
     health: HealthConfig,
     shared_schemas: Vec<String>,
 }
 
-/// Where and how a routed closure runs. Public for the macros only.
-#[doc(hidden)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Route {
-    /// A replica (the writer when there is none), `READ ONLY` transaction.
-    Read,
-    /// The writer, `READ ONLY` transaction.
-    ReadFresh,
-    /// The writer, transaction.
-    Transaction,
-    /// The writer, no transaction.
-    Write,
-}
-
-impl Route {
-    pub(crate) fn is_read_only(self) -> bool {
-        matches!(self, Self::Read | Self::ReadFresh)
-    }
-}
-
-/// Marks the writer among the nodes a read has tried.
-const WRITER: usize = usize::MAX;
+/// A failed call: the node of its last attempt, and what went wrong.
+type Failed<E> = (Arc<Node>, Failure<E>);
 
 impl ReplicaSet {
     /// Builds the pools and opens each node's warm-up connections.
@@ -98,22 +62,23 @@ impl ReplicaSet {
     /// when the writer's warm-up fails.
     pub async fn connect(config: Config) -> Result<Self, Error> {
         let set = Self::new(config)?;
-        let inner = &set.inner;
+        let topology = set.topology();
         let (writer, replicas) = futures_util::future::join(
-            inner.writer.warm_up(),
-            join_all(inner.replicas.iter().map(|node| node.warm_up())),
+            topology.writer.warm_up(),
+            join_all(topology.replicas.iter().map(|node| node.warm_up())),
         )
         .await;
         writer?;
-        for (node, result) in inner.replicas.iter().zip(replicas) {
+        for (node, result) in topology.replicas.iter().zip(replicas) {
             if let Err(error) = result {
+                let error = crate::error::error_chain(&error);
                 tracing::warn!(node = %node.label, %error, "replica warm-up failed; it stays in the set");
             }
         }
-        if inner.replicas.is_empty() {
-            tracing::info!(writer = %inner.writer.url, "no replicas configured: reads go to the writer, still READ ONLY");
+        if topology.replicas.is_empty() {
+            tracing::info!(writer = %topology.writer.url, "no replicas configured: reads go to the writer, still READ ONLY");
         } else {
-            tracing::info!(writer = %inner.writer.url, replicas = inner.replicas.len(), "replica set ready");
+            tracing::info!(writer = %topology.writer.url, replicas = topology.replicas.len(), "replica set ready");
         }
         Ok(set)
     }
@@ -136,52 +101,18 @@ impl ReplicaSet {
     /// as one read from the environment is.
     pub fn new(config: Config) -> Result<Self, Error> {
         config.validate()?;
-        let Config {
-            writer,
-            replicas,
-            writer_pool,
-            replica_pool,
-            application_name,
-            balance,
-            replica_weights,
-            health,
-            shared_schemas,
-        } = config;
-        let writer = Node::new(
-            Role::Writer,
-            "writer".into(),
-            writer,
-            &writer_pool,
-            &application_name,
-        );
-        let replicas: Vec<Arc<Node>> = replicas
-            .into_iter()
-            .enumerate()
-            .map(|(i, url)| {
-                let name = format!("replica-{i}");
-                Arc::new(Node::new(
-                    Role::Replica,
-                    name,
-                    url,
-                    &replica_pool,
-                    &application_name,
-                ))
-            })
-            .collect();
-        let weights = if replica_weights.is_empty() {
-            vec![1; replicas.len()]
-        } else {
-            replica_weights
-        };
         Ok(Self {
             inner: Arc::new(Inner {
-                writer: Arc::new(writer),
-                balancer: Balancer::new(balance, &weights),
-                replicas,
-                health,
-                shared_schemas,
+                topology: ArcSwap::from_pointee(Topology::new(&config)),
+                health: config.health,
+                shared_schemas: config.shared_schemas,
             }),
         })
+    }
+
+    /// The current snapshot of the nodes.
+    fn topology(&self) -> Arc<Topology> {
+        self.inner.topology.load_full()
     }
 
     /// Runs `f` on a replica inside a `READ ONLY` transaction and returns its
@@ -216,7 +147,11 @@ impl ReplicaSet {
             + Send,
         T: Send,
     {
-        self.read_query(f, None)
+        let call = Call {
+            route: Route::Read,
+            scope: None,
+        };
+        async move { diesel_result(self.read_call(call, f).await, Route::Read) }
     }
 
     /// Runs `f` on the writer inside a `READ ONLY` transaction: a read that
@@ -232,7 +167,7 @@ impl ReplicaSet {
             + Send,
         T: Send,
     {
-        self.on_writer(Route::ReadFresh, f, None)
+        self.writer_query(Route::ReadFresh, None, f)
     }
 
     /// Runs `f` on the writer, outside any transaction: each statement
@@ -248,7 +183,7 @@ impl ReplicaSet {
             + Send,
         T: Send,
     {
-        self.on_writer(Route::Write, f, None)
+        self.writer_query(Route::Write, None, f)
     }
 
     /// Runs `f` on the writer inside a transaction, committed when `f`
@@ -263,7 +198,7 @@ impl ReplicaSet {
             + Send,
         T: Send,
     {
-        self.on_writer(Route::Transaction, f, None)
+        self.writer_query(Route::Transaction, None, f)
     }
 
     /// Scopes reads and transactions to `tenant`: each runs with
@@ -284,191 +219,90 @@ impl ReplicaSet {
     /// A connection of the writer's, taken out of its pool, for work that
     /// holds it outside the routing (provisioning).
     pub(crate) async fn writer_connection(&self) -> Result<AsyncPgConnection, Error> {
-        self.inner.writer.dedicated_connection().await
+        attempt::dedicated_connection(&self.topology().writer).await
     }
 
     /// How many replicas the set holds.
     pub fn replica_count(&self) -> usize {
-        self.inner.replicas.len()
+        self.topology().replicas.len()
     }
 
     /// A snapshot of every node, taken now.
     pub fn status(&self) -> Status {
+        let topology = self.topology();
         Status {
-            writer: self.inner.writer.status(),
-            replicas: self
-                .inner
-                .replicas
-                .iter()
-                .map(|node| node.status())
-                .collect(),
+            writer: topology.writer.status(),
+            replicas: topology.replicas.iter().map(|node| node.status()).collect(),
         }
     }
 
-    /// Runs a read returning diesel's `QueryResult`, with retries.
-    pub(crate) async fn read_query<T, F>(&self, f: F, scope: Option<&Scope<'_>>) -> Result<T, Error>
-    where
-        F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, QueryResult<T>, Fut: Send> + Clone + Send,
-    {
-        self.reads(f, scope)
-            .await
-            .map_err(|(node, failure)| self.query_failure(node, Route::Read, failure))
+    /// Runs a read on the replicas (then the writer), with retries.
+    pub(crate) async fn read_call<T, E>(
+        &self,
+        call: Call<'_>,
+        f: impl Body<T, E> + Clone,
+    ) -> Result<T, Failed<E>> {
+        let topology = self.topology();
+        read_path::read(&topology, &self.inner.health, call, f).await
     }
 
-    /// Runs a closure returning diesel's `QueryResult` on the writer.
-    pub(crate) async fn on_writer<T, F>(
+    /// Runs a call on the writer, once.
+    pub(crate) async fn writer_call<T, E>(
+        &self,
+        call: Call<'_>,
+        f: impl Body<T, E>,
+    ) -> Result<T, Failed<E>> {
+        let writer = Arc::clone(&self.topology().writer);
+        attempt(&writer, call, f)
+            .await
+            .map_err(|failed| (writer, failed.failure))
+    }
+
+    /// A body returning diesel's `QueryResult` on the writer, once.
+    async fn writer_query<T, F>(
         &self,
         route: Route,
+        scope: Option<Scope<'_>>,
         f: F,
-        scope: Option<&Scope<'_>>,
     ) -> Result<T, Error>
     where
-        F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, QueryResult<T>, Fut: Send> + Send,
+        F: Body<T, DieselError>,
     {
-        let writer = &self.inner.writer;
-        writer
-            .attempt(route, f, &self.inner.health, scope)
-            .await
-            .map_err(|failed| self.query_failure(writer, route, failed.failure))
+        let call = Call {
+            route,
+            scope: scope.as_ref(),
+        };
+        diesel_result(self.writer_call(call, f).await, route)
     }
 
-    /// A closure's diesel error as [`Error::Query`] or
-    /// [`Error::ReadOnlyViolation`]; routing errors as they are.
-    fn query_failure(
-        &self,
-        node: &Node,
-        route: Route,
-        failure: Failure<diesel::result::Error>,
-    ) -> Error {
-        match failure {
-            Failure::Routing(error) => error,
-            Failure::Body(error) => node.query_error(route, error),
-        }
-    }
-
-    /// Runs a read, trying other nodes while nodes fail; on failure, the
-    /// node of the last attempt with what went wrong.
-    pub(crate) async fn reads<T, E, F>(
-        &self,
-        f: F,
-        scope: Option<&Scope<'_>>,
-    ) -> Result<T, (&Arc<Node>, Failure<E>)>
-    where
-        F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, Result<T, E>, Fut: Send> + Clone + Send,
-    {
-        let inner = &*self.inner;
-        let mut tried = Vec::new();
-        let mut last: Option<(&Arc<Node>, Failure<E>)> = None;
-        for _ in 0..=inner.health.read_retries {
-            let Some((index, node)) = inner.pick_reader(&tried) else {
-                break;
-            };
-            if let Some((previous, _)) = &last {
-                previous.count_retry();
-            }
-            match node
-                .attempt(Route::Read, f.clone(), &inner.health, scope)
-                .await
-            {
-                Ok(value) => return Ok(value),
-                // A failed node, or a replica that has not yet replayed the
-                // creation of the tenant's schema: another node may serve it.
-                Err(Failed { failure, node_down })
-                    if node_down
-                        || matches!(failure, Failure::Routing(Error::UnknownTenant { .. })) =>
-                {
-                    tried.push(index);
-                    last = Some((node, failure));
-                }
-                Err(Failed { failure, .. }) => return Err((node, failure)),
-            }
-        }
-        match last {
-            Some(last) => Err(last),
-            None => Err((&inner.writer, Failure::Routing(inner.no_replica()))),
-        }
-    }
-
-    /// Runs a closure returning the caller's own error type on the writer;
-    /// routing failures are converted with `E: From<Error>`.
-    pub(crate) async fn on_writer_with<T, E, F>(
-        &self,
-        route: Route,
-        f: F,
-        scope: Option<&Scope<'_>>,
-    ) -> Result<T, E>
-    where
-        F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, Result<T, E>, Fut: Send> + Send,
-        E: From<Error>,
-    {
-        let writer = &self.inner.writer;
-        writer
-            .attempt(route, f, &self.inner.health, scope)
-            .await
-            .map_err(|failed| own_error(failed.failure))
-    }
-
-    /// As [`on_writer_with`](Self::on_writer_with) for a read on the
-    /// replicas, with retries.
-    pub(crate) async fn read_with<T, E, F>(&self, f: F, scope: Option<&Scope<'_>>) -> Result<T, E>
-    where
-        F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, Result<T, E>, Fut: Send> + Clone + Send,
-        E: From<Error>,
-    {
-        self.reads(f, scope)
-            .await
-            .map_err(|(_, failure)| own_error(failure))
-    }
-
-    /// The index of the replica a read would use now; for benchmarks.
+    /// The index of the replica a read would use now (`usize::MAX` for the
+    /// writer); for benchmarks.
     pub(crate) fn pick_for_bench(&self) -> usize {
-        self.inner
-            .pick_reader(&[])
-            .map_or(WRITER, |(index, _)| index)
-    }
-}
-
-fn own_error<E: From<Error>>(failure: Failure<E>) -> E {
-    match failure {
-        Failure::Routing(error) => E::from(error),
-        Failure::Body(error) => error,
-    }
-}
-
-impl Inner {
-    /// The node for the next attempt of a read: a replica that is up and not
-    /// yet tried, chosen by the balancer; else the writer, once, when there
-    /// are no replicas or reads may fall back to it.
-    fn pick_reader(&self, tried: &[usize]) -> Option<(usize, &Arc<Node>)> {
-        let replica = self.balancer.pick(&self.replicas, |i| {
-            self.replicas[i].is_up() && !tried.contains(&i)
-        });
-        match replica {
-            Some(index) => Some((index, &self.replicas[index])),
-            None if (self.replicas.is_empty() || self.health.reads_fall_back_to_writer)
-                && !tried.contains(&WRITER) =>
-            {
-                Some((WRITER, &self.writer))
-            }
-            None => None,
-        }
-    }
-
-    fn no_replica(&self) -> Error {
-        Error::NoReplicaAvailable {
-            replicas: self
+        let topology = self.topology();
+        match read_path::pick(&topology, &self.inner.health, &[]) {
+            Some(node) => topology
                 .replicas
                 .iter()
-                .map(|node| {
-                    let status = node.status();
-                    match status.last_error {
-                        Some(error) => format!("{} {:?}: {error}", node.label, status.health),
-                        None => format!("{} {:?}", node.label, status.health),
-                    }
-                })
-                .collect(),
+                .position(|replica| Arc::ptr_eq(replica, node))
+                .unwrap_or(usize::MAX),
+            None => usize::MAX,
         }
     }
+}
+
+/// A call's result with a body returning diesel's errors: those become
+/// [`Error::Query`] or [`Error::ReadOnlyViolation`].
+pub(crate) fn diesel_result<T>(
+    result: Result<T, Failed<DieselError>>,
+    route: Route,
+) -> Result<T, Error> {
+    result.map_err(|(node, failure)| failure.into_error(&node, route))
+}
+
+/// A call's result with a body returning the caller's own errors: routing
+/// errors become theirs through `E: From<Error>`.
+pub(crate) fn own_result<T, E: From<Error>>(result: Result<T, Failed<E>>) -> Result<T, E> {
+    result.map_err(|(_, failure)| failure.into_own())
 }
 
 /// A snapshot of the replica set, taken by [`ReplicaSet::status`]. It does
@@ -505,7 +339,13 @@ impl TenantScope<'_> {
         T: Send,
     {
         let scope = self.set.scope(self.tenant);
-        async move { self.set.read_query(f, Some(&scope)).await }
+        async move {
+            let call = Call {
+                route: Route::Read,
+                scope: Some(&scope),
+            };
+            diesel_result(self.set.read_call(call, f).await, Route::Read)
+        }
     }
 
     /// [`ReplicaSet::read_fresh`] in the tenant's schema.
@@ -519,8 +359,8 @@ impl TenantScope<'_> {
             + Send,
         T: Send,
     {
-        let scope = self.set.scope(self.tenant);
-        async move { self.set.on_writer(Route::ReadFresh, f, Some(&scope)).await }
+        self.set
+            .writer_query(Route::ReadFresh, Some(self.set.scope(self.tenant)), f)
     }
 
     /// [`ReplicaSet::transaction`] in the tenant's schema. (There is no
@@ -535,11 +375,7 @@ impl TenantScope<'_> {
             + Send,
         T: Send,
     {
-        let scope = self.set.scope(self.tenant);
-        async move {
-            self.set
-                .on_writer(Route::Transaction, f, Some(&scope))
-                .await
-        }
+        self.set
+            .writer_query(Route::Transaction, Some(self.set.scope(self.tenant)), f)
     }
 }

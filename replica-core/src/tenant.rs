@@ -53,19 +53,12 @@ pub enum TenantError {
 }
 
 impl TenantError {
-    /// What is wrong with the name, without saying whose name it is, so
-    /// that a shared schema's name is not reported as a tenant's.
-    pub(crate) fn reason(&self) -> String {
-        match self {
-            Self::Empty => "is empty".to_owned(),
-            Self::TooLong { len, .. } => format!("is {len} bytes long: at most 63"),
-            Self::InvalidCharacter { found, at, .. } => format!(
-                "has {found:?} at byte {at}: use lower-case ASCII letters, digits and `_`, \
-                 not starting with a digit"
-            ),
-            Self::Reserved { .. } => {
-                "is reserved (`pg_*`, `information_schema`, `public`)".to_owned()
-            }
+    fn new(name: &str, problem: NameError) -> Self {
+        let name = name.to_owned();
+        match problem {
+            NameError::Empty => Self::Empty,
+            NameError::TooLong { len } => Self::TooLong { name, len },
+            NameError::InvalidCharacter { found, at } => Self::InvalidCharacter { name, found, at },
         }
     }
 }
@@ -74,11 +67,54 @@ impl fmt::Display for TenantError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Empty => f.write_str("a tenant name cannot be empty"),
-            Self::TooLong { name, .. }
-            | Self::InvalidCharacter { name, .. }
-            | Self::Reserved { name } => write!(f, "tenant name {name:?} {}", self.reason()),
+            Self::TooLong { name, len } => {
+                write!(
+                    f,
+                    "tenant name {name:?} {}",
+                    NameError::TooLong { len: *len }
+                )
+            }
+            Self::InvalidCharacter { name, found, at } => write!(
+                f,
+                "tenant name {name:?} {}",
+                NameError::InvalidCharacter {
+                    found: *found,
+                    at: *at
+                }
+            ),
+            Self::Reserved { name } => write!(
+                f,
+                "tenant name {name:?} is reserved (`pg_*`, `information_schema`, `public`)"
+            ),
         }
     }
+}
+
+/// Why a name is not an identifier PostgreSQL keeps as written: what
+/// [`Tenant`] and the shared schemas are checked against.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NameError {
+    /// The name is empty.
+    #[error("is empty")]
+    Empty,
+    /// The name is longer than PostgreSQL's 63-byte identifiers.
+    #[error("is {len} bytes long: at most 63")]
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The name holds a character outside `a-z`, `0-9` and `_`, or starts
+    /// with a digit.
+    #[error(
+        "has {found:?} at byte {at}: use lower-case ASCII letters, digits and `_`, not starting with a digit"
+    )]
+    InvalidCharacter {
+        /// The first character refused.
+        found: char,
+        /// Its byte offset.
+        at: usize,
+    },
 }
 
 impl std::error::Error for TenantError {}
@@ -90,7 +126,7 @@ impl Tenant {
     /// When the name is not a valid tenant name (see [`Tenant`]).
     pub fn new(name: impl Into<String>) -> Result<Self, TenantError> {
         let name = name.into();
-        check_identifier(&name)?;
+        check_identifier(&name).map_err(|problem| TenantError::new(&name, problem))?;
         if name.starts_with("pg_") || name == "information_schema" || name == "public" {
             return Err(TenantError::Reserved { name });
         }
@@ -104,25 +140,18 @@ impl Tenant {
 }
 
 /// Checks that `name` is an identifier PostgreSQL keeps as written.
-pub(crate) fn check_identifier(name: &str) -> Result<(), TenantError> {
+pub(crate) fn check_identifier(name: &str) -> Result<(), NameError> {
     if name.is_empty() {
-        return Err(TenantError::Empty);
+        return Err(NameError::Empty);
     }
     if name.len() > 63 {
-        return Err(TenantError::TooLong {
-            name: name.to_owned(),
-            len: name.len(),
-        });
+        return Err(NameError::TooLong { len: name.len() });
     }
     let refused = name
         .char_indices()
         .find(|&(at, c)| !(c.is_ascii_lowercase() || c == '_' || (at > 0 && c.is_ascii_digit())));
     match refused {
-        Some((at, found)) => Err(TenantError::InvalidCharacter {
-            name: name.to_owned(),
-            found,
-            at,
-        }),
+        Some((at, found)) => Err(NameError::InvalidCharacter { found, at }),
         None => Ok(()),
     }
 }

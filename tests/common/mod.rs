@@ -134,3 +134,14 @@ pub(crate) fn closed_port() -> u16 {
         .expect("a free loopback port")
         .port()
 }
+
+/// An error's message and those of its sources, as a reporter prints them.
+pub(crate) fn report(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(next) = source {
+        text = format!("{text}: {next}");
+        source = next.source();
+    }
+    text
+}

@@ -1,0 +1,74 @@
+//! What a call asks for: where and how its body runs ([`Route`]), in which
+//! tenant's scope ([`Call`]), and the shape of the body itself
+//! ([`AsyncFunc`], [`Body`]).
+
+use std::future::Future;
+
+use diesel_async::AsyncPgConnection;
+
+use crate::tenant::Scope;
+
+/// An async closure taking a connection whose future is nameable, so that
+/// bounds such as `Send` can be put on it.
+///
+/// Implemented for every `async |conn| ...` closure; it exists because
+/// `AsyncFnOnce` cannot yet say that its future is `Send` (the same device
+/// as diesel-async's transactions). Never implement it by hand.
+pub trait AsyncFunc<T, R>:
+    AsyncFnOnce(T) -> R + FnOnce(T) -> <Self as AsyncFunc<T, R>>::Fut
+{
+    /// The future the closure returns.
+    type Fut: Future<Output = R>;
+}
+
+impl<F, T, Fut, R> AsyncFunc<T, R> for F
+where
+    F: AsyncFnOnce(T) -> R + FnOnce(T) -> Fut,
+    Fut: Future<Output = R>,
+{
+    type Fut = Fut;
+}
+
+/// A routed body: an async closure of a connection, returning
+/// `Result<T, E>`, whose future is `Send`. Implemented for every such
+/// closure; the one bound the routing puts on what it runs. Public for the
+/// macros only.
+#[doc(hidden)]
+pub trait Body<T, E>:
+    for<'r> AsyncFunc<&'r mut AsyncPgConnection, Result<T, E>, Fut: Send> + Send
+{
+}
+
+impl<T, E, F> Body<T, E> for F where
+    F: for<'r> AsyncFunc<&'r mut AsyncPgConnection, Result<T, E>, Fut: Send> + Send
+{
+}
+
+/// Where and how a routed closure runs. Public for the macros only.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// A replica (the writer when there is none), `READ ONLY` transaction.
+    Read,
+    /// The writer, `READ ONLY` transaction.
+    ReadFresh,
+    /// The writer, transaction.
+    Transaction,
+    /// The writer, no transaction.
+    Write,
+}
+
+impl Route {
+    /// Whether the body may not write: a write fails it with
+    /// [`Error::ReadOnlyViolation`](crate::Error::ReadOnlyViolation).
+    pub(crate) fn is_read_only(self) -> bool {
+        matches!(self, Self::Read | Self::ReadFresh)
+    }
+}
+
+/// One call: its route, and the tenant whose schema it runs in.
+#[derive(Clone, Copy)]
+pub(crate) struct Call<'a> {
+    pub(crate) route: Route,
+    pub(crate) scope: Option<&'a Scope<'a>>,
+}
