@@ -44,6 +44,8 @@ fn main() -> ExitCode {
             reads_refuse_the_same_writes_on_the_writer_as_on_a_replica,
             a_read_on_the_writer_sends_no_notification,
             log_lines_show_no_password_given_as_a_query_parameter,
+            errors_keep_their_source_and_tell_their_kind,
+            nodes_are_known_by_address_and_database,
         ],
     )
 }
@@ -750,4 +752,78 @@ async fn log_lines_show_no_password_given_as_a_query_parameter(cluster: Arc<Clus
     let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(log.contains("replica set ready"), "{log}");
     assert!(!log.contains(password), "{log}");
+}
+
+async fn errors_keep_their_source_and_tell_their_kind(cluster: Arc<Cluster>) {
+    use diesel_replica::{CheckoutError, ErrorKind};
+    use std::error::Error as _;
+
+    let closed = format!("postgres://postgres@127.0.0.1:{}/postgres", closed_port());
+    let err = ReplicaSet::new(Config::new(&closed).unwrap())
+        .unwrap()
+        .write(async |conn| batch(conn, "SELECT 1").await)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Checkout);
+    assert_eq!(err.kind().as_str(), "checkout");
+    let source = err.source().expect("a checkout error has a source");
+    assert!(
+        matches!(
+            source.downcast_ref::<CheckoutError>(),
+            Some(CheckoutError::Connect(_))
+        ),
+        "{source:?}"
+    );
+    assert!(source.source().is_some(), "the connection error behind it");
+    assert!(
+        report(&err).contains("Connection refused"),
+        "{}",
+        report(&err)
+    );
+
+    let db = connect(&cluster).await;
+    let err = db
+        .read(async |conn| batch(conn, "SELECT * FROM no_such_table").await)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Query);
+    let source = err.source().expect("a query error has a source");
+    assert!(source.downcast_ref::<DieselError>().is_some(), "{source:?}");
+    assert!(
+        !err.to_string().contains("no_such_table"),
+        "the message is ours: {err}"
+    );
+    assert!(report(&err).contains("no_such_table"), "{}", report(&err));
+
+    let err = db
+        .read(async |conn| {
+            diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
+                "1 WHERE false",
+            ))
+            .get_result::<i32>(conn)
+            .await
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    let err = db
+        .read(async |conn| batch(conn, "INSERT INTO items (name) VALUES ('no')").await)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ReadOnlyViolation);
+    assert!(!err.kind().is_unavailable());
+}
+
+async fn nodes_are_known_by_address_and_database(cluster: Arc<Cluster>) {
+    let status = connect(&cluster).await.status();
+    assert_eq!(
+        status.writer.id.as_str(),
+        format!("127.0.0.1:{}/postgres", cluster.primary().port())
+    );
+    let ids: Vec<String> = status.replicas.iter().map(|r| r.id.to_string()).collect();
+    let expected: Vec<String> = replica_ports(&cluster)
+        .iter()
+        .map(|port| format!("127.0.0.1:{port}/postgres"))
+        .collect();
+    assert_eq!(ids, expected);
 }
