@@ -12,7 +12,7 @@ use futures_util::future::join_all;
 
 use crate::attempt::{self, Failure, attempt};
 use crate::config::{Config, HealthConfig};
-use crate::error::Error;
+use crate::error::{Error, error_chain};
 use crate::node::{Node, NodeStatus};
 use crate::read_path;
 use crate::route::{AsyncFunc, Body, Call, Route};
@@ -48,7 +48,7 @@ struct Inner {
 }
 
 /// A failed call: the node of its last attempt, and what went wrong.
-type Failed<E> = (Arc<Node>, Failure<E>);
+type CallFailure<E> = (Arc<Node>, Failure<E>);
 
 impl ReplicaSet {
     /// Builds the pools and opens each node's warm-up connections.
@@ -71,7 +71,7 @@ impl ReplicaSet {
         writer?;
         for (node, result) in topology.replicas.iter().zip(replicas) {
             if let Err(error) = result {
-                let error = crate::error::error_chain(&error);
+                let error = error_chain(&error);
                 tracing::warn!(node = %node.label, %error, "replica warm-up failed; it stays in the set");
             }
         }
@@ -241,7 +241,7 @@ impl ReplicaSet {
         &self,
         call: Call<'_>,
         f: impl Body<T, E> + Clone,
-    ) -> Result<T, Failed<E>> {
+    ) -> Result<T, CallFailure<E>> {
         let topology = self.topology();
         read_path::read(&topology, &self.inner.health, call, f).await
     }
@@ -251,7 +251,7 @@ impl ReplicaSet {
         &self,
         call: Call<'_>,
         f: impl Body<T, E>,
-    ) -> Result<T, Failed<E>> {
+    ) -> Result<T, CallFailure<E>> {
         let writer = Arc::clone(&self.topology().writer);
         attempt(&writer, call, f)
             .await
@@ -293,7 +293,7 @@ impl ReplicaSet {
 /// A call's result with a body returning diesel's errors: those become
 /// [`Error::Query`] or [`Error::ReadOnlyViolation`].
 pub(crate) fn diesel_result<T>(
-    result: Result<T, Failed<DieselError>>,
+    result: Result<T, CallFailure<DieselError>>,
     route: Route,
 ) -> Result<T, Error> {
     result.map_err(|(node, failure)| failure.into_error(&node, route))
@@ -301,7 +301,7 @@ pub(crate) fn diesel_result<T>(
 
 /// A call's result with a body returning the caller's own errors: routing
 /// errors become theirs through `E: From<Error>`.
-pub(crate) fn own_result<T, E: From<Error>>(result: Result<T, Failed<E>>) -> Result<T, E> {
+pub(crate) fn own_result<T, E: From<Error>>(result: Result<T, CallFailure<E>>) -> Result<T, E> {
     result.map_err(|(_, failure)| failure.into_own())
 }
 
