@@ -90,7 +90,9 @@ fn run(args: &Args, cluster: &mut Option<Arc<Cluster>>) -> Result<Value, Fatal> 
                 .insert(Arc::new(Cluster::start(replicas).map_err(|e| {
                     Fatal::new(format!("cannot start the local cluster: {e}"))
                 })?));
-            setup::local_config(local, concurrency)?
+            // Both pools hold exactly `--concurrency` connections, opened
+            // before the clock starts.
+            local.load_config(concurrency)
         }
         None => setup::env_config(concurrency)?,
     };

@@ -5,30 +5,35 @@ use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Integer, Nullable, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_replica::{ReplicaSet, ReplicatedRepo, Tenant, read_only, write};
+use replica_testkit::server_columns;
+
+// Each query returns the server that ran it, as the server sees it (see
+// `replica_testkit::server_columns!`): `host`, NULL over a unix socket, and
+// `port`.
 
 /// Which node this is, as in the queries below.
-pub(crate) const WHO_AM_I: &str = "SELECT host(inet_server_addr()) AS host, \
-     coalesce(inet_server_port(), current_setting('port')::int) AS port";
-
-// Each query returns the server that ran it, as the server sees it:
-// `host()` drops the `/32` that `inet_server_addr()::text` would add; both
-// functions are NULL over a unix socket, where the `port` setting still
-// names the node.
-pub(crate) const READ_ITEM: &str = "SELECT payload, host(inet_server_addr()) AS host, \
-     coalesce(inet_server_port(), current_setting('port')::int) AS port \
-     FROM loadgen_items WHERE id = $1";
-pub(crate) const WRITE_ITEM: &str = "UPDATE loadgen_items SET payload = $1, updated_at = now() WHERE id = $2 \
-     RETURNING host(inet_server_addr()) AS host, \
-     coalesce(inet_server_port(), current_setting('port')::int) AS port";
+pub(crate) const WHO_AM_I: &str = concat!("SELECT ", server_columns!());
+pub(crate) const READ_ITEM: &str = concat!(
+    "SELECT payload, ",
+    server_columns!(),
+    " FROM loadgen_items WHERE id = $1"
+);
+pub(crate) const WRITE_ITEM: &str = concat!(
+    "UPDATE loadgen_items SET payload = $1, updated_at = now() WHERE id = $2 RETURNING ",
+    server_columns!()
+);
 // The same with `--tenants`, in the tenant's own `loadgen_items`, also
 // returning the tenant that the row belongs to.
-pub(crate) const TENANT_READ_ITEM: &str = "SELECT tenant, payload, host(inet_server_addr()) AS host, \
-     coalesce(inet_server_port(), current_setting('port')::int) AS port \
-     FROM loadgen_items WHERE id = $1";
-pub(crate) const TENANT_WRITE_ITEM: &str = "UPDATE loadgen_items SET payload = $1, updated_at = now() \
-     WHERE id = $2 \
-     RETURNING tenant, host(inet_server_addr()) AS host, \
-     coalesce(inet_server_port(), current_setting('port')::int) AS port";
+pub(crate) const TENANT_READ_ITEM: &str = concat!(
+    "SELECT tenant, payload, ",
+    server_columns!(),
+    " FROM loadgen_items WHERE id = $1"
+);
+pub(crate) const TENANT_WRITE_ITEM: &str = concat!(
+    "UPDATE loadgen_items SET payload = $1, updated_at = now() WHERE id = $2 \
+     RETURNING tenant, ",
+    server_columns!()
+);
 
 /// The repo the workers use: the replica set and the run's two queries.
 #[derive(ReplicatedRepo, Clone)]

@@ -1,6 +1,7 @@
-//! Set-up before the clock starts: the configuration (a local cluster or
-//! the `DATABASE_*` variables), the table or the tenants and their rows,
-//! and the wait until every reader sees them.
+//! Set-up before the clock starts: the configuration from the `DATABASE_*`
+//! variables (a local cluster's comes from `Cluster::load_config`), the
+//! connection, the table or the tenants and their rows, and the wait until
+//! every reader sees them.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -10,7 +11,6 @@ use diesel::sql_types::{BigInt, Nullable};
 use diesel_async::RunQueryDsl;
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use diesel_replica::{Config, Error, Tenant};
-use replica_testkit::Cluster;
 
 use crate::Fatal;
 use crate::args::Args;
@@ -45,22 +45,6 @@ pub(crate) struct IdRange {
     hi: Option<i64>,
 }
 
-/// The local cluster's configuration, with pools of `concurrency`
-/// connections opened up front.
-pub(crate) fn local_config(cluster: &Cluster, concurrency: usize) -> Result<Config, Fatal> {
-    let mut config = cluster
-        .replica_urls()
-        .iter()
-        .try_fold(Config::new(&cluster.writer_url())?, |config, url| {
-            config.with_replica(url)
-        })?;
-    for pool in [&mut config.writer_pool, &mut config.replica_pool] {
-        pool.max_size = concurrency;
-        pool.warm_up = concurrency;
-    }
-    Ok(config)
-}
-
 /// The configuration from `DATABASE_*`, with each pool whose size is not
 /// set raised to `concurrency`.
 pub(crate) fn env_config(concurrency: usize) -> Result<Config, Fatal> {
@@ -88,12 +72,6 @@ pub(crate) fn env_config(concurrency: usize) -> Result<Config, Fatal> {
         }
     }
     Ok(config)
-}
-
-impl From<diesel_replica::ConfigError> for Fatal {
-    fn from(error: diesel_replica::ConfigError) -> Self {
-        Self::new(format!("configuration error: {error}"))
-    }
 }
 
 /// The ids the workers pick from, inclusive.

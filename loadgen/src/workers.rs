@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use diesel_replica::{Error, Tenant};
+use replica_testkit::Rng;
 
 use crate::Fatal;
 use crate::args::Args;
@@ -49,41 +50,11 @@ pub(crate) async fn progress(start: Instant, live: Arc<Live>) {
     }
 }
 
-/// xorshift64*: plenty for picking ids and operations, and no dependency.
-pub(crate) struct Rng(u64);
-
-impl Rng {
-    pub(crate) fn new(seed: u64) -> Self {
-        // splitmix64 of the seed, so that neighbouring seeds diverge and the
-        // state is never 0.
-        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        Self((z ^ (z >> 31)) | 1)
-    }
-
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub(crate) fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in `0..n` (`n > 0`), up to a negligible modulo bias.
-    pub(crate) fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-
-    /// Uniform in `lo..=hi` (`lo <= hi`), up to a negligible modulo bias.
-    pub(crate) fn id(&mut self, ids: Ids) -> i64 {
-        let span = ids.hi.abs_diff(ids.lo) + 1;
-        ids.lo.wrapping_add((self.next_u64() % span) as i64)
-    }
+/// Uniform in `ids.lo..=ids.hi` (`lo <= hi`), up to a negligible modulo
+/// bias.
+fn pick_id(rng: &mut Rng, ids: Ids) -> i64 {
+    let span = ids.hi.abs_diff(ids.lo) + 1;
+    ids.lo.wrapping_add(rng.below(span) as i64)
 }
 
 /// What one worker task owns.
@@ -116,10 +87,10 @@ pub(crate) async fn worker(mut w: Worker) -> Stats {
         let (tenant, ids) = if w.tenants.is_empty() {
             (None, w.ids)
         } else {
-            let (tenant, ids) = &w.tenants[w.rng.below(w.tenants.len())];
+            let (tenant, ids) = &w.tenants[w.rng.below(w.tenants.len() as u64) as usize];
             (Some(tenant), *ids)
         };
-        let id = w.rng.id(ids);
+        let id = pick_id(&mut w.rng, ids);
         if w.rng.next_f64() < w.read_ratio {
             let started = Instant::now();
             let result = match tenant {
