@@ -21,8 +21,8 @@
 //!   check before reuse) running the same transaction: the same round trips
 //!   as ours without routing, health tracking, timeouts or retries.
 //!
-//! Every pool holds `concurrency` connections and gets one untimed second
-//! of load first. Then `BENCH_ROUNDS` rounds run
+//! Every pool holds `concurrency` connections (ours opens them on connect)
+//! and gets one untimed second of load first. Then `BENCH_ROUNDS` rounds run
 //! each contender for `BENCH_SECS` seconds with `BENCH_CONCURRENCY` tasks
 //! looping on the query, in alternating order (ours, A, B, F / F, B, A, ours)
 //! so that drift on a shared machine hits all alike. Latencies go to
@@ -46,9 +46,9 @@ use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use diesel_replica::{Config, ReplicaSet};
+use diesel_replica::ReplicaSet;
 use hdrhistogram::Histogram;
-use replica_testkit::{Cluster, NodeId};
+use replica_testkit::{Cluster, NodeId, Rng};
 
 const ROWS: i32 = 10_000;
 const QUERY: &str = "SELECT payload FROM bench_items WHERE id = $1";
@@ -137,7 +137,7 @@ fn histogram() -> Histogram<u64> {
 }
 
 /// `concurrency` tasks loop on the query for `secs`, each with its own
-/// random ids (splitmix64 seeded by `seed` and the task index).
+/// random ids (a [`Rng`] seeded by `seed` and the task index).
 async fn run(contender: &Contender, concurrency: usize, secs: f64, seed: u64) -> Run {
     let cpu = cpu_ns();
     let start = Instant::now();
@@ -145,12 +145,12 @@ async fn run(contender: &Contender, concurrency: usize, secs: f64, seed: u64) ->
     let tasks: Vec<_> = (0..concurrency as u64)
         .map(|task| {
             let contender = contender.clone();
-            let mut state = seed.wrapping_mul(0x1000_0000_01b3) ^ task;
+            let mut rng = Rng::new(seed.wrapping_mul(0x1000_0000_01b3) ^ task);
             tokio::spawn(async move {
                 let mut hist = histogram();
                 let mut ops = 0u64;
                 while Instant::now() < deadline {
-                    let id = (splitmix64(&mut state) % ROWS as u64) as i32 + 1;
+                    let id = rng.below(ROWS as u64) as i32 + 1;
                     let began = Instant::now();
                     std::hint::black_box(contender.read(id).await);
                     hist.saturating_record(began.elapsed().as_nanos() as u64);
@@ -181,14 +181,6 @@ fn cpu_ns() -> u64 {
         .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok())
         .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
         .sum()
-}
-
-fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -227,11 +219,7 @@ fn main() {
         .build()
         .expect("a tokio runtime");
     runtime.block_on(async {
-        let mut config = Config::new(&cluster.writer_url())
-            .and_then(|config| config.with_replica(replica_url))
-            .expect("config");
-        config.replica_pool.max_size = concurrency;
-        config.writer_pool.max_size = concurrency;
+        let config = cluster.load_config(concurrency);
         let timeout_ms = config
             .replica_pool
             .statement_timeout

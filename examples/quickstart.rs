@@ -20,10 +20,9 @@ use std::error::Error;
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
-use diesel::sql_types::{Bool, Integer};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_replica::{Config, ReplicaSet, ReplicatedRepo, read_only, write};
-use replica_testkit::Cluster;
+use replica_testkit::{Cluster, Served, who_served};
 
 // `table!` generates public items without docs.
 #[allow(missing_docs)]
@@ -36,18 +35,6 @@ mod schema {
     }
 }
 use schema::quickstart_notes;
-
-/// Which server ran a query: its port, and whether it is a replica.
-type ServedBy = (i32, bool);
-
-async fn served_by(conn: &mut AsyncPgConnection) -> QueryResult<ServedBy> {
-    diesel::select((
-        diesel::dsl::sql::<Integer>("inet_server_port()"),
-        diesel::dsl::sql::<Bool>("pg_is_in_recovery()"),
-    ))
-    .get_result(conn)
-    .await
-}
 
 /// The application's repo: its replica set, and its queries as methods.
 #[derive(ReplicatedRepo)]
@@ -67,13 +54,13 @@ impl Notes {
     }
 
     #[write]
-    async fn add(&self, conn: &mut AsyncPgConnection, body: &str) -> QueryResult<(i32, ServedBy)> {
+    async fn add(&self, conn: &mut AsyncPgConnection, body: &str) -> QueryResult<(i32, Served)> {
         let id = diesel::insert_into(quickstart_notes::table)
             .values(quickstart_notes::body.eq(body))
             .returning(quickstart_notes::id)
             .get_result(conn)
             .await?;
-        Ok((id, served_by(conn).await?))
+        Ok((id, who_served(conn).await?))
     }
 
     #[read_only]
@@ -81,7 +68,7 @@ impl Notes {
         &self,
         conn: &mut AsyncPgConnection,
         id: i32,
-    ) -> QueryResult<(Option<String>, ServedBy)> {
+    ) -> QueryResult<(Option<String>, Served)> {
         body_and_server(conn, id).await
     }
 
@@ -90,7 +77,7 @@ impl Notes {
         &self,
         conn: &mut AsyncPgConnection,
         id: i32,
-    ) -> QueryResult<(Option<String>, ServedBy)> {
+    ) -> QueryResult<(Option<String>, Served)> {
         body_and_server(conn, id).await
     }
 }
@@ -98,18 +85,22 @@ impl Notes {
 async fn body_and_server(
     conn: &mut AsyncPgConnection,
     id: i32,
-) -> QueryResult<(Option<String>, ServedBy)> {
+) -> QueryResult<(Option<String>, Served)> {
     let body = quickstart_notes::table
         .find(id)
         .select(quickstart_notes::body)
         .first(conn)
         .await
         .optional()?;
-    Ok((body, served_by(conn).await?))
+    Ok((body, who_served(conn).await?))
 }
 
-fn role((_, in_recovery): ServedBy) -> &'static str {
-    if in_recovery { "replica" } else { "writer" }
+fn role(served: &Served) -> &'static str {
+    if served.in_recovery {
+        "replica"
+    } else {
+        "writer"
+    }
 }
 
 #[tokio::main]
@@ -128,13 +119,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     } else {
         println!("No DATABASE_URL set: starting a local primary and 2 streaming replicas...");
         let cluster = Cluster::start(2)?;
-        let config = cluster
-            .replica_urls()
-            .iter()
-            .try_fold(Config::new(&cluster.writer_url())?, |config, url| {
-                config.with_replica(url)
-            })?;
-        (config, Some(cluster))
+        (cluster.config(), Some(cluster))
     };
     println!("writer:   {}", config.writer);
     for replica in &config.replicas {
@@ -144,7 +129,11 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let notes = Notes::connect(config).await?;
     notes.create_table().await?;
     let (id, served) = notes.add("hello from the writer").await?;
-    println!("\nwrote note {id} on port {} ({})", served.0, role(served));
+    println!(
+        "\nwrote note {id} on port {} ({})",
+        served.port,
+        role(&served)
+    );
 
     // Replicas apply the write a moment later; wait until each has it.
     let replicas = notes.replica_set().replica_count().max(1);
@@ -159,14 +148,14 @@ async fn main() -> Result<(), Box<dyn Error>> {
     println!("\n#[read_only] reads (server-reported):");
     for _ in 0..6 {
         let (body, served) = notes.body(id).await?;
-        println!("  port {} ({}): {body:?}", served.0, role(served));
+        println!("  port {} ({}): {body:?}", served.port, role(&served));
     }
 
     let (body, served) = notes.fresh_body(id).await?;
     println!(
         "\n#[read_only(primary)] read: port {} ({}): {body:?}",
-        served.0,
-        role(served)
+        served.port,
+        role(&served)
     );
 
     // The explicit API beside the methods; a write on its read path is

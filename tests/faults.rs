@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Served, WHO_SERVED, config, replica_ports, who_served};
+use common::replica_ports;
 use diesel_async::RunQueryDsl;
-use diesel_replica::{Balance, Config, Error, Health, ReplicaSet};
-use replica_testkit::{Cluster, NodeId};
+use diesel_replica::{Balance, Error, Health, ReplicaSet};
+use replica_testkit::{Cluster, NodeId, Served, WHO_SERVED, who_served};
 
 const READERS: usize = 32;
 
@@ -114,18 +114,8 @@ async fn spread(db: &ReplicaSet, n: usize) -> HashMap<i32, u64> {
     by_port
 }
 
-/// Pools as large as the load, opened before it starts: the tests measure
-/// faults, not connection set-up.
-fn pool_for_load(mut config: Config) -> Config {
-    for pool in [&mut config.replica_pool, &mut config.writer_pool] {
-        pool.max_size = READERS;
-        pool.warm_up = READERS;
-    }
-    config
-}
-
 async fn a_killed_replica_costs_no_reads_and_is_readmitted_after_restart(cluster: Arc<Cluster>) {
-    let db = ReplicaSet::connect(pool_for_load(config(&cluster)))
+    let db = ReplicaSet::connect(cluster.load_config(READERS))
         .await
         .unwrap();
     let killed_port = replica_ports(&cluster)[1];
@@ -204,7 +194,7 @@ impl Drop for Resume {
 }
 
 async fn a_hung_replica_costs_no_reads_and_no_read_waits_past_the_bound(cluster: Arc<Cluster>) {
-    let mut config = pool_for_load(config(&cluster));
+    let mut config = cluster.load_config(READERS);
     let statement_timeout = Duration::from_secs(1);
     config.replica_pool.statement_timeout = Some(statement_timeout);
     let retries = config.health.read_retries;
@@ -241,8 +231,8 @@ async fn a_hung_replica_costs_no_reads_and_no_read_waits_past_the_bound(cluster:
 }
 
 async fn with_every_replica_down_reads_use_the_writer_or_fail_clearly(cluster: Arc<Cluster>) {
-    let db = ReplicaSet::connect(config(&cluster)).await.unwrap();
-    let mut strict = config(&cluster);
+    let db = ReplicaSet::connect(cluster.config()).await.unwrap();
+    let mut strict = cluster.config();
     strict.health.reads_fall_back_to_writer = false;
     let strict = ReplicaSet::connect(strict).await.unwrap();
     on_cluster(&cluster, |c| {
@@ -281,7 +271,7 @@ async fn with_every_replica_down_reads_use_the_writer_or_fail_clearly(cluster: A
 }
 
 async fn with_the_writer_down_writes_fail_clearly_and_reads_go_on(cluster: Arc<Cluster>) {
-    let db = ReplicaSet::connect(config(&cluster)).await.unwrap();
+    let db = ReplicaSet::connect(cluster.config()).await.unwrap();
     let insert = async |conn: &mut diesel_async::AsyncPgConnection| {
         diesel::sql_query("INSERT INTO t VALUES (1)")
             .execute(conn)
@@ -322,7 +312,7 @@ async fn with_the_writer_down_writes_fail_clearly_and_reads_go_on(cluster: Arc<C
 }
 
 async fn an_sql_error_on_a_replica_is_returned_once(cluster: Arc<Cluster>) {
-    let db = ReplicaSet::connect(config(&cluster)).await.unwrap();
+    let db = ReplicaSet::connect(cluster.config()).await.unwrap();
     let calls = AtomicUsize::new(0);
     let err = db
         .read(async |conn| {
@@ -345,7 +335,7 @@ async fn an_sql_error_on_a_replica_is_returned_once(cluster: Arc<Cluster>) {
 }
 
 async fn balanced(cluster: &Cluster, balance: Balance, weights: Vec<u32>) -> ReplicaSet {
-    let mut config = config(cluster);
+    let mut config = cluster.config();
     config.balance = balance;
     config.replica_weights = weights;
     ReplicaSet::connect(config).await.unwrap()
@@ -377,7 +367,7 @@ async fn weighted_three_to_one_spreads_three_to_one(cluster: Arc<Cluster>) {
 async fn least_in_flight_prefers_the_idle_replica_when_one_is_slow(cluster: Arc<Cluster>) {
     let ports = replica_ports(&cluster);
     let slow_port = ports[1];
-    let mut config = pool_for_load(config(&cluster));
+    let mut config = cluster.load_config(READERS);
     config.balance = Balance::LeastInFlight;
     let db = ReplicaSet::connect(config).await.unwrap();
     let slow = format!(

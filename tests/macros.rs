@@ -7,11 +7,11 @@ mod common;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use common::{Served, WHO_SERVED, closed_port, config, replica_ports};
+use common::{closed_port, replica_ports};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_replica::{Config, Error, ReplicaSet, ReplicatedRepo, read_only, write};
-use replica_testkit::{Cluster, NodeId};
+use replica_testkit::{Cluster, NodeId, Served, WHO_SERVED};
 
 // `table!` generates public items without docs.
 #[allow(missing_docs)]
@@ -129,7 +129,7 @@ impl Db {
 }
 
 async fn read_only_methods_run_on_replicas_read_only(cluster: Arc<Cluster>) {
-    let db = Db::connect(config(&cluster)).await.unwrap();
+    let db = Db::connect(cluster.config()).await.unwrap();
     assert_eq!(db.label, "", "other fields take their default");
     // Reads one at a time find both replicas idle, and the balancer picks
     // one at random: 4 reads all landed on one replica one run in 8.
@@ -150,7 +150,7 @@ async fn read_only_methods_run_on_replicas_read_only(cluster: Arc<Cluster>) {
 }
 
 async fn read_only_primary_runs_on_the_writer_read_only(cluster: Arc<Cluster>) {
-    let db = Db::connect(config(&cluster)).await.unwrap();
+    let db = Db::connect(cluster.config()).await.unwrap();
     let served = db.who_fresh().await.unwrap();
     assert_eq!(served.port, i32::from(cluster.primary().port()));
     assert!(!served.in_recovery);
@@ -158,7 +158,7 @@ async fn read_only_primary_runs_on_the_writer_read_only(cluster: Arc<Cluster>) {
 }
 
 async fn write_methods_run_on_the_writer_in_a_transaction(cluster: Arc<Cluster>) {
-    let db = Db::connect(config(&cluster)).await.unwrap();
+    let db = Db::connect(cluster.config()).await.unwrap();
     let served = db.add("kept").await.unwrap();
     assert_eq!(served.port, i32::from(cluster.primary().port()));
     assert_eq!(served.read_only, "off");
@@ -180,7 +180,7 @@ async fn write_methods_run_on_the_writer_in_a_transaction(cluster: Arc<Cluster>)
 }
 
 async fn a_write_hidden_in_a_function_fails_at_run_time(cluster: Arc<Cluster>) {
-    let db = Db::connect(config(&cluster)).await.unwrap();
+    let db = Db::connect(cluster.config()).await.unwrap();
     let err = db.sneaky("hidden").await.unwrap_err();
     assert!(matches!(err, Error::ReadOnlyViolation { .. }), "{err:?}");
     let count = cluster
@@ -193,7 +193,7 @@ async fn a_write_hidden_in_a_function_fails_at_run_time(cluster: Arc<Cluster>) {
 }
 
 async fn early_return_and_question_mark_keep_working(cluster: Arc<Cluster>) {
-    let mut db = Db::connect(config(&cluster)).await.unwrap();
+    let mut db = Db::connect(cluster.config()).await.unwrap();
     db.label = "repo".into();
     let err = db.body_of(-1).await.unwrap_err();
     assert!(
@@ -219,7 +219,7 @@ async fn early_return_and_question_mark_keep_working(cluster: Arc<Cluster>) {
 }
 
 async fn own_error_types_receive_routing_errors(cluster: Arc<Cluster>) {
-    let db = Db::connect(config(&cluster)).await.unwrap();
+    let db = Db::connect(cluster.config()).await.unwrap();
     let count = db.count_as_app().await.unwrap();
     assert!(count >= 0);
     let closed_port = closed_port();
@@ -239,7 +239,7 @@ async fn own_error_types_receive_routing_errors(cluster: Arc<Cluster>) {
 }
 
 async fn methods_run_concurrently_from_spawned_tasks(cluster: Arc<Cluster>) {
-    let db = Db::connect(config(&cluster)).await.unwrap();
+    let db = Db::connect(cluster.config()).await.unwrap();
     let tasks: Vec<_> = (0..24)
         .map(|i| {
             let db = db.clone();
@@ -276,13 +276,13 @@ async fn unit_struct_repos_connect_once(cluster: Arc<Cluster>) {
         matches!(err, Error::NotConnected { repo: "Global" }),
         "{err:?}"
     );
-    let global = Global::connect(config(&cluster)).await.unwrap();
+    let global = Global::connect(cluster.config()).await.unwrap();
     assert!(global.who().await.unwrap().in_recovery);
     assert!(
         Global.who().await.is_ok(),
         "every value of a unit repo shares its set"
     );
-    let again = Global::connect(config(&cluster)).await.err().unwrap();
+    let again = Global::connect(cluster.config()).await.err().unwrap();
     assert!(
         matches!(again, Error::AlreadyConnected { repo: "Global" }),
         "{again:?}"

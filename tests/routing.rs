@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
-use common::{Served, WHO_SERVED, closed_port, config, replica_ports, report, who_served};
+use common::{closed_port, replica_ports, report};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::RunQueryDsl;
 use diesel_replica::{Config, Error, ReplicaSet};
-use replica_testkit::{Cluster, NodeId};
+use replica_testkit::{Cluster, NodeId, Served, WHO_SERVED, who_served};
 
 const SETUP: &str = "CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL)";
 
@@ -51,7 +51,7 @@ fn main() -> ExitCode {
 }
 
 async fn connect(cluster: &Cluster) -> ReplicaSet {
-    ReplicaSet::connect(config(cluster)).await.unwrap()
+    ReplicaSet::connect(cluster.config()).await.unwrap()
 }
 
 async fn reads_land_on_replicas_in_read_only_transactions(cluster: Arc<Cluster>) {
@@ -75,9 +75,13 @@ async fn writes_land_on_the_writer(cluster: Arc<Cluster>) {
     }
     let inserted = db
         .write(async |conn| {
-            diesel::sql_query("INSERT INTO items (name) VALUES ('written') RETURNING inet_server_port() AS port, pg_is_in_recovery() AS in_recovery, 'off' AS read_only")
-                .get_result::<Served>(conn)
-                .await
+            diesel::sql_query(concat!(
+                "INSERT INTO items (name) VALUES ('written') RETURNING ",
+                replica_testkit::server_columns!(),
+                ", pg_is_in_recovery() AS in_recovery, 'off' AS read_only"
+            ))
+            .get_result::<Served>(conn)
+            .await
         })
         .await
         .unwrap();
@@ -248,7 +252,7 @@ async fn reads_run_concurrently_from_spawned_tasks(cluster: Arc<Cluster>) {
 }
 
 async fn warm_up_opens_connections_on_every_node(cluster: Arc<Cluster>) {
-    let mut config = config(&cluster);
+    let mut config = cluster.config();
     config.application_name = "warm-up-test".into();
     config.writer_pool.warm_up = 2;
     config.replica_pool.warm_up = 3;

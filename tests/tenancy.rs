@@ -7,13 +7,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use common::{Served, WHO_SERVED, config, who_served};
 use diesel::QueryableByName;
 use diesel::sql_types::{Integer, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use diesel_replica::{Config, Error, ReplicaSet, ReplicatedRepo, Tenant, read_only, write};
-use replica_testkit::{Cluster, NodeId};
+use replica_testkit::{Cluster, NodeId, Served, WHO_SERVED, who_served};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("tests/migrations");
 
@@ -55,7 +54,7 @@ fn tenant(i: usize) -> Tenant {
 }
 
 async fn fifty_tenants_never_see_each_others_rows(cluster: Arc<Cluster>) {
-    let mut config = config(&cluster);
+    let mut config = cluster.config();
     config.replica_pool.max_size = 16;
     config.writer_pool.max_size = 16;
     let db = ReplicaSet::connect(config).await.unwrap();
@@ -137,7 +136,7 @@ async fn a_scoped_search_path_ends_with_its_transaction(cluster: Arc<Cluster>) {
 }
 
 async fn an_unknown_tenant_is_an_error_not_a_read_of_public(cluster: Arc<Cluster>) {
-    let db = ReplicaSet::connect(config(&cluster)).await.unwrap();
+    let db = ReplicaSet::connect(cluster.config()).await.unwrap();
     let ran = AtomicUsize::new(0);
     let err = db
         .tenant(&Tenant::new("not_provisioned").unwrap())
@@ -223,7 +222,7 @@ impl Db {
 /// `&Tenant` under an alias (or bound to `_`) ran unscoped, reading and
 /// writing the shared `public.items`.
 async fn a_tenant_under_an_alias_scopes_the_method_not_the_shared_schemas(cluster: Arc<Cluster>) {
-    let db = Db::connect(config(&cluster)).await.unwrap();
+    let db = Db::connect(cluster.config()).await.unwrap();
     for i in [4, 23] {
         let owners = db.owners_of_org(&tenant(i)).await.unwrap();
         let owners: Vec<&str> = owners.iter().map(|o| o.owner.as_str()).collect();
@@ -235,7 +234,7 @@ async fn a_tenant_under_an_alias_scopes_the_method_not_the_shared_schemas(cluste
 }
 
 async fn tenant_scoped_read_only_methods_run_on_replicas_read_only(cluster: Arc<Cluster>) {
-    let db = Db::connect(config(&cluster)).await.unwrap();
+    let db = Db::connect(cluster.config()).await.unwrap();
     for i in [3, 11, 42] {
         let rows = db.owners(&tenant(i)).await.unwrap();
         assert!(!rows.is_empty());
@@ -262,7 +261,7 @@ fn tables(cluster: &Cluster, schema: &str) -> String {
 }
 
 async fn provisioning_twice_changes_nothing_and_replicas_receive_it(cluster: Arc<Cluster>) {
-    let db = ReplicaSet::connect(config(&cluster)).await.unwrap();
+    let db = ReplicaSet::connect(cluster.config()).await.unwrap();
     let fresh = Tenant::new("fresh_tenant").unwrap();
     let first = db.provision_tenant(&fresh, MIGRATIONS).await.unwrap();
     assert!(first.created_schema);
@@ -309,7 +308,7 @@ async fn a_failing_migration_leaves_its_tenant_as_it_was_and_the_others_run(clus
         )
         .unwrap();
     let before = tables(&cluster, "broken");
-    let db = ReplicaSet::connect(config(&cluster)).await.unwrap();
+    let db = ReplicaSet::connect(cluster.config()).await.unwrap();
     let tenants = ["good_one", "broken", "good_two"].map(|name| Tenant::new(name).unwrap());
     let mut heard = Vec::new();
     let results = db
@@ -338,8 +337,8 @@ async fn a_failing_migration_leaves_its_tenant_as_it_was_and_the_others_run(clus
 }
 
 async fn a_tenant_not_yet_on_the_replicas_is_read_on_the_writer(cluster: Arc<Cluster>) {
-    let db = ReplicaSet::connect(config(&cluster)).await.unwrap();
-    let mut strict = config(&cluster);
+    let db = ReplicaSet::connect(cluster.config()).await.unwrap();
+    let mut strict = cluster.config();
     strict.health.reads_fall_back_to_writer = false;
     let strict = ReplicaSet::connect(strict).await.unwrap();
     let newcomer = Tenant::new("newcomer").unwrap();

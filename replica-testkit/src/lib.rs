@@ -5,6 +5,11 @@
 //! Everything is synchronous (plain [`std::process::Command`]). When running as
 //! root, every PostgreSQL command runs as the `postgres` user.
 //!
+//! Beside the cluster: [`Cluster::config`] and [`Cluster::load_config`] (a
+//! `Config` for the cluster), [`WHO_SERVED`] and [`Served`] (which server
+//! ran a query, as it reports itself), and [`Rng`] (a small seeded random
+//! number generator).
+//!
 //! ```no_run
 //! use replica_testkit::{Cluster, NodeId};
 //!
@@ -26,6 +31,12 @@ use std::time::{Duration, Instant};
 use std::{env, fs, io, thread};
 
 use tempfile::TempDir;
+
+mod load;
+mod served;
+
+pub use load::Rng;
+pub use served::{Served, WHO_SERVED, who_served};
 
 /// Password of the `postgres` role; TCP connections must present it.
 const PASSWORD: &str = "testkit-s3cret-pw";

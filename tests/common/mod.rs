@@ -10,9 +10,6 @@ use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use diesel::QueryableByName;
-use diesel::sql_types::{Bool, Integer, Text};
-use diesel_replica::Config;
 use libtest_mimic::{Arguments, Trial};
 use replica_testkit::Cluster;
 
@@ -77,45 +74,6 @@ macro_rules! tests {
             (|c| -> common::TestFuture { Box::pin($name(c)) }) as fn(_) -> _,
         )),*]
     };
-}
-
-/// Which server answered, asked of the server itself.
-#[derive(QueryableByName, Debug)]
-pub(crate) struct Served {
-    /// `inet_server_port()`.
-    #[diesel(sql_type = Integer)]
-    pub(crate) port: i32,
-    /// `pg_is_in_recovery()`: true on a replica.
-    #[diesel(sql_type = Bool)]
-    pub(crate) in_recovery: bool,
-    /// `transaction_read_only`: `on` inside a READ ONLY transaction.
-    #[diesel(sql_type = Text)]
-    pub(crate) read_only: String,
-}
-
-/// Which server a connection is on, for `db.read(who_served)` and the like.
-pub(crate) async fn who_served(
-    conn: &mut diesel_async::AsyncPgConnection,
-) -> diesel::QueryResult<Served> {
-    use diesel_async::RunQueryDsl;
-
-    diesel::sql_query(WHO_SERVED).get_result(conn).await
-}
-
-/// The query behind [`Served`].
-pub(crate) const WHO_SERVED: &str = "SELECT inet_server_port() AS port, pg_is_in_recovery() AS in_recovery, \
-     current_setting('transaction_read_only') AS read_only";
-
-/// The cluster's writer and every replica, default pools.
-pub(crate) fn config(cluster: &Cluster) -> Config {
-    cluster
-        .replica_urls()
-        .iter()
-        .try_fold(
-            Config::new(&cluster.writer_url()).unwrap(),
-            |config, url| config.with_replica(url),
-        )
-        .unwrap()
 }
 
 /// The replicas' ports, in order.

@@ -1,4 +1,4 @@
--- One tenant's table for examples/loadgen.rs, created inside the tenant's
+-- One tenant's table for the loadgen crate, created inside the tenant's
 -- schema by `provision_tenants`. `tenant` records the schema the row was
 -- inserted into, so that a read or a write scoped to another tenant that
 -- reaches this row shows up as a cross-tenant violation.

@@ -1,0 +1,150 @@
+//! The command line: flags, their defaults and the checks between them.
+
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::faults::FaultPlan;
+
+/// Load generator for diesel-replica: runs reads and writes through a
+/// ReplicaSet and reports where each ran, throughput and read latency.
+///
+/// Without --local, the cluster comes from DATABASE_URL (or DATABASE_SECRET)
+/// and DATABASE_REPLICA_URLS / DATABASE_REPLICA_HOSTS. Progress goes to
+/// stderr, one JSON summary line to stdout.
+#[derive(Parser, Debug)]
+#[command(version)]
+pub(crate) struct Args {
+    /// How long to run, in seconds.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub(crate) duration: u64,
+
+    /// How many tasks issue queries at once.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 16,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub(crate) concurrency: u32,
+
+    /// Fraction of operations that are reads, from 0 (only writes) to 1 (only reads).
+    #[arg(long, value_name = "R", default_value_t = 0.9, value_parser = parse_read_ratio)]
+    pub(crate) read_ratio: f64,
+
+    /// Ignore the environment and start a throwaway local cluster with N
+    /// streaming replicas (needs the PostgreSQL server binaries); it is
+    /// removed on exit.
+    #[arg(long, value_name = "N")]
+    pub(crate) local: Option<usize>,
+
+    /// With --local: kill replica 0 (immediate shutdown) this many seconds
+    /// into the run (decimals allowed).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub(crate) kill_replica_at: Option<Duration>,
+
+    /// With --local and --kill-replica-at: start replica 0 again this many
+    /// seconds into the run (later than the kill).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub(crate) restart_replica_at: Option<Duration>,
+
+    /// Add to the JSON a "timeline" of 100 ms buckets: reads, writes,
+    /// errors, and reads per node.
+    #[arg(long)]
+    pub(crate) timeline: bool,
+
+    /// Provision N tenants (schemas tenant_0 .. tenant_{N-1}) and run every
+    /// operation scoped to a random one of them; 0: no tenants.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub(crate) tenants: u32,
+}
+
+impl Args {
+    /// Checks what clap cannot: the fault flags against each other,
+    /// `--local` and `--duration`.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        let (kill, restart) = (self.kill_replica_at, self.restart_replica_at);
+        if kill.is_none() && restart.is_none() {
+            return Ok(());
+        }
+        match self.local {
+            None => {
+                return Err(
+                    "--kill-replica-at and --restart-replica-at need --local N: loadgen \
+                     only kills and restarts replicas of the throwaway cluster it starts itself"
+                        .into(),
+                );
+            }
+            Some(0) => {
+                return Err(
+                    "--kill-replica-at needs a replica to kill: use --local 1 or more".into(),
+                );
+            }
+            Some(_) => {}
+        }
+        let Some(kill) = kill else {
+            return Err(
+                "--restart-replica-at needs --kill-replica-at: only a killed replica is restarted"
+                    .into(),
+            );
+        };
+        let run = Duration::from_secs(self.duration);
+        if kill >= run {
+            return Err(format!(
+                "--kill-replica-at {} is not within the run (--duration {})",
+                kill.as_secs_f64(),
+                self.duration
+            ));
+        }
+        match restart {
+            Some(restart) if restart <= kill => Err(format!(
+                "--restart-replica-at {} must be later than --kill-replica-at {}",
+                restart.as_secs_f64(),
+                kill.as_secs_f64()
+            )),
+            Some(restart) if restart >= run => Err(format!(
+                "--restart-replica-at {} is not within the run (--duration {})",
+                restart.as_secs_f64(),
+                self.duration
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The faults to inject, if any (after [`Args::check`]).
+    pub(crate) fn faults(&self) -> Option<FaultPlan> {
+        Some(FaultPlan {
+            kill_at: self.kill_replica_at?,
+            restart_at: self.restart_replica_at,
+        })
+    }
+}
+
+/// A time into the run, in seconds with decimals.
+pub(crate) fn parse_secs(value: &str) -> Result<Duration, String> {
+    let secs: f64 = value.trim().parse().map_err(|_| {
+        format!("`{value}` is not a number; expected seconds into the run, such as 3 or 2.5")
+    })?;
+    Duration::try_from_secs_f64(secs).map_err(|_| {
+        format!("`{value}` is not a time into the run; expected seconds from 0, such as 3 or 2.5")
+    })
+}
+
+pub(crate) fn parse_read_ratio(value: &str) -> Result<f64, String> {
+    let ratio: f64 = value.trim().parse().map_err(|_| {
+        format!("`{value}` is not a number; expected a fraction from 0 to 1, such as 0.9")
+    })?;
+    if (0.0..=1.0).contains(&ratio) {
+        Ok(ratio)
+    } else {
+        Err(format!(
+            "{value} is outside 0..=1; expected the fraction of operations that are reads, \
+             such as 0.9 (0 = only writes, 1 = only reads)"
+        ))
+    }
+}

@@ -1,0 +1,218 @@
+//! Fault injection with `--kill-replica-at` and `--restart-replica-at`:
+//! the kill and restart timeline of replica 0 of the local cluster, and
+//! the watch on its health.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use diesel_replica::Health;
+use replica_testkit::{Cluster, NodeId};
+use serde_json::{Value, json};
+
+use crate::repo::Items;
+use crate::report::ms_since;
+
+/// How often the health of the replica under `--kill-replica-at` is looked at.
+pub(crate) const HEALTH_POLL: Duration = Duration::from_millis(10);
+/// A fault time that has not happened (yet).
+pub(crate) const UNSET: u64 = u64::MAX;
+
+/// What `--kill-replica-at` and `--restart-replica-at` ask for.
+#[derive(Clone, Copy)]
+pub(crate) struct FaultPlan {
+    pub(crate) kill_at: Duration,
+    pub(crate) restart_at: Option<Duration>,
+}
+
+/// When each fault event happened, in ms since the start of the run
+/// ([`UNSET`] until it does), shared by the fault task, the health watch
+/// and the workers.
+pub(crate) struct FaultClock {
+    start: Instant,
+    /// Replica 0, `host:port` as configured (and, locally, as reported).
+    address: String,
+    host: String,
+    port: i32,
+    kill_issued: AtomicU64,
+    killed: AtomicU64,
+    ejected: AtomicU64,
+    restart_issued: AtomicU64,
+    restarted: AtomicU64,
+    readmitted: AtomicU64,
+    first_read_after_restart: AtomicU64,
+}
+
+impl FaultClock {
+    pub(crate) fn new(start: Instant, address: &str) -> Result<Self, String> {
+        let (host, port) = address
+            .rsplit_once(':')
+            .and_then(|(host, port)| Some((host, port.parse().ok()?)))
+            .ok_or_else(|| format!("replica 0's address `{address}` is not host:port"))?;
+        let unset = || AtomicU64::new(UNSET);
+        Ok(Self {
+            start,
+            address: address.to_owned(),
+            host: host.trim_matches(['[', ']']).to_owned(),
+            port,
+            kill_issued: unset(),
+            killed: unset(),
+            ejected: unset(),
+            restart_issued: unset(),
+            restarted: unset(),
+            readmitted: unset(),
+            first_read_after_restart: unset(),
+        })
+    }
+
+    /// Records `event` as happening now (once) and prints it on stderr.
+    pub(crate) fn record(&self, event: &AtomicU64, what: impl std::fmt::Display) {
+        let now = ms_since(self.start, Instant::now());
+        if event
+            .compare_exchange(UNSET, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            eprintln!("loadgen: t={:.3}s {what}", now as f64 / 1000.0);
+        }
+    }
+
+    pub(crate) fn get(event: &AtomicU64) -> Option<u64> {
+        Some(AtomicU64::load(event, Ordering::Relaxed)).filter(|&ms| ms != UNSET)
+    }
+
+    /// A read served by `host:port` ended at `done`: the first one on
+    /// replica 0 after its restart was issued is recorded. (Replica 0 is
+    /// down from the kill to the restart, so such a read ran on the
+    /// restarted server.)
+    pub(crate) fn saw_read(&self, host: Option<&str>, port: i32, done: Instant) {
+        if port != self.port
+            || host != Some(self.host.as_str())
+            || Self::get(&self.restart_issued).is_none()
+            || Self::get(&self.first_read_after_restart).is_some()
+        {
+            return;
+        }
+        let at = ms_since(self.start, done);
+        if self
+            .first_read_after_restart
+            .compare_exchange(UNSET, at, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            eprintln!(
+                "loadgen: t={:.3}s first read served by restarted replica-0 ({})",
+                at as f64 / 1000.0,
+                self.address
+            );
+        }
+    }
+
+    /// The `faults` object of the summary.
+    pub(crate) fn to_json(&self) -> Value {
+        let restarted = Self::get(&self.restarted);
+        let first_read = Self::get(&self.first_read_after_restart);
+        json!({
+            "replica": self.address,
+            "kill_issued_at_ms": Self::get(&self.kill_issued),
+            "killed_at_ms": Self::get(&self.killed),
+            "ejected_at_ms": Self::get(&self.ejected),
+            "restart_issued_at_ms": Self::get(&self.restart_issued),
+            "restarted_at_ms": restarted,
+            "readmitted_at_ms": Self::get(&self.readmitted),
+            "first_read_after_restart_ms": first_read,
+            "readmission_ms": restarted
+                .zip(first_read)
+                .map(|(restarted, first)| first as i64 - restarted as i64),
+        })
+    }
+}
+
+/// Kills replica 0 and restarts it as planned. The testkit's calls block
+/// (up to a second), so they run on the blocking pool while the workers go on.
+pub(crate) async fn inject_faults(
+    cluster: Arc<Cluster>,
+    plan: FaultPlan,
+    clock: Arc<FaultClock>,
+) -> Result<(), String> {
+    let replica = NodeId::Replica(0);
+    let address = clock.address.clone();
+    tokio::time::sleep_until((clock.start + plan.kill_at).into()).await;
+    clock.record(
+        &clock.kill_issued,
+        format_args!("killing replica-0 ({address}): immediate shutdown"),
+    );
+    blocking(&cluster, move |cluster| cluster.kill(replica))
+        .await
+        .map_err(|e| format!("cannot kill replica-0 ({address}): {e}"))?;
+    clock.record(&clock.killed, "replica-0 is down (pg_ctl stop returned)");
+    let Some(restart_at) = plan.restart_at else {
+        return Ok(());
+    };
+    tokio::time::sleep_until((clock.start + restart_at).into()).await;
+    clock.record(
+        &clock.restart_issued,
+        format_args!("restarting replica-0 ({address})"),
+    );
+    blocking(&cluster, move |cluster| cluster.start_node(replica))
+        .await
+        .map_err(|e| format!("cannot restart replica-0 ({address}): {e}"))?;
+    clock.record(
+        &clock.restarted,
+        "replica-0 accepts connections again (pg_ctl start returned)",
+    );
+    Ok(())
+}
+
+/// Runs a blocking testkit call on the blocking pool.
+pub(crate) async fn blocking(
+    cluster: &Arc<Cluster>,
+    call: impl FnOnce(&Cluster) -> Result<(), replica_testkit::Error> + Send + 'static,
+) -> Result<(), String> {
+    let cluster = cluster.clone();
+    match tokio::task::spawn_blocking(move || call(&cluster)).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("the blocking task failed: {e}")),
+    }
+}
+
+/// Watches replica 0's health until the deadline and records (and prints)
+/// its first ejection and the first re-admission after it; later changes
+/// are printed only.
+pub(crate) async fn watch_health(db: Items, clock: Arc<FaultClock>, deadline: Instant) {
+    let mut ticks = tokio::time::interval(HEALTH_POLL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut was_up = true;
+    while Instant::now() < deadline {
+        ticks.tick().await;
+        let Some(replica) = db.replica_set().status().replicas.into_iter().next() else {
+            return;
+        };
+        let up = matches!(replica.health, Health::Up);
+        if up == was_up {
+            continue;
+        }
+        was_up = up;
+        let event = match (up, FaultClock::get(&clock.ejected)) {
+            (false, None) => &clock.ejected,
+            (true, Some(_)) if FaultClock::get(&clock.readmitted).is_none() => &clock.readmitted,
+            _ => {
+                let at = ms_since(clock.start, Instant::now());
+                eprintln!(
+                    "loadgen: t={:.3}s replica-0 is {:?} again",
+                    at as f64 / 1000.0,
+                    replica.health
+                );
+                continue;
+            }
+        };
+        let what = if up {
+            "replica-0 is re-admitted (health Up)".to_owned()
+        } else {
+            format!(
+                "replica-0 is ejected (ejection #{}); last error: {}",
+                replica.ejections,
+                replica.last_error.as_deref().unwrap_or("none")
+            )
+        };
+        clock.record(event, what);
+    }
+}

@@ -1,0 +1,159 @@
+//! `loadgen`: a load generator for diesel-replica. It runs reads and writes
+//! through a `#[derive(ReplicatedRepo)]` repo against your cluster or a
+//! throwaway local one, and prints where each query ran, throughput, read
+//! latency and errors as one line of JSON.
+//!
+//! Flags, configuration, output and examples: see `README.md` in this
+//! crate's directory (`loadgen/README.md`).
+//!
+//! ```text
+//! cargo run --release -p loadgen -- --local 2 --duration 5
+//! ```
+
+mod args;
+mod faults;
+mod repo;
+mod report;
+mod setup;
+mod workers;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
+use diesel_replica::Config;
+use replica_testkit::Cluster;
+use serde_json::Value;
+use tracing_subscriber::EnvFilter;
+
+use crate::args::Args;
+use crate::faults::{FaultClock, inject_faults, watch_health};
+
+/// A failure that ends the run before or instead of the JSON summary.
+pub(crate) struct Fatal {
+    pub(crate) message: String,
+    pub(crate) code: u8,
+}
+
+impl Fatal {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code: 1,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(message) = args.check() {
+        Args::command()
+            .bin_name("loadgen")
+            .error(ErrorKind::ArgumentConflict, message)
+            .exit();
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    // Owned here, outside `run`, so that the local cluster outlives the
+    // runtime and its pools: the servers stop after every connection is gone.
+    // The fault injection shares it, and is over before `run` returns.
+    let mut cluster = None;
+    match run(&args, &mut cluster) {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(fatal) => {
+            eprintln!("loadgen: {}", fatal.message);
+            ExitCode::from(fatal.code)
+        }
+    }
+}
+
+fn run(args: &Args, cluster: &mut Option<Arc<Cluster>>) -> Result<Value, Fatal> {
+    let concurrency = args.concurrency as usize;
+    let config = match args.local {
+        Some(replicas) => {
+            eprintln!(
+                "loadgen: --local {replicas}: starting a throwaway local cluster (primary + \
+                 {replicas} streaming replicas) with replica_testkit; it is removed on exit"
+            );
+            let local = cluster
+                .insert(Arc::new(Cluster::start(replicas).map_err(|e| {
+                    Fatal::new(format!("cannot start the local cluster: {e}"))
+                })?));
+            // Both pools hold exactly `--concurrency` connections, opened
+            // before the clock starts.
+            local.load_config(concurrency)
+        }
+        None => setup::env_config(concurrency)?,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Fatal::new(format!("cannot start the tokio runtime: {e}")))?;
+    runtime.block_on(load(args, config, cluster.clone()))
+}
+
+/// Connects, prepares the table, runs the workers (and the faults, with
+/// the local `cluster`) and builds the summary.
+async fn load(args: &Args, config: Config, cluster: Option<Arc<Cluster>>) -> Result<Value, Fatal> {
+    let (db, replicas) = setup::connect(config).await?;
+    let (ids, tenants) = setup::prepare(&db, args).await?;
+
+    eprintln!(
+        "loadgen: running {}s, concurrency {}, read ratio {}",
+        args.duration, args.concurrency, args.read_ratio
+    );
+    // `check` made sure that faults come with a local cluster of at least
+    // one replica.
+    // (`<[_]>::first` spelled out: diesel-async's `RunQueryDsl::first`
+    // would otherwise be picked.)
+    let faults = args.faults().zip(cluster).zip(<[String]>::first(&replicas));
+    let before = db.replica_set().status();
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(args.duration);
+    let clock = match &faults {
+        Some((_, address)) => Some(Arc::new(
+            FaultClock::new(start, address).map_err(Fatal::new)?,
+        )),
+        None => None,
+    };
+    let running = workers::spawn(&db, args, ids, tenants, start, deadline, clock.clone());
+    let injected = match (faults, &clock) {
+        (Some(((plan, cluster), _)), Some(clock)) => Some((
+            tokio::spawn(inject_faults(cluster, plan, clock.clone())),
+            tokio::spawn(watch_health(db.clone(), clock.clone(), deadline)),
+        )),
+        _ => None,
+    };
+
+    let (totals, elapsed) = running.join().await?;
+    if let Some((inject, watch)) = injected {
+        // `check` put the faults inside the run: both end at the deadline,
+        // or (a late restart) as soon as `pg_ctl start` returns.
+        inject
+            .await
+            .map_err(|e| Fatal::new(format!("the fault injection task failed: {e}")))?
+            .map_err(Fatal::new)?;
+        watch
+            .await
+            .map_err(|e| Fatal::new(format!("the health watch task failed: {e}")))?;
+    }
+    Ok(report::summarize(
+        &totals,
+        elapsed,
+        args.tenants,
+        &db,
+        &before,
+        clock.as_deref(),
+    ))
+}

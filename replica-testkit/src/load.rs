@@ -1,0 +1,72 @@
+//! Helpers for load: a [`Config`] for a [`Cluster`] and its pools, and a
+//! small seeded random number generator.
+
+use replica_core::Config;
+
+use crate::Cluster;
+
+impl Cluster {
+    /// A configuration with this cluster's writer and every replica, in
+    /// start order, and default pools.
+    ///
+    /// # Panics
+    /// Never for the URLs a cluster makes; a panic here is a bug.
+    pub fn config(&self) -> Config {
+        Config::new(&self.writer_url())
+            .and_then(|config| {
+                self.replica_urls()
+                    .iter()
+                    .try_fold(config, |config, url| config.with_replica(url))
+            })
+            .unwrap_or_else(|e| panic!("the cluster's own URLs are not a valid config: {e}"))
+    }
+
+    /// As [`Cluster::config`], with pools sized for `tasks` concurrent
+    /// tasks: the writer's and each replica's pool hold exactly `tasks`
+    /// connections, all opened when the replica set connects, so that the
+    /// tasks neither queue for a connection nor wait for one to open.
+    pub fn load_config(&self, tasks: usize) -> Config {
+        let mut config = self.config();
+        for pool in [&mut config.writer_pool, &mut config.replica_pool] {
+            pool.max_size = tasks;
+            pool.warm_up = tasks;
+        }
+        config
+    }
+}
+
+/// A seeded pseudo-random number generator (splitmix64): plenty for picking
+/// ids and operations in tests and load, reproducible from its seed, and no
+/// dependency. Not for anything that needs unpredictability.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator whose sequence is fixed by `seed`; neighbouring seeds
+    /// (such as a seed xor a task index) give unrelated sequences.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in `0..n`, up to a negligible modulo bias.
+    ///
+    /// # Panics
+    /// If `n` is 0.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
