@@ -281,18 +281,65 @@ fn malformed_replica_host_is_rejected() {
 }
 
 #[test]
-fn unknown_and_unsupported_sslmodes_are_rejected() {
+fn unknown_sslmodes_and_unusable_tls_settings_are_rejected() {
     let err = env_err(&[("DATABASE_URL", &format!("{}?sslmode=maybe", writer()))]);
     assert!(
         err.to_string().contains("sslmode `maybe` is unknown; expected one of disable, allow, prefer, require, verify-ca, verify-full"),
         "{err}"
     );
     let err = env_err(&[("DATABASE_URL", &format!("{}?sslmode=verify-full", writer()))]);
+    assert_eq!(
+        err.to_string(),
+        "`writer (writer.internal:5432)`: sslmode=verify-full needs a root certificate: set \
+         sslrootcert to a PEM file (e.g. the RDS bundle) or to `system`"
+    );
+    for mode in ["disable", "allow", "prefer", "require"] {
+        let url = format!("{}?sslmode={mode}", writer());
+        assert!(env(&[("DATABASE_URL", &url)]).is_ok(), "{mode}");
+    }
+    let err = env_err(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_SSLMODE", "verify-ca"),
+        ("DATABASE_SSLROOTCERT", "/nonexistent/rds-bundle.pem"),
+    ]);
+    let text = err.to_string();
     assert!(
-        err.to_string().contains("sslmode `verify-full` needs TLS"),
+        text.contains("sslrootcert `/nonexistent/rds-bundle.pem`"),
+        "{text}"
+    );
+    let err = env_err(&[("DATABASE_URL", &writer()), ("DATABASE_SSLMODE", "strict")]);
+    assert!(
+        err.to_string()
+            .starts_with("`DATABASE_SSLMODE`: sslmode `strict` is unknown"),
         "{err}"
     );
-    assert!(env(&[("DATABASE_URL", &format!("{}?sslmode=prefer", writer()))]).is_ok());
+}
+
+#[test]
+fn tls_defaults_reach_every_node_that_sets_none_of_its_own() {
+    let config = env(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_SSLMODE", "require"),
+        (
+            "DATABASE_REPLICA_URLS",
+            "postgres://app@r1/app,postgres://app@r2/app?sslmode=disable",
+        ),
+        ("DATABASE_REPLICA_HOSTS", "r3"),
+    ])
+    .unwrap();
+    let shown: Vec<String> = std::iter::once(&config.writer)
+        .chain(&config.replicas)
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            "postgres://app:***@writer.internal:5432/app?sslmode=require",
+            "postgres://app@r1:5432/app?sslmode=require",
+            "postgres://app@r2:5432/app?sslmode=disable",
+            "postgres://app:***@r3:5432/app?sslmode=require",
+        ]
+    );
 }
 
 #[test]

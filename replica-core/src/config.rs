@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::balance::Balance;
 use crate::error::ConfigError;
 use crate::tenant::check_identifier;
+use crate::tls::TlsSettings;
 use crate::url::{DatabaseUrl, MAX_TIMEOUT_MS, UrlProblem, redact_address};
 
 /// Where to connect and how to pool: one writer and any number of replicas.
@@ -336,6 +337,8 @@ impl Config {
             replica_urls: list("replica_urls"),
             replica_hosts: list("replica_hosts"),
             application_name: var("application_name"),
+            sslmode: var("sslmode"),
+            sslrootcert: var("sslrootcert"),
             writer_pool,
             replica_pool,
         }
@@ -426,6 +429,19 @@ impl Config {
                 expected: "at most 63 bytes, without control characters",
             });
         }
+        for (name, url) in std::iter::once(("writer".to_owned(), &self.writer)).chain(
+            self.replicas
+                .iter()
+                .enumerate()
+                .map(|(i, url)| (format!("replica-{i}"), url)),
+        ) {
+            url.tls
+                .client_config()
+                .map_err(|problem| ConfigError::InvalidTls {
+                    key: format!("{name} ({})", url.address()),
+                    problem,
+                })?;
+        }
         for schema in &self.shared_schemas {
             check_identifier(schema).map_err(|problem| ConfigError::InvalidSchema {
                 key: naming.key("shared_schemas"),
@@ -480,6 +496,8 @@ struct Settings {
     replica_urls: Vec<String>,
     replica_hosts: Vec<String>,
     application_name: Option<String>,
+    sslmode: Option<String>,
+    sslrootcert: Option<String>,
     writer_pool: PoolConfig,
     replica_pool: PoolConfig,
     balance: Option<Balance>,
@@ -558,6 +576,8 @@ impl Naming {
             "replica_urls" => "REPLICA_URLS",
             "replica_hosts" => "REPLICA_HOSTS",
             "application_name" => "APPLICATION_NAME",
+            "sslmode" => "SSLMODE",
+            "sslrootcert" => "SSLROOTCERT",
             "writer_pool.max_size" => "WRITER_POOL_SIZE",
             "replica_pool.max_size" => "REPLICA_POOL_SIZE",
             "writer_pool.warm_up" | "replica_pool.warm_up" | "warm_up" => "WARM_UP",
@@ -605,6 +625,23 @@ impl Settings {
                 });
             }
         };
+        // `DATABASE_SSLMODE` and `DATABASE_SSLROOTCERT` stand for what a
+        // node's own URL does not say; replica hosts take the writer's.
+        let mut tls = TlsSettings::default();
+        for (field, value) in [
+            ("sslmode", &self.sslmode),
+            ("sslrootcert", &self.sslrootcert),
+        ] {
+            if let Some(value) = value {
+                tls.set(field, value.trim())
+                    .map_err(|problem| ConfigError::InvalidTls {
+                        key: naming.key(field),
+                        problem,
+                    })?;
+            }
+        }
+        let mut writer = writer;
+        writer.tls.inherit(&tls);
         let mut config = Config {
             writer,
             replicas: Vec::new(),
@@ -624,7 +661,8 @@ impl Settings {
         let urls_key = naming.key("replica_urls");
         for (i, url) in self.replica_urls.iter().enumerate() {
             let key = format!("{urls_key}[{i}]");
-            let replica = parse_url(&key, url)?;
+            let mut replica = parse_url(&key, url)?;
+            replica.tls.inherit(&tls);
             config.push_replica(key, replica)?;
         }
         let hosts_key = naming.key("replica_hosts");

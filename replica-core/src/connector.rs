@@ -11,51 +11,123 @@ use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod, SetupCallback,
 };
+use tokio_postgres::config::SslMode as WireSslMode;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::PoolConfig;
 use crate::error::error_chain;
+use crate::tls::SslMode;
 use crate::url::DatabaseUrl;
 
-/// A pool of connections to the node `url` names.
+/// A pool of connections to the node `url` names, with its TLS settings.
 ///
 /// Idle connections are recycled without a check (diesel-async's `Fast`):
 /// the first statement of each use is the check (see the attempt module).
+///
+/// # Errors
+/// The TLS settings cannot be used: a certificate file is missing or
+/// malformed, or the mode needs a root certificate that is not given.
 pub(crate) fn pool(
     url: &DatabaseUrl,
     config: &PoolConfig,
     application_name: &str,
-) -> Pool<AsyncPgConnection> {
+) -> Result<Pool<AsyncPgConnection>, String> {
+    let tls = url.tls.client_config()?.map(MakeRustlsConnect::new);
     let mut manager_config = ManagerConfig::default();
     manager_config.recycling_method = RecyclingMethod::Fast;
-    manager_config.custom_setup =
-        connector(url.connect_config(application_name, config.statement_timeout()));
+    manager_config.custom_setup = connector(
+        url.connect_config(application_name, config.statement_timeout()),
+        url.tls.mode(),
+        tls,
+    );
     // The manager's URL string is only a label: connections are opened
     // from the parsed settings above.
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
         url.to_string(),
         manager_config,
     );
-    Pool::builder(manager)
+    Ok(Pool::builder(manager)
         .max_size(config.max_size)
         .wait_timeout(config.wait_timeout)
         .create_timeout(config.connect_timeout)
         .recycle_timeout(config.recycle_timeout)
         .runtime(Runtime::Tokio1)
         .build()
-        .expect("a pool with a runtime always builds")
+        .expect("a pool with a runtime always builds"))
 }
 
 /// Opens connections from parsed settings, the one reading of the URL.
-fn connector(config: tokio_postgres::Config) -> SetupCallback<AsyncPgConnection> {
+fn connector(
+    config: tokio_postgres::Config,
+    mode: SslMode,
+    tls: Option<MakeRustlsConnect>,
+) -> SetupCallback<AsyncPgConnection> {
     let config = Arc::new(config);
     Box::new(move |_label| {
         let config = Arc::clone(&config);
+        let tls = tls.clone();
         Box::pin(async move {
-            let (client, connection) = config
-                .connect(tokio_postgres::NoTls)
+            connect(&config, mode, tls)
                 .await
-                .map_err(|e| ConnectionError::BadConnection(error_chain(&e)))?;
-            AsyncPgConnection::try_from_client_and_connection(client, connection).await
+                .map_err(|e| ConnectionError::BadConnection(format!("sslmode={mode}: {e}")))
         })
     })
+}
+
+/// One connection, encrypted as `mode` asks (see the tls module).
+async fn connect(
+    config: &tokio_postgres::Config,
+    mode: SslMode,
+    tls: Option<MakeRustlsConnect>,
+) -> Result<AsyncPgConnection, String> {
+    let Some(tls) = tls.filter(|_| mode != SslMode::Disable) else {
+        return plain(config).await.map_err(|e| error_chain(&e));
+    };
+    let encrypted = |wire| {
+        let mut config = config.clone();
+        config.ssl_mode(wire);
+        async move {
+            let (client, connection) = config.connect(tls).await.map_err(|e| error_chain(&e))?;
+            AsyncPgConnection::try_from_client_and_connection(client, connection)
+                .await
+                .map_err(|e| error_chain(&e))
+        }
+    };
+    match mode {
+        // Plaintext first; TLS when the server refuses it.
+        SslMode::Allow => match plain(config).await {
+            Ok(conn) => Ok(conn),
+            Err(Refused::Server(_)) => encrypted(WireSslMode::Require).await,
+            Err(e) => Err(error_chain(&e)),
+        },
+        SslMode::Prefer => encrypted(WireSslMode::Prefer).await,
+        _ => encrypted(WireSslMode::Require).await,
+    }
+}
+
+/// Why a plaintext connection failed: the server said no (so `allow`
+/// tries TLS), or anything else.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error(transparent)]
+    Server(tokio_postgres::Error),
+    #[error(transparent)]
+    Other(tokio_postgres::Error),
+    #[error(transparent)]
+    Setup(ConnectionError),
+}
+
+async fn plain(config: &tokio_postgres::Config) -> Result<AsyncPgConnection, Refused> {
+    let mut config = config.clone();
+    config.ssl_mode(WireSslMode::Disable);
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| {
+        if e.as_db_error().is_some() {
+            Refused::Server(e)
+        } else {
+            Refused::Other(e)
+        }
+    })?;
+    AsyncPgConnection::try_from_client_and_connection(client, connection)
+        .await
+        .map_err(Refused::Setup)
 }

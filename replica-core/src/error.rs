@@ -131,6 +131,16 @@ pub enum ConfigError {
         #[source]
         problem: crate::tenant::NameError,
     },
+    /// TLS settings that cannot be used: an unknown `sslmode`, a missing
+    /// or malformed certificate file, a mode that needs a root certificate
+    /// without one.
+    #[error("`{key}`: {problem}")]
+    InvalidTls {
+        /// The setting, or the node whose settings they are.
+        key: String,
+        /// What is wrong, naming the file where one is at fault.
+        problem: String,
+    },
     /// A number outside the range its setting accepts.
     #[error("`{key}` = {value} is out of range: expected {expected}")]
     OutOfRange {

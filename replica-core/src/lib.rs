@@ -18,6 +18,7 @@ mod route;
 mod session;
 mod set;
 mod tenant;
+mod tls;
 mod topology;
 mod url;
 
@@ -34,5 +35,6 @@ pub use crate::provision::Provisioned;
 pub use crate::route::AsyncFunc;
 pub use crate::set::{ReplicaSet, Status, TenantScope};
 pub use crate::tenant::{NameError, Tenant, TenantError};
+pub use crate::tls::SslMode;
 pub use crate::url::DatabaseUrl;
 pub use diesel_async::AsyncPgConnection;

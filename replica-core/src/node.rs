@@ -97,7 +97,9 @@ pub(crate) struct Spec<'a> {
 }
 
 impl Node {
-    pub(crate) fn new(spec: Spec<'_>) -> Self {
+    /// # Errors
+    /// The node's TLS settings cannot be used (see [`connector::pool`]).
+    pub(crate) fn new(spec: Spec<'_>) -> Result<Self, String> {
         let Spec {
             role,
             name,
@@ -107,19 +109,19 @@ impl Node {
             application_name,
             health,
         } = spec;
-        Self {
+        Ok(Self {
             id: NodeId::of(&url),
             role,
             label: format!("{name} ({})", url.address()),
             name,
             weight,
-            pool: connector::pool(&url, pool, application_name),
+            pool: connector::pool(&url, pool, application_name)?,
             url,
             warm_up: pool.warm_up,
             attempt_timeout: pool.statement_timeout().map(|t| t + STATEMENT_GRACE),
             health: Tracker::new(Arc::clone(health), role == Role::Replica),
             in_flight: AtomicUsize::new(0),
-        }
+        })
     }
 
     pub(crate) fn is_up(&self) -> bool {

@@ -103,7 +103,7 @@ impl ReplicaSet {
         config.validate()?;
         Ok(Self {
             inner: Arc::new(Inner {
-                topology: ArcSwap::from_pointee(Topology::new(&config)),
+                topology: ArcSwap::from_pointee(Topology::new(&config)?),
                 health: config.health,
                 shared_schemas: config.shared_schemas,
             }),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::balance::Balancer;
 use crate::config::Config;
+use crate::error::ConfigError;
 use crate::node::{Node, Role, Spec};
 use crate::url::DatabaseUrl;
 
@@ -20,7 +21,11 @@ pub(crate) struct Topology {
 impl Topology {
     /// The nodes a checked configuration names. Builds pools, opens no
     /// connection.
-    pub(crate) fn new(config: &Config) -> Self {
+    ///
+    /// # Errors
+    /// A node's TLS settings cannot be used (a certificate file went away
+    /// since the configuration was checked).
+    pub(crate) fn new(config: &Config) -> Result<Self, ConfigError> {
         let health = Arc::new(config.health.clone());
         let spec = |role, name, url: &DatabaseUrl, weight, pool| Spec {
             role,
@@ -31,13 +36,18 @@ impl Topology {
             application_name: &config.application_name,
             health: &health,
         };
+        let tls_error = |node: &str, url: &DatabaseUrl| {
+            let key = format!("{node} ({})", url.address());
+            move |problem| ConfigError::InvalidTls { key, problem }
+        };
         let writer = Node::new(spec(
             Role::Writer,
             "writer".into(),
             &config.writer,
             0,
             &config.writer_pool,
-        ));
+        ))
+        .map_err(tls_error("writer", &config.writer))?;
         let replicas: Vec<Arc<Node>> = config
             .replicas
             .iter()
@@ -45,20 +55,22 @@ impl Topology {
             .map(|(i, url)| {
                 let weight = config.replica_weights.get(i).copied().unwrap_or(1);
                 let name = format!("replica-{i}");
-                Arc::new(Node::new(spec(
+                let node = Node::new(spec(
                     Role::Replica,
-                    name,
+                    name.clone(),
                     url,
                     weight,
                     &config.replica_pool,
-                )))
+                ))
+                .map_err(tls_error(&name, url))?;
+                Ok(Arc::new(node))
             })
-            .collect();
+            .collect::<Result<_, ConfigError>>()?;
         let weights: Vec<u32> = replicas.iter().map(|node| node.weight).collect();
-        Self {
+        Ok(Self {
             writer: Arc::new(writer),
             balancer: Balancer::new(config.balance, &weights),
             replicas,
-        }
+        })
     }
 }

@@ -10,7 +10,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::config::Host;
+
+use crate::tls::{self, TlsSettings};
 
 /// Where and as whom to connect to one node: host, port, user, password,
 /// database and connection options, parsed from a `postgres://` URL, a
@@ -20,7 +22,10 @@ use tokio_postgres::config::{Host, SslMode};
 /// and nothing else, so a `DatabaseUrl` can be logged or put in an error
 /// message as it is: the password, wherever it was given, never shows.
 #[derive(Clone)]
-pub struct DatabaseUrl(tokio_postgres::Config);
+pub struct DatabaseUrl {
+    config: tokio_postgres::Config,
+    pub(crate) tls: TlsSettings,
+}
 
 /// Why a setting is not a usable connection string.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,11 +33,10 @@ pub(crate) enum UrlProblem {
     /// tokio-postgres' own message, which quotes option names, never values.
     Syntax(String),
     Scheme(String),
-    UnknownSslMode(String),
+    Tls(String),
     Ambiguous(&'static str),
     NoHost,
     Hosts(usize),
-    UnsupportedSslMode(String),
     Address(&'static str),
 }
 
@@ -47,10 +51,7 @@ impl fmt::Display for UrlProblem {
                 f,
                 "scheme `{s}` is not supported; expected `postgres` or `postgresql`"
             ),
-            Self::UnknownSslMode(m) => write!(
-                f,
-                "sslmode `{m}` is unknown; expected one of disable, allow, prefer, require, verify-ca, verify-full"
-            ),
+            Self::Tls(problem) => f.write_str(problem),
             Self::Ambiguous(what) => write!(
                 f,
                 "{what}, so the URL can be read in two ways; percent-encode `/` as %2F, `?` as %3F, \
@@ -60,10 +61,6 @@ impl fmt::Display for UrlProblem {
             Self::Hosts(n) => write!(
                 f,
                 "it names {n} hosts; give one host per URL and list each replica on its own"
-            ),
-            Self::UnsupportedSslMode(m) => write!(
-                f,
-                "sslmode `{m}` needs TLS, which this version does not support yet; use disable or prefer"
             ),
             Self::Address(problem) => f.write_str(problem),
         }
@@ -104,20 +101,19 @@ impl DatabaseUrl {
                 return Err(UrlProblem::Scheme(scheme.to_owned()));
             }
             check_unambiguous(rest)?;
-            if let Some((_, query)) = rest.split_once('?') {
-                check_ssl_mode(query)?;
-            }
         }
-        let config = tokio_postgres::Config::from_str(input).map_err(|e| {
+        // TLS is ours: tokio-postgres knows only some of libpq's modes.
+        let (input, tls) = tls::extract(input).map_err(UrlProblem::Tls)?;
+        let config = tokio_postgres::Config::from_str(&input).map_err(|e| {
             UrlProblem::Syntax(match std::error::Error::source(&e) {
                 Some(cause) => format!("{e}: {cause}"),
                 None => e.to_string(),
             })
         })?;
-        Self::check(config)
+        Self::check(config, tls)
     }
 
-    fn check(config: tokio_postgres::Config) -> Result<Self, UrlProblem> {
+    fn check(config: tokio_postgres::Config, tls: TlsSettings) -> Result<Self, UrlProblem> {
         match config.get_hosts() {
             [] => return Err(UrlProblem::NoHost),
             [Host::Tcp(host)] if host.is_empty() => return Err(UrlProblem::NoHost),
@@ -127,10 +123,7 @@ impl DatabaseUrl {
         if config.get_ports().len() > 1 {
             return Err(UrlProblem::Hosts(config.get_ports().len()));
         }
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(UrlProblem::UnsupportedSslMode("require".into()));
-        }
-        Ok(Self(config))
+        Ok(Self { config, tls })
     }
 
     /// Builds the settings from parts, as found in a Secrets Manager secret.
@@ -148,26 +141,26 @@ impl DatabaseUrl {
         if !password.is_empty() {
             config.password(password);
         }
-        Self::check(config)
+        Self::check(config, TlsSettings::default())
     }
 
     /// The same settings pointing at another `host[:port]`; credentials,
     /// database and options are kept. Without a port, this one's is kept.
     pub(crate) fn with_address(&self, address: &str) -> Result<Self, UrlProblem> {
         let (host, port) = split_address(address)?;
-        let mut config = without_address(&self.0);
+        let mut config = without_address(&self.config);
         config.host(host).port(port.unwrap_or_else(|| self.port()));
-        Self::check(config)
+        Self::check(config, self.tls.clone())
     }
 
     fn port(&self) -> u16 {
-        self.0.get_ports().first().copied().unwrap_or(5432)
+        self.config.get_ports().first().copied().unwrap_or(5432)
     }
 
     /// `host:port` of the server, the port defaulting to 5432.
     pub fn address(&self) -> String {
         let port = self.port();
-        match self.0.get_hosts().first() {
+        match self.config.get_hosts().first() {
             Some(Host::Tcp(host)) if host.contains(':') => format!("[{host}]:{port}"),
             Some(Host::Tcp(host)) => format!("{host}:{port}"),
             #[cfg(unix)]
@@ -179,7 +172,7 @@ impl DatabaseUrl {
     /// The database name, empty when the settings name none (the server
     /// then takes the user name).
     pub fn database(&self) -> &str {
-        self.0.get_dbname().unwrap_or_default()
+        self.config.get_dbname().unwrap_or_default()
     }
 
     /// The identity of the server and database these settings reach, used
@@ -197,7 +190,7 @@ impl DatabaseUrl {
         application_name: &str,
         statement_timeout: Option<Duration>,
     ) -> tokio_postgres::Config {
-        let mut config = self.0.clone();
+        let mut config = self.config.clone();
         if config.get_application_name().is_none() && !application_name.is_empty() {
             config.application_name(application_name);
         }
@@ -274,24 +267,6 @@ fn check_unambiguous(rest: &str) -> Result<(), UrlProblem> {
     Ok(())
 }
 
-/// Refuses the `sslmode`s that need TLS with our own message, before
-/// tokio-postgres refuses `verify-*` with a generic one.
-fn check_ssl_mode(query: &str) -> Result<(), UrlProblem> {
-    for (key, mode) in form_urlencoded::parse(query.as_bytes()) {
-        if key != "sslmode" {
-            continue;
-        }
-        match &*mode {
-            "disable" | "allow" | "prefer" => {}
-            "require" | "verify-ca" | "verify-full" => {
-                return Err(UrlProblem::UnsupportedSslMode(mode.into_owned()));
-            }
-            _ => return Err(UrlProblem::UnknownSslMode(mode.into_owned())),
-        }
-    }
-    Ok(())
-}
-
 /// Splits `host`, `host:port`, `[v6]` or `[v6]:port`.
 fn split_address(address: &str) -> Result<(&str, Option<u16>), UrlProblem> {
     let address = address.trim();
@@ -350,7 +325,7 @@ fn split_address(address: &str) -> Result<(&str, Option<u16>), UrlProblem> {
 
 impl PartialEq for DatabaseUrl {
     fn eq(&self, other: &Self) -> bool {
-        self.0 == other.0
+        self.config == other.config && self.tls == other.tls
     }
 }
 
@@ -359,21 +334,21 @@ impl Eq for DatabaseUrl {}
 impl fmt::Display for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("postgres://")?;
-        if let Some(user) = self.0.get_user() {
+        if let Some(user) = self.config.get_user() {
             write!(f, "{}", utf8_percent_encode(user, COMPONENT))?;
-            if self.0.get_password().is_some() {
+            if self.config.get_password().is_some() {
                 f.write_str(":***")?;
             }
             f.write_str("@")?;
         }
         write!(f, "{}", self.address())?;
-        if let Some(db) = self.0.get_dbname() {
+        if let Some(db) = self.config.get_dbname() {
             write!(f, "/{}", utf8_percent_encode(db, COMPONENT))?;
         }
-        if self.0.get_ssl_mode() == SslMode::Disable {
-            f.write_str("?sslmode=disable")?;
+        match self.tls.query() {
+            query if query.is_empty() => Ok(()),
+            query => write!(f, "?{query}"),
         }
-        Ok(())
     }
 }
 
@@ -398,7 +373,7 @@ mod tests {
     use super::*;
 
     fn password(url: &DatabaseUrl) -> &[u8] {
-        url.0.get_password().unwrap_or_default()
+        url.config.get_password().unwrap_or_default()
     }
 
     #[test]
@@ -468,9 +443,9 @@ mod tests {
         assert_eq!(replica.address(), "reader-1:6543");
         assert_eq!(replica.database(), "main");
         assert_eq!(password(&replica), b"pw");
-        assert_eq!(replica.0.get_ssl_mode(), SslMode::Disable);
+        assert_eq!(replica.tls.mode(), crate::tls::SslMode::Disable);
         assert!(
-            replica.0.get_hostaddrs().is_empty(),
+            replica.config.get_hostaddrs().is_empty(),
             "the writer's address stays behind"
         );
         assert_eq!(
@@ -515,7 +490,7 @@ mod tests {
     }
 
     #[test]
-    fn one_host_and_no_tls_yet() {
+    fn one_host_and_tls_parameters_of_every_form() {
         assert_eq!(
             DatabaseUrl::parse("postgres://a,b/db").unwrap_err(),
             UrlProblem::Hosts(2)
@@ -524,13 +499,17 @@ mod tests {
             DatabaseUrl::parse("postgres:///db").unwrap_err(),
             UrlProblem::NoHost
         );
+        let url =
+            DatabaseUrl::parse("postgres://h/db?sslmode=verify-full&sslrootcert=/ca.pem").unwrap();
+        assert_eq!(
+            url.to_string(),
+            "postgres://h:5432/db?sslmode=verify-full&sslrootcert=/ca.pem"
+        );
+        let url = DatabaseUrl::parse("host=h sslmode=require").unwrap();
+        assert_eq!(url.tls.mode(), crate::tls::SslMode::Require);
         assert!(matches!(
-            DatabaseUrl::parse("postgres://h/db?sslmode=verify-full").unwrap_err(),
-            UrlProblem::UnsupportedSslMode(_)
-        ));
-        assert!(matches!(
-            DatabaseUrl::parse("host=h sslmode=require").unwrap_err(),
-            UrlProblem::UnsupportedSslMode(_)
+            DatabaseUrl::parse("postgres://h/db?sslmode=maybe").unwrap_err(),
+            UrlProblem::Tls(_)
         ));
         assert!(matches!(
             DatabaseUrl::parse("mysql://h/db").unwrap_err(),
