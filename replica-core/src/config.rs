@@ -131,6 +131,20 @@ pub struct PoolConfig {
     /// Default: 10 s. Serde: `statement_timeout_ms`.
     #[serde(rename = "statement_timeout_ms", with = "millis")]
     pub statement_timeout: Option<Duration>,
+    /// Longest life of one connection: an older one is closed instead of
+    /// reused (when next taken from the pool, or by a sweep every few
+    /// seconds), so that connections opened with old credentials or to an
+    /// old DNS answer drain away. Each connection's limit is up to a tenth
+    /// shorter, at random, so that connections opened together do not all
+    /// reconnect together. `None` keeps them for ever. Default: 30 min.
+    /// Serde: `max_lifetime_ms`.
+    #[serde(rename = "max_lifetime_ms", with = "millis")]
+    pub max_lifetime: Option<Duration>,
+    /// Longest idle time of one connection before it is closed instead of
+    /// reused; `None` keeps idle connections. Default: 10 min. Serde:
+    /// `idle_timeout_ms`.
+    #[serde(rename = "idle_timeout_ms", with = "millis")]
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for PoolConfig {
@@ -142,6 +156,8 @@ impl Default for PoolConfig {
             connect_timeout: Some(Duration::from_secs(5)),
             recycle_timeout: Some(Duration::from_secs(5)),
             statement_timeout: Some(Duration::from_secs(10)),
+            max_lifetime: Some(Duration::from_secs(30 * 60)),
+            idle_timeout: Some(Duration::from_secs(10 * 60)),
         }
     }
 }
@@ -272,6 +288,8 @@ impl Config {
                 (&mut pool.connect_timeout, "connect_timeout"),
                 (&mut pool.recycle_timeout, "recycle_timeout"),
                 (&mut pool.statement_timeout, "statement_timeout"),
+                (&mut pool.max_lifetime, "max_lifetime"),
+                (&mut pool.idle_timeout, "idle_timeout"),
             ] {
                 if let Some(ms) = number(field)? {
                     *slot = Some(Duration::from_millis(ms));
@@ -396,6 +414,8 @@ impl Config {
             timeout("connect_timeout", pool.connect_timeout, 1)?;
             timeout("recycle_timeout", pool.recycle_timeout, 1)?;
             timeout("statement_timeout", pool.statement_timeout(), 1)?;
+            timeout("max_lifetime", pool.max_lifetime, 1000)?;
+            timeout("idle_timeout", pool.idle_timeout, 1000)?;
         }
         let health = &self.health;
         if health.eject_after == 0 {
@@ -585,6 +605,8 @@ impl Naming {
             "connect_timeout" => "CONNECT_TIMEOUT_MS",
             "recycle_timeout" => "RECYCLE_TIMEOUT_MS",
             "statement_timeout" => "STATEMENT_TIMEOUT_MS",
+            "max_lifetime" => "MAX_LIFETIME_MS",
+            "idle_timeout" => "IDLE_TIMEOUT_MS",
             "balance" => "BALANCE",
             "shared_schemas" => "SHARED_SCHEMAS",
             "replica_weights" => "REPLICA_WEIGHTS",

@@ -4,7 +4,11 @@
 
 use std::sync::Arc;
 
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
 use deadpool::Runtime;
+use deadpool::managed::{Hook, HookError, Metrics};
 use diesel::ConnectionError;
 use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::deadpool::Pool;
@@ -46,15 +50,84 @@ pub(crate) fn pool(
         url.to_string(),
         manager_config,
     );
-    Ok(Pool::builder(manager)
+    let expiry = Expiry {
+        max_lifetime: config.max_lifetime,
+        idle_timeout: config.idle_timeout,
+    };
+    let pool = Pool::builder(manager)
         .max_size(config.max_size)
         .wait_timeout(config.wait_timeout)
         .create_timeout(config.connect_timeout)
         .recycle_timeout(config.recycle_timeout)
         .runtime(Runtime::Tokio1)
+        .pre_recycle(Hook::sync_fn(move |_, metrics| {
+            match expiry.expired(metrics) {
+                true => Err(HookError::Message("the connection expired".into())),
+                false => Ok(()),
+            }
+        }))
         .build()
-        .expect("a pool with a runtime always builds"))
+        .expect("a pool with a runtime always builds");
+    if expiry.is_set() {
+        tokio::spawn(sweep(pool.clone(), expiry));
+    }
+    Ok(pool)
 }
+
+/// When a pooled connection is closed instead of reused.
+#[derive(Clone, Copy)]
+struct Expiry {
+    max_lifetime: Option<Duration>,
+    idle_timeout: Option<Duration>,
+}
+
+impl Expiry {
+    fn is_set(self) -> bool {
+        self.max_lifetime.is_some() || self.idle_timeout.is_some()
+    }
+
+    fn expired(self, metrics: &Metrics) -> bool {
+        self.max_lifetime
+            .is_some_and(|max| metrics.age() >= jittered(max, metrics))
+            || self
+                .idle_timeout
+                .is_some_and(|idle| metrics.last_used() >= idle)
+    }
+}
+
+/// `max` less up to a tenth, the same for the life of one connection and
+/// spread over connections, so that connections opened together expire
+/// apart.
+fn jittered(max: Duration, metrics: &Metrics) -> Duration {
+    let mut hasher = std::hash::DefaultHasher::new();
+    metrics.created.hash(&mut hasher);
+    let fraction = (hasher.finish() % 1000) as u32;
+    max - max / 10 * fraction / 1000
+}
+
+/// Closes idle connections that expired, every few seconds, until the pool
+/// is closed or dropped everywhere else.
+async fn sweep(pool: Pool<AsyncPgConnection>, expiry: Expiry) {
+    let every = [expiry.max_lifetime, expiry.idle_timeout]
+        .into_iter()
+        .flatten()
+        .min()
+        .map_or(SWEEP_MAX, |shortest| {
+            (shortest / 4).clamp(SWEEP_MIN, SWEEP_MAX)
+        });
+    let pool = pool.weak();
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(pool) = pool.upgrade() else { return };
+        if pool.is_closed() {
+            return;
+        }
+        pool.retain(|_, metrics| !expiry.expired(&metrics));
+    }
+}
+
+const SWEEP_MIN: Duration = Duration::from_millis(250);
+const SWEEP_MAX: Duration = Duration::from_secs(5);
 
 /// Opens connections from parsed settings, the one reading of the URL.
 fn connector(
