@@ -5,6 +5,9 @@
 //! Everything is synchronous (plain [`std::process::Command`]). When running as
 //! root, every PostgreSQL command runs as the `postgres` user.
 //!
+//! [`Cluster::start_tls`] starts a cluster that accepts TCP connections only over TLS, with
+//! a certificate for `localhost` signed by a fresh CA ([`Cluster::ca_cert_path`]).
+//!
 //! Beside the cluster: [`Cluster::config`] and [`Cluster::load_config`] (a
 //! `Config` for the cluster), [`WHO_SERVED`] and [`Served`] (which server
 //! ran a query, as it reports itself), and [`Rng`] (a small seeded random
@@ -22,18 +25,22 @@
 //! ```
 
 use std::io::Write;
-use std::net::TcpListener;
+use std::net::{Ipv6Addr, TcpListener, ToSocketAddrs};
 use std::os::unix::fs::chown;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 use std::{env, fs, io, thread};
 
 use tempfile::TempDir;
 
+use crate::tls::TlsFiles;
+
 mod load;
 mod served;
+mod tls;
 
 pub use load::Rng;
 pub use served::{Served, WHO_SERVED, who_served};
@@ -44,11 +51,22 @@ const PASSWORD: &str = "testkit-s3cret-pw";
 const REPLICATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// The PostgreSQL programs the cluster runs.
 const BINARIES: [&str; 4] = ["initdb", "pg_ctl", "pg_basebackup", "psql"];
+/// `pg_hba.conf` of a TLS cluster: TCP only with TLS, on the loopback addresses.
+const TLS_HBA: &str = "\
+# replica-testkit: TCP connections only with TLS
+local   all          all                 trust
+local   replication  all                 trust
+hostssl all          all   127.0.0.1/32  scram-sha-256
+hostssl all          all   ::1/128       scram-sha-256
+hostssl replication  all   127.0.0.1/32  scram-sha-256
+hostssl replication  all   ::1/128       scram-sha-256
+";
 /// How many trailing lines of stderr or a server log go into an [`Error`].
 const TAIL_LINES: usize = 20;
 /// Settings for every node (replicas inherit them from the primary's base backup).
+///
+/// `listen_addresses` comes from [`Cluster::listen_addresses`].
 const COMMON_CONF: &str = "
-listen_addresses = '127.0.0.1'
 max_connections = 200
 shared_buffers = 32MB
 fsync = off
@@ -101,6 +119,15 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// Making a certificate or key for a TLS cluster failed.
+    #[error("generating {what}")]
+    Certificate {
+        /// What was being generated.
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Replication did not catch up in time.
     #[error("timed out after {REPLICATION_TIMEOUT:?} waiting for {what} (last seen: {last})")]
     Timeout {
@@ -144,7 +171,8 @@ impl Node {
         &self.name
     }
 
-    /// The TCP port the node listens on at 127.0.0.1.
+    /// The TCP port the node listens on at 127.0.0.1 (and at ::1 on a TLS cluster where
+    /// `localhost` resolves to ::1).
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -165,6 +193,10 @@ pub struct Cluster {
     bin: PathBuf,
     /// uid and gid to run PostgreSQL commands as (the `postgres` user when we are root).
     run_as: Option<(u32, u32)>,
+    /// The certificates of a TLS cluster.
+    tls: Option<TlsFiles>,
+    /// Whether the nodes also listen on ::1 (a TLS cluster where `localhost` resolves to ::1).
+    ipv6: bool,
     dir: TempDir,
 }
 
@@ -172,22 +204,63 @@ impl Cluster {
     /// Starts a primary and `replicas` streaming replicas on free 127.0.0.1 ports in a fresh
     /// temp dir and waits until every replica has replayed the primary's latest write.
     pub fn start(replicas: usize) -> Result<Cluster, Error> {
+        Cluster::start_with(replicas, false)
+    }
+
+    /// As [`Cluster::start`], but every node accepts TCP connections only over TLS.
+    ///
+    /// The temp dir gets a fresh CA (`ca.crt`, [`Cluster::ca_cert_path`]), a server
+    /// certificate signed by it whose only subject alternative name is the DNS name
+    /// `localhost` (no IP address, so `sslmode=verify-full` succeeds for host `localhost`
+    /// and fails for host `127.0.0.1`), its key, and a second CA that signed nothing here
+    /// (`wrong-ca.crt`, [`Cluster::wrong_ca_cert_path`]). Every node serves the same
+    /// certificate (`ssl = on`).
+    ///
+    /// `pg_hba.conf` has only `hostssl` lines for TCP (127.0.0.1/32 and ::1/128,
+    /// scram-sha-256, databases and replication), so the server refuses a plaintext TCP
+    /// connection ("no pg_hba.conf entry ... no encryption"); the unix socket stays `trust`
+    /// as on a plain cluster. The replicas stream from the primary over TLS
+    /// (`sslmode=require`).
+    ///
+    /// The nodes listen on 127.0.0.1, and also on ::1 if `localhost` resolves to ::1 on this
+    /// machine, so that a client connecting to `localhost` reaches the node whichever
+    /// address it tries.
+    pub fn start_tls(replicas: usize) -> Result<Cluster, Error> {
+        Cluster::start_with(replicas, true)
+    }
+
+    fn start_with(replicas: usize, tls: bool) -> Result<Cluster, Error> {
         let bin = find_bin_dir()?;
         let run_as = run_as_user()?;
         let dir = tempfile::Builder::new()
             .prefix("replica-testkit-")
             .tempdir()
             .map_err(io_err("creating the temp dir"))?;
-        let ports = free_ports(replicas + 1)?;
+        let ipv6 = tls && localhost_is_ipv6();
+        let ports = free_ports(replicas + 1, ipv6)?;
         let primary = Node::new(dir.path(), "primary".into(), ports[0]);
         let mut cluster = Cluster {
             primary,
             replicas: Vec::new(),
             bin,
             run_as,
+            tls: None,
+            ipv6,
             dir,
         };
         cluster.chown(cluster.dir.path())?;
+        if tls {
+            let files = TlsFiles::generate(cluster.dir.path())?;
+            for path in [
+                &files.ca,
+                &files.wrong_ca,
+                &files.server_cert,
+                &files.server_key,
+            ] {
+                cluster.chown(path)?;
+            }
+            cluster.tls = Some(files);
+        }
         cluster.init_primary()?;
         for (i, &port) in ports[1..].iter().enumerate() {
             cluster.add_replica(Node::new(cluster.dir.path(), format!("replica-{i}"), port))?;
@@ -227,7 +300,24 @@ impl Cluster {
         PASSWORD
     }
 
-    /// `postgres://postgres:PASSWORD@127.0.0.1:PORT/postgres` for the primary.
+    /// Whether the cluster was started with [`Cluster::start_tls`].
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The PEM file of the CA that signed a TLS cluster's server certificate (`ca.crt` in
+    /// the temp dir); `None` for a plain cluster.
+    pub fn ca_cert_path(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|tls| tls.ca.as_path())
+    }
+
+    /// The PEM file of a CA that signed nothing the cluster uses (`wrong-ca.crt` in the
+    /// temp dir), for tests that verification fails; `None` for a plain cluster.
+    pub fn wrong_ca_cert_path(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|tls| tls.wrong_ca.as_path())
+    }
+
+    /// [`Cluster::url`] of the primary.
     pub fn writer_url(&self) -> String {
         self.url(NodeId::Primary)
     }
@@ -239,10 +329,24 @@ impl Cluster {
             .collect()
     }
 
-    /// `postgres://postgres:PASSWORD@127.0.0.1:PORT/postgres` for the node.
+    /// The node's URL, with the `postgres` role and the testkit's password
+    /// ([`Cluster::password`]).
+    ///
+    /// Plain cluster: `postgres://postgres:PASSWORD@127.0.0.1:PORT/postgres`.
+    ///
+    /// TLS cluster:
+    /// `postgres://postgres:PASSWORD@localhost:PORT/postgres?sslmode=verify-full&sslrootcert=CA`
+    /// where `CA` is [`Cluster::ca_cert_path`], percent-encoded.
     pub fn url(&self, id: NodeId) -> String {
         let port = self.node(id).port;
-        format!("postgres://postgres:{PASSWORD}@127.0.0.1:{port}/postgres")
+        match &self.tls {
+            None => format!("postgres://postgres:{PASSWORD}@127.0.0.1:{port}/postgres"),
+            Some(tls) => format!(
+                "postgres://postgres:{PASSWORD}@localhost:{port}/postgres\
+                 ?sslmode=verify-full&sslrootcert={}",
+                percent_encode(&tls.ca.display().to_string())
+            ),
+        }
     }
 
     /// Fast shutdown (`pg_ctl stop -m fast`).
@@ -327,6 +431,105 @@ impl Cluster {
         self.run_psql(id, &[sql])
     }
 
+    /// Runs SQL with this cluster's psql as a TCP client: `psql -X -A -t -q -v ON_ERROR_STOP=1
+    /// -d CONNINFO -c SQL`, with `PGPASSWORD` set to `password`, and returns the trimmed
+    /// stdout.
+    ///
+    /// `conninfo` is a libpq connection string or URL and says everything about the
+    /// connection (`host=localhost port=5432 user=postgres dbname=postgres sslmode=...`):
+    /// the `PG*` variables of this process's environment are removed, and no password
+    /// file is read. psql runs as this process's user, so it can read the CA files.
+    ///
+    /// On failure the error is an [`Error::Command`] whose output is psql's stderr (such as
+    /// libpq's connection error). The password is never in the error: it travels in the
+    /// environment, any `password=` in `conninfo` is shown as `***`, and any occurrence of
+    /// the password in the output is replaced by `***`.
+    pub fn psql_tcp(&self, conninfo: &str, password: &str, sql: &str) -> Result<String, Error> {
+        let mut cmd = Command::new(self.bin.join("psql"));
+        for (name, _) in env::vars_os() {
+            if name.to_string_lossy().starts_with("PG") {
+                cmd.env_remove(name);
+            }
+        }
+        cmd.current_dir(self.dir.path())
+            .env("PGPASSWORD", password)
+            .env("PGPASSFILE", self.dir.path().join("no-such-passfile"))
+            .env("PGCONNECT_TIMEOUT", "10")
+            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
+            .arg(conninfo)
+            .args(["-c", sql]);
+        run(&mut cmd, None).map_err(|err| match err {
+            Error::Command {
+                command,
+                status,
+                output,
+            } => Error::Command {
+                command: redact(&redact_conninfo(&command), password),
+                status,
+                output: redact(&output, password),
+            },
+            other => other,
+        })
+    }
+
+    /// Sets `role`'s password on the primary (`ALTER ROLE "role" PASSWORD '...'` over the
+    /// unix socket); the replicas get it by replication (see
+    /// [`Cluster::wait_for_replication`]).
+    ///
+    /// The password is sent on psql's stdin, never on a command line; the session turns
+    /// statement logging off so that the server log does not show it either, and errors
+    /// show `***` in its place.
+    ///
+    /// The cluster's URLs, [`Cluster::password`] and the replicas' `primary_conninfo` keep
+    /// the testkit's password: after changing the `postgres` role's password, the URLs no
+    /// longer log in, and a replica whose streaming connection breaks (such as after a
+    /// restart of either end) cannot reconnect until the password is set back with
+    /// `set_password("postgres", cluster.password())`.
+    pub fn set_password(&self, role: &str, password: &str) -> Result<(), Error> {
+        let sql = format!(
+            "SET log_statement = 'none';\n\
+             SET log_min_error_statement = 'panic';\n\
+             SET log_min_duration_statement = -1;\n\
+             ALTER ROLE {} PASSWORD {};\n",
+            quote_ident(role),
+            quote_literal(password)?
+        );
+        let node = &self.primary;
+        let mut cmd = self.command("psql");
+        cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(&node.data_dir)
+            .args(["-p", &node.port.to_string(), "-U", "postgres"])
+            .args(["-d", "postgres", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let command = format!(
+            "psql -h {} -p {} (ALTER ROLE {} PASSWORD ***)",
+            node.data_dir.display(),
+            node.port,
+            quote_ident(role)
+        );
+        let mut child = cmd
+            .spawn()
+            .map_err(io_err(format!("running `{command}`")))?;
+        let written = child
+            .stdin
+            .take()
+            .map(|mut stdin| stdin.write_all(sql.as_bytes()))
+            .unwrap_or(Ok(()));
+        let out = child
+            .wait_with_output()
+            .map_err(io_err(format!("running `{command}`")))?;
+        if !out.status.success() {
+            return Err(Error::Command {
+                command,
+                status: out.status,
+                output: redact(&tail(&String::from_utf8_lossy(&out.stderr)), password),
+            });
+        }
+        written.map_err(io_err(format!("writing to `{command}`")))
+    }
+
     /// PID of the node's postmaster (first line of `postmaster.pid`).
     pub fn postmaster_pid(&self, id: NodeId) -> Result<u32, Error> {
         let path = self.node(id).data_dir.join("postmaster.pid");
@@ -362,7 +565,17 @@ impl Cluster {
         let removed = fs::remove_file(&pwfile).map_err(io_err("removing the password file"));
         initdb?;
         removed?;
-        append_conf(&self.primary, COMMON_CONF)?;
+        let mut conf = format!(
+            "listen_addresses = '{}'\n{COMMON_CONF}",
+            self.listen_addresses()
+        );
+        if let Some(tls) = &self.tls {
+            conf += &tls.server_conf();
+            let hba = self.primary.data_dir.join("pg_hba.conf");
+            // Written over the file initdb made, which keeps its owner.
+            fs::write(&hba, TLS_HBA).map_err(io_err(format!("writing {}", hba.display())))?;
+        }
+        append_conf(&self.primary, &conf)?;
         self.start_node(NodeId::Primary)
     }
 
@@ -371,6 +584,12 @@ impl Cluster {
         // Registered before it exists, so that Drop stops it if anything below fails.
         self.replicas.push(node);
         let node = &self.replicas[i];
+        // The replica streams over TLS too: `-R` writes this into its `primary_conninfo`.
+        let ssl = if self.is_tls() {
+            " sslmode=require"
+        } else {
+            ""
+        };
         run(
             self.command("pg_basebackup")
                 .env("PGPASSWORD", PASSWORD)
@@ -382,13 +601,22 @@ impl Cluster {
                     "-U",
                     "postgres",
                 ])
-                .args(["-d", &format!("application_name={}", node.name), "-D"])
+                .args(["-d", &format!("application_name={}{ssl}", node.name), "-D"])
                 .arg(&node.data_dir)
                 .args(["-R", "-X", "stream", "--checkpoint=fast", "--no-sync"]),
             None,
         )?;
         append_conf(node, "")?;
         self.start_node(NodeId::Replica(i))
+    }
+
+    /// `127.0.0.1`, and `::1` too where `localhost` resolves to it on a TLS cluster.
+    fn listen_addresses(&self) -> &'static str {
+        if self.ipv6 {
+            "127.0.0.1,::1"
+        } else {
+            "127.0.0.1"
+        }
     }
 
     fn pg_ctl<S: AsRef<std::ffi::OsStr>>(&self, id: NodeId, args: &[S]) -> Result<(), Error> {
@@ -423,7 +651,10 @@ impl Cluster {
         cmd.current_dir(self.dir.path())
             .env("PGCONNECT_TIMEOUT", "10");
         if let Some((uid, gid)) = self.run_as {
-            cmd.uid(uid).gid(gid);
+            // libpq (pg_basebackup, and the replicas' WAL receivers, which inherit it from
+            // pg_ctl) looks for client certificates in $HOME/.postgresql and fails when it
+            // may not look into root's home; the temp dir has no `.postgresql`.
+            cmd.uid(uid).gid(gid).env("HOME", self.dir.path());
         }
         cmd
     }
@@ -465,6 +696,107 @@ fn append_conf(node: &Node, extra: &str) -> Result<(), Error> {
         .open(&path)
         .map_err(io_err(&context))?;
     file.write_all(conf.as_bytes()).map_err(io_err(context))
+}
+
+/// Whether `localhost` resolves to ::1 here (it need not: many hosts files map it to
+/// 127.0.0.1 only).
+fn localhost_is_ipv6() -> bool {
+    ("localhost", 0)
+        .to_socket_addrs()
+        .is_ok_and(|mut addrs| addrs.any(|addr| addr.ip() == Ipv6Addr::LOCALHOST))
+}
+
+/// `role` as a double-quoted SQL identifier.
+fn quote_ident(role: &str) -> String {
+    format!("\"{}\"", role.replace('"', "\"\""))
+}
+
+/// `text` as an SQL string literal: `'...'` with `'` doubled, or `E'...'` with `\` doubled
+/// too when it holds a backslash (whatever `standard_conforming_strings` says). NUL, which
+/// PostgreSQL text cannot hold, is refused.
+fn quote_literal(text: &str) -> Result<String, Error> {
+    if text.contains('\0') {
+        return Err(Error::Io {
+            context: "quoting a password".into(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "it contains a NUL character"),
+        });
+    }
+    let quoted = text.replace('\'', "''");
+    Ok(if quoted.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    })
+}
+
+/// `text` with every occurrence of `secret` replaced by `***` (an empty secret hides nothing).
+fn redact(text: &str, secret: &str) -> String {
+    if secret.is_empty() {
+        text.to_owned()
+    } else {
+        text.replace(secret, "***")
+    }
+}
+
+/// A command line with the password of a URL (`postgres://user:PASSWORD@...`) and the value
+/// of each `password=` key of a conninfo or URL query shown as `***`.
+fn redact_conninfo(command: &str) -> String {
+    let mut out = String::with_capacity(command.len());
+    let mut rest = command;
+    if let Some(scheme) = rest.find("://") {
+        let authority = scheme + "://".len();
+        let end = rest[authority..]
+            .find([' ', '/', '?'])
+            .map_or(rest.len(), |i| authority + i);
+        if let Some(at) = rest[authority..end].rfind('@') {
+            let userinfo = &rest[authority..authority + at];
+            if let Some(colon) = userinfo.find(':') {
+                out += &rest[..authority + colon + 1];
+                out += "***";
+                rest = &rest[authority + at..];
+            }
+        }
+    }
+    while let Some(at) = rest.find("password=") {
+        let value = at + "password=".len();
+        out += &rest[..value];
+        out += "***";
+        rest = &rest[value..];
+        let end = if rest.starts_with('\'') {
+            // A quoted value ends at the next unescaped quote.
+            let mut chars = rest.char_indices().skip(1);
+            let mut end = rest.len();
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        chars.next();
+                    }
+                    '\'' => {
+                        end = i + 1;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            end
+        } else {
+            rest.find([' ', '&']).unwrap_or(rest.len())
+        };
+        rest = &rest[end..];
+    }
+    out + rest
+}
+
+/// Percent-encodes everything but unreserved characters and `/`, for a path in a URL query.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Runs a command; on success returns its trimmed stdout, otherwise an [`Error::Command`]
@@ -510,17 +842,33 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
     }
 }
 
-/// Picks `n` distinct free ports on 127.0.0.1 (all listeners are held until every port is picked).
-fn free_ports(n: usize) -> Result<Vec<u16>, Error> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<io::Result<Vec<_>>>()
-        .map_err(io_err("binding a free port"))?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect::<io::Result<_>>()
-        .map_err(io_err("reading a free port"))
+/// Picks `n` distinct free ports on 127.0.0.1, and free on ::1 too if `ipv6` (all listeners
+/// are held until every port is picked).
+fn free_ports(n: usize, ipv6: bool) -> Result<Vec<u16>, Error> {
+    let mut listeners = Vec::new();
+    let mut ports = Vec::new();
+    // A port free on 127.0.0.1 may be taken on ::1; a few tries find one free on both.
+    let mut tries = 0;
+    while ports.len() < n {
+        let v4 = TcpListener::bind("127.0.0.1:0").map_err(io_err("binding a free port"))?;
+        let port = v4
+            .local_addr()
+            .map_err(io_err("reading a free port"))?
+            .port();
+        listeners.push(v4);
+        if ipv6 {
+            match TcpListener::bind((Ipv6Addr::LOCALHOST, port)) {
+                Ok(v6) => listeners.push(v6),
+                Err(_) if tries < 100 => {
+                    tries += 1;
+                    continue;
+                }
+                Err(e) => return Err(io_err("binding a free port on ::1")(e)),
+            }
+        }
+        ports.push(port);
+    }
+    Ok(ports)
 }
 
 /// `PG_BIN`, else the newest `/usr/lib/postgresql/*/bin`, else `pg_config --bindir`, else the
@@ -586,4 +934,51 @@ fn run_as_user() -> Result<Option<(u32, u32)>, Error> {
         }
     });
     user.map(Some).ok_or(Error::NoPostgresUser)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quote_literal_doubles_quotes_and_escapes_backslashes() {
+        assert_eq!(quote_literal("plain").unwrap(), "'plain'");
+        assert_eq!(quote_literal("it's").unwrap(), "'it''s'");
+        assert_eq!(quote_literal(r"a\'b").unwrap(), r"E'a\\''b'");
+        assert!(quote_literal("nul\0").is_err());
+    }
+
+    #[test]
+    fn quote_ident_doubles_double_quotes() {
+        assert_eq!(quote_ident("postgres"), "\"postgres\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+
+    #[test]
+    fn redact_conninfo_hides_every_password() {
+        assert_eq!(
+            redact_conninfo("psql -d host=h password=s3cret user=u -c SELECT 1"),
+            "psql -d host=h password=*** user=u -c SELECT 1"
+        );
+        assert_eq!(
+            redact_conninfo(r"psql -d host=h password='a b\' c' user=u"),
+            "psql -d host=h password=*** user=u"
+        );
+        assert_eq!(
+            redact_conninfo("psql -d postgres://u:s3cret@h:5/db?password=x&sslmode=require"),
+            "psql -d postgres://u:***@h:5/db?password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact_conninfo("psql -d postgres://u@h/db -c SELECT 1"),
+            "psql -d postgres://u@h/db -c SELECT 1"
+        );
+    }
+
+    #[test]
+    fn percent_encode_keeps_slashes_and_unreserved_characters() {
+        assert_eq!(
+            percent_encode("/tmp/a b&c=d/ca.crt"),
+            "/tmp/a%20b%26c%3Dd/ca.crt"
+        );
+    }
 }

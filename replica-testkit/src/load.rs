@@ -7,10 +7,14 @@ use crate::Cluster;
 
 impl Cluster {
     /// A configuration with this cluster's writer and every replica, in
-    /// start order, and default pools.
+    /// start order, and default pools, from [`Cluster::writer_url`] and
+    /// [`Cluster::replica_urls`].
     ///
     /// # Panics
-    /// Never for the URLs a cluster makes; a panic here is a bug.
+    /// For a TLS cluster ([`Cluster::start_tls`]) while replica-core refuses
+    /// `sslmode=verify-full`, which its URLs carry: TLS support in
+    /// replica-core is not there yet, and this then starts to work without a
+    /// change here. Never for a plain cluster; a panic there is a bug.
     pub fn config(&self) -> Config {
         Config::new(&self.writer_url())
             .and_then(|config| {

@@ -29,6 +29,9 @@ fn cluster_lifecycle() {
     );
     assert_eq!(cluster.writer_url(), writer);
     assert_eq!(urls[0], cluster.url(R0));
+    assert!(!cluster.is_tls());
+    assert_eq!(cluster.ca_cert_path(), None);
+    assert_eq!(cluster.wrong_ca_cert_path(), None);
 
     cluster
         .psql(
