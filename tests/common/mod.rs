@@ -22,20 +22,43 @@ pub(crate) type Test = (&'static str, fn(Arc<Cluster>) -> TestFuture);
 /// Starts a cluster with `replicas` replicas, runs `setup` on it, then the
 /// tests, then removes the cluster.
 pub(crate) fn run(replicas: usize, setup: &str, tests: Vec<Test>) -> ExitCode {
-    run_with(Arguments::from_args(), replicas, setup, tests)
+    run_with(
+        Arguments::from_args(),
+        Cluster::start,
+        replicas,
+        setup,
+        tests,
+    )
+}
+
+/// As [`run`], on a cluster that accepts TLS connections only.
+pub(crate) fn run_tls(replicas: usize, setup: &str, tests: Vec<Test>) -> ExitCode {
+    run_with(
+        Arguments::from_args(),
+        Cluster::start_tls,
+        replicas,
+        setup,
+        tests,
+    )
 }
 
 /// As [`run`], one test at a time: for tests that stop and start nodes.
 pub(crate) fn run_one_at_a_time(replicas: usize, setup: &str, tests: Vec<Test>) -> ExitCode {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
-    run_with(args, replicas, setup, tests)
+    run_with(args, Cluster::start, replicas, setup, tests)
 }
 
-fn run_with(args: Arguments, replicas: usize, setup: &str, tests: Vec<Test>) -> ExitCode {
+fn run_with(
+    args: Arguments,
+    start: fn(usize) -> Result<Cluster, replica_testkit::Error>,
+    replicas: usize,
+    setup: &str,
+    tests: Vec<Test>,
+) -> ExitCode {
     let cluster = (!args.list).then(|| {
-        let cluster = Cluster::start(replicas)
-            .unwrap_or_else(|e| panic!("cannot start the test cluster: {e}"));
+        let cluster =
+            start(replicas).unwrap_or_else(|e| panic!("cannot start the test cluster: {e}"));
         cluster
             .psql(replica_testkit::NodeId::Primary, setup)
             .unwrap_or_else(|e| panic!("setup failed: {e}"));
