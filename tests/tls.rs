@@ -23,6 +23,7 @@ fn main() -> ExitCode {
             every_sslmode_connects_exactly_when_libpq_does,
             reads_and_writes_run_encrypted_on_every_node,
             failures_say_which_node_which_mode_and_why,
+            a_password_rotated_under_load_costs_callers_nothing,
         ],
     )
 }
@@ -216,4 +217,153 @@ async fn failures_say_which_node_which_mode_and_why(cluster: Arc<Cluster>) {
         assert!(text.contains(why), "{text}");
         assert!(!text.contains(password), "{text}");
     }
+}
+
+/// Collects every log line of the process, for the rotation test.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+async fn a_password_rotated_under_load_costs_callers_nothing(cluster: Arc<Cluster>) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
+        .finish();
+    let _ = tracing_subscriber::util::SubscriberInitExt::try_init(subscriber);
+
+    let (old, new) = ("0ld-Pa55", "n3w-Pa55/%41");
+    cluster
+        .psql(
+            NodeId::Primary,
+            &format!(
+                "CREATE ROLE app LOGIN PASSWORD '{old}'; GRANT ALL ON notes TO app; \
+                 GRANT USAGE ON SEQUENCE notes_id_seq TO app"
+            ),
+        )
+        .unwrap();
+    cluster.wait_for_replication().unwrap();
+    let secret = |password: &str| {
+        serde_json::json!({
+            "username": "app",
+            "password": password,
+            "host": "localhost",
+            "port": cluster.primary().port(),
+            "dbname": "postgres",
+        })
+        .to_string()
+    };
+    let file = std::env::temp_dir().join(format!("diesel-replica-secret-{}", std::process::id()));
+    std::fs::write(&file, secret(old)).unwrap();
+    let replica_port = cluster.node(NodeId::Replica(0)).port();
+    let config = Config::from_vars(
+        None,
+        [
+            ("DATABASE_SECRET_FILE", file.display().to_string()),
+            (
+                "DATABASE_REPLICA_HOSTS",
+                format!("localhost:{replica_port}"),
+            ),
+            ("DATABASE_SSLMODE", "verify-full".into()),
+            (
+                "DATABASE_SSLROOTCERT",
+                cluster.ca_cert_path().unwrap().display().to_string(),
+            ),
+            // Every connection lives a second or less: pools keep opening
+            // new ones, also while the secret file is behind the server.
+            ("DATABASE_MAX_LIFETIME_MS", "1000".into()),
+            ("DATABASE_WRITER_POOL_SIZE", "8".into()),
+            ("DATABASE_REPLICA_POOL_SIZE", "8".into()),
+        ],
+    )
+    .unwrap();
+    let db = ReplicaSet::connect(config).await.unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let tasks: Vec<_> = (0..32)
+        .map(|task| {
+            let (db, done, ok, failed, errors) = (
+                db.clone(),
+                Arc::clone(&done),
+                Arc::clone(&ok),
+                Arc::clone(&failed),
+                Arc::clone(&errors),
+            );
+            tokio::spawn(async move {
+                let mut round = 0u64;
+                while !AtomicBool::load(&done, Ordering::Relaxed) {
+                    round += 1;
+                    let result = if (task + round).is_multiple_of(4) {
+                        db.transaction(async |conn| {
+                            diesel::sql_query("INSERT INTO notes (body) VALUES ('rotation')")
+                                .execute(conn)
+                                .await
+                        })
+                        .await
+                    } else {
+                        db.read(async |conn| diesel::sql_query("SELECT 1").execute(conn).await)
+                            .await
+                    };
+                    match result {
+                        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            errors.lock().unwrap().push(report(&e));
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cluster.set_password("app", new).unwrap();
+    // The rotation window: the server has the new password, the secret
+    // file still the old one, for two seconds.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    std::fs::write(&file, secret(new)).unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    done.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let _ = std::fs::remove_file(&file);
+    let errors = errors.lock().unwrap();
+    assert_eq!(
+        AtomicU64::load(&failed, Ordering::Relaxed),
+        0,
+        "caller errors: {:?}",
+        &errors[..errors.len().min(5)]
+    );
+    assert!(
+        AtomicU64::load(&ok, Ordering::Relaxed) > 100,
+        "{} calls",
+        AtomicU64::load(&ok, Ordering::Relaxed)
+    );
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        log.contains("login refused; asking for fresh credentials"),
+        "{log}"
+    );
+    assert!(
+        log.contains("connected with refreshed credentials"),
+        "{log}"
+    );
+    assert!(
+        !log.contains(old) && !log.contains(new),
+        "a password in the log"
+    );
 }

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::balance::Balance;
+use crate::credentials::{Credentials, CredentialsProvider, SecretFile};
 use crate::error::ConfigError;
 use crate::tenant::check_identifier;
 use crate::tls::TlsSettings;
@@ -55,6 +56,11 @@ pub struct Config {
     /// Schemas every tenant sees after its own, in `search_path` order.
     /// Default: `public`.
     pub shared_schemas: Vec<String>,
+    /// Where the login of each new connection comes from; `None` uses the
+    /// user and password of each node's URL. `DATABASE_SECRET_FILE` sets a
+    /// [`SecretFile`](crate::SecretFile); [`Config::with_credentials`] any
+    /// provider. Not a serde field (serde: `secret_file`).
+    pub credentials: Option<CredentialsProvider>,
 }
 
 /// How failing nodes are taken out and brought back, and how reads that
@@ -199,6 +205,14 @@ impl Config {
         let replica = parse_url(&key, url)?;
         self.push_replica(key, replica)?;
         Ok(self)
+    }
+
+    /// Asks `provider` for the login of each new connection, and again when
+    /// the server refuses one (see [`Credentials`](crate::Credentials)).
+    #[must_use]
+    pub fn with_credentials(mut self, provider: impl Credentials) -> Self {
+        self.credentials = Some(CredentialsProvider::new(provider));
+        self
     }
 
     /// Reads the `DATABASE_*` environment variables (see the crate docs).
@@ -347,6 +361,7 @@ impl Config {
         let shared_schemas = var("shared_schemas").map(|_| list("shared_schemas"));
         Settings {
             url: var("url"),
+            secret_file: var("secret_file"),
             shared_schemas,
             balance,
             replica_weights,
@@ -513,6 +528,7 @@ impl Config {
 struct Settings {
     url: Option<String>,
     secret: Option<Value>,
+    secret_file: Option<String>,
     replica_urls: Vec<String>,
     replica_hosts: Vec<String>,
     application_name: Option<String>,
@@ -593,6 +609,7 @@ impl Naming {
         let name = match field {
             "url" => "URL",
             "secret" => "SECRET",
+            "secret_file" => "SECRET_FILE",
             "replica_urls" => "REPLICA_URLS",
             "replica_hosts" => "REPLICA_HOSTS",
             "application_name" => "APPLICATION_NAME",
@@ -631,16 +648,41 @@ impl TryFrom<Settings> for Config {
 
 impl Settings {
     fn resolve(self, naming: &Naming) -> Result<Config, ConfigError> {
-        let writer = match (self.url, self.secret) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::Conflict {
-                    first: naming.key("url"),
-                    second: naming.key("secret"),
-                });
+        let given: Vec<&str> = [
+            ("url", self.url.is_some()),
+            ("secret", self.secret.is_some()),
+            ("secret_file", self.secret_file.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(field, set)| set.then_some(field))
+        .collect();
+        if let [first, second, ..] = given.as_slice() {
+            return Err(ConfigError::Conflict {
+                first: naming.key(first),
+                second: naming.key(second),
+            });
+        }
+        let mut credentials = None;
+        let writer = match (self.url, self.secret, self.secret_file) {
+            (Some(url), _, _) => parse_url(&naming.key("url"), &url)?,
+            (_, Some(secret), _) => url_from_secret(&naming.key("secret"), &secret)?,
+            (_, _, Some(path)) => {
+                let key = naming.key("secret_file");
+                let text = std::fs::read_to_string(path.trim()).map_err(|e| {
+                    ConfigError::InvalidSecret {
+                        key: key.clone(),
+                        reason: format!("file `{}` cannot be read: {e}", path.trim()),
+                    }
+                })?;
+                let secret =
+                    serde_json::from_str(&text).map_err(|e| ConfigError::InvalidSecret {
+                        key: key.clone(),
+                        reason: format!("file `{}`: {e}", path.trim()),
+                    })?;
+                credentials = Some(CredentialsProvider::new(SecretFile::new(path.trim())));
+                url_from_secret(&key, &secret)?
             }
-            (Some(url), None) => parse_url(&naming.key("url"), &url)?,
-            (None, Some(secret)) => url_from_secret(&naming.key("secret"), &secret)?,
-            (None, None) => {
+            (None, None, None) => {
                 return Err(ConfigError::Missing {
                     key: naming.key("url"),
                     alternative: naming.key("secret"),
@@ -679,6 +721,7 @@ impl Settings {
                 Some(schemas) => schemas,
                 None => vec!["public".to_owned()],
             },
+            credentials,
         };
         let urls_key = naming.key("replica_urls");
         for (i, url) in self.replica_urls.iter().enumerate() {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use std::hash::{Hash, Hasher};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool::Runtime;
 use deadpool::managed::{Hook, HookError, Metrics};
@@ -19,6 +19,7 @@ use tokio_postgres::config::SslMode as WireSslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::PoolConfig;
+use crate::credentials::{Credentials, CredentialsProvider};
 use crate::error::error_chain;
 use crate::tls::SslMode;
 use crate::url::DatabaseUrl;
@@ -35,15 +36,20 @@ pub(crate) fn pool(
     url: &DatabaseUrl,
     config: &PoolConfig,
     application_name: &str,
+    credentials: Option<&CredentialsProvider>,
+    node: String,
 ) -> Result<Pool<AsyncPgConnection>, String> {
     let tls = url.tls.client_config()?.map(MakeRustlsConnect::new);
     let mut manager_config = ManagerConfig::default();
     manager_config.recycling_method = RecyclingMethod::Fast;
-    manager_config.custom_setup = connector(
-        url.connect_config(application_name, config.statement_timeout()),
-        url.tls.mode(),
+    manager_config.custom_setup = connector(Connector {
+        config: url.connect_config(application_name, config.statement_timeout()),
+        mode: url.tls.mode(),
         tls,
-    );
+        credentials: credentials.map(|provider| Arc::clone(&provider.0)),
+        node,
+        budget: config.connect_timeout.unwrap_or(UNBOUNDED_BUDGET),
+    });
     // The manager's URL string is only a label: connections are opened
     // from the parsed settings above.
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
@@ -129,22 +135,105 @@ async fn sweep(pool: Pool<AsyncPgConnection>, expiry: Expiry) {
 const SWEEP_MIN: Duration = Duration::from_millis(250);
 const SWEEP_MAX: Duration = Duration::from_secs(5);
 
-/// Opens connections from parsed settings, the one reading of the URL.
-fn connector(
+/// How one node's connections are opened.
+struct Connector {
+    /// Parsed settings, the one reading of the URL.
     config: tokio_postgres::Config,
     mode: SslMode,
     tls: Option<MakeRustlsConnect>,
-) -> SetupCallback<AsyncPgConnection> {
-    let config = Arc::new(config);
+    credentials: Option<Arc<dyn Credentials>>,
+    node: String,
+    /// How long logins refused during a password rotation are retried.
+    budget: Duration,
+}
+
+/// How long refused logins are retried when connecting has no timeout.
+const UNBOUNDED_BUDGET: Duration = Duration::from_secs(60);
+
+fn connector(connector: Connector) -> SetupCallback<AsyncPgConnection> {
+    let connector = Arc::new(connector);
     Box::new(move |_label| {
-        let config = Arc::clone(&config);
-        let tls = tls.clone();
+        let connector = Arc::clone(&connector);
         Box::pin(async move {
-            connect(&config, mode, tls)
-                .await
-                .map_err(|e| ConnectionError::BadConnection(format!("sslmode={mode}: {e}")))
+            connector.open().await.map_err(|e| {
+                ConnectionError::BadConnection(format!("sslmode={}: {e}", connector.mode))
+            })
         })
     })
+}
+
+impl Connector {
+    /// One connection. With a credentials provider, a login the server
+    /// refuses (SQLSTATE 28P01 or 28000) is asked for again, skipping any
+    /// cache, and tried with backoff within the connect budget: during a
+    /// password rotation the provider may lag the server by a while.
+    async fn open(&self) -> Result<AsyncPgConnection, String> {
+        let Some(provider) = &self.credentials else {
+            return connect(&self.config, self.mode, self.tls.clone())
+                .await
+                .map_err(|e| e.message);
+        };
+        let started = Instant::now();
+        let mut refresh = false;
+        let mut wait = Duration::from_millis(100);
+        loop {
+            let login = provider
+                .login(&self.node, refresh)
+                .await
+                .map_err(|e| error_chain(&e))?;
+            let mut config = self.config.clone();
+            config.user(&login.user).password(login.password.expose());
+            match connect(&config, self.mode, self.tls.clone()).await {
+                Ok(conn) => {
+                    if refresh {
+                        tracing::info!(node = %self.node, "connected with refreshed credentials");
+                    }
+                    return Ok(conn);
+                }
+                Err(failure) if failure.refused_login && started.elapsed() + wait < self.budget => {
+                    tracing::warn!(
+                        node = %self.node,
+                        user = %login.user,
+                        "login refused; asking for fresh credentials"
+                    );
+                    if refresh {
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(2));
+                    }
+                    refresh = true;
+                }
+                Err(failure) => return Err(failure.message),
+            }
+        }
+    }
+}
+
+/// Why a connection could not be opened, and whether the server refused
+/// the login itself.
+struct ConnectFailure {
+    message: String,
+    refused_login: bool,
+}
+
+impl ConnectFailure {
+    fn of(error: &tokio_postgres::Error) -> Self {
+        use tokio_postgres::error::SqlState;
+
+        Self {
+            message: error_chain(error),
+            refused_login: matches!(
+                error.code(),
+                Some(&SqlState::INVALID_PASSWORD | &SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
+            ),
+        }
+    }
+
+    fn setup(error: &ConnectionError) -> Self {
+        Self {
+            message: error_chain(error),
+            refused_login: false,
+        }
+    }
 }
 
 /// One connection, encrypted as `mode` asks (see the tls module).
@@ -152,18 +241,21 @@ async fn connect(
     config: &tokio_postgres::Config,
     mode: SslMode,
     tls: Option<MakeRustlsConnect>,
-) -> Result<AsyncPgConnection, String> {
+) -> Result<AsyncPgConnection, ConnectFailure> {
     let Some(tls) = tls.filter(|_| mode != SslMode::Disable) else {
-        return plain(config).await.map_err(|e| error_chain(&e));
+        return plain(config).await.map_err(|e| e.failure());
     };
     let encrypted = |wire| {
         let mut config = config.clone();
         config.ssl_mode(wire);
         async move {
-            let (client, connection) = config.connect(tls).await.map_err(|e| error_chain(&e))?;
+            let (client, connection) = config
+                .connect(tls)
+                .await
+                .map_err(|e| ConnectFailure::of(&e))?;
             AsyncPgConnection::try_from_client_and_connection(client, connection)
                 .await
-                .map_err(|e| error_chain(&e))
+                .map_err(|e| ConnectFailure::setup(&e))
         }
     };
     match mode {
@@ -171,7 +263,7 @@ async fn connect(
         SslMode::Allow => match plain(config).await {
             Ok(conn) => Ok(conn),
             Err(Refused::Server(_)) => encrypted(WireSslMode::Require).await,
-            Err(e) => Err(error_chain(&e)),
+            Err(e) => Err(e.failure()),
         },
         SslMode::Prefer => encrypted(WireSslMode::Prefer).await,
         _ => encrypted(WireSslMode::Require).await,
@@ -180,14 +272,19 @@ async fn connect(
 
 /// Why a plaintext connection failed: the server said no (so `allow`
 /// tries TLS), or anything else.
-#[derive(Debug, thiserror::Error)]
 enum Refused {
-    #[error(transparent)]
     Server(tokio_postgres::Error),
-    #[error(transparent)]
     Other(tokio_postgres::Error),
-    #[error(transparent)]
     Setup(ConnectionError),
+}
+
+impl Refused {
+    fn failure(&self) -> ConnectFailure {
+        match self {
+            Self::Server(e) | Self::Other(e) => ConnectFailure::of(e),
+            Self::Setup(e) => ConnectFailure::setup(e),
+        }
+    }
 }
 
 async fn plain(config: &tokio_postgres::Config) -> Result<AsyncPgConnection, Refused> {

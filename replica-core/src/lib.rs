@@ -9,6 +9,7 @@ mod attempt;
 mod balance;
 mod config;
 mod connector;
+mod credentials;
 mod error;
 mod health;
 mod node;
@@ -28,6 +29,9 @@ pub mod __private;
 
 pub use crate::balance::Balance;
 pub use crate::config::{Config, HealthConfig, PoolConfig};
+pub use crate::credentials::{
+    Credentials, CredentialsError, CredentialsProvider, Login, LoginFuture, Password, SecretFile,
+};
 pub use crate::error::{CheckoutError, ConfigError, Error, ErrorKind};
 pub use crate::health::Health;
 pub use crate::node::{NodeId, NodeStatus, Role};

@@ -15,6 +15,7 @@ use futures_util::future::try_join_all;
 use crate::balance::Candidate;
 use crate::config::{HealthConfig, PoolConfig};
 use crate::connector;
+use crate::credentials::CredentialsProvider;
 use crate::error::Error;
 use crate::health::{Health, Probed, Tracker};
 use crate::route::Route;
@@ -94,6 +95,7 @@ pub(crate) struct Spec<'a> {
     pub(crate) pool: &'a PoolConfig,
     pub(crate) application_name: &'a str,
     pub(crate) health: &'a Arc<HealthConfig>,
+    pub(crate) credentials: Option<&'a CredentialsProvider>,
 }
 
 impl Node {
@@ -108,14 +110,16 @@ impl Node {
             pool,
             application_name,
             health,
+            credentials,
         } = spec;
+        let id = NodeId::of(&url);
         Ok(Self {
-            id: NodeId::of(&url),
+            id: id.clone(),
             role,
             label: format!("{name} ({})", url.address()),
             name,
             weight,
-            pool: connector::pool(&url, pool, application_name)?,
+            pool: connector::pool(&url, pool, application_name, credentials, id.to_string())?,
             url,
             warm_up: pool.warm_up,
             attempt_timeout: pool.statement_timeout().map(|t| t + STATEMENT_GRACE),

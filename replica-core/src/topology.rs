@@ -35,6 +35,7 @@ impl Topology {
             pool,
             application_name: &config.application_name,
             health: &health,
+            credentials: config.credentials.as_ref(),
         };
         let tls_error = |node: &str, url: &DatabaseUrl| {
             let key = format!("{node} ({})", url.address());
