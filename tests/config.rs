@@ -815,3 +815,82 @@ fn obvious_spellings_are_accepted() {
         "{err}"
     );
 }
+
+#[test]
+fn secret_files_are_read_and_their_problems_named_without_the_password() {
+    let dir = std::env::temp_dir().join(format!("diesel-replica-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.json");
+    std::fs::write(
+        &good,
+        format!(
+            r#"{{"username":"app","password":"{PASSWORD}","host":"db","port":5433,"dbname":"app"}}"#
+        ),
+    )
+    .unwrap();
+    let config = env(&[
+        ("DATABASE_SECRET_FILE", good.to_str().unwrap()),
+        ("DATABASE_REPLICA_HOSTS", "r1"),
+    ])
+    .unwrap();
+    assert_eq!(config.writer.address(), "db:5433");
+    assert!(config.credentials.is_some());
+    assert!(!format!("{config:?}").contains(PASSWORD));
+
+    let malformed = dir.join("malformed.json");
+    std::fs::write(&malformed, format!("{{\"password\": \"{PASSWORD}\"")).unwrap();
+    let missing = dir.join("missing.json");
+    for (path, expected) in [
+        (&missing, "cannot be read"),
+        (&malformed, "EOF while parsing"),
+    ] {
+        let err = env_err(&[("DATABASE_SECRET_FILE", path.to_str().unwrap())]);
+        let text = err.to_string();
+        assert!(
+            text.starts_with("`DATABASE_SECRET_FILE` is not a valid database secret"),
+            "{text}"
+        );
+        assert!(
+            text.contains(path.to_str().unwrap()) && text.contains(expected),
+            "{text}"
+        );
+    }
+    let err = env_err(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_SECRET_FILE", good.to_str().unwrap()),
+    ]);
+    assert!(matches!(err, ConfigError::Conflict { .. }), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn connection_lifetimes_from_env_and_serde() {
+    let config = env(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_MAX_LIFETIME_MS", "60000"),
+        ("DATABASE_IDLE_TIMEOUT_MS", "5000"),
+    ])
+    .unwrap();
+    assert_eq!(
+        config.replica_pool.max_lifetime,
+        Some(Duration::from_secs(60))
+    );
+    assert_eq!(
+        config.writer_pool.idle_timeout,
+        Some(Duration::from_secs(5))
+    );
+    let config: Config = serde_json::from_value(serde_json::json!({
+        "url": writer(),
+        "replica_pool": { "max_lifetime_ms": null, "idle_timeout_ms": 2000 }
+    }))
+    .unwrap();
+    assert_eq!(config.replica_pool.max_lifetime, None);
+    let err = env_err(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_MAX_LIFETIME_MS", "10"),
+    ]);
+    assert!(
+        err.to_string().contains("from 1000 to 2147483647 ms"),
+        "{err}"
+    );
+}

@@ -46,6 +46,7 @@ fn main() -> ExitCode {
             log_lines_show_no_password_given_as_a_query_parameter,
             errors_keep_their_source_and_tell_their_kind,
             nodes_are_known_by_address_and_database,
+            connections_past_their_lifetime_or_idle_timeout_are_replaced,
         ],
     )
 }
@@ -830,4 +831,23 @@ async fn nodes_are_known_by_address_and_database(cluster: Arc<Cluster>) {
         .map(|port| format!("127.0.0.1:{port}/postgres"))
         .collect();
     assert_eq!(ids, expected);
+}
+
+async fn connections_past_their_lifetime_or_idle_timeout_are_replaced(cluster: Arc<Cluster>) {
+    for (lifetime, idle) in [(Some(1000), None), (None, Some(1000))] {
+        let mut config = Config::new(&cluster.writer_url()).unwrap();
+        config.writer_pool.max_size = 1;
+        config.writer_pool.max_lifetime = lifetime.map(Duration::from_millis);
+        config.writer_pool.idle_timeout = idle.map(Duration::from_millis);
+        let db = ReplicaSet::connect(config).await.unwrap();
+        let pid = async || {
+            db.write(async |conn| text(conn, "pg_backend_pid()::text").await)
+                .await
+                .unwrap()
+        };
+        let first = pid().await;
+        assert_eq!(pid().await, first, "reused within its lifetime");
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        assert_ne!(pid().await, first, "lifetime {lifetime:?}, idle {idle:?}");
+    }
 }
