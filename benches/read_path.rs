@@ -43,7 +43,7 @@ use diesel::prelude::QueryableByName;
 use diesel::sql_types::{Integer, Text};
 use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::pooled_connection::{
-    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod, SetupCallback,
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_replica::ReplicaSet;
@@ -139,7 +139,7 @@ fn histogram() -> Histogram<u64> {
 /// `concurrency` tasks loop on the query for `secs`, each with its own
 /// random ids (a [`Rng`] seeded by `seed` and the task index).
 async fn run(contender: &Contender, concurrency: usize, secs: f64, seed: u64) -> Run {
-    let cpu = cpu_ns();
+    let cpu = replica_testkit::process_cpu_ns();
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(secs);
     let tasks: Vec<_> = (0..concurrency as u64)
@@ -167,20 +167,8 @@ async fn run(contender: &Contender, concurrency: usize, secs: f64, seed: u64) ->
         total.hist.add(hist).expect("equal bounds");
     }
     total.secs = start.elapsed().as_secs_f64();
-    total.cpu_ns = cpu_ns() - cpu;
+    total.cpu_ns = replica_testkit::process_cpu_ns() - cpu;
     total
-}
-
-/// CPU time used so far by every thread of this process, in nanoseconds
-/// (Linux `/proc/self/task/*/schedstat`; 0 where that does not exist).
-fn cpu_ns() -> u64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
-    };
-    tasks
-        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok())
-        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -197,7 +185,15 @@ fn main() {
     let secs: f64 = env_or("BENCH_SECS", 3.0);
     let rounds: usize = env_or("BENCH_ROUNDS", 5);
 
-    let cluster = Cluster::start(1).expect("start the cluster");
+    // BENCH_TLS=1: a TLS-only cluster, every contender over TLS with the
+    // same verification (verify-full against the cluster's CA).
+    let tls = env_or("BENCH_TLS", 0u8) == 1;
+    let cluster = if tls {
+        Cluster::start_tls(1)
+    } else {
+        Cluster::start(1)
+    }
+    .expect("start the cluster");
     cluster
         .psql(
             NodeId::Primary,
@@ -228,7 +224,12 @@ fn main() {
         // The same server settings as ours: a `statement_timeout` is a
         // setting any production pool would carry, not routing work.
         let plain_url = format!("{replica_url}?options=-c%20statement_timeout%3D{timeout_ms}");
-        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(plain_url);
+        let mut verified = ManagerConfig::default();
+        if let Some(ca) = cluster.ca_cert_path() {
+            verified.custom_setup = tls_setup(ca);
+        }
+        let manager =
+            AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(plain_url, verified);
         let pool = Pool::builder(manager)
             .max_size(concurrency)
             .build()
@@ -237,6 +238,9 @@ fn main() {
         // before reuse (ours lets `BEGIN` be the check).
         let mut fast = ManagerConfig::default();
         fast.recycling_method = RecyclingMethod::Fast;
+        if let Some(ca) = cluster.ca_cert_path() {
+            fast.custom_setup = tls_setup(ca);
+        }
         let fast = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
             format!("{replica_url}?options=-c%20statement_timeout%3D{timeout_ms}"),
             fast,
@@ -288,6 +292,53 @@ fn main() {
     });
     drop(runtime);
     drop(cluster);
+}
+
+/// A plain pool's connections over TLS, as an application would set them
+/// up with tokio-postgres-rustls: the chain and host name checked against
+/// `ca`. The URL's own TLS parameters, which tokio-postgres does not know,
+/// are dropped.
+fn tls_setup(ca: &std::path::Path) -> SetupCallback<AsyncPgConnection> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("the CA file") {
+        roots
+            .add(cert.expect("a PEM certificate"))
+            .expect("a root certificate");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(config);
+    Box::new(move |url| {
+        let tls = tls.clone();
+        let url: String = url
+            .split(['?', '&'])
+            .filter(|part| !part.starts_with("sslmode=") && !part.starts_with("sslrootcert="))
+            .enumerate()
+            .map(|(i, part)| match i {
+                0 => part.to_owned(),
+                1 => format!("?{part}"),
+                _ => format!("&{part}"),
+            })
+            .collect();
+        Box::pin(async move {
+            let mut config: tokio_postgres::Config = url
+                .parse()
+                .map_err(|e| diesel::ConnectionError::BadConnection(format!("{e}")))?;
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+            let (client, connection) = config
+                .connect(tls)
+                .await
+                .map_err(|e| diesel::ConnectionError::BadConnection(format!("{e}")))?;
+            AsyncPgConnection::try_from_client_and_connection(client, connection).await
+        })
+    })
 }
 
 fn report(concurrency: usize, secs: f64, rounds: usize, totals: &[Run], round_ratios: &[f64]) {

@@ -42,7 +42,7 @@ mod load;
 mod served;
 mod tls;
 
-pub use load::Rng;
+pub use load::{Rng, process_cpu_ns};
 pub use served::{Served, WHO_SERVED, who_served};
 
 /// Password of the `postgres` role; TCP connections must present it.
