@@ -722,23 +722,8 @@ async fn a_read_on_the_writer_sends_no_notification(cluster: Arc<Cluster>) {
 }
 
 async fn log_lines_show_no_password_given_as_a_query_parameter(cluster: Arc<Cluster>) {
-    #[derive(Clone, Default)]
-    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing_subscriber::filter::LevelFilter::DEBUG)
-        .finish();
+    let captured = common::Captured::default();
+    let subscriber = captured.subscriber(tracing_subscriber::filter::LevelFilter::DEBUG);
     let _guard = tracing_subscriber::util::SubscriberInitExt::set_default(subscriber);
     let port = |id| cluster.node(id).port();
     let password = cluster.password();
@@ -754,7 +739,7 @@ async fn log_lines_show_no_password_given_as_a_query_parameter(cluster: Arc<Clus
         .unwrap();
     let db = ReplicaSet::connect(config).await.unwrap();
     db.read(who_served).await.unwrap();
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let log = captured.text();
     assert!(log.contains("replica set ready"), "{log}");
     assert!(!log.contains(password), "{log}");
 }

@@ -219,31 +219,14 @@ async fn failures_say_which_node_which_mode_and_why(cluster: Arc<Cluster>) {
     }
 }
 
-/// Collects every log line of the process, for the rotation test.
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 async fn a_password_rotated_under_load_costs_callers_nothing(cluster: Arc<Cluster>) {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
-        .finish();
-    let _ = tracing_subscriber::util::SubscriberInitExt::try_init(subscriber);
+    // Connections open on the runtime's threads: the subscriber is global.
+    let captured = common::Captured::default();
+    let _ = tracing_subscriber::util::SubscriberInitExt::try_init(
+        captured.subscriber(tracing_subscriber::filter::LevelFilter::INFO),
+    );
 
     let (old, new) = ("0ld-Pa55", "n3w-Pa55/%41");
     cluster
@@ -353,7 +336,7 @@ async fn a_password_rotated_under_load_costs_callers_nothing(cluster: Arc<Cluste
         "{} calls",
         AtomicU64::load(&ok, Ordering::Relaxed)
     );
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let log = captured.text();
     assert!(
         log.contains("login refused; asking for fresh credentials"),
         "{log}"

@@ -126,3 +126,37 @@ pub(crate) fn report(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+/// Collects log lines, for tests that check what is (and is not) logged.
+#[derive(Clone, Default)]
+pub(crate) struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    /// A subscriber writing every event at `level` and above here.
+    pub(crate) fn subscriber(
+        &self,
+        level: tracing_subscriber::filter::LevelFilter,
+    ) -> impl tracing_subscriber::util::SubscriberInitExt + use<> {
+        let writer = self.clone();
+        tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_max_level(level)
+            .finish()
+    }
+
+    /// What was logged so far.
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
