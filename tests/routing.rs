@@ -47,6 +47,7 @@ fn main() -> ExitCode {
             errors_keep_their_source_and_tell_their_kind,
             nodes_are_known_by_address_and_database,
             connections_past_their_lifetime_or_idle_timeout_are_replaced,
+            replicas_added_and_removed_while_reading_fail_no_read,
         ],
     )
 }
@@ -835,4 +836,109 @@ async fn connections_past_their_lifetime_or_idle_timeout_are_replaced(cluster: A
         tokio::time::sleep(Duration::from_millis(1300)).await;
         assert_ne!(pid().await, first, "lifetime {lifetime:?}, idle {idle:?}");
     }
+}
+
+async fn replicas_added_and_removed_while_reading_fail_no_read(cluster: Arc<Cluster>) {
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicBool;
+
+    let urls = cluster.replica_urls();
+    let ports = replica_ports(&cluster);
+    let with = |replicas: &[usize]| {
+        let mut config = replicas
+            .iter()
+            .try_fold(Config::new(&cluster.writer_url()).unwrap(), |c, &i| {
+                c.with_replica(&urls[i])
+            })
+            .unwrap();
+        // Told apart from the other tests' sessions on the same servers.
+        config.application_name = "topology-test".into();
+        config
+    };
+    let db = ReplicaSet::connect(with(&[0])).await.unwrap();
+    let started = std::time::Instant::now();
+    let done = Arc::new(AtomicBool::new(false));
+    let served: Arc<Mutex<Vec<(Duration, i32)>>> = Arc::default();
+    let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+    let readers: Vec<_> = (0..32)
+        .map(|_| {
+            let (db, done, served, errors) =
+                (db.clone(), done.clone(), served.clone(), errors.clone());
+            tokio::spawn(async move {
+                while !AtomicBool::load(&done, Ordering::Relaxed) {
+                    match db.read(who_served).await {
+                        Ok(s) => served.lock().unwrap().push((started.elapsed(), s.port)),
+                        Err(e) => errors.lock().unwrap().push(report(&e)),
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let added_at = started.elapsed();
+    let change = db.update_replicas(&with(&[0, 1, 2])).await.unwrap();
+    assert_eq!(
+        (change.generation, change.added.len(), change.removed.len()),
+        (1, 2, 0)
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let seen_after = |since: Duration| -> Vec<i32> {
+        let mut ports: Vec<i32> = served
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(at, _)| *at > since)
+            .map(|(_, port)| *port)
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    };
+    let mut all = ports.clone();
+    all.sort_unstable();
+    assert_eq!(seen_after(added_at), all, "the added replicas serve reads");
+
+    let change = db.update_replicas(&with(&[2])).await.unwrap();
+    assert_eq!(
+        (change.generation, change.added.len(), change.removed.len()),
+        (2, 0, 2)
+    );
+    let removed_at = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let after_removal = seen_after(removed_at + Duration::from_millis(100));
+    assert_eq!(
+        after_removal,
+        [ports[2]],
+        "only the remaining replica serves reads"
+    );
+    for i in [0, 1] {
+        let sessions = cluster
+            .psql(
+                NodeId::Replica(i),
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'topology-test'",
+            )
+            .unwrap();
+        assert_eq!(sessions, "0", "replica {i} drained and closed");
+    }
+    done.store(true, Ordering::Relaxed);
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    {
+        let errors = errors.lock().unwrap();
+        assert!(
+            errors.is_empty(),
+            "{} failed reads: {:?}",
+            errors.len(),
+            &errors[..errors.len().min(3)]
+        );
+    }
+    assert_eq!(db.status().generation, 2);
+    assert_eq!(db.status().replicas.len(), 1);
+
+    let mut other_writer = with(&[]);
+    other_writer.writer = Config::new(&urls[1]).unwrap().writer;
+    let err = db.update_replicas(&other_writer).await.unwrap_err();
+    assert!(err.to_string().contains("the writer cannot"), "{err}");
 }

@@ -141,6 +141,17 @@ pub enum ConfigError {
         /// What is wrong, naming the file where one is at fault.
         problem: String,
     },
+    /// A change of the replicas named another writer.
+    #[error(
+        "the writer is {current}, and the new configuration names {given}: replicas can change \
+         while running, the writer cannot"
+    )]
+    WriterChanged {
+        /// The writer's `host:port`.
+        current: String,
+        /// The one the new configuration names.
+        given: String,
+    },
     /// A number outside the range its setting accepts.
     #[error("`{key}` = {value} is out of range: expected {expected}")]
     OutOfRange {

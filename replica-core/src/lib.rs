@@ -37,7 +37,7 @@ pub use crate::health::Health;
 pub use crate::node::{NodeId, NodeStatus, Role};
 pub use crate::provision::Provisioned;
 pub use crate::route::AsyncFunc;
-pub use crate::set::{ReplicaSet, Status, TenantScope};
+pub use crate::set::{ReplicaSet, Status, TenantScope, TopologyChange};
 pub use crate::tenant::{NameError, Tenant, TenantError};
 pub use crate::tls::SslMode;
 pub use crate::url::DatabaseUrl;

@@ -76,8 +76,6 @@ pub(crate) struct Node {
     pub(crate) url: DatabaseUrl,
     /// `name (host:port)`, as errors show the node.
     pub(crate) label: String,
-    /// Its share of reads under [`Balance::Weighted`](crate::Balance::Weighted).
-    pub(crate) weight: u32,
     pub(crate) pool: Pool<AsyncPgConnection>,
     warm_up: usize,
     /// The client's bound on one attempt, past the server's own.
@@ -91,7 +89,6 @@ pub(crate) struct Spec<'a> {
     pub(crate) role: Role,
     pub(crate) name: String,
     pub(crate) url: DatabaseUrl,
-    pub(crate) weight: u32,
     pub(crate) pool: &'a PoolConfig,
     pub(crate) application_name: &'a str,
     pub(crate) health: &'a Arc<HealthConfig>,
@@ -106,7 +103,6 @@ impl Node {
             role,
             name,
             url,
-            weight,
             pool,
             application_name,
             health,
@@ -118,7 +114,6 @@ impl Node {
             role,
             label: format!("{name} ({})", url.address()),
             name,
-            weight,
             pool: connector::pool(&url, pool, application_name, credentials, id.to_string())?,
             url,
             warm_up: pool.warm_up,

@@ -3,6 +3,8 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use diesel::QueryResult;
@@ -12,12 +14,12 @@ use futures_util::future::join_all;
 
 use crate::attempt::{self, Failure, attempt};
 use crate::config::{Config, HealthConfig};
-use crate::error::{Error, error_chain};
-use crate::node::{Node, NodeStatus};
+use crate::error::{ConfigError, Error, error_chain};
+use crate::node::{Node, NodeId, NodeStatus};
 use crate::read_path;
 use crate::route::{AsyncFunc, Body, Call, Route};
 use crate::tenant::{Scope, Tenant};
-use crate::topology::Topology;
+use crate::topology::{Blueprint, Next, Topology};
 
 /// One writer pool and any number of replica pools, with the routing of
 /// reads and writes between them.
@@ -43,8 +45,30 @@ struct Inner {
     /// The nodes, replaced as a whole: each call keeps the snapshot it
     /// started with.
     topology: ArcSwap<Topology>,
+    /// How nodes that join later are built.
+    blueprint: Blueprint,
+    /// Serializes changes of the topology; holds the number of the next
+    /// replica's name.
+    changes: tokio::sync::Mutex<usize>,
     health: HealthConfig,
     shared_schemas: Vec<String>,
+}
+
+/// How long a removed replica's calls in flight may take before its pool
+/// is closed anyway.
+const DRAIN_LIMIT: Duration = Duration::from_secs(60);
+
+/// What [`ReplicaSet::update_replicas`] changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TopologyChange {
+    /// The topology's generation now: 0 at start, one more per change.
+    pub generation: u64,
+    /// Replicas that joined, warmed up before they took reads.
+    pub added: Vec<NodeId>,
+    /// Replicas that left: their calls in flight finish, then their pools
+    /// close.
+    pub removed: Vec<NodeId>,
 }
 
 /// A failed call: the node of its last attempt, and what went wrong.
@@ -101,13 +125,73 @@ impl ReplicaSet {
     /// as one read from the environment is.
     pub fn new(config: Config) -> Result<Self, Error> {
         config.validate()?;
+        let blueprint = Blueprint::new(&config);
+        let topology = Topology::new(&config, &blueprint)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                topology: ArcSwap::from_pointee(Topology::new(&config)?),
+                topology: ArcSwap::from_pointee(topology),
+                blueprint,
+                changes: tokio::sync::Mutex::new(config.replicas.len()),
                 health: config.health,
                 shared_schemas: config.shared_schemas,
             }),
         })
+    }
+
+    /// Replaces the replicas with those `config` names (URLs, hosts,
+    /// weights: read it again from the environment, a secret or serde, as
+    /// at start), while calls run.
+    ///
+    /// A replica already in the set keeps its pool. A new one opens its
+    /// warm-up connections before it takes reads. A removed one takes no
+    /// new reads; its calls in flight finish, then its pool closes. No read
+    /// fails because of the change: a read that finds a removed replica's
+    /// pool closed is tried on another node. Changes are made one at a
+    /// time. The writer, pools and other settings stay those of the start.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a configuration that would be refused at
+    /// start (duplicate replicas, a replica equal to the writer, weights
+    /// that do not fit), or that names another writer.
+    pub async fn update_replicas(&self, config: &Config) -> Result<TopologyChange, Error> {
+        config.validate()?;
+        let mut next_name = self.inner.changes.lock().await;
+        let current = self.topology();
+        if NodeId::of(&config.writer) != current.writer.id {
+            return Err(ConfigError::WriterChanged {
+                current: current.writer.url.address(),
+                given: config.writer.address(),
+            }
+            .into());
+        }
+        let Next {
+            topology,
+            added,
+            removed,
+        } = current.next(config, &self.inner.blueprint, &mut next_name)?;
+        for (node, result) in added
+            .iter()
+            .zip(join_all(added.iter().map(|node| node.warm_up())).await)
+        {
+            match result {
+                Ok(()) => tracing::info!(node = %node.label, "replica added"),
+                Err(error) => {
+                    let error = error_chain(&error);
+                    tracing::warn!(node = %node.label, %error, "replica added; its warm-up failed");
+                }
+            }
+        }
+        let change = TopologyChange {
+            generation: topology.generation,
+            added: added.iter().map(|node| node.id.clone()).collect(),
+            removed: removed.iter().map(|node| node.id.clone()).collect(),
+        };
+        self.inner.topology.store(Arc::new(topology));
+        for node in removed {
+            tracing::info!(node = %node.label, "replica removed: it drains, then its pool closes");
+            tokio::spawn(drain(node));
+        }
+        Ok(change)
     }
 
     /// The current snapshot of the nodes.
@@ -231,6 +315,7 @@ impl ReplicaSet {
     pub fn status(&self) -> Status {
         let topology = self.topology();
         Status {
+            generation: topology.generation,
             writer: topology.writer.status(),
             replicas: topology.replicas.iter().map(|node| node.status()).collect(),
         }
@@ -290,6 +375,17 @@ impl ReplicaSet {
     }
 }
 
+/// Waits until a removed replica has no call in flight (or
+/// [`DRAIN_LIMIT`] passed), then closes its pool.
+async fn drain(node: Arc<Node>) {
+    let started = tokio::time::Instant::now();
+    while node.in_flight.load(Ordering::Relaxed) > 0 && started.elapsed() < DRAIN_LIMIT {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node.pool.close();
+    tracing::info!(node = %node.label, "removed replica drained: its pool is closed");
+}
+
 /// A call's result with a body returning diesel's errors: those become
 /// [`Error::Query`] or [`Error::ReadOnlyViolation`].
 pub(crate) fn diesel_result<T>(
@@ -310,6 +406,8 @@ pub(crate) fn own_result<T, E: From<Error>>(result: Result<T, CallFailure<E>>) -
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Status {
+    /// The topology's generation: 0 at start, one more per change.
+    pub generation: u64,
     /// The writer.
     pub writer: NodeStatus,
     /// The replicas, in configuration order.

@@ -1,77 +1,160 @@
 //! The nodes a replica set routes to, as one immutable snapshot: the
-//! writer, the replicas (each with its weight), and the balancer over them.
-//! A call takes the snapshot that is current when it starts and keeps it to
-//! its end, so a snapshot can be replaced as a whole while calls are in
-//! flight.
+//! writer, the replicas with their weights, and the balancer over them,
+//! numbered by a generation. A call takes the snapshot that is current when
+//! it starts and keeps it to its end; a change builds the next snapshot,
+//! keeping the nodes (and pools) that stay.
 
 use std::sync::Arc;
 
-use crate::balance::Balancer;
-use crate::config::Config;
+use crate::balance::{Balance, Balancer};
+use crate::config::{Config, HealthConfig, PoolConfig};
+use crate::credentials::CredentialsProvider;
 use crate::error::ConfigError;
-use crate::node::{Node, Role, Spec};
+use crate::node::{Node, NodeId, Role, Spec};
 use crate::url::DatabaseUrl;
 
 pub(crate) struct Topology {
+    pub(crate) generation: u64,
     pub(crate) writer: Arc<Node>,
     pub(crate) replicas: Vec<Arc<Node>>,
     pub(crate) balancer: Balancer,
 }
 
+/// What every node of a set is built with, kept to build the nodes that
+/// join later.
+pub(crate) struct Blueprint {
+    pub(crate) health: Arc<HealthConfig>,
+    pub(crate) replica_pool: PoolConfig,
+    pub(crate) application_name: String,
+    pub(crate) credentials: Option<CredentialsProvider>,
+    pub(crate) balance: Balance,
+}
+
+impl Blueprint {
+    pub(crate) fn new(config: &Config) -> Self {
+        Self {
+            health: Arc::new(config.health.clone()),
+            replica_pool: config.replica_pool.clone(),
+            application_name: config.application_name.clone(),
+            credentials: config.credentials.clone(),
+            balance: config.balance,
+        }
+    }
+
+    fn node(
+        &self,
+        role: Role,
+        name: String,
+        url: &DatabaseUrl,
+        pool: &PoolConfig,
+    ) -> Result<Node, ConfigError> {
+        let key = format!("{name} ({})", url.address());
+        Node::new(Spec {
+            role,
+            name,
+            url: url.clone(),
+            pool,
+            application_name: &self.application_name,
+            health: &self.health,
+            credentials: self.credentials.as_ref(),
+        })
+        .map_err(|problem| ConfigError::InvalidTls { key, problem })
+    }
+}
+
+/// The replicas of a new snapshot: the nodes it keeps and the ones it adds.
+pub(crate) struct Next {
+    pub(crate) topology: Topology,
+    pub(crate) added: Vec<Arc<Node>>,
+    pub(crate) removed: Vec<Arc<Node>>,
+}
+
 impl Topology {
-    /// The nodes a checked configuration names. Builds pools, opens no
-    /// connection.
+    /// The first snapshot: the nodes a checked configuration names. Builds
+    /// pools, opens no connection.
     ///
     /// # Errors
     /// A node's TLS settings cannot be used (a certificate file went away
     /// since the configuration was checked).
-    pub(crate) fn new(config: &Config) -> Result<Self, ConfigError> {
-        let health = Arc::new(config.health.clone());
-        let spec = |role, name, url: &DatabaseUrl, weight, pool| Spec {
-            role,
-            name,
-            url: url.clone(),
-            weight,
-            pool,
-            application_name: &config.application_name,
-            health: &health,
-            credentials: config.credentials.as_ref(),
-        };
-        let tls_error = |node: &str, url: &DatabaseUrl| {
-            let key = format!("{node} ({})", url.address());
-            move |problem| ConfigError::InvalidTls { key, problem }
-        };
-        let writer = Node::new(spec(
+    pub(crate) fn new(config: &Config, blueprint: &Blueprint) -> Result<Self, ConfigError> {
+        let writer = blueprint.node(
             Role::Writer,
             "writer".into(),
             &config.writer,
-            0,
             &config.writer_pool,
-        ))
-        .map_err(tls_error("writer", &config.writer))?;
-        let replicas: Vec<Arc<Node>> = config
+        )?;
+        let replicas = config
             .replicas
             .iter()
             .enumerate()
             .map(|(i, url)| {
-                let weight = config.replica_weights.get(i).copied().unwrap_or(1);
-                let name = format!("replica-{i}");
-                let node = Node::new(spec(
+                let node = blueprint.node(
                     Role::Replica,
-                    name.clone(),
+                    format!("replica-{i}"),
                     url,
-                    weight,
-                    &config.replica_pool,
-                ))
-                .map_err(tls_error(&name, url))?;
+                    &blueprint.replica_pool,
+                )?;
                 Ok(Arc::new(node))
             })
-            .collect::<Result<_, ConfigError>>()?;
-        let weights: Vec<u32> = replicas.iter().map(|node| node.weight).collect();
+            .collect::<Result<Vec<_>, ConfigError>>()?;
         Ok(Self {
+            generation: 0,
             writer: Arc::new(writer),
-            balancer: Balancer::new(config.balance, &weights),
+            balancer: Balancer::new(blueprint.balance, &weights(config, replicas.len())),
             replicas,
         })
+    }
+
+    /// The next snapshot, with the replicas `config` names: a replica
+    /// already here (same [`NodeId`], same settings) keeps its node and
+    /// pool; the others are built, named `replica-N` from `next_name` on.
+    pub(crate) fn next(
+        &self,
+        config: &Config,
+        blueprint: &Blueprint,
+        next_name: &mut usize,
+    ) -> Result<Next, ConfigError> {
+        let mut added = Vec::new();
+        let replicas = config
+            .replicas
+            .iter()
+            .map(|url| {
+                let id = NodeId::of(url);
+                if let Some(node) = self.replicas.iter().find(|n| n.id == id && n.url == *url) {
+                    return Ok(Arc::clone(node));
+                }
+                let name = format!("replica-{next_name}");
+                *next_name += 1;
+                let node =
+                    Arc::new(blueprint.node(Role::Replica, name, url, &blueprint.replica_pool)?);
+                added.push(Arc::clone(&node));
+                Ok(node)
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        let removed = self
+            .replicas
+            .iter()
+            .filter(|old| !replicas.iter().any(|new| Arc::ptr_eq(old, new)))
+            .cloned()
+            .collect();
+        let topology = Topology {
+            generation: self.generation + 1,
+            writer: Arc::clone(&self.writer),
+            balancer: Balancer::new(blueprint.balance, &weights(config, replicas.len())),
+            replicas,
+        };
+        Ok(Next {
+            topology,
+            added,
+            removed,
+        })
+    }
+}
+
+/// The weight of each replica, 1 each when the configuration gives none.
+fn weights(config: &Config, replicas: usize) -> Vec<u32> {
+    match config.replica_weights.as_slice() {
+        [] => vec![1; replicas],
+        weights => weights.to_vec(),
     }
 }
