@@ -20,6 +20,7 @@ use crate::read_path;
 use crate::route::{AsyncFunc, Body, Call, Route};
 use crate::tenant::{Scope, Tenant};
 use crate::topology::{Blueprint, Next, Topology};
+use crate::url::DatabaseUrl;
 
 /// One writer pool and any number of replica pools, with the routing of
 /// reads and writes between them.
@@ -155,7 +156,6 @@ impl ReplicaSet {
     /// that do not fit), or that names another writer.
     pub async fn update_replicas(&self, config: &Config) -> Result<TopologyChange, Error> {
         config.validate()?;
-        let mut next_name = self.inner.changes.lock().await;
         let current = self.topology();
         if NodeId::of(&config.writer) != current.writer.id {
             return Err(ConfigError::WriterChanged {
@@ -164,20 +164,43 @@ impl ReplicaSet {
             }
             .into());
         }
+        self.apply(&config.writer, &config.replicas, &config.replica_weights)
+            .await
+    }
+
+    /// Makes `writer` and `replicas` the nodes of the set (see
+    /// [`ReplicaSet::update_replicas`]); nothing when that changes nothing.
+    pub(crate) async fn apply(
+        &self,
+        writer: &DatabaseUrl,
+        replicas: &[DatabaseUrl],
+        weights: &[u32],
+    ) -> Result<TopologyChange, Error> {
+        let mut next_name = self.inner.changes.lock().await;
+        let current = self.topology();
+        let next = current.next(writer, replicas, weights, &self.inner.blueprint, &mut next_name)?;
+        if next.changes_nothing(&current) {
+            return Ok(TopologyChange {
+                generation: current.generation,
+                added: Vec::new(),
+                removed: Vec::new(),
+            });
+        }
         let Next {
             topology,
             added,
             removed,
-        } = current.next(config, &self.inner.blueprint, &mut next_name)?;
+        } = next;
         for (node, result) in added
             .iter()
             .zip(join_all(added.iter().map(|node| node.warm_up())).await)
         {
+            let role = node.role;
             match result {
-                Ok(()) => tracing::info!(node = %node.label, "replica added"),
+                Ok(()) => tracing::info!(node = %node.label, %role, "node added"),
                 Err(error) => {
                     let error = error_chain(&error);
-                    tracing::warn!(node = %node.label, %error, "replica added; its warm-up failed");
+                    tracing::warn!(node = %node.label, %role, %error, "node added; its warm-up failed");
                 }
             }
         }
@@ -188,7 +211,7 @@ impl ReplicaSet {
         };
         self.inner.topology.store(Arc::new(topology));
         for node in removed {
-            tracing::info!(node = %node.label, "replica removed: it drains, then its pool closes");
+            tracing::info!(node = %node.label, role = %node.role, "node removed: it drains, then its pool closes");
             tokio::spawn(drain(node));
         }
         Ok(change)

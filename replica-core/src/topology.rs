@@ -17,6 +17,8 @@ pub(crate) struct Topology {
     pub(crate) generation: u64,
     pub(crate) writer: Arc<Node>,
     pub(crate) replicas: Vec<Arc<Node>>,
+    /// The weight of each replica, in order.
+    pub(crate) weights: Vec<u32>,
     pub(crate) balancer: Balancer,
 }
 
@@ -24,6 +26,7 @@ pub(crate) struct Topology {
 /// join later.
 pub(crate) struct Blueprint {
     pub(crate) health: Arc<HealthConfig>,
+    pub(crate) writer_pool: PoolConfig,
     pub(crate) replica_pool: PoolConfig,
     pub(crate) application_name: String,
     pub(crate) credentials: Option<CredentialsProvider>,
@@ -34,6 +37,7 @@ impl Blueprint {
     pub(crate) fn new(config: &Config) -> Self {
         Self {
             health: Arc::new(config.health.clone()),
+            writer_pool: config.writer_pool.clone(),
             replica_pool: config.replica_pool.clone(),
             application_name: config.application_name.clone(),
             credentials: config.credentials.clone(),
@@ -97,26 +101,42 @@ impl Topology {
                 Ok(Arc::new(node))
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;
+        let weights = weights(&config.replica_weights, replicas.len());
         Ok(Self {
             generation: 0,
             writer: Arc::new(writer),
-            balancer: Balancer::new(blueprint.balance, &weights(config, replicas.len())),
+            balancer: Balancer::new(blueprint.balance, &weights),
+            weights,
             replicas,
         })
     }
 
-    /// The next snapshot, with the replicas `config` names: a replica
-    /// already here (same [`NodeId`], same settings) keeps its node and
-    /// pool; the others are built, named `replica-N` from `next_name` on.
+    /// The next snapshot, with `writer` and `replicas` (weights in order,
+    /// or none for 1 each): a node already here in the same role (same
+    /// [`NodeId`], same settings) keeps its node and pool; the others are
+    /// built, replicas named `replica-N` from `next_name` on.
     pub(crate) fn next(
         &self,
-        config: &Config,
+        writer: &DatabaseUrl,
+        replicas: &[DatabaseUrl],
+        weights: &[u32],
         blueprint: &Blueprint,
         next_name: &mut usize,
     ) -> Result<Next, ConfigError> {
         let mut added = Vec::new();
-        let replicas = config
-            .replicas
+        let writer = if self.writer.id == NodeId::of(writer) && self.writer.url == *writer {
+            Arc::clone(&self.writer)
+        } else {
+            let node = Arc::new(blueprint.node(
+                Role::Writer,
+                "writer".into(),
+                writer,
+                &blueprint.writer_pool,
+            )?);
+            added.push(Arc::clone(&node));
+            node
+        };
+        let replicas = replicas
             .iter()
             .map(|url| {
                 let id = NodeId::of(url);
@@ -125,22 +145,30 @@ impl Topology {
                 }
                 let name = format!("replica-{next_name}");
                 *next_name += 1;
-                let node =
-                    Arc::new(blueprint.node(Role::Replica, name, url, &blueprint.replica_pool)?);
+                let node = Arc::new(blueprint.node(
+                    Role::Replica,
+                    name,
+                    url,
+                    &blueprint.replica_pool,
+                )?);
                 added.push(Arc::clone(&node));
                 Ok(node)
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;
-        let removed = self
-            .replicas
-            .iter()
-            .filter(|old| !replicas.iter().any(|new| Arc::ptr_eq(old, new)))
+        let stays = |old: &Arc<Node>| {
+            Arc::ptr_eq(old, &writer) || replicas.iter().any(|new| Arc::ptr_eq(old, new))
+        };
+        let removed = std::iter::once(&self.writer)
+            .chain(&self.replicas)
+            .filter(|old| !stays(old))
             .cloned()
             .collect();
+        let weights = self::weights(weights, replicas.len());
         let topology = Topology {
             generation: self.generation + 1,
-            writer: Arc::clone(&self.writer),
-            balancer: Balancer::new(blueprint.balance, &weights(config, replicas.len())),
+            writer,
+            balancer: Balancer::new(blueprint.balance, &weights),
+            weights,
             replicas,
         };
         Ok(Next {
@@ -151,10 +179,17 @@ impl Topology {
     }
 }
 
-/// The weight of each replica, 1 each when the configuration gives none.
-fn weights(config: &Config, replicas: usize) -> Vec<u32> {
-    match config.replica_weights.as_slice() {
+/// The weight of each replica, 1 each when none is given.
+fn weights(given: &[u32], replicas: usize) -> Vec<u32> {
+    match given {
         [] => vec![1; replicas],
         weights => weights.to_vec(),
+    }
+}
+
+impl Next {
+    /// Whether the next snapshot routes as the current one does.
+    pub(crate) fn changes_nothing(&self, current: &Topology) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.topology.weights == current.weights
     }
 }
