@@ -48,6 +48,7 @@ fn main() -> ExitCode {
             nodes_are_known_by_address_and_database,
             connections_past_their_lifetime_or_idle_timeout_are_replaced,
             replicas_added_and_removed_while_reading_fail_no_read,
+            candidate_hosts_discovery_finds_the_writer_and_the_replicas,
         ],
     )
 }
@@ -941,4 +942,42 @@ async fn replicas_added_and_removed_while_reading_fail_no_read(cluster: Arc<Clus
     other_writer.writer = Config::new(&urls[1]).unwrap().writer;
     let err = db.update_replicas(&other_writer).await.unwrap_err();
     assert!(err.to_string().contains("the writer cannot"), "{err}");
+}
+
+async fn candidate_hosts_discovery_finds_the_writer_and_the_replicas(cluster: Arc<Cluster>) {
+    let candidates = std::iter::once(i32::from(cluster.primary().port()))
+        .chain(replica_ports(&cluster))
+        .map(|port| format!("127.0.0.1:{port}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let config = Config::from_vars(
+        None,
+        [
+            ("DATABASE_URL", cluster.writer_url()),
+            ("DATABASE_DISCOVERY", "hosts".to_owned()),
+            ("DATABASE_CANDIDATE_HOSTS", candidates),
+            ("DATABASE_DISCOVERY_INTERVAL_MS", "100".to_owned()),
+        ],
+    )
+    .unwrap();
+    let db = ReplicaSet::connect(config).await.unwrap();
+    assert_eq!(db.replica_count(), 0, "no replica is configured");
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while db.replica_count() < 3 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", db.status());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = db.status();
+    assert_eq!(status.generation, 1);
+    assert_eq!(i32::from(cluster.primary().port()), {
+        let address = status.writer.address.clone();
+        address.rsplit(':').next().unwrap().parse::<i32>().unwrap()
+    });
+    for _ in 0..12 {
+        let served = db.read(who_served).await.unwrap();
+        assert!(served.in_recovery, "{served:?}");
+    }
+    // Nothing changes while nothing does.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(db.status().generation, 1);
 }

@@ -61,6 +61,29 @@ pub struct Config {
     /// [`SecretFile`](crate::SecretFile); [`Config::with_credentials`] any
     /// provider. Not a serde field (serde: `secret_file`).
     pub credentials: Option<CredentialsProvider>,
+    /// How the nodes are found while running. Default:
+    /// [`Discovery::Static`], the lists above.
+    pub discovery: Discovery,
+}
+
+/// How a replica set finds its nodes while running.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Discovery {
+    /// The writer and replicas of the configuration, for good.
+    #[default]
+    Static,
+    /// Candidate hosts asked `SELECT pg_is_in_recovery()` every `interval`
+    /// (every 100 ms while no writer is found): the one not in recovery is
+    /// the writer, the others are replicas. Works for PostgreSQL with
+    /// streaming replicas, Patroni and RDS multi-AZ clusters.
+    Hosts {
+        /// The candidates: credentials, database and TLS of the writer's
+        /// URL or secret, at each `host[:port]`.
+        candidates: Vec<DatabaseUrl>,
+        /// Time between two surveys.
+        interval: Duration,
+    },
 }
 
 /// How failing nodes are taken out and brought back, and how reads that
@@ -362,6 +385,9 @@ impl Config {
         Settings {
             url: var("url"),
             secret_file: var("secret_file"),
+            discovery: var("discovery"),
+            candidate_hosts: list("candidate_hosts"),
+            discovery_interval_ms: number("discovery_interval_ms")?,
             shared_schemas,
             balance,
             replica_weights,
@@ -529,6 +555,9 @@ struct Settings {
     url: Option<String>,
     secret: Option<Value>,
     secret_file: Option<String>,
+    discovery: Option<String>,
+    candidate_hosts: Vec<String>,
+    discovery_interval_ms: Option<u64>,
     replica_urls: Vec<String>,
     replica_hosts: Vec<String>,
     application_name: Option<String>,
@@ -550,6 +579,9 @@ enum Naming {
 
 /// The most connections one pool may hold to one node.
 const MAX_POOL_SIZE: usize = 10_000;
+
+/// Time between two surveys of candidate hosts, by default.
+const DEFAULT_DISCOVERY_INTERVAL_MS: u64 = 2000;
 
 /// The shortest wait between two probes of an ejected replica.
 const MIN_PROBE_INTERVAL_MS: u64 = 10;
@@ -610,6 +642,9 @@ impl Naming {
             "url" => "URL",
             "secret" => "SECRET",
             "secret_file" => "SECRET_FILE",
+            "discovery" => "DISCOVERY",
+            "candidate_hosts" => "CANDIDATE_HOSTS",
+            "discovery_interval_ms" => "DISCOVERY_INTERVAL_MS",
             "replica_urls" => "REPLICA_URLS",
             "replica_hosts" => "REPLICA_HOSTS",
             "application_name" => "APPLICATION_NAME",
@@ -722,6 +757,7 @@ impl Settings {
                 None => vec!["public".to_owned()],
             },
             credentials,
+            discovery: Discovery::Static,
         };
         let urls_key = naming.key("replica_urls");
         for (i, url) in self.replica_urls.iter().enumerate() {
@@ -744,6 +780,58 @@ impl Settings {
                     })?;
             config.push_replica(key, replica)?;
         }
+        config.discovery = match self
+            .discovery
+            .as_deref()
+            .map(|d| d.trim().to_ascii_lowercase())
+        {
+            None => Discovery::Static,
+            Some(d) if d == "static" => Discovery::Static,
+            Some(d) if d == "hosts" => {
+                let key = naming.key("candidate_hosts");
+                if self.candidate_hosts.is_empty() {
+                    return Err(ConfigError::Missing {
+                        key: key.clone(),
+                        alternative: naming.key("discovery"),
+                    });
+                }
+                let candidates = self
+                    .candidate_hosts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, host)| {
+                        config.writer.with_address(host).map_err(|problem| {
+                            ConfigError::InvalidHost {
+                                key: format!("{key}[{i}]"),
+                                value: redact_address(host),
+                                problem: problem.to_string(),
+                            }
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+                let ms = self
+                    .discovery_interval_ms
+                    .unwrap_or(DEFAULT_DISCOVERY_INTERVAL_MS);
+                if !(MIN_PROBE_INTERVAL_MS..=MAX_TIMEOUT_MS).contains(&ms) {
+                    return Err(ConfigError::OutOfRange {
+                        key: naming.key("discovery_interval_ms"),
+                        value: format!("{ms} ms"),
+                        expected: format!("from {MIN_PROBE_INTERVAL_MS} to {MAX_TIMEOUT_MS} ms"),
+                    });
+                }
+                Discovery::Hosts {
+                    candidates,
+                    interval: Duration::from_millis(ms),
+                }
+            }
+            Some(other) => {
+                return Err(ConfigError::InvalidChoice {
+                    key: naming.key("discovery"),
+                    value: other,
+                    expected: "static or hosts (aurora is not supported yet)",
+                });
+            }
+        };
         config.check(naming)?;
         Ok(config)
     }

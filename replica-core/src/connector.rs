@@ -38,18 +38,26 @@ pub(crate) fn pool(
     application_name: &str,
     credentials: Option<&CredentialsProvider>,
     node: String,
+    writer: bool,
 ) -> Result<Pool<AsyncPgConnection>, String> {
-    let tls = url.tls.client_config()?.map(MakeRustlsConnect::new);
+    let mut connector = Connector::new(
+        url,
+        application_name,
+        config.statement_timeout(),
+        credentials,
+        node,
+        config.connect_timeout,
+    )?;
+    if writer {
+        // A writer that turns out to be a standby (after a failover) is
+        // refused at connect, not at the first write.
+        connector
+            .config
+            .target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+    }
     let mut manager_config = ManagerConfig::default();
     manager_config.recycling_method = RecyclingMethod::Fast;
-    manager_config.custom_setup = connector(Connector {
-        config: url.connect_config(application_name, config.statement_timeout()),
-        mode: url.tls.mode(),
-        tls,
-        credentials: credentials.map(|provider| Arc::clone(&provider.0)),
-        node,
-        budget: config.connect_timeout.unwrap_or(UNBOUNDED_BUDGET),
-    });
+    manager_config.custom_setup = setup(connector);
     // The manager's URL string is only a label: connections are opened
     // from the parsed settings above.
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
@@ -150,7 +158,59 @@ struct Connector {
 /// How long refused logins are retried when connecting has no timeout.
 const UNBOUNDED_BUDGET: Duration = Duration::from_secs(60);
 
-fn connector(connector: Connector) -> SetupCallback<AsyncPgConnection> {
+/// Whether the node `url` names is in recovery (a standby), asked on a
+/// connection of its own.
+pub(crate) async fn in_recovery(
+    url: &DatabaseUrl,
+    application_name: &str,
+    credentials: Option<&CredentialsProvider>,
+    timeout: Duration,
+) -> Result<bool, String> {
+    use diesel_async::RunQueryDsl;
+
+    let connector = Connector::new(
+        url,
+        application_name,
+        Some(timeout),
+        credentials,
+        url.address(),
+        Some(timeout),
+    )?;
+    let ask = async {
+        let mut conn = connector.open().await?;
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
+            "pg_is_in_recovery()",
+        ))
+        .get_result::<bool>(&mut conn)
+        .await
+        .map_err(|e| error_chain(&e))
+    };
+    tokio::time::timeout(timeout, ask)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
+}
+
+impl Connector {
+    fn new(
+        url: &DatabaseUrl,
+        application_name: &str,
+        statement_timeout: Option<Duration>,
+        credentials: Option<&CredentialsProvider>,
+        node: String,
+        connect_timeout: Option<Duration>,
+    ) -> Result<Self, String> {
+        Ok(Self {
+            config: url.connect_config(application_name, statement_timeout),
+            mode: url.tls.mode(),
+            tls: url.tls.client_config()?.map(MakeRustlsConnect::new),
+            credentials: credentials.map(|provider| Arc::clone(&provider.0)),
+            node,
+            budget: connect_timeout.unwrap_or(UNBOUNDED_BUDGET),
+        })
+    }
+}
+
+fn setup(connector: Connector) -> SetupCallback<AsyncPgConnection> {
     let connector = Arc::new(connector);
     Box::new(move |_label| {
         let connector = Arc::clone(&connector);

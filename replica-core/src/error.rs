@@ -225,6 +225,15 @@ pub enum Error {
         /// Each replica with its health and last error.
         replicas: Vec<String>,
     },
+    /// No writer is known: the last one turned out to be a standby or
+    /// stopped answering, and discovery has not found another yet. Writes
+    /// fail fast, and are never retried (one may have partly applied);
+    /// they work again by themselves once a writer is found.
+    #[error("no writer available ({last} is not one now); writes resume when a writer is found")]
+    WriterUnavailable {
+        /// The last writer, as `writer (host:port)`.
+        last: String,
+    },
     /// A tenant-scoped call named a tenant whose schema does not exist (on
     /// the node that served it).
     #[error("tenant `{tenant}` has no schema on {node}: provision it first")]
@@ -345,6 +354,8 @@ pub enum ErrorKind {
     Timeout,
     /// [`Error::NoReplicaAvailable`].
     NoReplicaAvailable,
+    /// [`Error::WriterUnavailable`].
+    WriterUnavailable,
     /// [`Error::ReadOnlyViolation`].
     ReadOnlyViolation,
     /// [`Error::Query`] with diesel's `NotFound`: no row.
@@ -370,6 +381,7 @@ impl ErrorKind {
             Self::Checkout => "checkout",
             Self::Timeout => "timeout",
             Self::NoReplicaAvailable => "no_replica_available",
+            Self::WriterUnavailable => "writer_unavailable",
             Self::ReadOnlyViolation => "read_only_violation",
             Self::NotFound => "not_found",
             Self::Query => "query",
@@ -385,7 +397,11 @@ impl ErrorKind {
     pub fn is_unavailable(self) -> bool {
         matches!(
             self,
-            Self::CheckoutTimeout | Self::Checkout | Self::Timeout | Self::NoReplicaAvailable
+            Self::CheckoutTimeout
+                | Self::Checkout
+                | Self::Timeout
+                | Self::NoReplicaAvailable
+                | Self::WriterUnavailable
         )
     }
 }
@@ -405,6 +421,7 @@ impl Error {
             Self::Checkout { .. } => ErrorKind::Checkout,
             Self::Timeout { .. } => ErrorKind::Timeout,
             Self::NoReplicaAvailable { .. } => ErrorKind::NoReplicaAvailable,
+            Self::WriterUnavailable { .. } => ErrorKind::WriterUnavailable,
             Self::ReadOnlyViolation { .. } => ErrorKind::ReadOnlyViolation,
             Self::Query {
                 error: DieselError::NotFound,

@@ -10,6 +10,7 @@ mod balance;
 mod config;
 mod connector;
 mod credentials;
+mod discovery;
 mod error;
 mod health;
 mod node;
@@ -28,7 +29,7 @@ mod url;
 pub mod __private;
 
 pub use crate::balance::Balance;
-pub use crate::config::{Config, HealthConfig, PoolConfig};
+pub use crate::config::{Config, Discovery, HealthConfig, PoolConfig};
 pub use crate::credentials::{
     Credentials, CredentialsError, CredentialsProvider, Login, LoginFuture, Password, SecretFile,
 };

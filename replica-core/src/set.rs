@@ -3,17 +3,19 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use diesel::QueryResult;
-use diesel::result::Error as DieselError;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::AsyncPgConnection;
 use futures_util::future::join_all;
+use tokio::sync::Notify;
 
 use crate::attempt::{self, Failure, attempt};
-use crate::config::{Config, HealthConfig};
+use crate::config::{Config, Discovery, HealthConfig};
+use crate::discovery;
 use crate::error::{ConfigError, Error, error_chain};
 use crate::node::{Node, NodeId, NodeStatus};
 use crate::read_path;
@@ -53,7 +55,17 @@ struct Inner {
     changes: tokio::sync::Mutex<usize>,
     health: HealthConfig,
     shared_schemas: Vec<String>,
+    /// Set by discovery when no candidate is a writer: writes fail fast.
+    writer_unavailable: AtomicBool,
+    /// Wakes discovery early: a write met a standby or a dead writer.
+    wake: Arc<Notify>,
 }
+
+/// Time between two surveys while no writer is known.
+const FAST_SURVEY: Duration = Duration::from_millis(100);
+
+/// The bound on asking one candidate during a survey.
+const SURVEY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a removed replica's calls in flight may take before its pool
 /// is closed anyway.
@@ -128,15 +140,25 @@ impl ReplicaSet {
         config.validate()?;
         let blueprint = Blueprint::new(&config);
         let topology = Topology::new(&config, &blueprint)?;
-        Ok(Self {
+        let set = Self {
             inner: Arc::new(Inner {
                 topology: ArcSwap::from_pointee(topology),
                 blueprint,
                 changes: tokio::sync::Mutex::new(config.replicas.len()),
                 health: config.health,
                 shared_schemas: config.shared_schemas,
+                writer_unavailable: AtomicBool::new(false),
+                wake: Arc::new(Notify::new()),
             }),
-        })
+        };
+        if let Discovery::Hosts {
+            candidates,
+            interval,
+        } = config.discovery
+        {
+            tokio::spawn(watch(Arc::downgrade(&set.inner), candidates, interval));
+        }
+        Ok(set)
     }
 
     /// Replaces the replicas with those `config` names (URLs, hosts,
@@ -178,7 +200,13 @@ impl ReplicaSet {
     ) -> Result<TopologyChange, Error> {
         let mut next_name = self.inner.changes.lock().await;
         let current = self.topology();
-        let next = current.next(writer, replicas, weights, &self.inner.blueprint, &mut next_name)?;
+        let next = current.next(
+            writer,
+            replicas,
+            weights,
+            &self.inner.blueprint,
+            &mut next_name,
+        )?;
         if next.changes_nothing(&current) {
             return Ok(TopologyChange {
                 generation: current.generation,
@@ -354,16 +382,35 @@ impl ReplicaSet {
         read_path::read(&topology, &self.inner.health, call, f).await
     }
 
-    /// Runs a call on the writer, once.
+    /// Runs a call on the writer, once. While discovery knows no writer,
+    /// writes fail fast with [`Error::WriterUnavailable`]; a write that
+    /// meets a standby or a writer that does not answer wakes discovery.
     pub(crate) async fn writer_call<T, E>(
         &self,
         call: Call<'_>,
         f: impl Body<T, E>,
     ) -> Result<T, CallFailure<E>> {
         let writer = Arc::clone(&self.topology().writer);
-        attempt(&writer, call, f)
-            .await
-            .map_err(|failed| (writer, failed.failure))
+        let writes = !call.route.is_read_only();
+        if writes && self.inner.writer_unavailable.load(Ordering::Acquire) {
+            let error = Error::WriterUnavailable {
+                last: writer.label.clone(),
+            };
+            return Err((writer, Failure::Routing(error)));
+        }
+        attempt(&writer, call, f).await.map_err(|failed| {
+            let standby = matches!(
+                &failed.failure,
+                Failure::Routing(Error::Query {
+                    error: DieselError::DatabaseError(DatabaseErrorKind::ReadOnlyTransaction, _),
+                    ..
+                })
+            );
+            if writes && (failed.node_down || standby) {
+                self.inner.wake.notify_one();
+            }
+            (writer, failed.failure)
+        })
     }
 
     /// A body returning diesel's `QueryResult` on the writer, once.
@@ -394,6 +441,91 @@ impl ReplicaSet {
                 .position(|replica| Arc::ptr_eq(replica, node))
                 .unwrap_or(usize::MAX),
             None => usize::MAX,
+        }
+    }
+}
+
+/// Keeps the nodes those among `candidates` say they are, surveying them
+/// every `interval`, every [`FAST_SURVEY`] while no writer is known, and at
+/// once when a write wakes it. A survey that finds no writer keeps the
+/// last good nodes and makes writes fail fast; one that finds exactly one
+/// makes it the writer and the candidates in recovery the replicas (keeping
+/// replicas that did not answer: ejection deals with those). Ends when the
+/// set is dropped.
+async fn watch(inner: std::sync::Weak<Inner>, candidates: Vec<DatabaseUrl>, interval: Duration) {
+    let mut announced_unavailable = false;
+    loop {
+        let (wake, fast) = match inner.upgrade() {
+            Some(inner) => (
+                Arc::clone(&inner.wake),
+                inner.writer_unavailable.load(Ordering::Acquire),
+            ),
+            None => return,
+        };
+        let wait = if fast { FAST_SURVEY } else { interval };
+        let _ = tokio::time::timeout(wait, wake.notified()).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let set = ReplicaSet { inner };
+        let blueprint = &set.inner.blueprint;
+        let survey = discovery::survey(
+            &candidates,
+            &blueprint.application_name,
+            blueprint.credentials.as_ref(),
+            SURVEY_TIMEOUT,
+        )
+        .await;
+        match survey.writers.as_slice() {
+            [writer] => {
+                let current = set.topology();
+                let mut replicas = survey.replicas.clone();
+                replicas.extend(
+                    current
+                        .replicas
+                        .iter()
+                        .filter(|node| survey.unreachable.iter().any(|(url, _)| *url == node.url))
+                        .map(|node| node.url.clone()),
+                );
+                match set.apply(writer, &replicas, &[]).await {
+                    Ok(change) if !change.added.is_empty() || !change.removed.is_empty() => {
+                        tracing::info!(
+                            generation = change.generation,
+                            writer = %writer.address(),
+                            replicas = replicas.len(),
+                            "discovery changed the nodes"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        let error = error_chain(&error);
+                        tracing::warn!(%error, "discovery could not apply what it found; the nodes stay as they were");
+                        continue;
+                    }
+                }
+                if set.inner.writer_unavailable.swap(false, Ordering::AcqRel) {
+                    tracing::info!(writer = %writer.address(), "writer found: writes resume");
+                }
+                announced_unavailable = false;
+            }
+            [] => {
+                let writer = set.topology().writer.label.clone();
+                set.inner.writer_unavailable.store(true, Ordering::Release);
+                if !announced_unavailable {
+                    let why: Vec<String> = survey
+                        .unreachable
+                        .iter()
+                        .map(|(url, why)| format!("{}: {why}", url.address()))
+                        .collect();
+                    tracing::warn!(last = %writer, unreachable = ?why, "no candidate is a writer: writes fail until one is");
+                    announced_unavailable = true;
+                }
+            }
+            writers => {
+                let writers: Vec<String> = writers.iter().map(DatabaseUrl::address).collect();
+                tracing::warn!(
+                    ?writers,
+                    "more than one candidate is a writer; the nodes stay as they were"
+                );
+            }
         }
     }
 }

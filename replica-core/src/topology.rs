@@ -145,12 +145,8 @@ impl Topology {
                 }
                 let name = format!("replica-{next_name}");
                 *next_name += 1;
-                let node = Arc::new(blueprint.node(
-                    Role::Replica,
-                    name,
-                    url,
-                    &blueprint.replica_pool,
-                )?);
+                let node =
+                    Arc::new(blueprint.node(Role::Replica, name, url, &blueprint.replica_pool)?);
                 added.push(Arc::clone(&node));
                 Ok(node)
             })
