@@ -8,6 +8,11 @@
 //! [`Cluster::start_tls`] starts a cluster that accepts TCP connections only over TLS, with
 //! a certificate for `localhost` signed by a fresh CA ([`Cluster::ca_cert_path`]).
 //!
+//! The topology can change while the cluster runs: [`Cluster::add_replica`],
+//! [`Cluster::remove_replica`], [`Cluster::promote`] (with [`Cluster::primary_id`] naming
+//! the primary of the moment) and [`Cluster::repoint`]. All take `&self`, so a cluster
+//! shared in an `Arc` can change under a running application.
+//!
 //! Beside the cluster: [`Cluster::config`] and [`Cluster::load_config`] (a
 //! `Config` for the cluster), [`WHO_SERVED`] and [`Served`] (which server
 //! ran a query, as it reports itself), and [`Rng`] (a small seeded random
@@ -31,6 +36,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::process::{Command, ExitStatus};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use std::{env, fs, io, thread};
 
@@ -128,7 +134,18 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// Replication did not catch up in time.
+    /// A topology change or start that does not apply to the node, such as removing the
+    /// primary or starting a removed replica.
+    #[error("cannot {action} {node}: {reason}")]
+    Topology {
+        /// What was asked, e.g. `remove`.
+        action: &'static str,
+        /// The node's name, e.g. `replica-0`.
+        node: String,
+        /// Why not.
+        reason: &'static str,
+    },
+    /// Replication or a promotion did not finish in time.
     #[error("timed out after {REPLICATION_TIMEOUT:?} waiting for {what} (last seen: {last})")]
     Timeout {
         /// What was awaited.
@@ -138,17 +155,37 @@ pub enum Error {
     },
 }
 
-/// Identifies a node of a [`Cluster`].
+/// Identifies a node of a [`Cluster`]. An id names the same server for the cluster's
+/// whole life, whatever role it has now, and is never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeId {
-    /// The read-write primary.
+    /// The node started as the read-write primary (`"primary"`). After a
+    /// [`Cluster::promote`] it is no longer the primary: see [`Cluster::primary_id`].
     Primary,
-    /// The replica with this index (0-based, in start order).
+    /// The replica with this index (0-based, in creation order: the replicas of
+    /// [`Cluster::start`], then each [`Cluster::add_replica`]).
     Replica(usize),
 }
 
-/// One PostgreSQL server of a [`Cluster`].
-#[derive(Debug)]
+impl NodeId {
+    /// Index into [`Topology::slots`].
+    fn index(self) -> usize {
+        match self {
+            NodeId::Primary => 0,
+            NodeId::Replica(i) => i + 1,
+        }
+    }
+
+    fn from_index(index: usize) -> NodeId {
+        match index {
+            0 => NodeId::Primary,
+            i => NodeId::Replica(i - 1),
+        }
+    }
+}
+
+/// One PostgreSQL server of a [`Cluster`] (a copy of its fixed facts: name, port, paths).
+#[derive(Debug, Clone)]
 pub struct Node {
     name: String,
     port: u16,
@@ -183,13 +220,80 @@ impl Node {
     }
 }
 
+/// Where a node stands in the topology.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Being made by [`Cluster::add_replica`]; listed nowhere yet.
+    Creating,
+    /// Part of the cluster (running or not).
+    Member,
+    /// Removed for good (or its creation failed); listed nowhere, never started again.
+    Removed,
+}
+
+#[derive(Debug)]
+struct Slot {
+    node: Node,
+    state: State,
+    /// The node whose WAL it streams, as far as the testkit knows; `None` for a primary.
+    upstream: Option<NodeId>,
+}
+
+/// The node list and who is primary, behind the cluster's lock.
+#[derive(Debug)]
+struct Topology {
+    /// The current primary.
+    primary: NodeId,
+    /// Every node ever made, at [`NodeId::index`]: the first primary, then the replicas.
+    slots: Vec<Slot>,
+}
+
+impl Topology {
+    fn slot(&self, id: NodeId) -> &Slot {
+        match self.slots.get(id.index()) {
+            Some(slot) => slot,
+            None => panic!("{id:?} is not a node of this cluster"),
+        }
+    }
+
+    fn slot_mut(&mut self, id: NodeId) -> &mut Slot {
+        match self.slots.get_mut(id.index()) {
+            Some(slot) => slot,
+            None => panic!("{id:?} is not a node of this cluster"),
+        }
+    }
+
+    /// The member replicas other than the current primary, in id order.
+    fn replicas(&self) -> impl Iterator<Item = (NodeId, &Slot)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .skip(1)
+            .map(|(i, slot)| (NodeId::from_index(i), slot))
+            .filter(|&(id, slot)| slot.state == State::Member && id != self.primary)
+    }
+}
+
 /// A primary plus streaming replicas in a temporary directory.
 ///
 /// Dropping it shuts every node down (immediate mode) and deletes the directory.
+///
+/// # Changing the topology
+///
+/// [`Cluster::add_replica`] and [`Cluster::remove_replica`] add and remove replicas while
+/// the cluster runs; [`Cluster::promote`] makes a replica the primary. The lists
+/// ([`Cluster::replicas`], [`Cluster::replica_ids`], [`Cluster::replica_urls`],
+/// [`Cluster::config`]) hold the replicas of the moment in id order, so once a replica
+/// has been removed or promoted a position in them is no longer a replica index: use
+/// [`Cluster::replica_ids`] to tell which is which. [`Cluster::node`] and
+/// [`Cluster::url`] still answer for a removed node, describing the stopped server.
+///
+/// After a promotion only the promoted node is guaranteed usable: the other replicas keep
+/// following the old primary (dead, as a rule) until [`Cluster::repoint`]ed, and
+/// [`Cluster::wait_for_replication`] skips them until then.
 #[derive(Debug)]
 pub struct Cluster {
-    primary: Node,
-    replicas: Vec<Node>,
+    topology: Mutex<Topology>,
     bin: PathBuf,
     /// uid and gid to run PostgreSQL commands as (the `postgres` user when we are root).
     run_as: Option<(u32, u32)>,
@@ -238,10 +342,16 @@ impl Cluster {
             .map_err(io_err("creating the temp dir"))?;
         let ipv6 = tls && localhost_is_ipv6();
         let ports = free_ports(replicas + 1, ipv6)?;
-        let primary = Node::new(dir.path(), "primary".into(), ports[0]);
+        let primary = Slot {
+            node: Node::new(dir.path(), "primary".into(), ports[0]),
+            state: State::Member,
+            upstream: None,
+        };
         let mut cluster = Cluster {
-            primary,
-            replicas: Vec::new(),
+            topology: Mutex::new(Topology {
+                primary: NodeId::Primary,
+                slots: vec![primary],
+            }),
             bin,
             run_as,
             tls: None,
@@ -262,32 +372,49 @@ impl Cluster {
             cluster.tls = Some(files);
         }
         cluster.init_primary()?;
-        for (i, &port) in ports[1..].iter().enumerate() {
-            cluster.add_replica(Node::new(cluster.dir.path(), format!("replica-{i}"), port))?;
+        for &port in &ports[1..] {
+            cluster.create_replica(port)?;
         }
         cluster.wait_for_replication()?;
         Ok(cluster)
     }
 
-    /// The primary.
-    pub fn primary(&self) -> &Node {
-        &self.primary
+    /// The current primary: the node started as primary until a [`Cluster::promote`], then
+    /// the promoted one.
+    pub fn primary(&self) -> Node {
+        self.node(self.primary_id())
     }
 
-    /// The replicas, in start order.
-    pub fn replicas(&self) -> &[Node] {
-        &self.replicas
+    /// The id of the current primary: [`NodeId::Primary`] until a [`Cluster::promote`],
+    /// then the promoted replica's.
+    pub fn primary_id(&self) -> NodeId {
+        self.topology().primary
     }
 
-    /// The node `id` refers to.
+    /// The replicas, in id order: every replica not removed and not promoted, running or
+    /// not, including any still following a former primary. After a removal or a
+    /// promotion, position `i` need not be `NodeId::Replica(i)`: see
+    /// [`Cluster::replica_ids`].
+    pub fn replicas(&self) -> Vec<Node> {
+        let topology = self.topology();
+        topology
+            .replicas()
+            .map(|(_, slot)| slot.node.clone())
+            .collect()
+    }
+
+    /// The ids of [`Cluster::replicas`], in the same order.
+    pub fn replica_ids(&self) -> Vec<NodeId> {
+        self.topology().replicas().map(|(id, _)| id).collect()
+    }
+
+    /// The node `id` refers to, whatever its role; for a removed node, the stopped server
+    /// it was (its port refuses connections).
     ///
     /// # Panics
-    /// If `id` is `Replica(i)` with `i` out of range.
-    pub fn node(&self, id: NodeId) -> &Node {
-        match id {
-            NodeId::Primary => &self.primary,
-            NodeId::Replica(i) => &self.replicas[i],
-        }
+    /// If `id` is `Replica(i)` and no replica `i` was ever made.
+    pub fn node(&self, id: NodeId) -> Node {
+        self.topology().slot(id).node.clone()
     }
 
     /// The directory holding the PostgreSQL binaries in use (for running e.g. psql or pgbench).
@@ -317,19 +444,20 @@ impl Cluster {
         self.tls.as_ref().map(|tls| tls.wrong_ca.as_path())
     }
 
-    /// [`Cluster::url`] of the primary.
+    /// [`Cluster::url`] of the current primary ([`Cluster::primary_id`]).
     pub fn writer_url(&self) -> String {
-        self.url(NodeId::Primary)
+        self.url(self.primary_id())
     }
 
-    /// One URL per replica, in start order.
+    /// One URL per replica of [`Cluster::replicas`], in the same order.
     pub fn replica_urls(&self) -> Vec<String> {
-        (0..self.replicas.len())
-            .map(|i| self.url(NodeId::Replica(i)))
+        self.replica_ids()
+            .into_iter()
+            .map(|id| self.url(id))
             .collect()
     }
 
-    /// The node's URL, with the `postgres` role and the testkit's password
+    /// The node's URL (also for a removed node), with the `postgres` role and the testkit's password
     /// ([`Cluster::password`]).
     ///
     /// Plain cluster: `postgres://postgres:PASSWORD@127.0.0.1:PORT/postgres`.
@@ -360,16 +488,145 @@ impl Cluster {
     }
 
     /// Starts a stopped or killed node again on the same port and waits until it accepts
-    /// connections (`pg_ctl start -w`).
+    /// connections (`pg_ctl start -w`). A removed node is an [`Error::Topology`].
+    ///
+    /// Starting the former primary after a [`Cluster::promote`] makes a second primary:
+    /// the testkit does not stop you.
     pub fn start_node(&self, id: NodeId) -> Result<(), Error> {
-        let log = self.node(id).log.as_os_str();
-        self.pg_ctl(id, &["start".as_ref(), "-l".as_ref(), log])
+        let log = {
+            let topology = self.topology();
+            let slot = topology.slot(id);
+            if slot.state == State::Removed {
+                return Err(refuse("start", slot, "it was removed"));
+            }
+            slot.node.log.clone()
+        };
+        self.pg_ctl(id, &["start".as_ref(), "-l".as_ref(), log.as_os_str()])
     }
 
     /// Fast shutdown, then start.
     pub fn restart(&self, id: NodeId) -> Result<(), Error> {
         self.stop(id)?;
         self.start_node(id)
+    }
+
+    /// Adds a streaming replica of the current primary ([`Cluster::primary_id`]): a
+    /// `pg_basebackup -R` of the running primary, started on a free port (over TLS on a
+    /// TLS cluster, like the others). Returns its id, the next `NodeId::Replica(i)`.
+    ///
+    /// The replica is listed ([`Cluster::replicas`] and friends) once it accepts
+    /// connections; it has then replayed at least the WAL of the base backup, and
+    /// [`Cluster::wait_for_replication`] waits for it from then on. If anything fails, its
+    /// id stays used and the node counts as removed.
+    pub fn add_replica(&self) -> Result<NodeId, Error> {
+        let port = self.free_port()?;
+        self.create_replica(port)
+    }
+
+    /// Removes a replica for good: it is no longer listed ([`Cluster::replicas`] and
+    /// friends), stops (fast) if running, and can never be started again; its id is not
+    /// reused. [`Cluster::node`] and [`Cluster::url`] still describe it, and its port
+    /// refuses connections.
+    ///
+    /// Any node but the current primary can be removed, including a former primary.
+    /// Removing the current primary or a removed node is an [`Error::Topology`]. If the
+    /// stop fails, the node stays removed all the same (and is killed when the cluster
+    /// drops).
+    pub fn remove_replica(&self, id: NodeId) -> Result<(), Error> {
+        let node = {
+            let mut topology = self.topology();
+            let is_primary = id == topology.primary;
+            let slot = topology.slot_mut(id);
+            let reason = match slot.state {
+                _ if is_primary => Some("it is the primary"),
+                State::Removed => Some("it was removed already"),
+                State::Creating => Some("it is still being added"),
+                State::Member => None,
+            };
+            if let Some(reason) = reason {
+                return Err(refuse("remove", slot, reason));
+            }
+            // Unlisted before it goes down, so that nobody is handed a stopping server.
+            slot.state = State::Removed;
+            slot.node.clone()
+        };
+        if node.data_dir.join("postmaster.pid").exists() {
+            self.stop(id)?;
+        }
+        Ok(())
+    }
+
+    /// Promotes a replica to primary (`pg_ctl promote -w`), waits (up to 30 s) until
+    /// `pg_is_in_recovery()` is false on it, and makes it the primary of
+    /// [`Cluster::primary_id`], [`Cluster::writer_url`] and
+    /// [`Cluster::wait_for_replication`].
+    ///
+    /// Nothing else changes: the former primary is not stopped (kill it first, or there
+    /// are two primaries), and the other replicas are not re-pointed. PostgreSQL 15
+    /// replicas can follow the promoted node across its timeline switch
+    /// (`recovery_target_timeline = 'latest'`, the default), but they connect to the
+    /// former primary until [`Cluster::repoint`]ed; until then only the promoted node is
+    /// guaranteed usable.
+    pub fn promote(&self, id: NodeId) -> Result<(), Error> {
+        let name = self.replica_for("promote", id)?.name;
+        self.pg_ctl(id, &["promote"])?;
+        let deadline = Instant::now() + REPLICATION_TIMEOUT;
+        loop {
+            let last = match self.psql(id, "SELECT pg_is_in_recovery()") {
+                Ok(out) if out == "f" => break,
+                Ok(out) => format!("pg_is_in_recovery() = {out}"),
+                Err(err) => err.to_string(),
+            };
+            if Instant::now() > deadline {
+                let what = format!("{name} to leave recovery");
+                return Err(Error::Timeout { what, last });
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let mut topology = self.topology();
+        topology.primary = id;
+        topology.slot_mut(id).upstream = None;
+        Ok(())
+    }
+
+    /// Points a replica at the current primary (after a [`Cluster::promote`]): stops it
+    /// (fast) if running, rewrites the port of the `primary_conninfo` that
+    /// `pg_basebackup -R` wrote into its `postgresql.auto.conf`, and starts it again.
+    /// [`Cluster::wait_for_replication`] waits for it from then on.
+    ///
+    /// It follows the new primary's timeline switch only if it has not replayed past the
+    /// point of the promotion (such as WAL the former primary sent it and not the
+    /// promoted replica); otherwise it stays behind and its log says why. A node that has
+    /// been a primary cannot be repointed (it would need `pg_rewind`): an
+    /// [`Error::Topology`], as are the current primary and a removed node.
+    pub fn repoint(&self, id: NodeId) -> Result<(), Error> {
+        let node = self.replica_for("repoint", id)?;
+        let (primary, primary_port) = {
+            let topology = self.topology();
+            let slot = topology.slot(id);
+            if slot.upstream.is_none() {
+                return Err(refuse("repoint", slot, "it has been a primary"));
+            }
+            (topology.primary, topology.slot(topology.primary).node.port)
+        };
+        if node.data_dir.join("postmaster.pid").exists() {
+            self.stop(id)?;
+        }
+        let path = node.data_dir.join("postgresql.auto.conf");
+        let text =
+            fs::read_to_string(&path).map_err(io_err(format!("reading {}", path.display())))?;
+        let text = with_upstream_port(&text, primary_port).ok_or_else(|| Error::Io {
+            context: format!("rewriting {}", path.display()),
+            source: io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no primary_conninfo with a port",
+            ),
+        })?;
+        // Written over the existing file, which keeps its owner.
+        fs::write(&path, text).map_err(io_err(format!("writing {}", path.display())))?;
+        self.start_node(id)?;
+        self.topology().slot_mut(id).upstream = Some(primary);
+        Ok(())
     }
 
     /// Pauses WAL replay on a replica (`SELECT pg_wal_replay_pause()`).
@@ -384,15 +641,26 @@ impl Cluster {
             .map(drop)
     }
 
-    /// Waits (up to 30 s) until every running, unpaused replica has replayed the primary's
-    /// current WAL LSN.
+    /// Waits (up to 30 s) until every running, unpaused replica that follows the current
+    /// primary ([`Cluster::primary_id`]) has replayed the primary's current WAL LSN.
     ///
     /// The primary first commits a tiny WAL record with `synchronous_commit = on`, which
     /// writes out earlier asynchronous commits so that `pg_current_wal_lsn()` covers them.
-    /// A replica counts as running while its `postmaster.pid` exists.
+    /// A replica counts as running while its `postmaster.pid` exists. Removed replicas,
+    /// and after a [`Cluster::promote`] the replicas not yet [`Cluster::repoint`]ed, are
+    /// skipped.
     pub fn wait_for_replication(&self) -> Result<(), Error> {
+        let (primary, replicas) = {
+            let topology = self.topology();
+            let replicas: Vec<(NodeId, Node)> = topology
+                .replicas()
+                .filter(|(_, slot)| slot.upstream == Some(topology.primary))
+                .map(|(id, slot)| (id, slot.node.clone()))
+                .collect();
+            (topology.primary, replicas)
+        };
         let out = self.run_psql(
-            NodeId::Primary,
+            primary,
             &[
                 "SET synchronous_commit = on",
                 "SELECT pg_logical_emit_message(true, 'replica-testkit', 'flush')",
@@ -405,9 +673,9 @@ impl Cluster {
              OR coalesce(pg_last_wal_replay_lsn() >= '{lsn}', false), pg_last_wal_replay_lsn()"
         );
         let deadline = Instant::now() + REPLICATION_TIMEOUT;
-        for (i, node) in self.replicas.iter().enumerate() {
+        for (id, node) in replicas {
             while node.data_dir.join("postmaster.pid").exists() {
-                let last = match self.psql(NodeId::Replica(i), &check) {
+                let last = match self.psql(id, &check) {
                     Ok(out) if out.starts_with("t|") => break,
                     Ok(out) => format!("replayed up to {}", out.trim_start_matches("f|")),
                     Err(err) => err.to_string(),
@@ -472,7 +740,7 @@ impl Cluster {
         })
     }
 
-    /// Sets `role`'s password on the primary (`ALTER ROLE "role" PASSWORD '...'` over the
+    /// Sets `role`'s password on the current primary (`ALTER ROLE "role" PASSWORD '...'` over the
     /// unix socket); the replicas get it by replication (see
     /// [`Cluster::wait_for_replication`]).
     ///
@@ -494,7 +762,7 @@ impl Cluster {
             quote_ident(role),
             quote_literal(password)?
         );
-        let node = &self.primary;
+        let node = self.primary();
         let mut cmd = self.command("psql");
         cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&node.data_dir)
@@ -545,13 +813,14 @@ impl Cluster {
     }
 
     fn init_primary(&self) -> Result<(), Error> {
+        let primary = self.node(NodeId::Primary);
         let pwfile = self.dir.path().join("pwfile");
         fs::write(&pwfile, PASSWORD).map_err(io_err("writing the password file"))?;
         self.chown(&pwfile)?;
         let initdb = run(
             self.command("initdb")
                 .arg("-D")
-                .arg(&self.primary.data_dir)
+                .arg(&primary.data_dir)
                 .args([
                     "-U",
                     "postgres",
@@ -571,19 +840,42 @@ impl Cluster {
         );
         if let Some(tls) = &self.tls {
             conf += &tls.server_conf();
-            let hba = self.primary.data_dir.join("pg_hba.conf");
+            let hba = primary.data_dir.join("pg_hba.conf");
             // Written over the file initdb made, which keeps its owner.
             fs::write(&hba, TLS_HBA).map_err(io_err(format!("writing {}", hba.display())))?;
         }
-        append_conf(&self.primary, &conf)?;
+        append_conf(&primary, &conf)?;
         self.start_node(NodeId::Primary)
     }
 
-    fn add_replica(&mut self, node: Node) -> Result<(), Error> {
-        let i = self.replicas.len();
+    /// Makes, starts and lists a replica of the current primary on `port`.
+    fn create_replica(&self, port: u16) -> Result<NodeId, Error> {
         // Registered before it exists, so that Drop stops it if anything below fails.
-        self.replicas.push(node);
-        let node = &self.replicas[i];
+        let (id, node, primary_port) = {
+            let mut topology = self.topology();
+            let id = NodeId::from_index(topology.slots.len());
+            let NodeId::Replica(i) = id else {
+                unreachable!("slot 0 is the first primary")
+            };
+            let node = Node::new(self.dir.path(), format!("replica-{i}"), port);
+            let primary = topology.primary;
+            let primary_port = topology.slot(primary).node.port;
+            topology.slots.push(Slot {
+                node: node.clone(),
+                state: State::Creating,
+                upstream: Some(primary),
+            });
+            (id, node, primary_port)
+        };
+        let made = self.make_replica(id, &node, primary_port);
+        self.topology().slot_mut(id).state = match made {
+            Ok(()) => State::Member,
+            Err(_) => State::Removed,
+        };
+        made.map(|()| id)
+    }
+
+    fn make_replica(&self, id: NodeId, node: &Node, primary_port: u16) -> Result<(), Error> {
         // The replica streams over TLS too: `-R` writes this into its `primary_conninfo`.
         let ssl = if self.is_tls() {
             " sslmode=require"
@@ -597,7 +889,7 @@ impl Cluster {
                     "-h",
                     "127.0.0.1",
                     "-p",
-                    &self.primary.port.to_string(),
+                    &primary_port.to_string(),
                     "-U",
                     "postgres",
                 ])
@@ -607,7 +899,43 @@ impl Cluster {
             None,
         )?;
         append_conf(node, "")?;
-        self.start_node(NodeId::Replica(i))
+        self.start_node(id)
+    }
+
+    /// A free port (see [`free_ports`]) that no node of the cluster has ever had, so that
+    /// a removed node's port keeps refusing connections.
+    fn free_port(&self) -> Result<u16, Error> {
+        loop {
+            let port = free_ports(1, self.ipv6)?[0];
+            if !self
+                .topology()
+                .slots
+                .iter()
+                .any(|slot| slot.node.port == port)
+            {
+                return Ok(port);
+            }
+        }
+    }
+
+    /// The node `id`, if it is a member and not the current primary; otherwise an
+    /// [`Error::Topology`] for `action`.
+    fn replica_for(&self, action: &'static str, id: NodeId) -> Result<Node, Error> {
+        let topology = self.topology();
+        let slot = topology.slot(id);
+        let reason = match slot.state {
+            _ if id == topology.primary => "it is the primary",
+            State::Removed => "it was removed",
+            State::Creating => "it is still being added",
+            State::Member => return Ok(slot.node.clone()),
+        };
+        Err(refuse(action, slot, reason))
+    }
+
+    fn topology(&self) -> MutexGuard<'_, Topology> {
+        // A panic while holding the lock leaves the node list consistent: every change is
+        // a single assignment or push.
+        self.topology.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// `127.0.0.1`, and `::1` too where `localhost` resolves to it on a TLS cluster.
@@ -670,16 +998,63 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for node in self.replicas.iter().chain([&self.primary]) {
+        let topology = self
+            .topology
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Newest first, so that the first primary goes last.
+        let data_dirs: Vec<PathBuf> = topology
+            .slots
+            .iter()
+            .rev()
+            .map(|slot| slot.node.data_dir.clone())
+            .collect();
+        for data_dir in data_dirs {
             let mut cmd = self.command("pg_ctl");
             let _ = cmd
                 .arg("stop")
                 .arg("-D")
-                .arg(&node.data_dir)
+                .arg(&data_dir)
                 .args(["-m", "immediate", "-w"])
                 .output();
         }
     }
+}
+
+/// An [`Error::Topology`]: `action` does not apply to the node of `slot`.
+fn refuse(action: &'static str, slot: &Slot, reason: &'static str) -> Error {
+    Error::Topology {
+        action,
+        node: slot.node.name.clone(),
+        reason,
+    }
+}
+
+/// `postgresql.auto.conf` text with the `port` of its `primary_conninfo` set to `port`;
+/// `None` if it has no `primary_conninfo` line with a `port=` key.
+fn with_upstream_port(conf: &str, port: u16) -> Option<String> {
+    let mut found = false;
+    let lines: Vec<String> = conf
+        .lines()
+        .map(|line| {
+            if !line.trim_start().starts_with("primary_conninfo") {
+                return line.to_owned();
+            }
+            line.split(' ')
+                .map(|word| match word.strip_prefix("port=") {
+                    Some(old) => {
+                        found = true;
+                        // The last key of the value keeps its closing quote.
+                        let rest = old.trim_start_matches(|c: char| c.is_ascii_digit());
+                        format!("port={port}{rest}")
+                    }
+                    None => word.to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    found.then(|| lines.join("\n") + "\n")
 }
 
 /// Appends the node's own settings (after `extra`) to its `postgresql.conf`; later lines win.
@@ -946,6 +1321,24 @@ mod tests {
         assert_eq!(quote_literal("it's").unwrap(), "'it''s'");
         assert_eq!(quote_literal(r"a\'b").unwrap(), r"E'a\\''b'");
         assert!(quote_literal("nul\0").is_err());
+    }
+
+    #[test]
+    fn with_upstream_port_rewrites_only_the_conninfo_port() {
+        let conf = "# Do not edit\n\
+                    port = 5000\n\
+                    primary_conninfo = 'user=postgres host=127.0.0.1 port=5432 sslmode=prefer'\n";
+        assert_eq!(
+            with_upstream_port(conf, 6001).unwrap(),
+            "# Do not edit\n\
+             port = 5000\n\
+             primary_conninfo = 'user=postgres host=127.0.0.1 port=6001 sslmode=prefer'\n"
+        );
+        assert_eq!(
+            with_upstream_port("primary_conninfo = 'host=h port=5432'\n", 7).unwrap(),
+            "primary_conninfo = 'host=h port=7'\n"
+        );
+        assert_eq!(with_upstream_port("port = 5000\n", 7), None);
     }
 
     #[test]

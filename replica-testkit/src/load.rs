@@ -6,9 +6,10 @@ use replica_core::Config;
 use crate::Cluster;
 
 impl Cluster {
-    /// A configuration with this cluster's writer and every replica, in
-    /// start order, and default pools, from [`Cluster::writer_url`] and
-    /// [`Cluster::replica_urls`].
+    /// A configuration with this cluster's current writer and replicas, in
+    /// id order, and default pools, from [`Cluster::writer_url`] and
+    /// [`Cluster::replica_urls`] (a snapshot: later topology changes do not
+    /// reach it).
     ///
     /// # Panics
     /// For a TLS cluster ([`Cluster::start_tls`]) while replica-core refuses

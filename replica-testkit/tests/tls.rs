@@ -25,6 +25,7 @@ fn tls_cluster() {
     verify_ca_with_the_wrong_ca_fails(&cluster);
     psql_tcp_errors_never_show_the_password(&cluster);
     set_password_changes_tcp_logins_on_primary_and_replicas(&cluster);
+    an_added_replica_streams_over_tls_and_takes_verify_full(&cluster);
 }
 
 fn conninfo(cluster: &Cluster, id: NodeId, host: &str, ssl: &str) -> String {
@@ -57,7 +58,8 @@ fn accessors_name_the_pem_files_and_urls_verify_full_to_localhost(cluster: &Clus
     assert!(cluster.is_tls());
     let ca = cluster.ca_cert_path().unwrap();
     let wrong = cluster.wrong_ca_cert_path().unwrap();
-    let root = cluster.primary().data_dir().parent().unwrap();
+    let primary = cluster.primary();
+    let root = primary.data_dir().parent().unwrap();
     assert_eq!(ca, root.join("ca.crt"));
     assert_eq!(wrong, root.join("wrong-ca.crt"));
     for path in [ca, wrong] {
@@ -211,6 +213,23 @@ fn set_password_changes_tcp_logins_on_primary_and_replicas(cluster: &Cluster) {
         .psql_tcp(&cluster.writer_url(), "unused", "SELECT 1")
         .unwrap();
     assert_eq!(out, "1");
+}
+
+fn an_added_replica_streams_over_tls_and_takes_verify_full(cluster: &Cluster) {
+    let id = cluster.add_replica().unwrap();
+    assert_eq!(id, NodeId::Replica(2));
+    let out = cluster
+        .psql(
+            NodeId::Primary,
+            "SELECT s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) \
+             WHERE r.application_name = 'replica-2'",
+        )
+        .unwrap();
+    assert_eq!(out, "t");
+    let out = cluster
+        .psql_tcp(&cluster.url(id), cluster.password(), SSL_QUERY)
+        .unwrap();
+    assert_eq!(out, "t|t");
 }
 
 fn read(path: &Path) -> String {
