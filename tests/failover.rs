@@ -54,7 +54,7 @@ async fn a_promoted_replica_becomes_the_writer_and_reads_never_fail(cluster: Arc
         .map(|_| {
             let (db, done, errors) = (db.clone(), done.clone(), read_errors.clone());
             tokio::spawn(async move {
-                while !done.load(Ordering::Relaxed) {
+                while !AtomicBool::load(&done, Ordering::Relaxed) {
                     if let Err(e) = db.read(who_served).await {
                         errors.lock().unwrap().push(report(&e));
                     }
@@ -65,7 +65,7 @@ async fn a_promoted_replica_becomes_the_writer_and_reads_never_fail(cluster: Arc
     tasks.push({
         let (db, done, writes) = (db.clone(), done.clone(), writes.clone());
         tokio::spawn(async move {
-            while !done.load(Ordering::Relaxed) {
+            while !AtomicBool::load(&done, Ordering::Relaxed) {
                 let at = started.elapsed().as_millis();
                 let result = db
                     .transaction(async |conn| {
@@ -74,7 +74,10 @@ async fn a_promoted_replica_becomes_the_writer_and_reads_never_fail(cluster: Arc
                             .await
                     })
                     .await;
-                writes.lock().unwrap().push((at, result.map(drop).map_err(|e| e.kind())));
+                writes
+                    .lock()
+                    .unwrap()
+                    .push((at, result.map(drop).map_err(|e| e.kind())));
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
@@ -93,7 +96,11 @@ async fn a_promoted_replica_becomes_the_writer_and_reads_never_fail(cluster: Arc
     }
 
     let read_errors = read_errors.lock().unwrap();
-    assert!(read_errors.is_empty(), "failed reads: {:?}", &read_errors[..read_errors.len().min(3)]);
+    assert!(
+        read_errors.is_empty(),
+        "failed reads: {:?}",
+        &read_errors[..read_errors.len().min(3)]
+    );
     let writes = writes.lock().unwrap();
     let first_after = writes
         .iter()
@@ -116,7 +123,9 @@ async fn a_promoted_replica_becomes_the_writer_and_reads_never_fail(cluster: Arc
     );
     // No write was committed anywhere but on a writer: every row on the new
     // writer, and the writer is out of recovery.
-    let in_recovery = cluster.psql(NodeId::Replica(0), "SELECT pg_is_in_recovery()").unwrap();
+    let in_recovery = cluster
+        .psql(NodeId::Replica(0), "SELECT pg_is_in_recovery()")
+        .unwrap();
     assert_eq!(in_recovery, "f");
     let status = db.status();
     assert_eq!(
