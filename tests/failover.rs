@@ -22,6 +22,9 @@ fn main() -> ExitCode {
     )
 }
 
+/// When a write started (ms since the start) and how it ended.
+type Write = (u128, Result<(), ErrorKind>);
+
 async fn a_promoted_replica_becomes_the_writer_and_reads_never_fail(cluster: Arc<Cluster>) {
     let port = |id| cluster.node(id).port();
     let candidates = [NodeId::Primary, NodeId::Replica(0), NodeId::Replica(1)]
@@ -48,8 +51,7 @@ async fn a_promoted_replica_becomes_the_writer_and_reads_never_fail(cluster: Arc
     let started = Instant::now();
     let done = Arc::new(AtomicBool::new(false));
     let read_errors: Arc<Mutex<Vec<String>>> = Arc::default();
-    // (ms since start, Ok(()) or the error's kind) of every write.
-    let writes: Arc<Mutex<Vec<(u128, Result<(), ErrorKind>)>>> = Arc::default();
+    let writes: Arc<Mutex<Vec<Write>>> = Arc::default();
     let mut tasks: Vec<_> = (0..32)
         .map(|_| {
             let (db, done, errors) = (db.clone(), done.clone(), read_errors.clone());
