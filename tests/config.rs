@@ -894,3 +894,33 @@ fn connection_lifetimes_from_env_and_serde() {
         "{err}"
     );
 }
+
+#[test]
+fn a_set_can_be_built_before_a_runtime_starts() {
+    // Pools open nothing until used; background tasks wait for a runtime.
+    assert!(diesel_replica::ReplicaSet::new(Config::new(&writer()).unwrap()).is_ok());
+    let config = env(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_DISCOVERY", "hosts"),
+        ("DATABASE_CANDIDATE_HOSTS", "a,b:5433"),
+    ])
+    .unwrap();
+    assert!(matches!(
+        &config.discovery,
+        diesel_replica::Discovery::Hosts { candidates, .. } if candidates.len() == 2
+    ));
+    assert!(diesel_replica::ReplicaSet::new(config).is_ok());
+    let err = env_err(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_DISCOVERY", "aurora"),
+    ]);
+    assert!(
+        err.to_string().contains("aurora is not supported yet"),
+        "{err}"
+    );
+    let err = env_err(&[("DATABASE_URL", &writer()), ("DATABASE_DISCOVERY", "hosts")]);
+    assert!(
+        err.to_string().contains("DATABASE_CANDIDATE_HOSTS"),
+        "{err}"
+    );
+}

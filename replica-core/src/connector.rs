@@ -82,8 +82,12 @@ pub(crate) fn pool(
         }))
         .build()
         .expect("a pool with a runtime always builds");
-    if expiry.is_set() {
-        tokio::spawn(sweep(pool.clone(), expiry));
+    // Outside a runtime (a set built before one starts), expired
+    // connections are still closed when next taken, by the hook above.
+    if expiry.is_set()
+        && let Ok(runtime) = tokio::runtime::Handle::try_current()
+    {
+        runtime.spawn(sweep(pool.clone(), expiry));
     }
     Ok(pool)
 }

@@ -156,7 +156,14 @@ impl ReplicaSet {
             interval,
         } = config.discovery
         {
-            tokio::spawn(watch(Arc::downgrade(&set.inner), candidates, interval));
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(watch(Arc::downgrade(&set.inner), candidates, interval));
+                }
+                Err(_) => tracing::warn!(
+                    "the replica set was built outside a Tokio runtime: discovery does not run"
+                ),
+            }
         }
         Ok(set)
     }
