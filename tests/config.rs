@@ -915,9 +915,27 @@ fn a_set_can_be_built_before_a_runtime_starts() {
         ("DATABASE_DISCOVERY", "aurora"),
     ]);
     assert!(
-        err.to_string().contains("aurora is not supported yet"),
+        err.to_string().contains("DATABASE_AURORA_HOST_PATTERN"),
         "{err}"
     );
+    let config = env(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_DISCOVERY", "Aurora"),
+        (
+            "DATABASE_AURORA_HOST_PATTERN",
+            "?.cluster-xyz.eu-west-1.rds.amazonaws.com",
+        ),
+    ])
+    .unwrap();
+    assert!(matches!(
+        &config.discovery,
+        diesel_replica::Discovery::Aurora { interval, .. } if *interval == Duration::from_secs(30)
+    ));
+    let err = env_err(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_DISCOVERY", "consul"),
+    ]);
+    assert!(err.to_string().contains("static, hosts or aurora"), "{err}");
     let err = env_err(&[("DATABASE_URL", &writer()), ("DATABASE_DISCOVERY", "hosts")]);
     assert!(
         err.to_string().contains("DATABASE_CANDIDATE_HOSTS"),

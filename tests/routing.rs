@@ -49,6 +49,7 @@ fn main() -> ExitCode {
             connections_past_their_lifetime_or_idle_timeout_are_replaced,
             replicas_added_and_removed_while_reading_fail_no_read,
             candidate_hosts_discovery_finds_the_writer_and_the_replicas,
+            aurora_discovery_follows_aurora_replica_status,
         ],
     )
 }
@@ -980,4 +981,94 @@ async fn candidate_hosts_discovery_finds_the_writer_and_the_replicas(cluster: Ar
     // Nothing changes while nothing does.
     tokio::time::sleep(Duration::from_millis(350)).await;
     assert_eq!(db.status().generation, 1);
+}
+
+/// Aurora's `aurora_replica_status()`, emulated on the test primary (and
+/// replicated): its columns, from a table the test drives.
+const AURORA: &str = "CREATE TABLE aurora_topology (server_id text PRIMARY KEY, \
+     session_id text NOT NULL, replica_lag_in_msec float8 NOT NULL DEFAULT 0, \
+     last_update_timestamp timestamptz NOT NULL DEFAULT now()); \
+     CREATE FUNCTION aurora_replica_status() RETURNS TABLE (server_id text, session_id text, \
+     replica_lag_in_msec float8, last_update_timestamp timestamptz) LANGUAGE sql \
+     AS 'SELECT server_id, session_id, replica_lag_in_msec, last_update_timestamp \
+     FROM aurora_topology'";
+
+async fn aurora_discovery_follows_aurora_replica_status(cluster: Arc<Cluster>) {
+    let primary = cluster.primary().port();
+    let replicas = replica_ports(&cluster);
+    cluster.psql(NodeId::Primary, AURORA).unwrap();
+    let drive = |sql: String| {
+        cluster.psql(NodeId::Primary, &sql).unwrap();
+        cluster.wait_for_replication().unwrap();
+    };
+    drive(format!(
+        "INSERT INTO aurora_topology (server_id, session_id) VALUES \
+         ('{primary}', 'MASTER_SESSION_ID'), ('{}', 'a1'), ('{}', 'a2'), ('{}', 'a3')",
+        replicas[0], replicas[1], replicas[2]
+    ));
+    // An instance not updated for 10 minutes is gone, whatever it says.
+    drive(format!(
+        "UPDATE aurora_topology SET last_update_timestamp = now() - interval '10 minutes' \
+         WHERE server_id = '{}'",
+        replicas[2]
+    ));
+    let config = Config::from_vars(
+        None,
+        [
+            ("DATABASE_URL", cluster.writer_url()),
+            ("DATABASE_DISCOVERY", "aurora".to_owned()),
+            // Instance ids are the test nodes' ports.
+            ("DATABASE_AURORA_HOST_PATTERN", "127.0.0.1:?".to_owned()),
+            ("DATABASE_DISCOVERY_INTERVAL_MS", "100".to_owned()),
+        ],
+    )
+    .unwrap();
+    let db = ReplicaSet::connect(config).await.unwrap();
+    let ports_now = || -> Vec<i32> {
+        let mut ports: Vec<i32> = db
+            .status()
+            .replicas
+            .iter()
+            .map(|r| r.address.rsplit(':').next().unwrap().parse().unwrap())
+            .collect();
+        ports.sort_unstable();
+        ports
+    };
+    let wait_for = async |expected: Vec<i32>| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while ports_now() != expected {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{:?} != {expected:?}",
+                ports_now()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    wait_for(vec![replicas[0], replicas[1]]).await;
+    drive(format!(
+        "DELETE FROM aurora_topology WHERE server_id = '{}'",
+        replicas[0]
+    ));
+    wait_for(vec![replicas[1]]).await;
+    drive(format!(
+        "UPDATE aurora_topology SET last_update_timestamp = now() WHERE server_id = '{}'",
+        replicas[2]
+    ));
+    wait_for(vec![replicas[1], replicas[2]]).await;
+    for _ in 0..6 {
+        assert!(db.read(who_served).await.unwrap().in_recovery);
+    }
+    // Garbage keeps the last good topology.
+    let generation = db.status().generation;
+    drive("UPDATE aurora_topology SET server_id = server_id || '/x'".to_owned());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(db.status().generation, generation);
+    assert_eq!(ports_now(), vec![replicas[1], replicas[2]]);
+    cluster
+        .psql(
+            NodeId::Primary,
+            "DROP FUNCTION aurora_replica_status(); DROP TABLE aurora_topology",
+        )
+        .unwrap();
 }

@@ -84,6 +84,20 @@ pub enum Discovery {
         /// Time between two surveys.
         interval: Duration,
     },
+    /// Aurora's own view, `aurora_replica_status()` asked of the writer
+    /// (or a replica when the writer does not answer) every `interval`
+    /// (every 100 ms while no writer is known): the row with
+    /// `session_id = 'MASTER_SESSION_ID'` is the writer, the others
+    /// replicas; rows not updated for 5 minutes are skipped. Each
+    /// `server_id` becomes a host through `host_pattern`.
+    Aurora {
+        /// The instance endpoint of a `server_id`, with `?` standing for
+        /// it: `?.cluster-xyz.eu-west-1.rds.amazonaws.com`. The writer's
+        /// port, credentials, database and TLS settings apply.
+        host_pattern: String,
+        /// Time between two surveys.
+        interval: Duration,
+    },
 }
 
 /// How failing nodes are taken out and brought back, and how reads that
@@ -386,6 +400,7 @@ impl Config {
             url: var("url"),
             secret_file: var("secret_file"),
             discovery: var("discovery"),
+            aurora_host_pattern: var("aurora_host_pattern"),
             candidate_hosts: list("candidate_hosts"),
             discovery_interval_ms: number("discovery_interval_ms")?,
             shared_schemas,
@@ -556,6 +571,7 @@ struct Settings {
     secret: Option<Value>,
     secret_file: Option<String>,
     discovery: Option<String>,
+    aurora_host_pattern: Option<String>,
     candidate_hosts: Vec<String>,
     discovery_interval_ms: Option<u64>,
     replica_urls: Vec<String>,
@@ -582,6 +598,10 @@ const MAX_POOL_SIZE: usize = 10_000;
 
 /// Time between two surveys of candidate hosts, by default.
 const DEFAULT_DISCOVERY_INTERVAL_MS: u64 = 2000;
+
+/// Time between two asks of `aurora_replica_status()`, by default (as the
+/// AWS JDBC wrapper).
+const DEFAULT_AURORA_INTERVAL_MS: u64 = 30_000;
 
 /// The shortest wait between two probes of an ejected replica.
 const MIN_PROBE_INTERVAL_MS: u64 = 10;
@@ -643,6 +663,7 @@ impl Naming {
             "secret" => "SECRET",
             "secret_file" => "SECRET_FILE",
             "discovery" => "DISCOVERY",
+            "aurora_host_pattern" => "AURORA_HOST_PATTERN",
             "candidate_hosts" => "CANDIDATE_HOSTS",
             "discovery_interval_ms" => "DISCOVERY_INTERVAL_MS",
             "replica_urls" => "REPLICA_URLS",
@@ -824,11 +845,46 @@ impl Settings {
                     interval: Duration::from_millis(ms),
                 }
             }
+            Some(d) if d == "aurora" => {
+                let key = naming.key("aurora_host_pattern");
+                let pattern = self.aurora_host_pattern.as_deref().map(str::trim);
+                let Some(pattern) = pattern.filter(|p| p.matches('?').count() == 1) else {
+                    return Err(ConfigError::InvalidChoice {
+                        key,
+                        value: self.aurora_host_pattern.unwrap_or_default(),
+                        expected: "an instance host with `?` for the instance, as \
+                                   ?.cluster-xyz.eu-west-1.rds.amazonaws.com",
+                    });
+                };
+                // The pattern must make a valid address for any instance.
+                config
+                    .writer
+                    .with_address(&pattern.replace('?', "1"))
+                    .map_err(|problem| ConfigError::InvalidHost {
+                        key: key.clone(),
+                        value: pattern.to_owned(),
+                        problem: problem.to_string(),
+                    })?;
+                let ms = self
+                    .discovery_interval_ms
+                    .unwrap_or(DEFAULT_AURORA_INTERVAL_MS);
+                if !(MIN_PROBE_INTERVAL_MS..=MAX_TIMEOUT_MS).contains(&ms) {
+                    return Err(ConfigError::OutOfRange {
+                        key: naming.key("discovery_interval_ms"),
+                        value: format!("{ms} ms"),
+                        expected: format!("from {MIN_PROBE_INTERVAL_MS} to {MAX_TIMEOUT_MS} ms"),
+                    });
+                }
+                Discovery::Aurora {
+                    host_pattern: pattern.to_owned(),
+                    interval: Duration::from_millis(ms),
+                }
+            }
             Some(other) => {
                 return Err(ConfigError::InvalidChoice {
                     key: naming.key("discovery"),
                     value: other,
-                    expected: "static or hosts (aurora is not supported yet)",
+                    expected: "static, hosts or aurora",
                 });
             }
         };

@@ -162,16 +162,14 @@ struct Connector {
 /// How long refused logins are retried when connecting has no timeout.
 const UNBOUNDED_BUDGET: Duration = Duration::from_secs(60);
 
-/// Whether the node `url` names is in recovery (a standby), asked on a
-/// connection of its own.
-pub(crate) async fn in_recovery(
+/// A connection of its own to the node `url` names, for discovery,
+/// bounded by `timeout`.
+pub(crate) async fn open(
     url: &DatabaseUrl,
     application_name: &str,
     credentials: Option<&CredentialsProvider>,
     timeout: Duration,
-) -> Result<bool, String> {
-    use diesel_async::RunQueryDsl;
-
+) -> Result<AsyncPgConnection, String> {
     let connector = Connector::new(
         url,
         application_name,
@@ -180,18 +178,9 @@ pub(crate) async fn in_recovery(
         url.address(),
         Some(timeout),
     )?;
-    let ask = async {
-        let mut conn = connector.open().await?;
-        diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
-            "pg_is_in_recovery()",
-        ))
-        .get_result::<bool>(&mut conn)
+    tokio::time::timeout(timeout, connector.open())
         .await
-        .map_err(|e| error_chain(&e))
-    };
-    tokio::time::timeout(timeout, ask)
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
+        .unwrap_or_else(|_| Err(format!("no connection within {timeout:?}")))
 }
 
 impl Connector {

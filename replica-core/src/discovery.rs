@@ -1,8 +1,12 @@
-//! Finding the nodes while running: a survey of candidate hosts, each asked
-//! `SELECT pg_is_in_recovery()` on a connection of its own.
+//! Finding the nodes while running, on connections of discovery's own:
+//! candidate hosts each asked `SELECT pg_is_in_recovery()`, or Aurora's
+//! `aurora_replica_status()`.
 
 use std::time::Duration;
 
+use diesel::QueryableByName;
+use diesel::sql_types::{Bool, Text};
+use diesel_async::RunQueryDsl;
 use futures_util::future::join_all;
 
 use crate::connector;
@@ -11,28 +15,25 @@ use crate::url::DatabaseUrl;
 
 /// What one survey found.
 pub(crate) struct Survey {
-    /// The candidates not in recovery: one is the writer; none means the
-    /// writer is gone (or not yet promoted); more is a split brain.
+    /// The nodes not in recovery: one is the writer; none means the writer
+    /// is gone (or not yet promoted); more is a split brain.
     pub(crate) writers: Vec<DatabaseUrl>,
-    /// The candidates in recovery.
+    /// The nodes in recovery.
     pub(crate) replicas: Vec<DatabaseUrl>,
-    /// The candidates that did not answer, with why.
+    /// The nodes that did not answer, with why.
     pub(crate) unreachable: Vec<(DatabaseUrl, String)>,
 }
 
-/// Asks every candidate at once, each within `timeout`.
-pub(crate) async fn survey(
-    candidates: &[DatabaseUrl],
-    application_name: &str,
-    credentials: Option<&CredentialsProvider>,
-    timeout: Duration,
-) -> Survey {
-    let answers = join_all(
-        candidates
-            .iter()
-            .map(|url| connector::in_recovery(url, application_name, credentials, timeout)),
-    )
-    .await;
+/// How discovery reaches the nodes: the connection settings it uses.
+pub(crate) struct Reach<'a> {
+    pub(crate) application_name: &'a str,
+    pub(crate) credentials: Option<&'a CredentialsProvider>,
+    pub(crate) timeout: Duration,
+}
+
+/// Asks every candidate at once whether it is in recovery.
+pub(crate) async fn survey_hosts(candidates: &[DatabaseUrl], reach: &Reach<'_>) -> Survey {
+    let answers = join_all(candidates.iter().map(|url| in_recovery(url, reach))).await;
     let mut survey = Survey {
         writers: Vec::new(),
         replicas: Vec::new(),
@@ -46,4 +47,91 @@ pub(crate) async fn survey(
         }
     }
     survey
+}
+
+async fn in_recovery(url: &DatabaseUrl, reach: &Reach<'_>) -> Result<bool, String> {
+    let mut conn = connector::open(
+        url,
+        reach.application_name,
+        reach.credentials,
+        reach.timeout,
+    )
+    .await?;
+    diesel::select(diesel::dsl::sql::<Bool>("pg_is_in_recovery()"))
+        .get_result::<bool>(&mut conn)
+        .await
+        .map_err(|e| crate::error::error_chain(&e))
+}
+
+/// One instance in `aurora_replica_status()`.
+#[derive(QueryableByName)]
+struct Instance {
+    #[diesel(sql_type = Text)]
+    server_id: String,
+    #[diesel(sql_type = Bool)]
+    writer: bool,
+}
+
+/// Instances updated in the last 5 minutes, the writer's row marked.
+const AURORA_STATUS: &str = "SELECT server_id::text AS server_id, \
+     session_id = 'MASTER_SESSION_ID' AS writer FROM aurora_replica_status() \
+     WHERE last_update_timestamp > now() - interval '5 minutes'";
+
+/// Asks `aurora_replica_status()` of the first of `nodes` that answers
+/// (the writer first), and makes each instance an address with `pattern`
+/// and the settings of `template`. `Err` when no node answered or the
+/// answer is unusable: the nodes then stay as they were.
+pub(crate) async fn survey_aurora(
+    nodes: &[DatabaseUrl],
+    pattern: &str,
+    template: &DatabaseUrl,
+    reach: &Reach<'_>,
+) -> Result<Survey, String> {
+    let mut why = Vec::new();
+    for url in nodes {
+        let rows = async {
+            let mut conn = connector::open(
+                url,
+                reach.application_name,
+                reach.credentials,
+                reach.timeout,
+            )
+            .await?;
+            diesel::sql_query(AURORA_STATUS)
+                .load::<Instance>(&mut conn)
+                .await
+                .map_err(|e| crate::error::error_chain(&e))
+        };
+        match rows.await {
+            Ok(rows) => return instances(&rows, pattern, template),
+            Err(e) => why.push(format!("{}: {e}", url.address())),
+        }
+    }
+    Err(format!(
+        "no node answered aurora_replica_status(): {}",
+        why.join("; ")
+    ))
+}
+
+fn instances(rows: &[Instance], pattern: &str, template: &DatabaseUrl) -> Result<Survey, String> {
+    if rows.is_empty() {
+        return Err("aurora_replica_status() lists no instance updated in 5 minutes".into());
+    }
+    let mut survey = Survey {
+        writers: Vec::new(),
+        replicas: Vec::new(),
+        unreachable: Vec::new(),
+    };
+    for row in rows {
+        let address = pattern.replace('?', row.server_id.trim());
+        let url = template
+            .with_address(&address)
+            .map_err(|problem| format!("instance `{}`: {problem}", row.server_id))?;
+        if row.writer {
+            survey.writers.push(url);
+        } else {
+            survey.replicas.push(url);
+        }
+    }
+    Ok(survey)
 }

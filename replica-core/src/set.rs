@@ -151,14 +151,27 @@ impl ReplicaSet {
                 wake: Arc::new(Notify::new()),
             }),
         };
-        if let Discovery::Hosts {
-            candidates,
-            interval,
-        } = config.discovery
-        {
+        let source = match config.discovery {
+            Discovery::Static => None,
+            Discovery::Hosts {
+                candidates,
+                interval,
+            } => Some((Source::Hosts(candidates), interval)),
+            Discovery::Aurora {
+                host_pattern,
+                interval,
+            } => Some((
+                Source::Aurora {
+                    pattern: host_pattern,
+                    template: config.writer.clone(),
+                },
+                interval,
+            )),
+        };
+        if let Some((source, interval)) = source {
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => {
-                    runtime.spawn(watch(Arc::downgrade(&set.inner), candidates, interval));
+                    runtime.spawn(watch(Arc::downgrade(&set.inner), source, interval));
                 }
                 Err(_) => tracing::warn!(
                     "the replica set was built outside a Tokio runtime: discovery does not run"
@@ -452,14 +465,27 @@ impl ReplicaSet {
     }
 }
 
-/// Keeps the nodes those among `candidates` say they are, surveying them
-/// every `interval`, every [`FAST_SURVEY`] while no writer is known, and at
-/// once when a write wakes it. A survey that finds no writer keeps the
-/// last good nodes and makes writes fail fast; one that finds exactly one
-/// makes it the writer and the candidates in recovery the replicas (keeping
-/// replicas that did not answer: ejection deals with those). Ends when the
-/// set is dropped.
-async fn watch(inner: std::sync::Weak<Inner>, candidates: Vec<DatabaseUrl>, interval: Duration) {
+/// Where discovery looks.
+enum Source {
+    /// Candidate hosts, each asked whether it is in recovery.
+    Hosts(Vec<DatabaseUrl>),
+    /// `aurora_replica_status()`, its instances made addresses with
+    /// `pattern` and the settings of `template`.
+    Aurora {
+        pattern: String,
+        template: DatabaseUrl,
+    },
+}
+
+/// Keeps the nodes what `source` says they are, surveying every
+/// `interval`, every [`FAST_SURVEY`] while no writer is known, and at once
+/// when a write wakes it. A survey that finds no writer keeps the last good
+/// nodes and makes writes fail fast; one that finds exactly one makes it
+/// the writer and the others the replicas (keeping replicas that did not
+/// answer: ejection deals with those); one that fails (Aurora's view could
+/// not be had, or made no sense) keeps the last good nodes and says why.
+/// Ends when the set is dropped.
+async fn watch(inner: std::sync::Weak<Inner>, source: Source, interval: Duration) {
     let mut announced_unavailable = false;
     loop {
         let (wake, fast) = match inner.upgrade() {
@@ -474,13 +500,28 @@ async fn watch(inner: std::sync::Weak<Inner>, candidates: Vec<DatabaseUrl>, inte
         let Some(inner) = inner.upgrade() else { return };
         let set = ReplicaSet { inner };
         let blueprint = &set.inner.blueprint;
-        let survey = discovery::survey(
-            &candidates,
-            &blueprint.application_name,
-            blueprint.credentials.as_ref(),
-            SURVEY_TIMEOUT,
-        )
-        .await;
+        let reach = discovery::Reach {
+            application_name: &blueprint.application_name,
+            credentials: blueprint.credentials.as_ref(),
+            timeout: SURVEY_TIMEOUT,
+        };
+        let survey = match &source {
+            Source::Hosts(candidates) => discovery::survey_hosts(candidates, &reach).await,
+            Source::Aurora { pattern, template } => {
+                let current = set.topology();
+                let nodes: Vec<DatabaseUrl> = std::iter::once(&current.writer)
+                    .chain(&current.replicas)
+                    .map(|node| node.url.clone())
+                    .collect();
+                match discovery::survey_aurora(&nodes, pattern, template, &reach).await {
+                    Ok(survey) => survey,
+                    Err(why) => {
+                        tracing::warn!(%why, "discovery found nothing usable; the nodes stay as they were");
+                        continue;
+                    }
+                }
+            }
+        };
         match survey.writers.as_slice() {
             [writer] => {
                 let current = set.topology();
