@@ -163,7 +163,7 @@ impl ReplicaSet {
             } => Some((
                 Source::Aurora {
                     pattern: host_pattern,
-                    template: config.writer.clone(),
+                    template: Box::new(config.writer.clone()),
                 },
                 interval,
             )),
@@ -473,7 +473,7 @@ enum Source {
     /// `pattern` and the settings of `template`.
     Aurora {
         pattern: String,
-        template: DatabaseUrl,
+        template: Box<DatabaseUrl>,
     },
 }
 
