@@ -162,25 +162,57 @@ struct Connector {
 /// How long refused logins are retried when connecting has no timeout.
 const UNBOUNDED_BUDGET: Duration = Duration::from_secs(60);
 
-/// A connection of its own to the node `url` names, for discovery,
-/// bounded by `timeout`.
-pub(crate) async fn open(
-    url: &DatabaseUrl,
-    application_name: &str,
-    credentials: Option<&CredentialsProvider>,
+/// Connections of discovery's own: one connector per node asked, built
+/// the first time (its TLS configuration reads the certificate files) and
+/// kept for the surveys after.
+pub(crate) struct Probes {
+    application_name: String,
+    credentials: Option<CredentialsProvider>,
+    /// Bounds connecting and each query.
     timeout: Duration,
-) -> Result<AsyncPgConnection, String> {
-    let connector = Connector::new(
-        url,
-        application_name,
-        Some(timeout),
-        credentials,
-        url.address(),
-        Some(timeout),
-    )?;
-    tokio::time::timeout(timeout, connector.open())
-        .await
-        .unwrap_or_else(|_| Err(format!("no connection within {timeout:?}")))
+    connectors: std::sync::Mutex<Vec<(DatabaseUrl, Arc<Connector>)>>,
+}
+
+impl Probes {
+    pub(crate) fn new(
+        application_name: String,
+        credentials: Option<CredentialsProvider>,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            application_name,
+            credentials,
+            timeout,
+            connectors: std::sync::Mutex::default(),
+        }
+    }
+
+    /// A connection of its own to the node `url` names, within the
+    /// timeout.
+    pub(crate) async fn open(&self, url: &DatabaseUrl) -> Result<AsyncPgConnection, String> {
+        let connector = self.connector(url)?;
+        let timeout = self.timeout;
+        tokio::time::timeout(timeout, connector.open())
+            .await
+            .unwrap_or_else(|_| Err(format!("no connection within {timeout:?}")))
+    }
+
+    fn connector(&self, url: &DatabaseUrl) -> Result<Arc<Connector>, String> {
+        let mut connectors = self.connectors.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, connector)) = connectors.iter().find(|(known, _)| known == url) {
+            return Ok(Arc::clone(connector));
+        }
+        let connector = Arc::new(Connector::new(
+            url,
+            &self.application_name,
+            Some(self.timeout),
+            self.credentials.as_ref(),
+            url.address(),
+            Some(self.timeout),
+        )?);
+        connectors.push((url.clone(), Arc::clone(&connector)));
+        Ok(connector)
+    }
 }
 
 impl Connector {

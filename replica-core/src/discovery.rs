@@ -2,15 +2,12 @@
 //! candidate hosts each asked `SELECT pg_is_in_recovery()`, or Aurora's
 //! `aurora_replica_status()`.
 
-use std::time::Duration;
-
 use diesel::QueryableByName;
 use diesel::sql_types::{Bool, Text};
 use diesel_async::RunQueryDsl;
 use futures_util::future::join_all;
 
-use crate::connector;
-use crate::credentials::CredentialsProvider;
+use crate::connector::Probes;
 use crate::url::DatabaseUrl;
 
 /// What one survey found.
@@ -24,16 +21,9 @@ pub(crate) struct Survey {
     pub(crate) unreachable: Vec<(DatabaseUrl, String)>,
 }
 
-/// How discovery reaches the nodes: the connection settings it uses.
-pub(crate) struct Reach<'a> {
-    pub(crate) application_name: &'a str,
-    pub(crate) credentials: Option<&'a CredentialsProvider>,
-    pub(crate) timeout: Duration,
-}
-
 /// Asks every candidate at once whether it is in recovery.
-pub(crate) async fn survey_hosts(candidates: &[DatabaseUrl], reach: &Reach<'_>) -> Survey {
-    let answers = join_all(candidates.iter().map(|url| in_recovery(url, reach))).await;
+pub(crate) async fn survey_hosts(candidates: &[DatabaseUrl], probes: &Probes) -> Survey {
+    let answers = join_all(candidates.iter().map(|url| in_recovery(url, probes))).await;
     let mut survey = Survey {
         writers: Vec::new(),
         replicas: Vec::new(),
@@ -49,14 +39,8 @@ pub(crate) async fn survey_hosts(candidates: &[DatabaseUrl], reach: &Reach<'_>) 
     survey
 }
 
-async fn in_recovery(url: &DatabaseUrl, reach: &Reach<'_>) -> Result<bool, String> {
-    let mut conn = connector::open(
-        url,
-        reach.application_name,
-        reach.credentials,
-        reach.timeout,
-    )
-    .await?;
+async fn in_recovery(url: &DatabaseUrl, probes: &Probes) -> Result<bool, String> {
+    let mut conn = probes.open(url).await?;
     diesel::select(diesel::dsl::sql::<Bool>("pg_is_in_recovery()"))
         .get_result::<bool>(&mut conn)
         .await
@@ -85,18 +69,12 @@ pub(crate) async fn survey_aurora(
     nodes: &[DatabaseUrl],
     pattern: &str,
     template: &DatabaseUrl,
-    reach: &Reach<'_>,
+    probes: &Probes,
 ) -> Result<Survey, String> {
     let mut why = Vec::new();
     for url in nodes {
         let rows = async {
-            let mut conn = connector::open(
-                url,
-                reach.application_name,
-                reach.credentials,
-                reach.timeout,
-            )
-            .await?;
+            let mut conn = probes.open(url).await?;
             diesel::sql_query(AURORA_STATUS)
                 .load::<Instance>(&mut conn)
                 .await

@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 
 use crate::attempt::{self, Failure, attempt};
 use crate::config::{Config, Discovery, HealthConfig};
+use crate::connector::Probes;
 use crate::discovery;
 use crate::error::{ConfigError, Error, error_chain};
 use crate::node::{Node, NodeId, NodeStatus};
@@ -486,6 +487,14 @@ enum Source {
 /// not be had, or made no sense) keeps the last good nodes and says why.
 /// Ends when the set is dropped.
 async fn watch(inner: std::sync::Weak<Inner>, source: Source, interval: Duration) {
+    let probes = match inner.upgrade() {
+        Some(inner) => Probes::new(
+            inner.blueprint.application_name.clone(),
+            inner.blueprint.credentials.clone(),
+            SURVEY_TIMEOUT,
+        ),
+        None => return,
+    };
     let mut announced_unavailable = false;
     loop {
         let (wake, fast) = match inner.upgrade() {
@@ -499,21 +508,15 @@ async fn watch(inner: std::sync::Weak<Inner>, source: Source, interval: Duration
         let _ = tokio::time::timeout(wait, wake.notified()).await;
         let Some(inner) = inner.upgrade() else { return };
         let set = ReplicaSet { inner };
-        let blueprint = &set.inner.blueprint;
-        let reach = discovery::Reach {
-            application_name: &blueprint.application_name,
-            credentials: blueprint.credentials.as_ref(),
-            timeout: SURVEY_TIMEOUT,
-        };
         let survey = match &source {
-            Source::Hosts(candidates) => discovery::survey_hosts(candidates, &reach).await,
+            Source::Hosts(candidates) => discovery::survey_hosts(candidates, &probes).await,
             Source::Aurora { pattern, template } => {
                 let current = set.topology();
                 let nodes: Vec<DatabaseUrl> = std::iter::once(&current.writer)
                     .chain(&current.replicas)
                     .map(|node| node.url.clone())
                     .collect();
-                match discovery::survey_aurora(&nodes, pattern, template, &reach).await {
+                match discovery::survey_aurora(&nodes, pattern, template, &probes).await {
                     Ok(survey) => survey,
                     Err(why) => {
                         tracing::warn!(%why, "discovery found nothing usable; the nodes stay as they were");
