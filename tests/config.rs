@@ -942,3 +942,48 @@ fn a_set_can_be_built_before_a_runtime_starts() {
         "{err}"
     );
 }
+
+#[test]
+fn bad_discovery_settings_are_named() {
+    let hosts = [
+        ("DATABASE_URL", writer()),
+        ("DATABASE_DISCOVERY", "hosts".into()),
+    ];
+    for (key, value, expected) in [
+        (
+            "DATABASE_CANDIDATE_HOSTS",
+            "a,app@b",
+            "takes no user name or password",
+        ),
+        (
+            "DATABASE_DISCOVERY_INTERVAL_MS",
+            "0",
+            "from 10 to 2147483647 ms",
+        ),
+    ] {
+        let mut vars = hosts.to_vec();
+        vars.push((key, value.into()));
+        if key != "DATABASE_CANDIDATE_HOSTS" {
+            vars.push(("DATABASE_CANDIDATE_HOSTS", "a".into()));
+        }
+        let err = Config::from_vars(None, vars).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(key) && text.contains(expected), "{text}");
+        assert!(!text.contains(PASSWORD), "{text}");
+    }
+    for pattern in [
+        "instance.cluster-x.rds.amazonaws.com",
+        "?.?.example",
+        "?/db",
+    ] {
+        let err = env_err(&[
+            ("DATABASE_URL", &writer()),
+            ("DATABASE_DISCOVERY", "aurora"),
+            ("DATABASE_AURORA_HOST_PATTERN", pattern),
+        ]);
+        assert!(
+            err.to_string().contains("DATABASE_AURORA_HOST_PATTERN"),
+            "{pattern}: {err}"
+        );
+    }
+}
