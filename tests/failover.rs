@@ -1,6 +1,8 @@
-//! Writer failover with candidate-hosts discovery, on a real primary and
-//! two streaming replicas: the primary is killed and a replica promoted
-//! while readers and a writer run.
+//! Writer failover on a real primary and two streaming replicas: the
+//! primary is killed and a replica promoted while 32 readers and a writer
+//! run, found by candidate-hosts discovery and by Aurora discovery (over
+//! an emulated `aurora_replica_status()`). Each test adds its own two
+//! replicas to whichever node is the primary when it starts.
 
 mod common;
 
@@ -11,24 +13,138 @@ use std::time::{Duration, Instant};
 
 use common::report;
 use diesel_async::RunQueryDsl;
-use diesel_replica::{Config, ErrorKind, ReplicaSet};
+use diesel_replica::{Config, DiscoverySource, ErrorKind, ReplicaSet};
 use replica_testkit::{Cluster, NodeId, who_served};
 
 fn main() -> ExitCode {
     common::run_one_at_a_time(
-        2,
+        0,
         "CREATE TABLE events (id serial PRIMARY KEY, at_ms int NOT NULL)",
-        tests![a_promoted_replica_becomes_the_writer_and_reads_never_fail],
+        tests![
+            a_promoted_replica_becomes_the_writer_and_reads_never_fail,
+            aurora_discovery_follows_the_writer_aurora_names
+        ],
     )
 }
 
 /// When a write started (ms since the start) and how it ended.
 type Write = (u128, Result<(), ErrorKind>);
 
+/// The current primary and two new replicas of it.
+fn primary_and_two_replicas(cluster: &Cluster) -> (NodeId, NodeId, NodeId) {
+    let primary = cluster.primary_id();
+    let first = cluster.add_replica().unwrap();
+    let second = cluster.add_replica().unwrap();
+    cluster.wait_for_replication().unwrap();
+    (primary, first, second)
+}
+
+fn address(cluster: &Cluster, id: NodeId) -> String {
+    format!("127.0.0.1:{}", cluster.node(id).port())
+}
+
+/// 32 readers and a writer (one insert every 20 ms), until stopped.
+struct Load {
+    started: Instant,
+    done: Arc<AtomicBool>,
+    read_errors: Arc<Mutex<Vec<String>>>,
+    writes: Arc<Mutex<Vec<Write>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(db: &ReplicaSet) -> Self {
+        let started = Instant::now();
+        let done = Arc::new(AtomicBool::new(false));
+        let read_errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let writes: Arc<Mutex<Vec<Write>>> = Arc::default();
+        let mut tasks: Vec<_> = (0..32)
+            .map(|_| {
+                let (db, done, errors) = (db.clone(), done.clone(), read_errors.clone());
+                tokio::spawn(async move {
+                    while !AtomicBool::load(&done, Ordering::Relaxed) {
+                        if let Err(e) = db.read(who_served).await {
+                            errors.lock().unwrap().push(report(&e));
+                        }
+                    }
+                })
+            })
+            .collect();
+        tasks.push({
+            let (db, done, writes) = (db.clone(), done.clone(), writes.clone());
+            tokio::spawn(async move {
+                while !AtomicBool::load(&done, Ordering::Relaxed) {
+                    let at = started.elapsed().as_millis();
+                    let result = db
+                        .transaction(async |conn| {
+                            diesel::sql_query(format!("INSERT INTO events (at_ms) VALUES ({at})"))
+                                .execute(conn)
+                                .await
+                        })
+                        .await;
+                    writes
+                        .lock()
+                        .unwrap()
+                        .push((at, result.map(drop).map_err(|e| e.kind())));
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        });
+        Self {
+            started,
+            done,
+            read_errors,
+            writes,
+            tasks,
+        }
+    }
+
+    fn now(&self) -> u128 {
+        self.started.elapsed().as_millis()
+    }
+
+    /// Stops the load and checks what it saw: no read failed, writes
+    /// failed only between `killed` (the kill was issued at `kill_issued`)
+    /// and the first write after `writer_known`, as unavailable unless in
+    /// flight at the kill, and resumed by themselves. Returns the time of
+    /// the first write after `writer_known` and the number of failed writes.
+    async fn finish(self, kill_issued: u128, killed: u128, writer_known: u128) -> (u128, usize) {
+        self.done.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        let read_errors = self.read_errors.lock().unwrap();
+        assert!(
+            read_errors.is_empty(),
+            "failed reads: {:?}",
+            &read_errors[..read_errors.len().min(3)]
+        );
+        let writes = self.writes.lock().unwrap();
+        let first_after = writes
+            .iter()
+            .find(|(at, result)| *at > writer_known && result.is_ok())
+            .map(|(at, _)| *at)
+            .expect("writes resume once the new writer is known");
+        let failed: Vec<_> = writes.iter().filter(|(_, r)| r.is_err()).collect();
+        // A write in flight when the primary died fails with the broken
+        // connection, whatever its kind (writes are never retried); every
+        // later one fails as unavailable until the new writer is found.
+        let in_flight_at_kill = |at: u128| at + 100 >= kill_issued && at <= killed;
+        assert!(
+            failed.iter().all(|(at, kind)| (in_flight_at_kill(*at)
+                || (*at > killed && matches!(kind, Err(k) if k.is_unavailable())))
+                && *at <= first_after),
+            "writes fail only in the gap, as unavailable once the primary is dead: {failed:?}"
+        );
+        assert!(writes.iter().any(|(at, r)| *at > first_after && r.is_ok()));
+        (first_after, failed.len())
+    }
+}
+
 async fn a_promoted_replica_becomes_the_writer_and_reads_never_fail(cluster: Arc<Cluster>) {
-    let port = |id| cluster.node(id).port();
-    let candidates = [NodeId::Primary, NodeId::Replica(0), NodeId::Replica(1)]
-        .map(|id| format!("127.0.0.1:{}", port(id)))
+    let (primary, first, second) = primary_and_two_replicas(&cluster);
+    let candidates = [primary, first, second]
+        .map(|id| address(&cluster, id))
         .join(",");
     let config = Config::from_vars(
         None,
@@ -42,101 +158,117 @@ async fn a_promoted_replica_becomes_the_writer_and_reads_never_fail(cluster: Arc
     )
     .unwrap();
     let db = ReplicaSet::connect(config).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while db.replica_count() < 2 {
-        assert!(Instant::now() < deadline, "the replicas are discovered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
-    let started = Instant::now();
-    let done = Arc::new(AtomicBool::new(false));
-    let read_errors: Arc<Mutex<Vec<String>>> = Arc::default();
-    let writes: Arc<Mutex<Vec<Write>>> = Arc::default();
-    let mut tasks: Vec<_> = (0..32)
-        .map(|_| {
-            let (db, done, errors) = (db.clone(), done.clone(), read_errors.clone());
-            tokio::spawn(async move {
-                while !AtomicBool::load(&done, Ordering::Relaxed) {
-                    if let Err(e) = db.read(who_served).await {
-                        errors.lock().unwrap().push(report(&e));
-                    }
-                }
-            })
-        })
-        .collect();
-    tasks.push({
-        let (db, done, writes) = (db.clone(), done.clone(), writes.clone());
-        tokio::spawn(async move {
-            while !AtomicBool::load(&done, Ordering::Relaxed) {
-                let at = started.elapsed().as_millis();
-                let result = db
-                    .transaction(async |conn| {
-                        diesel::sql_query(format!("INSERT INTO events (at_ms) VALUES ({at})"))
-                            .execute(conn)
-                            .await
-                    })
-                    .await;
-                writes
-                    .lock()
-                    .unwrap()
-                    .push((at, result.map(drop).map_err(|e| e.kind())));
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    });
-
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let kill_issued_at = started.elapsed().as_millis();
-    cluster.kill(NodeId::Primary).unwrap();
-    let killed_at = started.elapsed().as_millis();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let promoted_at = started.elapsed().as_millis();
-    cluster.promote(NodeId::Replica(0)).unwrap();
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    done.store(true, Ordering::Relaxed);
-    for task in tasks {
-        task.await.unwrap();
-    }
-
-    let read_errors = read_errors.lock().unwrap();
-    assert!(
-        read_errors.is_empty(),
-        "failed reads: {:?}",
-        &read_errors[..read_errors.len().min(3)]
-    );
-    let writes = writes.lock().unwrap();
-    let first_after = writes
-        .iter()
-        .find(|(at, result)| *at > promoted_at && result.is_ok())
-        .map(|(at, _)| *at)
-        .expect("writes resume after the promotion");
-    let failed: Vec<_> = writes.iter().filter(|(_, r)| r.is_err()).collect();
-    // A write in flight when the primary died fails with the broken
-    // connection, whatever its kind (writes are never retried); every later
-    // one fails as unavailable until the promotion is found.
-    let in_flight_at_kill = |at: u128| at + 100 >= kill_issued_at && at <= killed_at;
-    assert!(
-        failed.iter().all(|(at, kind)| (in_flight_at_kill(*at)
-            || (*at > killed_at && matches!(kind, Err(k) if k.is_unavailable())))
-            && *at <= first_after),
-        "writes fail only in the gap, as unavailable once the primary is dead: {failed:?}"
-    );
-    assert!(writes.iter().any(|(at, r)| *at > first_after && r.is_ok()));
-    println!(
-        "write-unavailable window: killed at {killed_at} ms, promoted at {promoted_at} ms, \
-         first write after promotion at {first_after} ms ({} ms after promotion); {} writes failed",
-        first_after - promoted_at,
-        failed.len()
-    );
-    // No write was committed anywhere but on a writer: every row on the new
-    // writer, and the writer is out of recovery.
-    let in_recovery = cluster
-        .psql(NodeId::Replica(0), "SELECT pg_is_in_recovery()")
-        .unwrap();
-    assert_eq!(in_recovery, "f");
-    let status = db.status();
+    // `connect` waited for the first survey.
     assert_eq!(
-        status.writer.address,
-        format!("127.0.0.1:{}", port(NodeId::Replica(0)))
+        db.replica_count(),
+        2,
+        "the replicas are discovered at start"
     );
+    assert_eq!(db.status().source, DiscoverySource::Hosts);
+
+    let load = Load::start(&db);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let kill_issued = load.now();
+    cluster.kill(primary).unwrap();
+    let killed = load.now();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let promoted = load.now();
+    cluster.promote(first).unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (first_write, failed) = load.finish(kill_issued, killed, promoted).await;
+    println!(
+        "hosts: write-unavailable window: killed at {killed} ms, promoted at {promoted} ms, \
+         first write after promotion at {first_write} ms ({} ms after promotion); \
+         {failed} writes failed",
+        first_write - promoted,
+    );
+    // No write was committed anywhere but on a writer: the new writer is
+    // out of recovery, and it is the set's writer.
+    let in_recovery = cluster.psql(first, "SELECT pg_is_in_recovery()").unwrap();
+    assert_eq!(in_recovery, "f");
+    assert_eq!(db.status().writer.address, address(&cluster, first));
+}
+
+/// Aurora's `aurora_replica_status()`, emulated on the primary (and
+/// replicated): its columns, from a table the test drives.
+const AURORA: &str = "DROP FUNCTION IF EXISTS aurora_replica_status(); \
+     DROP TABLE IF EXISTS aurora_topology; \
+     CREATE TABLE aurora_topology (server_id text PRIMARY KEY, \
+     session_id text NOT NULL, replica_lag_in_msec float8 NOT NULL DEFAULT 0, \
+     last_update_timestamp timestamptz NOT NULL DEFAULT now()); \
+     CREATE FUNCTION aurora_replica_status() RETURNS TABLE (server_id text, session_id text, \
+     replica_lag_in_msec float8, last_update_timestamp timestamptz) LANGUAGE sql \
+     AS 'SELECT server_id, session_id, replica_lag_in_msec, last_update_timestamp \
+     FROM aurora_topology'";
+
+async fn aurora_discovery_follows_the_writer_aurora_names(cluster: Arc<Cluster>) {
+    let (primary, first, second) = primary_and_two_replicas(&cluster);
+    let port = |id| cluster.node(id).port();
+    cluster.psql(primary, AURORA).unwrap();
+    cluster
+        .psql(
+            primary,
+            &format!(
+                "INSERT INTO aurora_topology (server_id, session_id) VALUES \
+                 ('{}', 'MASTER_SESSION_ID'), ('{}', 'a1'), ('{}', 'a2')",
+                port(primary),
+                port(first),
+                port(second)
+            ),
+        )
+        .unwrap();
+    cluster.wait_for_replication().unwrap();
+    let config = Config::from_vars(
+        None,
+        [
+            ("DATABASE_URL", cluster.writer_url()),
+            ("DATABASE_DISCOVERY", "aurora".to_owned()),
+            ("DATABASE_AURORA_HOST_PATTERN", "127.0.0.1:?".to_owned()),
+            // The default: only a failing writer makes discovery look
+            // sooner.
+            ("DATABASE_DISCOVERY_INTERVAL_MS", "30000".to_owned()),
+            ("DATABASE_CONNECT_TIMEOUT_MS", "1000".to_owned()),
+        ],
+    )
+    .unwrap();
+    let db = ReplicaSet::connect(config).await.unwrap();
+    assert_eq!(
+        db.replica_count(),
+        2,
+        "the replicas are discovered at start"
+    );
+    assert_eq!(db.status().source, DiscoverySource::Aurora);
+
+    let load = Load::start(&db);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let kill_issued = load.now();
+    cluster.kill(primary).unwrap();
+    let killed = load.now();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // While the replicas still name the dead writer, writes fail fast.
+    assert_eq!(db.status().writer.address, address(&cluster, primary));
+    cluster.promote(first).unwrap();
+    cluster
+        .psql(
+            first,
+            &format!(
+                "UPDATE aurora_topology SET session_id = 'MASTER_SESSION_ID' \
+                 WHERE server_id = '{}'; DELETE FROM aurora_topology WHERE server_id = '{}'",
+                port(first),
+                port(primary)
+            ),
+        )
+        .unwrap();
+    let named = load.now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (first_write, failed) = load.finish(kill_issued, killed, named).await;
+    println!(
+        "aurora: killed at {killed} ms, new writer named at {named} ms, first write after \
+         at {first_write} ms ({} ms after); {failed} writes failed",
+        first_write - named,
+    );
+    let status = db.status();
+    assert_eq!(status.writer.address, address(&cluster, first));
+    let replicas: Vec<_> = status.replicas.iter().map(|r| r.address.clone()).collect();
+    assert_eq!(replicas, [address(&cluster, second)]);
 }

@@ -961,15 +961,12 @@ async fn candidate_hosts_discovery_finds_the_writer_and_the_replicas(cluster: Ar
         ],
     )
     .unwrap();
+    // No replica is configured: `connect` waits for the first survey.
     let db = ReplicaSet::connect(config).await.unwrap();
-    assert_eq!(db.replica_count(), 0, "no replica is configured");
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    while db.replica_count() < 3 {
-        assert!(std::time::Instant::now() < deadline, "{:?}", db.status());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let status = db.status();
+    assert_eq!(status.replicas.len(), 3, "{status:?}");
     assert_eq!(status.generation, 1);
+    assert_eq!(status.source, diesel_replica::DiscoverySource::Hosts);
     assert_eq!(i32::from(cluster.primary().port()), {
         let address = status.writer.address.clone();
         address.rsplit(':').next().unwrap().parse::<i32>().unwrap()
@@ -994,6 +991,9 @@ const AURORA: &str = "CREATE TABLE aurora_topology (server_id text PRIMARY KEY, 
      FROM aurora_topology'";
 
 async fn aurora_discovery_follows_aurora_replica_status(cluster: Arc<Cluster>) {
+    let captured = common::Captured::default();
+    let subscriber = captured.subscriber(tracing_subscriber::filter::LevelFilter::INFO);
+    let _guard = tracing_subscriber::util::SubscriberInitExt::set_default(subscriber);
     let primary = cluster.primary().port();
     let replicas = replica_ports(&cluster);
     cluster.psql(NodeId::Primary, AURORA).unwrap();
@@ -1068,6 +1068,29 @@ async fn aurora_discovery_follows_aurora_replica_status(cluster: Arc<Cluster>) {
     let mut expected = vec![replicas[1], replicas[2]];
     expected.sort_unstable();
     assert_eq!(ports_now(), expected);
+
+    // Aurora names another writer (here a standby, which only this set
+    // believes): each role change is logged once, with the node.
+    drive(format!(
+        "UPDATE aurora_topology SET server_id = split_part(server_id, '/', 1); \
+         UPDATE aurora_topology SET session_id = CASE server_id WHEN '{primary}' THEN 'a0' \
+         WHEN '{}' THEN 'MASTER_SESSION_ID' ELSE session_id END",
+        replicas[1]
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while db.status().writer.address != format!("127.0.0.1:{}", replicas[1]) {
+        assert!(std::time::Instant::now() < deadline, "{:?}", db.status());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = captured.text();
+    let lines = |event: &str, port: i32| {
+        log.lines()
+            .filter(|line| line.contains(event) && line.contains(&format!("127.0.0.1:{port}")))
+            .count()
+    };
+    assert_eq!(lines("node promoted", replicas[1]), 1, "{log}");
+    assert_eq!(lines("node demoted", primary.into()), 1, "{log}");
     cluster
         .psql(
             NodeId::Primary,

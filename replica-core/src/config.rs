@@ -2,6 +2,7 @@
 //! secret, or any serde source.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -98,6 +99,40 @@ pub enum Discovery {
         /// Time between two surveys.
         interval: Duration,
     },
+}
+
+impl Discovery {
+    /// Which source this is, without its settings.
+    pub fn source(&self) -> DiscoverySource {
+        match self {
+            Self::Static => DiscoverySource::Static,
+            Self::Hosts { .. } => DiscoverySource::Hosts,
+            Self::Aurora { .. } => DiscoverySource::Aurora,
+        }
+    }
+}
+
+/// Where a replica set's nodes come from: the `DATABASE_DISCOVERY` value
+/// of a [`Discovery`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DiscoverySource {
+    /// The configuration's lists (and [`ReplicaSet::update_replicas`](crate::ReplicaSet::update_replicas)).
+    Static,
+    /// Candidate hosts asked `pg_is_in_recovery()`.
+    Hosts,
+    /// `aurora_replica_status()`.
+    Aurora,
+}
+
+impl fmt::Display for DiscoverySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Static => "static",
+            Self::Hosts => "hosts",
+            Self::Aurora => "aurora",
+        })
+    }
 }
 
 /// How failing nodes are taken out and brought back, and how reads that

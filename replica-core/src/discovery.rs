@@ -63,15 +63,16 @@ const AURORA_STATUS: &str = "SELECT server_id::text AS server_id, \
 
 /// Asks `aurora_replica_status()` of the first of `nodes` that answers
 /// (the writer first), and makes each instance an address with `pattern`
-/// and the settings of `template`. `Err` when no node answered or the
-/// answer is unusable: the nodes then stay as they were.
+/// and the settings of `template`; the nodes asked before are the
+/// survey's unreachable ones. `Err` when no node answered or the answer is
+/// unusable: the nodes then stay as they were.
 pub(crate) async fn survey_aurora(
     nodes: &[DatabaseUrl],
     pattern: &str,
     template: &DatabaseUrl,
     probes: &Probes,
 ) -> Result<Survey, String> {
-    let mut why = Vec::new();
+    let mut unreachable = Vec::new();
     for url in nodes {
         let rows = async {
             let mut conn = probes.open(url).await?;
@@ -81,24 +82,33 @@ pub(crate) async fn survey_aurora(
                 .map_err(|e| crate::error::error_chain(&e))
         };
         match rows.await {
-            Ok(rows) => return instances(&rows, pattern, template),
-            Err(e) => why.push(format!("{}: {e}", url.address())),
+            Ok(rows) => return instances(&rows, pattern, template, unreachable),
+            Err(e) => unreachable.push((url.clone(), e)),
         }
     }
+    let why: Vec<String> = unreachable
+        .iter()
+        .map(|(url, e)| format!("{}: {e}", url.address()))
+        .collect();
     Err(format!(
         "no node answered aurora_replica_status(): {}",
         why.join("; ")
     ))
 }
 
-fn instances(rows: &[Instance], pattern: &str, template: &DatabaseUrl) -> Result<Survey, String> {
+fn instances(
+    rows: &[Instance],
+    pattern: &str,
+    template: &DatabaseUrl,
+    unreachable: Vec<(DatabaseUrl, String)>,
+) -> Result<Survey, String> {
     if rows.is_empty() {
         return Err("aurora_replica_status() lists no instance updated in 5 minutes".into());
     }
     let mut survey = Survey {
         writers: Vec::new(),
         replicas: Vec::new(),
-        unreachable: Vec::new(),
+        unreachable,
     };
     for row in rows {
         let address = pattern.replace('?', row.server_id.trim());

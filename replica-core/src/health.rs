@@ -5,6 +5,8 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+use tracing::instrument::WithSubscriber;
+
 use crate::config::HealthConfig;
 
 /// Whether a node takes reads.
@@ -89,7 +91,9 @@ impl Tracker {
             health.ejections.fetch_add(1, Ordering::Relaxed);
             node.drop_idle();
             tracing::warn!(node = %node.label(), %reason, "replica ejected: reads go elsewhere until a probe succeeds");
-            tokio::spawn(probe(Arc::downgrade(node), Arc::clone(&health.policy)));
+            tokio::spawn(
+                probe(Arc::downgrade(node), Arc::clone(&health.policy)).with_current_subscriber(),
+            );
         }
         *health.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
     }

@@ -29,7 +29,7 @@ mod url;
 pub mod __private;
 
 pub use crate::balance::Balance;
-pub use crate::config::{Config, Discovery, HealthConfig, PoolConfig};
+pub use crate::config::{Config, Discovery, DiscoverySource, HealthConfig, PoolConfig};
 pub use crate::credentials::{
     Credentials, CredentialsError, CredentialsProvider, Login, LoginFuture, Password, SecretFile,
 };

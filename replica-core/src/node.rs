@@ -130,6 +130,11 @@ impl Node {
         })
     }
 
+    /// Closes the idle connections: the next checkouts connect anew.
+    pub(crate) fn drop_idle(&self) {
+        self.pool.retain(|_, _| false);
+    }
+
     pub(crate) fn is_up(&self) -> bool {
         self.health.is_up()
     }
@@ -185,7 +190,7 @@ impl Probed for Node {
     }
 
     fn drop_idle(&self) {
-        self.pool.retain(|_, _| false);
+        Node::drop_idle(self);
     }
 
     async fn probe(&self) -> bool {

@@ -12,13 +12,14 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::AsyncPgConnection;
 use futures_util::future::join_all;
 use tokio::sync::Notify;
+use tracing::instrument::WithSubscriber;
 
 use crate::attempt::{self, Failure, attempt};
-use crate::config::{Config, Discovery, HealthConfig};
+use crate::config::{Config, Discovery, DiscoverySource, HealthConfig};
 use crate::connector::Probes;
 use crate::discovery;
 use crate::error::{ConfigError, Error, error_chain};
-use crate::node::{Node, NodeId, NodeStatus};
+use crate::node::{Node, NodeId, NodeStatus, Role};
 use crate::read_path;
 use crate::route::{AsyncFunc, Body, Call, Route};
 use crate::tenant::{Scope, Tenant};
@@ -60,6 +61,11 @@ struct Inner {
     writer_unavailable: AtomicBool,
     /// Wakes discovery early: a write met a standby or a dead writer.
     wake: Arc<Notify>,
+    /// Where the nodes come from.
+    source: DiscoverySource,
+    /// Becomes true once discovery's first survey is over (at once without
+    /// discovery).
+    surveyed: tokio::sync::watch::Sender<bool>,
 }
 
 /// Time between two surveys while no writer is known.
@@ -67,6 +73,9 @@ const FAST_SURVEY: Duration = Duration::from_millis(100);
 
 /// The bound on asking one candidate during a survey.
 const SURVEY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long [`ReplicaSet::connect`] waits for discovery's first survey.
+const FIRST_SURVEY_LIMIT: Duration = Duration::from_secs(5);
 
 /// How long a removed replica's calls in flight may take before its pool
 /// is closed anyway.
@@ -93,13 +102,22 @@ impl ReplicaSet {
     ///
     /// A writer that cannot be reached is an error. A replica that cannot be
     /// reached is logged as a warning and left in the set: its pool connects
-    /// again on first use.
+    /// again on first use. With discovery, the nodes are those of its first
+    /// survey (made at once; waited for up to 5 s), so that an application
+    /// starts with every replica and the writer of the moment.
     ///
     /// # Errors
     /// [`Error::Config`] as for [`ReplicaSet::new`], [`Error::Checkout`]
     /// when the writer's warm-up fails.
     pub async fn connect(config: Config) -> Result<Self, Error> {
         let set = Self::new(config)?;
+        let mut surveyed = set.inner.surveyed.subscribe();
+        if tokio::time::timeout(FIRST_SURVEY_LIMIT, surveyed.wait_for(|done| *done))
+            .await
+            .is_err()
+        {
+            tracing::warn!(source = %set.inner.source, "discovery's first survey is not over: starting with the configured nodes");
+        }
         let topology = set.topology();
         let (writer, replicas) = futures_util::future::join(
             topology.writer.warm_up(),
@@ -150,10 +168,15 @@ impl ReplicaSet {
                 shared_schemas: config.shared_schemas,
                 writer_unavailable: AtomicBool::new(false),
                 wake: Arc::new(Notify::new()),
+                source: config.discovery.source(),
+                surveyed: tokio::sync::watch::Sender::new(false),
             }),
         };
         let source = match config.discovery {
-            Discovery::Static => None,
+            Discovery::Static => {
+                set.inner.surveyed.send_replace(true);
+                None
+            }
             Discovery::Hosts {
                 candidates,
                 interval,
@@ -172,11 +195,17 @@ impl ReplicaSet {
         if let Some((source, interval)) = source {
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => {
-                    runtime.spawn(watch(Arc::downgrade(&set.inner), source, interval));
+                    runtime.spawn(
+                        watch(Arc::downgrade(&set.inner), source, interval)
+                            .with_current_subscriber(),
+                    );
                 }
-                Err(_) => tracing::warn!(
-                    "the replica set was built outside a Tokio runtime: discovery does not run"
-                ),
+                Err(_) => {
+                    set.inner.surveyed.send_replace(true);
+                    tracing::warn!(
+                        "the replica set was built outside a Tokio runtime: discovery does not run"
+                    );
+                }
             }
         }
         Ok(set)
@@ -245,11 +274,17 @@ impl ReplicaSet {
             .zip(join_all(added.iter().map(|node| node.warm_up())).await)
         {
             let role = node.role;
+            let event = match removed.iter().find(|old| old.id == node.id) {
+                Some(old) if old.role == role => "node changed settings",
+                Some(_) if role == Role::Writer => "node promoted: it is the writer",
+                Some(_) => "node demoted: it is a replica",
+                None => "node added",
+            };
             match result {
-                Ok(()) => tracing::info!(node = %node.label, %role, "node added"),
+                Ok(()) => tracing::info!(node = %node.label, %role, "{event}"),
                 Err(error) => {
                     let error = error_chain(&error);
-                    tracing::warn!(node = %node.label, %role, %error, "node added; its warm-up failed");
+                    tracing::warn!(node = %node.label, %role, %error, "{event}; its warm-up failed");
                 }
             }
         }
@@ -260,8 +295,10 @@ impl ReplicaSet {
         };
         self.inner.topology.store(Arc::new(topology));
         for node in removed {
-            tracing::info!(node = %node.label, role = %node.role, "node removed: it drains, then its pool closes");
-            tokio::spawn(drain(node));
+            if !added.iter().any(|new| new.id == node.id) {
+                tracing::info!(node = %node.label, role = %node.role, "node removed: it drains, then its pool closes");
+            }
+            tokio::spawn(drain(node).with_current_subscriber());
         }
         Ok(change)
     }
@@ -388,6 +425,7 @@ impl ReplicaSet {
         let topology = self.topology();
         Status {
             generation: topology.generation,
+            source: self.inner.source,
             writer: topology.writer.status(),
             replicas: topology.replicas.iter().map(|node| node.status()).collect(),
         }
@@ -428,6 +466,11 @@ impl ReplicaSet {
                 })
             );
             if writes && (failed.node_down || standby) {
+                // Connections that may lead to a node gone or demoted are
+                // not handed out again: new ones go where the address leads
+                // now (an Aurora cluster endpoint follows its writer), and
+                // discovery looks at once.
+                writer.drop_idle();
                 self.inner.wake.notify_one();
             }
             (writer, failed.failure)
@@ -478,9 +521,9 @@ enum Source {
     },
 }
 
-/// Keeps the nodes what `source` says they are, surveying every
-/// `interval`, every [`FAST_SURVEY`] while no writer is known, and at once
-/// when a write wakes it. A survey that finds no writer keeps the last good
+/// Keeps the nodes what `source` says they are, surveying at once, then
+/// every `interval`, every [`FAST_SURVEY`] while no writer is known, and at
+/// once when a write wakes it. A survey that finds no writer keeps the last good
 /// nodes and makes writes fail fast; one that finds exactly one makes it
 /// the writer and the others the replicas (keeping replicas that did not
 /// answer: ejection deals with those); one that fails (Aurora's view could
@@ -496,19 +539,25 @@ async fn watch(inner: std::sync::Weak<Inner>, source: Source, interval: Duration
         None => return,
     };
     let mut announced_unavailable = false;
+    let mut first = true;
     loop {
-        let (wake, fast) = match inner.upgrade() {
-            Some(inner) => (
-                Arc::clone(&inner.wake),
-                inner.writer_unavailable.load(Ordering::Acquire),
-            ),
-            None => return,
-        };
-        let wait = if fast { FAST_SURVEY } else { interval };
-        let _ = tokio::time::timeout(wait, wake.notified()).await;
+        if !std::mem::take(&mut first) {
+            let (wake, fast) = match inner.upgrade() {
+                Some(inner) => {
+                    inner.surveyed.send_replace(true);
+                    (
+                        Arc::clone(&inner.wake),
+                        inner.writer_unavailable.load(Ordering::Acquire),
+                    )
+                }
+                None => return,
+            };
+            let wait = if fast { FAST_SURVEY } else { interval };
+            let _ = tokio::time::timeout(wait, wake.notified()).await;
+        }
         let Some(inner) = inner.upgrade() else { return };
         let set = ReplicaSet { inner };
-        let survey = match &source {
+        let mut survey = match &source {
             Source::Hosts(candidates) => discovery::survey_hosts(candidates, &probes).await,
             Source::Aurora { pattern, template } => {
                 let current = set.topology();
@@ -525,6 +574,14 @@ async fn watch(inner: std::sync::Weak<Inner>, source: Source, interval: Duration
                 }
             }
         };
+        // A writer that did not answer is no writer, whoever names it.
+        survey.writers.retain(|writer| {
+            let id = NodeId::of(writer);
+            !survey
+                .unreachable
+                .iter()
+                .any(|(url, _)| NodeId::of(url) == id)
+        });
         match survey.writers.as_slice() {
             [writer] => {
                 let current = set.topology();
@@ -614,6 +671,8 @@ pub(crate) fn own_result<T, E: From<Error>>(result: Result<T, CallFailure<E>>) -
 pub struct Status {
     /// The topology's generation: 0 at start, one more per change.
     pub generation: u64,
+    /// Where the nodes come from.
+    pub source: DiscoverySource,
     /// The writer.
     pub writer: NodeStatus,
     /// The replicas, in configuration order.
