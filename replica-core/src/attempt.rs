@@ -11,10 +11,11 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::pooled_connection::deadpool::Object;
 use diesel_async::{AnsiTransactionManager, AsyncPgConnection, SimpleAsyncConnection};
 
+use crate::consistency::WriteToken;
 use crate::error::{Error, error_chain};
 use crate::health::Tracker;
 use crate::node::{Node, Role};
-use crate::route::{Body, Call, Route};
+use crate::route::{Body, Call, ReplayWait, Route};
 use crate::session::{self, Wrap};
 use crate::tenant::Scope;
 
@@ -30,6 +31,20 @@ pub(crate) struct Failed<E> {
 pub(crate) enum Failure<E> {
     Routing(Error),
     Body(E),
+    /// A replica did not replay the write a read waits for within the
+    /// bound; nothing ran. The read path goes elsewhere.
+    NotReplayed,
+}
+
+/// What a read that found no node to see its write says, if the read path
+/// ever lets it out.
+fn not_replayed(node: &Node) -> Error {
+    Error::NoReplicaAvailable {
+        replicas: vec![format!(
+            "{} had not replayed the write the read must see",
+            node.label
+        )],
+    }
 }
 
 impl Failure<DieselError> {
@@ -39,6 +54,7 @@ impl Failure<DieselError> {
         match self {
             Self::Routing(error) => error,
             Self::Body(error) => node.query_error(route, error),
+            Self::NotReplayed => not_replayed(node),
         }
     }
 }
@@ -46,10 +62,11 @@ impl Failure<DieselError> {
 impl<E: From<Error>> Failure<E> {
     /// The caller's own error: the body's as it is, routing errors through
     /// `E: From<Error>`.
-    pub(crate) fn into_own(self) -> E {
+    pub(crate) fn into_own(self, node: &Node) -> E {
         match self {
             Self::Routing(error) => E::from(error),
             Self::Body(error) => error,
+            Self::NotReplayed => E::from(not_replayed(node)),
         }
     }
 }
@@ -84,7 +101,9 @@ pub(crate) async fn attempt<T, E>(
         }) => {
             let reason = match failure {
                 Failure::Routing(error) => error_chain(error),
-                Failure::Body(_) => "the connection broke during the query".to_owned(),
+                Failure::Body(_) | Failure::NotReplayed => {
+                    "the connection broke during the query".to_owned()
+                }
             };
             Tracker::record_failure(node, reason);
         }
@@ -94,13 +113,28 @@ pub(crate) async fn attempt<T, E>(
 }
 
 async fn run<T, E>(node: &Node, call: Call<'_>, f: impl Body<T, E>) -> Result<T, Failed<E>> {
-    let Call { route, scope } = call;
+    let Call {
+        route,
+        scope,
+        replay_wait,
+        insert_lsn,
+    } = call;
     let wrap = Wrap::new(route, node.role == Role::Writer);
-    let down = |error| Failed {
-        failure: Failure::Routing(error),
-        node_down: true,
+    let mut conn = match ready_connection(node, route, wrap, replay_wait).await {
+        Ok(conn) => conn,
+        Err(NotReady::Down(error)) => {
+            return Err(Failed {
+                failure: Failure::Routing(error),
+                node_down: true,
+            });
+        }
+        Err(NotReady::NotReplayed) => {
+            return Err(Failed {
+                failure: Failure::NotReplayed,
+                node_down: false,
+            });
+        }
     };
-    let mut conn = ready_connection(node, route, wrap).await.map_err(down)?;
     if let Some(scope) = scope
         && let Err(error) = enter(node, &mut conn, route, scope).await
     {
@@ -114,7 +148,12 @@ async fn run<T, E>(node: &Node, call: Call<'_>, f: impl Body<T, E>) -> Result<T,
     }
     match f(&mut conn).await {
         Ok(value) => match end(&mut conn, wrap, true).await {
-            Ok(()) => Ok(value),
+            Ok(()) => {
+                if let Some(sink) = insert_lsn {
+                    sink.store(insert_position(&mut conn).await, Ordering::Relaxed);
+                }
+                Ok(value)
+            }
             Err(error @ DieselError::DatabaseError(DatabaseErrorKind::ReadOnlyTransaction, _))
                 if route.is_read_only() =>
             {
@@ -145,6 +184,52 @@ async fn run<T, E>(node: &Node, call: Call<'_>, f: impl Body<T, E>) -> Result<T,
     }
 }
 
+/// The writer's WAL insert position, after a write committed: every
+/// commit before it is at or before it, also with `synchronous_commit =
+/// off`. [`WriteToken::UNKNOWN_LSN`] when it cannot be had, so that reads
+/// after the write go to the writer.
+async fn insert_position(conn: &mut AsyncPgConnection) -> u64 {
+    use diesel_async::RunQueryDsl;
+
+    let lsn: QueryResult<i64> = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+        "pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_insert_lsn(), '0/0')::int8",
+    ))
+    .get_result(conn)
+    .await;
+    lsn.ok()
+        .and_then(|lsn| u64::try_from(lsn).ok())
+        .unwrap_or(WriteToken::UNKNOWN_LSN)
+}
+
+/// Why a connection could not be made ready.
+enum NotReady {
+    /// The node failed.
+    Down(Error),
+    /// The replica did not replay the awaited position in time.
+    NotReplayed,
+}
+
+/// Waits, on the server, until a replica has replayed the write, for at
+/// most the bound; fails with `serialization_failure` when it has not (or the
+/// node is not in recovery). Sent before `BEGIN`, in the same round trip:
+/// the wait holds no snapshot.
+fn replay_wait_sql(ReplayWait { lsn, bound }: ReplayWait) -> String {
+    format!(
+        "DO $diesel_replica$DECLARE deadline timestamptz := \
+         pg_catalog.clock_timestamp() + interval '{ms} milliseconds'; BEGIN \
+         WHILE pg_catalog.pg_last_wal_replay_lsn() IS NULL \
+         OR pg_catalog.pg_last_wal_replay_lsn() < '{high:X}/{low:X}'::pg_lsn LOOP \
+         IF pg_catalog.pg_last_wal_replay_lsn() IS NULL \
+         OR pg_catalog.clock_timestamp() >= deadline THEN \
+         RAISE EXCEPTION USING ERRCODE = 'serialization_failure', \
+         MESSAGE = 'the replica has not replayed the write the read must see'; \
+         END IF; PERFORM pg_catalog.pg_sleep(0.001); END LOOP; END$diesel_replica$",
+        ms = bound.as_millis(),
+        high = lsn >> 32,
+        low = lsn & 0xFFFF_FFFF,
+    )
+}
+
 /// A pooled connection that has answered its first statement: the `BEGIN`
 /// of a transaction, `SELECT 1` for an autocommit write.
 ///
@@ -154,20 +239,40 @@ async fn run<T, E>(node: &Node, call: Call<'_>, f: impl Body<T, E>) -> Result<T,
 /// pooled) or its node is down: it is dropped with every idle one, and one
 /// new connection is tried. Nothing of the caller's has run yet, so this is
 /// safe for writes too.
+/// With `replay_wait`, the wait comes first in the same batch; a replica
+/// that did not replay in time is [`NotReady::NotReplayed`], and its
+/// connection stays pooled.
 async fn ready_connection(
     node: &Node,
     route: Route,
     wrap: Wrap,
-) -> Result<Object<AsyncPgConnection>, Error> {
+    replay_wait: Option<ReplayWait>,
+) -> Result<Object<AsyncPgConnection>, NotReady> {
+    let waiting = replay_wait.map(replay_wait_sql);
     let mut last = None;
     for _ in 0..2 {
-        let mut conn = node.pool.get().await.map_err(|e| node.checkout_error(e))?;
-        let result = match wrap.begin {
-            Some(begin) => AnsiTransactionManager::begin_transaction_sql(&mut *conn, begin).await,
-            None => SimpleAsyncConnection::batch_execute(&mut *conn, "SELECT 1").await,
+        let mut conn = node
+            .pool
+            .get()
+            .await
+            .map_err(|e| NotReady::Down(node.checkout_error(e)))?;
+        let result = match (wrap.begin, &waiting) {
+            (Some(begin), Some(waiting)) => {
+                let sql = format!("{waiting}; {begin}");
+                AnsiTransactionManager::begin_transaction_sql(&mut *conn, &sql).await
+            }
+            (Some(begin), None) => {
+                AnsiTransactionManager::begin_transaction_sql(&mut *conn, begin).await
+            }
+            (None, _) => SimpleAsyncConnection::batch_execute(&mut *conn, "SELECT 1").await,
         };
         match result {
             Ok(()) => return Ok(conn),
+            Err(DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, _))
+                if waiting.is_some() =>
+            {
+                return Err(NotReady::NotReplayed);
+            }
             Err(error) => {
                 drop(Object::take(conn));
                 node.pool.retain(|_, _| false);
@@ -175,15 +280,18 @@ async fn ready_connection(
             }
         }
     }
-    Err(last.expect("the loop ran"))
+    Err(NotReady::Down(last.expect("the loop ran")))
 }
 
 /// A checked connection of `node`'s, taken out of its pool for good.
 pub(crate) async fn dedicated_connection(node: &Node) -> Result<AsyncPgConnection, Error> {
     let wrap = Wrap::new(Route::Write, true);
-    Ok(Object::take(
-        ready_connection(node, Route::Write, wrap).await?,
-    ))
+    match ready_connection(node, Route::Write, wrap, None).await {
+        Ok(conn) => Ok(Object::take(conn)),
+        Err(NotReady::Down(error)) => Err(error),
+        // No wait was asked for.
+        Err(NotReady::NotReplayed) => Err(not_replayed(node)),
+    }
 }
 
 /// Sets the tenant's `search_path` for this transaction only

@@ -54,6 +54,9 @@ pub struct Config {
     /// Ejection, re-admission and retry of failed reads. Default:
     /// [`HealthConfig::default`].
     pub health: HealthConfig,
+    /// Replica lag: how it is measured, how much a read tolerates, and how
+    /// reads wait for their writes. Default: [`ConsistencyConfig::default`].
+    pub consistency: ConsistencyConfig,
     /// Schemas every tenant sees after its own, in `search_path` order.
     /// Default: `public`.
     pub shared_schemas: Vec<String>,
@@ -173,6 +176,48 @@ impl Default for HealthConfig {
             probe_max_interval: Duration::from_secs(1),
             read_retries: 2,
             reads_fall_back_to_writer: true,
+        }
+    }
+}
+
+/// Replica lag and read-your-writes.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ConsistencyConfig {
+    /// Time between two lag samples of every replica, taken in the
+    /// background on connections of the monitor's own; zero turns the
+    /// monitor off (and with it `max_replica_lag` and the skipping of the
+    /// wait for tokens already replayed). Zero or from 10 ms. Default:
+    /// 500 ms. Env: `DATABASE_LAG_INTERVAL_MS`; serde: `lag_interval_ms`.
+    #[serde(rename = "lag_interval_ms", with = "millis_required")]
+    pub lag_interval: Duration,
+    /// A replica whose time lag is more than this gets no reads until it
+    /// catches up (it is not ejected). `None`: no limit. From 1 ms.
+    /// Default: none. Env: `DATABASE_MAX_REPLICA_LAG_MS`; serde:
+    /// `max_replica_lag_ms`.
+    #[serde(rename = "max_replica_lag_ms", with = "millis")]
+    pub max_replica_lag: Option<Duration>,
+    /// As `max_replica_lag`, in bytes of WAL not yet replayed (PostgreSQL
+    /// only: Aurora reports no bytes). From 1. Default: none. Env:
+    /// `DATABASE_MAX_REPLICA_LAG_BYTES`; serde: `max_replica_lag_bytes`.
+    pub max_replica_lag_bytes: Option<u64>,
+    /// Longest wait of a read given a write token for a replica to replay
+    /// the write, when none is known to have; then the read goes to the
+    /// writer, `READ ONLY`. Zero goes to the writer at once. At most 60 s.
+    /// Default: 100 ms. Env: `DATABASE_READ_YOUR_WRITES_WAIT_MS`; serde:
+    /// `read_your_writes_wait_ms`.
+    #[serde(rename = "read_your_writes_wait_ms", with = "millis_required")]
+    pub read_your_writes_wait: Duration,
+}
+
+impl Default for ConsistencyConfig {
+    fn default() -> Self {
+        Self {
+            lag_interval: Duration::from_millis(500),
+            max_replica_lag: None,
+            max_replica_lag_bytes: None,
+            read_your_writes_wait: Duration::from_millis(100),
         }
     }
 }
@@ -410,6 +455,19 @@ impl Config {
                     expected: "true or false",
                 })?;
         }
+        let mut consistency = ConsistencyConfig::default();
+        if let Some(ms) = number("consistency.lag_interval")? {
+            consistency.lag_interval = Duration::from_millis(ms);
+        }
+        if let Some(ms) = number("consistency.max_replica_lag")? {
+            consistency.max_replica_lag = Some(Duration::from_millis(ms));
+        }
+        if let Some(bytes) = number("consistency.max_replica_lag_bytes")? {
+            consistency.max_replica_lag_bytes = Some(bytes);
+        }
+        if let Some(ms) = number("consistency.read_your_writes_wait")? {
+            consistency.read_your_writes_wait = Duration::from_millis(ms);
+        }
         let balance = match var("balance") {
             None => None,
             Some(name) => {
@@ -442,6 +500,7 @@ impl Config {
             balance,
             replica_weights,
             health,
+            consistency,
             secret: secret.transpose()?,
             replica_urls: list("replica_urls"),
             replica_hosts: list("replica_hosts"),
@@ -533,6 +592,43 @@ impl Config {
             Some(health.probe_max_interval),
             MIN_PROBE_INTERVAL_MS,
         )?;
+        let consistency = &self.consistency;
+        if consistency.lag_interval != Duration::ZERO {
+            timeout(
+                "consistency.lag_interval",
+                Some(consistency.lag_interval),
+                MIN_PROBE_INTERVAL_MS,
+            )?;
+        }
+        timeout(
+            "consistency.max_replica_lag",
+            consistency.max_replica_lag,
+            1,
+        )?;
+        if consistency.max_replica_lag_bytes == Some(0) {
+            return Err(out_of_range(
+                "consistency.max_replica_lag_bytes",
+                "0".into(),
+                format!("from 1 to {} bytes, or unset for no limit", u64::MAX),
+            ));
+        }
+        if consistency.lag_interval == Duration::ZERO
+            && (consistency.max_replica_lag.is_some()
+                || consistency.max_replica_lag_bytes.is_some())
+        {
+            return Err(out_of_range(
+                "consistency.lag_interval",
+                "0 ms".into(),
+                "from 10 ms: a lag limit is set, and only the monitor measures lag".into(),
+            ));
+        }
+        if consistency.read_your_writes_wait > MAX_READ_YOUR_WRITES_WAIT {
+            return Err(out_of_range(
+                "consistency.read_your_writes_wait",
+                ms(consistency.read_your_writes_wait),
+                format!("from 0 to {}", ms(MAX_READ_YOUR_WRITES_WAIT)),
+            ));
+        }
         if self.application_name.len() > 63 || self.application_name.contains(char::is_control) {
             return Err(ConfigError::InvalidChoice {
                 key: naming.key("application_name"),
@@ -619,6 +715,7 @@ struct Settings {
     balance: Option<Balance>,
     replica_weights: Vec<u32>,
     health: HealthConfig,
+    consistency: ConsistencyConfig,
     shared_schemas: Option<Vec<String>>,
 }
 
@@ -637,6 +734,9 @@ const DEFAULT_DISCOVERY_INTERVAL_MS: u64 = 2000;
 /// Time between two asks of `aurora_replica_status()`, by default (as the
 /// AWS JDBC wrapper).
 const DEFAULT_AURORA_INTERVAL_MS: u64 = 30_000;
+
+/// The longest wait of a read for its write to be replayed.
+const MAX_READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(60);
 
 /// The shortest wait between two probes of an ejected replica.
 const MIN_PROBE_INTERVAL_MS: u64 = 10;
@@ -723,6 +823,10 @@ impl Naming {
             "health.probe_interval" => "PROBE_INTERVAL_MS",
             "health.probe_max_interval" => "PROBE_MAX_INTERVAL_MS",
             "health.reads_fall_back_to_writer" => "READS_FALL_BACK_TO_WRITER",
+            "consistency.lag_interval" => "LAG_INTERVAL_MS",
+            "consistency.max_replica_lag" => "MAX_REPLICA_LAG_MS",
+            "consistency.max_replica_lag_bytes" => "MAX_REPLICA_LAG_BYTES",
+            "consistency.read_your_writes_wait" => "READ_YOUR_WRITES_WAIT_MS",
             other => other,
         };
         format!("{prefix}DATABASE_{name}")
@@ -808,6 +912,7 @@ impl Settings {
             balance: self.balance.unwrap_or_default(),
             replica_weights: self.replica_weights,
             health: self.health,
+            consistency: self.consistency,
             shared_schemas: match self.shared_schemas {
                 Some(schemas) => schemas,
                 None => vec!["public".to_owned()],

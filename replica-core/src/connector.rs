@@ -187,6 +187,11 @@ impl Probes {
         }
     }
 
+    /// The bound on connecting and on each query.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// A connection of its own to the node `url` names, within the
     /// timeout.
     pub(crate) async fn open(&self, url: &DatabaseUrl) -> Result<AsyncPgConnection, String> {

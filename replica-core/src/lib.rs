@@ -9,14 +9,17 @@ mod attempt;
 mod balance;
 mod config;
 mod connector;
+mod consistency;
 mod credentials;
 mod discovery;
 mod error;
 mod health;
+mod lag;
 mod node;
 mod provision;
 mod read_path;
 mod route;
+mod scope;
 mod session;
 mod set;
 mod tenant;
@@ -29,7 +32,10 @@ mod url;
 pub mod __private;
 
 pub use crate::balance::Balance;
-pub use crate::config::{Config, Discovery, DiscoverySource, HealthConfig, PoolConfig};
+pub use crate::config::{
+    Config, ConsistencyConfig, Discovery, DiscoverySource, HealthConfig, PoolConfig,
+};
+pub use crate::consistency::{ReadYourWrites, TokenError, WriteToken};
 pub use crate::credentials::{
     Credentials, CredentialsError, CredentialsProvider, Login, LoginFuture, Password, SecretFile,
 };
@@ -38,7 +44,8 @@ pub use crate::health::Health;
 pub use crate::node::{NodeId, NodeStatus, Role};
 pub use crate::provision::Provisioned;
 pub use crate::route::AsyncFunc;
-pub use crate::set::{ReplicaSet, Status, TenantScope, TopologyChange};
+pub use crate::scope::{SessionScope, TenantScope};
+pub use crate::set::{ReplicaSet, Status, TopologyChange};
 pub use crate::tenant::{NameError, Tenant, TenantError};
 pub use crate::tls::SslMode;
 pub use crate::url::DatabaseUrl;

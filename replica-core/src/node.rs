@@ -18,6 +18,7 @@ use crate::connector;
 use crate::credentials::CredentialsProvider;
 use crate::error::Error;
 use crate::health::{Health, Probed, Tracker};
+use crate::lag::Lag;
 use crate::route::Route;
 use crate::url::DatabaseUrl;
 
@@ -82,6 +83,8 @@ pub(crate) struct Node {
     pub(crate) attempt_timeout: Option<Duration>,
     pub(crate) health: Tracker,
     pub(crate) in_flight: AtomicUsize,
+    /// What is known of its replay progress (replicas).
+    pub(crate) lag: Lag,
 }
 
 /// How to build one node.
@@ -127,6 +130,7 @@ impl Node {
             attempt_timeout: pool.statement_timeout().map(|t| t + STATEMENT_GRACE),
             health: Tracker::new(Arc::clone(health), role == Role::Replica),
             in_flight: AtomicUsize::new(0),
+            lag: Lag::default(),
         })
     }
 
@@ -172,6 +176,9 @@ impl Node {
             ejections: health.ejections(),
             retried: health.retried(),
             last_error: health.last_error(),
+            lag: self.lag.lag(),
+            lag_bytes: self.lag.lag_bytes(),
+            behind: self.lag.is_behind(),
             max_size: pool.max_size,
             size: pool.size,
             available: pool.available,
@@ -239,6 +246,16 @@ pub struct NodeStatus {
     pub retried: u64,
     /// Its last failure, as its error message (never with a password).
     pub last_error: Option<String>,
+    /// A replica's time lag at the lag monitor's last sample (0 when it
+    /// had replayed all it had received); `None` before the first sample
+    /// and for the writer.
+    pub lag: Option<Duration>,
+    /// A replica's WAL bytes not yet replayed at the last sample
+    /// (PostgreSQL; Aurora reports none).
+    pub lag_bytes: Option<u64>,
+    /// Behind the configured lag limit: it gets no reads until it catches
+    /// up, and it is not ejected.
+    pub behind: bool,
     /// Most connections its pool may hold.
     pub max_size: usize,
     /// Connections open now.

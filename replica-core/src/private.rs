@@ -11,8 +11,9 @@ use diesel::result::Error as DieselError;
 
 use crate::route::Call;
 pub use crate::route::{Body, Route};
-use crate::set::{TenantScope, diesel_result, own_result};
-pub use crate::{AsyncFunc, Config, Error, ReplicaSet, Tenant};
+use crate::scope::TenantScope;
+use crate::set::{diesel_result, own_result};
+pub use crate::{AsyncFunc, Config, Error, ReadYourWrites, ReplicaSet, Tenant};
 pub use std::sync::OnceLock;
 
 /// Implemented by `#[derive(ReplicatedRepo)]`: the repo's replica set.
@@ -32,6 +33,7 @@ pub trait Repo {
 pub fn read_query<'a, R, T, F>(
     repo: &'a R,
     tenant: Option<&'a Tenant>,
+    session: Option<&'a ReadYourWrites>,
     f: F,
 ) -> impl Future<Output = Result<T, Error>> + Send
 where
@@ -43,11 +45,8 @@ where
     async move {
         let set = set?;
         let scope = tenant.map(|tenant| set.scope(tenant));
-        let call = Call {
-            route: Route::Read,
-            scope: scope.as_ref(),
-        };
-        diesel_result(set.read_call(call, f).await, Route::Read)
+        let call = Call::new(Route::Read, scope.as_ref());
+        diesel_result(set.read_call(call, session, f).await, Route::Read)
     }
 }
 
@@ -56,6 +55,7 @@ where
 pub fn read<'a, R, T, E, F>(
     repo: &'a R,
     tenant: Option<&'a Tenant>,
+    session: Option<&'a ReadYourWrites>,
     f: F,
 ) -> impl Future<Output = Result<T, E>> + Send
 where
@@ -68,11 +68,8 @@ where
     async move {
         let set = set.map_err(E::from)?;
         let scope = tenant.map(|tenant| set.scope(tenant));
-        let call = Call {
-            route: Route::Read,
-            scope: scope.as_ref(),
-        };
-        own_result(set.read_call(call, f).await)
+        let call = Call::new(Route::Read, scope.as_ref());
+        own_result(set.read_call(call, session, f).await)
     }
 }
 
@@ -82,6 +79,7 @@ pub fn run_query<'a, R, T, F>(
     repo: &'a R,
     route: Route,
     tenant: Option<&'a Tenant>,
+    session: Option<&'a ReadYourWrites>,
     f: F,
 ) -> impl Future<Output = Result<T, Error>> + Send
 where
@@ -93,11 +91,8 @@ where
     async move {
         let set = set?;
         let scope = tenant.map(|tenant| set.scope(tenant));
-        let call = Call {
-            route,
-            scope: scope.as_ref(),
-        };
-        diesel_result(set.writer_call(call, f).await, route)
+        let call = Call::new(route, scope.as_ref());
+        diesel_result(set.writer_call(call, session, f).await, route)
     }
 }
 
@@ -107,6 +102,7 @@ pub fn run<'a, R, T, E, F>(
     repo: &'a R,
     route: Route,
     tenant: Option<&'a Tenant>,
+    session: Option<&'a ReadYourWrites>,
     f: F,
 ) -> impl Future<Output = Result<T, E>> + Send
 where
@@ -119,11 +115,8 @@ where
     async move {
         let set = set.map_err(E::from)?;
         let scope = tenant.map(|tenant| set.scope(tenant));
-        let call = Call {
-            route,
-            scope: scope.as_ref(),
-        };
-        own_result(set.writer_call(call, f).await)
+        let call = Call::new(route, scope.as_ref());
+        own_result(set.writer_call(call, session, f).await)
     }
 }
 
@@ -355,6 +348,172 @@ impl<S, P: ?Sized> WithParam<Refused<P>> for S {
     }
 }
 
+// Read-your-writes sessions, told apart by type as tenants are:
+// `(&&&Probe(&param)).session_param()` finds `SessionRef` for exactly
+// `&ReadYourWrites` (under any alias), else `HeldSession` for the forms
+// that hold a session but cannot be used as one, else `OtherSessionParam`.
+// The results are folded from `NoSession` by `WithSession`, which refuses a
+// second session.
+
+/// A `&ReadYourWrites` parameter: the call reads after, or records, its
+/// writes.
+pub struct InSession<'a>(&'a ReadYourWrites);
+
+/// A parameter that holds a session in a form that cannot be used.
+pub struct RefusedSession<P: ?Sized>(PhantomData<fn(&P)>);
+
+/// A parameter that is no session.
+pub struct NotSession;
+
+/// First choice: `&ReadYourWrites`.
+pub trait SessionRef<'a> {
+    /// The session.
+    fn session_param(&self) -> InSession<'a>;
+}
+
+impl<'a> SessionRef<'a> for &&Probe<'_, &'a ReadYourWrites> {
+    fn session_param(&self) -> InSession<'a> {
+        InSession(self.0)
+    }
+}
+
+/// Second choice: a form that holds a session.
+pub trait HeldSession {
+    /// The parameter's type.
+    type Param: ?Sized;
+    /// A refusal, which [`RefusedSession::checked`] turns into a compile
+    /// error.
+    fn session_param(&self) -> RefusedSession<Self::Param>;
+}
+
+impl<P: ?Sized + HoldsSession> HeldSession for &Probe<'_, P> {
+    type Param = P;
+    fn session_param(&self) -> RefusedSession<P> {
+        RefusedSession(PhantomData)
+    }
+}
+
+/// Last choice: not a session.
+pub trait OtherSessionParam {
+    /// Nothing.
+    fn session_param(&self) -> NotSession;
+}
+
+impl<P: ?Sized> OtherSessionParam for Probe<'_, P> {
+    fn session_param(&self) -> NotSession {
+        NotSession
+    }
+}
+
+/// Types that hold a session without being `&ReadYourWrites`: as a
+/// parameter, the call would ignore it, so they are refused.
+pub trait HoldsSession {}
+
+impl HoldsSession for ReadYourWrites {}
+impl HoldsSession for crate::SessionScope<'_> {}
+impl<T: ?Sized + HoldsSession> HoldsSession for &T {}
+impl<T: ?Sized + HoldsSession> HoldsSession for &mut T {}
+impl<T: HoldsSession> HoldsSession for Option<T> {}
+impl<T: ?Sized + HoldsSession> HoldsSession for Box<T> {}
+impl<T: ?Sized + HoldsSession> HoldsSession for Rc<T> {}
+impl<T: ?Sized + HoldsSession> HoldsSession for Arc<T> {}
+
+impl InSession<'_> {
+    /// Accepted.
+    pub fn checked(self) -> Self {
+        self
+    }
+}
+
+impl NotSession {
+    /// Accepted.
+    pub fn checked(self) -> Self {
+        self
+    }
+}
+
+impl<P: ?Sized> RefusedSession<P> {
+    /// A compile error.
+    pub fn checked(self) -> Self
+    where
+        P: UsableSession,
+    {
+        self
+    }
+}
+
+/// Implemented by nothing: the error for a session held in another form
+/// than `&ReadYourWrites`.
+#[diagnostic::on_unimplemented(
+    message = "this parameter holds a read-your-writes session as `{Self}`, but a method uses one only as `&ReadYourWrites`",
+    label = "the method would ignore this session: its reads could miss its writes",
+    note = "take the session by shared reference, `rw: &ReadYourWrites` (whatever its name or alias); \
+            for a call with or without one, pass `&ReadYourWrites::new()`"
+)]
+pub trait UsableSession {}
+
+/// No `&ReadYourWrites` parameter so far.
+pub struct NoSession;
+
+/// One `&ReadYourWrites` parameter so far.
+pub struct OneSession<'a>(&'a ReadYourWrites);
+
+impl NoSession {
+    /// The method runs outside any session.
+    pub fn session(self) -> Option<&'static ReadYourWrites> {
+        None
+    }
+}
+
+impl<'a> OneSession<'a> {
+    /// The method's session.
+    pub fn session(self) -> Option<&'a ReadYourWrites> {
+        Some(self.0)
+    }
+}
+
+/// Adds a classified parameter to the parameters before it.
+#[diagnostic::on_unimplemented(
+    message = "a method runs in one read-your-writes session; it takes two",
+    label = "a second `&ReadYourWrites` parameter",
+    note = "take one `rw: &ReadYourWrites`; merge tokens with `ReadYourWrites::observe`"
+)]
+pub trait WithSession<P> {
+    /// The parameters so far, this one included.
+    type Next;
+    /// Adds `param`.
+    fn with_session(self, param: P) -> Self::Next;
+}
+
+impl WithSession<NotSession> for NoSession {
+    type Next = NoSession;
+    fn with_session(self, _: NotSession) -> NoSession {
+        self
+    }
+}
+
+impl<'a> WithSession<InSession<'a>> for NoSession {
+    type Next = OneSession<'a>;
+    fn with_session(self, param: InSession<'a>) -> OneSession<'a> {
+        OneSession(param.0)
+    }
+}
+
+impl<'a> WithSession<NotSession> for OneSession<'a> {
+    type Next = OneSession<'a>;
+    fn with_session(self, _: NotSession) -> OneSession<'a> {
+        self
+    }
+}
+
+// Refused by `checked` already: one error is enough.
+impl<S, P: ?Sized> WithSession<RefusedSession<P>> for S {
+    type Next = S;
+    fn with_session(self, _: RefusedSession<P>) -> S {
+        self
+    }
+}
+
 // A method's own error type, told apart from diesel's by type (autoref
 // specialization): `(&&ErrorProbe::<R>::NEW).runner()`, where `R` is the
 // declared return type, finds `DieselErrorKind` for a `Result` whose error
@@ -433,6 +592,7 @@ impl<Ret> OwnError<Ret> {
         self,
         repo: &'a R,
         tenant: Option<&'a Tenant>,
+        session: Option<&'a ReadYourWrites>,
         f: F,
     ) -> impl Future<Output = Result<T, E>> + Send
     where
@@ -441,7 +601,7 @@ impl<Ret> OwnError<Ret> {
         T: Send,
         E: From<Error> + Send,
     {
-        read(repo, tenant, f)
+        read(repo, tenant, session, f)
     }
 
     /// [`run`].
@@ -450,6 +610,7 @@ impl<Ret> OwnError<Ret> {
         repo: &'a R,
         route: Route,
         tenant: Option<&'a Tenant>,
+        session: Option<&'a ReadYourWrites>,
         f: F,
     ) -> impl Future<Output = Result<T, E>> + Send
     where
@@ -458,7 +619,7 @@ impl<Ret> OwnError<Ret> {
         T: Send,
         E: From<Error> + Send,
     {
-        run(repo, route, tenant, f)
+        run(repo, route, tenant, session, f)
     }
 }
 
@@ -481,6 +642,7 @@ impl<E> DieselErrorUnderAlias<E> {
         self,
         repo: &'a R,
         tenant: Option<&'a Tenant>,
+        session: Option<&'a ReadYourWrites>,
         f: F,
     ) -> impl Future<Output = Result<T, E>> + Send
     where
@@ -489,7 +651,7 @@ impl<E> DieselErrorUnderAlias<E> {
         T: Send,
         E: Send,
     {
-        let _ = (repo, tenant, f);
+        let _ = (repo, tenant, session, f);
         std::future::pending()
     }
 
@@ -499,6 +661,7 @@ impl<E> DieselErrorUnderAlias<E> {
         repo: &'a R,
         route: Route,
         tenant: Option<&'a Tenant>,
+        session: Option<&'a ReadYourWrites>,
         f: F,
     ) -> impl Future<Output = Result<T, E>> + Send
     where
@@ -507,7 +670,7 @@ impl<E> DieselErrorUnderAlias<E> {
         T: Send,
         E: Send,
     {
-        let _ = (repo, route, tenant, f);
+        let _ = (repo, route, tenant, session, f);
         std::future::pending()
     }
 }

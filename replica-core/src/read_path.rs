@@ -1,15 +1,30 @@
 //! The read path: which node serves each attempt of a read (a replica that
-//! is up and not yet tried, chosen by the balancer, else the writer when
-//! allowed), retries while nodes fail, and the error when none could.
+//! is up, within the lag limit and not yet tried, chosen by the balancer,
+//! else the writer when allowed), retries while nodes fail, and the error
+//! when none could. A read after a write ([`WriteToken`]) goes to a replica
+//! known to hold the write, else waits on one for it (once, up to the
+//! bound), else goes to the writer.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::attempt::{Failed, Failure, attempt};
 use crate::config::HealthConfig;
+use crate::consistency::WriteToken;
 use crate::error::Error;
 use crate::node::{Node, NodeId};
-use crate::route::{Body, Call};
+use crate::route::{Body, Call, ReplayWait};
 use crate::topology::Topology;
+
+/// What a read must see, and how it may wait for it.
+#[derive(Clone, Copy)]
+pub(crate) struct After {
+    pub(crate) token: WriteToken,
+    /// The longest wait on a replica for the write.
+    pub(crate) wait: Duration,
+    /// Aurora: replicas qualify by their reported lag, not a position.
+    pub(crate) by_time: bool,
+}
 
 /// Runs a read, trying other nodes while nodes fail; on failure, the node
 /// of the last attempt with what went wrong.
@@ -17,19 +32,39 @@ pub(crate) async fn read<T, E>(
     topology: &Topology,
     policy: &HealthConfig,
     call: Call<'_>,
+    after: Option<After>,
     f: impl Body<T, E> + Clone,
 ) -> Result<T, (Arc<Node>, Failure<E>)> {
     let mut tried: Vec<NodeId> = Vec::new();
     let mut last: Option<(&Arc<Node>, Failure<E>)> = None;
-    for _ in 0..=policy.read_retries {
-        let Some(node) = pick(topology, policy, &tried) else {
-            break;
-        };
-        if let Some((previous, _)) = &last {
+    let mut failures = 0;
+    let mut may_wait = after.is_some_and(|after| !after.by_time && !after.wait.is_zero());
+    while let Some((node, replay_wait)) = next(topology, policy, &tried, after, may_wait) {
+        if let Some((previous, failure)) = &last
+            && !matches!(failure, Failure::NotReplayed)
+        {
             previous.health.count_retry();
         }
+        let call = Call {
+            replay_wait,
+            ..call
+        };
         match attempt(node, call, f.clone()).await {
-            Ok(value) => return Ok(value),
+            Ok(value) => {
+                if let Some(wait) = replay_wait {
+                    node.lag.replayed_at_least(wait.lsn);
+                }
+                return Ok(value);
+            }
+            // Waited on once: the others are tried as they are known.
+            Err(Failed {
+                failure: Failure::NotReplayed,
+                ..
+            }) => {
+                may_wait = false;
+                tried.push(node.id.clone());
+                last = Some((node, Failure::NotReplayed));
+            }
             // A failed node, or a replica that has not yet replayed the
             // creation of the tenant's schema: another node may serve it.
             Err(Failed { failure, node_down })
@@ -38,6 +73,10 @@ pub(crate) async fn read<T, E>(
             {
                 tried.push(node.id.clone());
                 last = Some((node, failure));
+                failures += 1;
+                if failures > policy.read_retries {
+                    break;
+                }
             }
             Err(Failed { failure, .. }) => return Err((Arc::clone(node), failure)),
         }
@@ -46,45 +85,94 @@ pub(crate) async fn read<T, E>(
         Some((node, failure)) => Err((Arc::clone(node), failure)),
         None => Err((
             Arc::clone(&topology.writer),
-            Failure::Routing(no_replica(topology)),
+            Failure::Routing(no_replica(topology, after.is_some())),
         )),
     }
 }
 
-/// The node for the next attempt of a read: a replica that is up and not
-/// yet tried, chosen by the balancer; else the writer, once, when there are
-/// no replicas or reads may fall back to it.
+/// The node for the next attempt, and the replay wait to send with it.
+fn next<'t>(
+    topology: &'t Topology,
+    policy: &HealthConfig,
+    tried: &[NodeId],
+    after: Option<After>,
+    may_wait: bool,
+) -> Option<(&'t Arc<Node>, Option<ReplayWait>)> {
+    let usable = |node: &Node| node.is_up() && !node.lag.is_behind() && !tried.contains(&node.id);
+    let Some(after) = after else {
+        return pick(topology, policy, tried).map(|node| (node, None));
+    };
+    let token = after.token;
+    let known = |node: &Node| usable(node) && node.lag.has_replayed(&token, after.by_time);
+    if let Some(node) = choose(topology, known) {
+        return Some((node, None));
+    }
+    if may_wait
+        && token.lsn != WriteToken::UNKNOWN_LSN
+        && let Some(node) = choose(topology, usable)
+    {
+        let wait = ReplayWait {
+            lsn: token.lsn,
+            bound: after.wait,
+        };
+        return Some((node, Some(wait)));
+    }
+    writer(topology, policy, tried).map(|node| (node, None))
+}
+
+/// A replica for which `eligible` holds, chosen by the balancer.
+fn choose(topology: &Topology, eligible: impl Fn(&Node) -> bool) -> Option<&Arc<Node>> {
+    let replicas = &topology.replicas;
+    topology
+        .balancer
+        .pick(replicas, |i| eligible(&replicas[i]))
+        .map(|index| &replicas[index])
+}
+
+/// The writer, once, when there are no replicas or reads may fall back to
+/// it.
+fn writer<'t>(
+    topology: &'t Topology,
+    policy: &HealthConfig,
+    tried: &[NodeId],
+) -> Option<&'t Arc<Node>> {
+    ((topology.replicas.is_empty() || policy.reads_fall_back_to_writer)
+        && !tried.contains(&topology.writer.id))
+    .then_some(&topology.writer)
+}
+
+/// The node for the next attempt of a read: a replica that is up, within
+/// the lag limit and not yet tried, chosen by the balancer; else the
+/// writer, once, when there are no replicas or reads may fall back to it.
 pub(crate) fn pick<'t>(
     topology: &'t Topology,
     policy: &HealthConfig,
     tried: &[NodeId],
 ) -> Option<&'t Arc<Node>> {
-    let replicas = &topology.replicas;
-    let replica = topology.balancer.pick(replicas, |i| {
-        replicas[i].is_up() && !tried.contains(&replicas[i].id)
-    });
-    match replica {
-        Some(index) => Some(&replicas[index]),
-        None if (replicas.is_empty() || policy.reads_fall_back_to_writer)
-            && !tried.contains(&topology.writer.id) =>
-        {
-            Some(&topology.writer)
-        }
-        None => None,
-    }
+    choose(topology, |node| {
+        node.is_up() && !node.lag.is_behind() && !tried.contains(&node.id)
+    })
+    .or_else(|| writer(topology, policy, tried))
 }
 
-fn no_replica(topology: &Topology) -> Error {
+fn no_replica(topology: &Topology, after_write: bool) -> Error {
     Error::NoReplicaAvailable {
         replicas: topology
             .replicas
             .iter()
             .map(|node| {
                 let status = node.status();
-                match status.last_error {
-                    Some(error) => format!("{} {:?}: {error}", node.label, status.health),
-                    None => format!("{} {:?}", node.label, status.health),
+                let mut line = format!("{} {:?}", node.label, status.health);
+                if status.behind {
+                    line.push_str(", behind the lag limit");
+                } else if after_write {
+                    line.push_str(", not known to hold the write");
                 }
+                if let Some(error) = status.last_error {
+                    line.push_str(": ");
+                    line.push_str(&error);
+                }
+                line
             })
             .collect(),
     }

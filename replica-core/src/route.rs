@@ -3,6 +3,8 @@
 //! ([`AsyncFunc`], [`Body`]).
 
 use std::future::Future;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use diesel_async::AsyncPgConnection;
 
@@ -66,9 +68,35 @@ impl Route {
     }
 }
 
-/// One call: its route, and the tenant whose schema it runs in.
+/// One call: its route, the tenant whose schema it runs in, and what it
+/// needs for read-your-writes.
 #[derive(Clone, Copy)]
 pub(crate) struct Call<'a> {
     pub(crate) route: Route,
     pub(crate) scope: Option<&'a Scope<'a>>,
+    /// A read on a replica: wait until the replica has replayed a write
+    /// before the body runs.
+    pub(crate) replay_wait: Option<ReplayWait>,
+    /// A write: the writer's WAL insert position after it goes here.
+    pub(crate) insert_lsn: Option<&'a AtomicU64>,
+}
+
+/// How a read waits on a replica for a write.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ReplayWait {
+    /// The write's WAL position.
+    pub(crate) lsn: u64,
+    /// The longest wait.
+    pub(crate) bound: Duration,
+}
+
+impl<'a> Call<'a> {
+    pub(crate) fn new(route: Route, scope: Option<&'a Scope<'a>>) -> Self {
+        Self {
+            route,
+            scope,
+            replay_wait: None,
+            insert_lsn: None,
+        }
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -15,12 +15,14 @@ use tokio::sync::Notify;
 use tracing::instrument::WithSubscriber;
 
 use crate::attempt::{self, Failure, attempt};
-use crate::config::{Config, Discovery, DiscoverySource, HealthConfig};
+use crate::config::{Config, ConsistencyConfig, Discovery, DiscoverySource, HealthConfig};
 use crate::connector::Probes;
+use crate::consistency::{ReadYourWrites, WriteToken};
 use crate::discovery;
 use crate::error::{ConfigError, Error, error_chain};
+use crate::lag;
 use crate::node::{Node, NodeId, NodeStatus, Role};
-use crate::read_path;
+use crate::read_path::{self, After};
 use crate::route::{AsyncFunc, Body, Call, Route};
 use crate::tenant::{Scope, Tenant};
 use crate::topology::{Blueprint, Next, Topology};
@@ -56,6 +58,9 @@ struct Inner {
     /// replica's name.
     changes: tokio::sync::Mutex<usize>,
     health: HealthConfig,
+    consistency: ConsistencyConfig,
+    /// Aurora: lag is reported in time, and tokens qualify replicas by it.
+    lag_by_time: bool,
     shared_schemas: Vec<String>,
     /// Set by discovery when no candidate is a writer: writes fail fast.
     writer_unavailable: AtomicBool,
@@ -165,12 +170,21 @@ impl ReplicaSet {
                 blueprint,
                 changes: tokio::sync::Mutex::new(config.replicas.len()),
                 health: config.health,
+                consistency: config.consistency.clone(),
+                lag_by_time: matches!(config.discovery, Discovery::Aurora { .. }),
                 shared_schemas: config.shared_schemas,
                 writer_unavailable: AtomicBool::new(false),
                 wake: Arc::new(Notify::new()),
                 source: config.discovery.source(),
                 surveyed: tokio::sync::watch::Sender::new(false),
             }),
+        };
+        let lag_source = match &config.discovery {
+            Discovery::Aurora { host_pattern, .. } => lag::Source::Aurora {
+                pattern: host_pattern.clone(),
+                template: Box::new(config.writer.clone()),
+            },
+            _ => lag::Source::Wal,
         };
         let source = match config.discovery {
             Discovery::Static => {
@@ -192,20 +206,27 @@ impl ReplicaSet {
                 interval,
             )),
         };
-        if let Some((source, interval)) = source {
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => {
+        let lag_interval = set.inner.consistency.lag_interval;
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                if let Some((source, interval)) = source {
                     runtime.spawn(
                         watch(Arc::downgrade(&set.inner), source, interval)
                             .with_current_subscriber(),
                     );
                 }
-                Err(_) => {
-                    set.inner.surveyed.send_replace(true);
-                    tracing::warn!(
-                        "the replica set was built outside a Tokio runtime: discovery does not run"
+                if !lag_interval.is_zero() {
+                    runtime.spawn(
+                        monitor(Arc::downgrade(&set.inner), lag_source, lag_interval)
+                            .with_current_subscriber(),
                     );
                 }
+            }
+            Err(_) => {
+                set.inner.surveyed.send_replace(true);
+                tracing::warn!(
+                    "the replica set was built outside a Tokio runtime: discovery and the lag monitor do not run"
+                );
             }
         }
         Ok(set)
@@ -340,11 +361,8 @@ impl ReplicaSet {
             + Send,
         T: Send,
     {
-        let call = Call {
-            route: Route::Read,
-            scope: None,
-        };
-        async move { diesel_result(self.read_call(call, f).await, Route::Read) }
+        let call = Call::new(Route::Read, None);
+        async move { diesel_result(self.read_call(call, None, f).await, Route::Read) }
     }
 
     /// Runs `f` on the writer inside a `READ ONLY` transaction: a read that
@@ -360,7 +378,7 @@ impl ReplicaSet {
             + Send,
         T: Send,
     {
-        self.writer_query(Route::ReadFresh, None, f)
+        self.writer_query(Route::ReadFresh, None, None, f)
     }
 
     /// Runs `f` on the writer, outside any transaction: each statement
@@ -376,7 +394,7 @@ impl ReplicaSet {
             + Send,
         T: Send,
     {
-        self.writer_query(Route::Write, None, f)
+        self.writer_query(Route::Write, None, None, f)
     }
 
     /// Runs `f` on the writer inside a transaction, committed when `f`
@@ -391,18 +409,7 @@ impl ReplicaSet {
             + Send,
         T: Send,
     {
-        self.writer_query(Route::Transaction, None, f)
-    }
-
-    /// Scopes reads and transactions to `tenant`: each runs with
-    /// `search_path` set to the tenant's schema, then the shared schemas
-    /// (`shared_schemas`, default `public`), for that transaction only, on
-    /// whichever node serves it. A tenant whose schema does not exist gets
-    /// [`Error::UnknownTenant`], never the shared schemas' rows; a read
-    /// that meets a replica without the schema yet (it was just provisioned
-    /// and the replica lags) tries the next node, as for a failed one.
-    pub fn tenant<'a>(&'a self, tenant: &'a Tenant) -> TenantScope<'a> {
-        TenantScope { set: self, tenant }
+        self.writer_query(Route::Transaction, None, None, f)
     }
 
     pub(crate) fn scope<'a>(&self, tenant: &'a Tenant) -> Scope<'a> {
@@ -431,22 +438,36 @@ impl ReplicaSet {
         }
     }
 
-    /// Runs a read on the replicas (then the writer), with retries.
+    /// Runs a read on the replicas (then the writer), with retries; with a
+    /// session that wrote, where its writes are visible.
     pub(crate) async fn read_call<T, E>(
         &self,
         call: Call<'_>,
+        session: Option<&ReadYourWrites>,
         f: impl Body<T, E> + Clone,
     ) -> Result<T, CallFailure<E>> {
         let topology = self.topology();
-        read_path::read(&topology, &self.inner.health, call, f).await
+        let after = session.and_then(ReadYourWrites::token).map(|token| After {
+            token,
+            wait: self.inner.consistency.read_your_writes_wait,
+            by_time: self.inner.lag_by_time,
+        });
+        read_path::read(&topology, &self.inner.health, call, after, f).await
     }
 
     /// Runs a call on the writer, once. While discovery knows no writer,
     /// writes fail fast with [`Error::WriterUnavailable`]; a write that
     /// meets a standby or a writer that does not answer wakes discovery.
+    ///
+    /// With a session, a write records its token there: the writer's WAL
+    /// insert position after it (on Aurora, the time). A write whose
+    /// outcome is unknown (an autocommit write that failed part-way, a
+    /// connection lost) records a token that sends the session's reads to
+    /// the writer.
     pub(crate) async fn writer_call<T, E>(
         &self,
         call: Call<'_>,
+        session: Option<&ReadYourWrites>,
         f: impl Body<T, E>,
     ) -> Result<T, CallFailure<E>> {
         let writer = Arc::clone(&self.topology().writer);
@@ -457,7 +478,29 @@ impl ReplicaSet {
             };
             return Err((writer, Failure::Routing(error)));
         }
-        attempt(&writer, call, f).await.map_err(|failed| {
+        let session = session.filter(|_| writes);
+        let insert_lsn = AtomicU64::new(WriteToken::UNKNOWN_LSN);
+        let call = Call {
+            insert_lsn: session
+                .filter(|_| !self.inner.lag_by_time)
+                .map(|_| &insert_lsn),
+            ..call
+        };
+        let result = attempt(&writer, call, f).await;
+        if let Some(session) = session {
+            let unknown = WriteToken::now(WriteToken::UNKNOWN_LSN);
+            match &result {
+                Ok(_) => session.observe(WriteToken::now(AtomicU64::load(
+                    &insert_lsn,
+                    Ordering::Relaxed,
+                ))),
+                Err(failed) if failed.node_down || call.route == Route::Write => {
+                    session.observe(unknown);
+                }
+                Err(_) => {}
+            }
+        }
+        result.map_err(|failed| {
             let standby = matches!(
                 &failed.failure,
                 Failure::Routing(Error::Query {
@@ -478,20 +521,18 @@ impl ReplicaSet {
     }
 
     /// A body returning diesel's `QueryResult` on the writer, once.
-    async fn writer_query<T, F>(
+    pub(crate) async fn writer_query<T, F>(
         &self,
         route: Route,
         scope: Option<Scope<'_>>,
+        session: Option<&ReadYourWrites>,
         f: F,
     ) -> Result<T, Error>
     where
         F: Body<T, DieselError>,
     {
-        let call = Call {
-            route,
-            scope: scope.as_ref(),
-        };
-        diesel_result(self.writer_call(call, f).await, route)
+        let call = Call::new(route, scope.as_ref());
+        diesel_result(self.writer_call(call, session, f).await, route)
     }
 
     /// The index of the replica a read would use now (`usize::MAX` for the
@@ -638,6 +679,30 @@ async fn watch(inner: std::sync::Weak<Inner>, source: Source, interval: Duration
     }
 }
 
+/// Samples the replicas' lag every `interval`, on connections of its own,
+/// until the set is dropped.
+async fn monitor(inner: std::sync::Weak<Inner>, source: lag::Source, interval: Duration) {
+    let probes = match inner.upgrade() {
+        Some(inner) => Probes::new(
+            inner.blueprint.application_name.clone(),
+            inner.blueprint.credentials.clone(),
+            interval.clamp(SURVEY_TIMEOUT / 4, SURVEY_TIMEOUT),
+        ),
+        None => return,
+    };
+    let mut connections = lag::Connections::default();
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let topology = inner.topology.load_full();
+        let limits = inner.consistency.clone();
+        drop(inner);
+        lag::sample(&topology, &source, &limits, &probes, &mut connections).await;
+    }
+}
+
 /// Waits until a removed replica has no call in flight (or
 /// [`DRAIN_LIMIT`] passed), then closes its pool.
 async fn drain(node: Arc<Node>) {
@@ -661,7 +726,7 @@ pub(crate) fn diesel_result<T>(
 /// A call's result with a body returning the caller's own errors: routing
 /// errors become theirs through `E: From<Error>`.
 pub(crate) fn own_result<T, E: From<Error>>(result: Result<T, CallFailure<E>>) -> Result<T, E> {
-    result.map_err(|(_, failure)| failure.into_own())
+    result.map_err(|(node, failure)| failure.into_own(&node))
 }
 
 /// A snapshot of the replica set, taken by [`ReplicaSet::status`]. It does
@@ -677,68 +742,4 @@ pub struct Status {
     pub writer: NodeStatus,
     /// The replicas, in configuration order.
     pub replicas: Vec<NodeStatus>,
-}
-
-/// A replica set scoped to one tenant, from [`ReplicaSet::tenant`]. Its
-/// calls are those of the set, each inside a transaction whose
-/// `search_path` is the tenant's.
-#[derive(Clone, Copy)]
-pub struct TenantScope<'a> {
-    set: &'a ReplicaSet,
-    tenant: &'a Tenant,
-}
-
-impl TenantScope<'_> {
-    /// [`ReplicaSet::read`] in the tenant's schema.
-    ///
-    /// # Errors
-    /// As [`ReplicaSet::read`], and [`Error::UnknownTenant`].
-    pub fn read<T, F>(&self, f: F) -> impl Future<Output = Result<T, Error>> + Send
-    where
-        F: for<'r> AsyncFnOnce(&'r mut AsyncPgConnection) -> QueryResult<T>
-            + for<'r> AsyncFunc<&'r mut AsyncPgConnection, QueryResult<T>, Fut: Send>
-            + Clone
-            + Send,
-        T: Send,
-    {
-        let scope = self.set.scope(self.tenant);
-        async move {
-            let call = Call {
-                route: Route::Read,
-                scope: Some(&scope),
-            };
-            diesel_result(self.set.read_call(call, f).await, Route::Read)
-        }
-    }
-
-    /// [`ReplicaSet::read_fresh`] in the tenant's schema.
-    ///
-    /// # Errors
-    /// As [`ReplicaSet::read_fresh`], and [`Error::UnknownTenant`].
-    pub fn read_fresh<T, F>(&self, f: F) -> impl Future<Output = Result<T, Error>> + Send
-    where
-        F: for<'r> AsyncFnOnce(&'r mut AsyncPgConnection) -> QueryResult<T>
-            + for<'r> AsyncFunc<&'r mut AsyncPgConnection, QueryResult<T>, Fut: Send>
-            + Send,
-        T: Send,
-    {
-        self.set
-            .writer_query(Route::ReadFresh, Some(self.set.scope(self.tenant)), f)
-    }
-
-    /// [`ReplicaSet::transaction`] in the tenant's schema. (There is no
-    /// tenant-scoped autocommit `write`: the scope lives in a transaction.)
-    ///
-    /// # Errors
-    /// As [`ReplicaSet::transaction`], and [`Error::UnknownTenant`].
-    pub fn transaction<T, F>(&self, f: F) -> impl Future<Output = Result<T, Error>> + Send
-    where
-        F: for<'r> AsyncFnOnce(&'r mut AsyncPgConnection) -> QueryResult<T>
-            + for<'r> AsyncFunc<&'r mut AsyncPgConnection, QueryResult<T>, Fut: Send>
-            + Send,
-        T: Send,
-    {
-        self.set
-            .writer_query(Route::Transaction, Some(self.set.scope(self.tenant)), f)
-    }
 }

@@ -39,8 +39,10 @@ fn method_inner(kind: Kind, args: TokenStream, mut item: ItemFn) -> syn::Result<
     let body = &item.block;
     // Mixed-site: these names cannot clash with the user's.
     let tenant_var = Ident::new("__tenant", Span::mixed_site());
+    let session_var = Ident::new("__session", Span::mixed_site());
     let runner_var = Ident::new("__runner", Span::mixed_site());
     let tenant = tenant(kind, &method.params);
+    let session = session(&method.params);
     let destructure = method.params.iter().filter_map(|param| {
         let name = &param.name;
         param
@@ -85,6 +87,7 @@ fn method_inner(kind: Kind, args: TokenStream, mut item: ItemFn) -> syn::Result<
             quote!(#runner(
                 self,
                 #tenant_var,
+                #session_var,
                 async |#conn: #conn_ty| -> #declared #body,
             ))
         }
@@ -99,12 +102,14 @@ fn method_inner(kind: Kind, args: TokenStream, mut item: ItemFn) -> syn::Result<
                 self,
                 #p::Route::#route,
                 #tenant_var,
+                #session_var,
                 async move |#conn: #conn_ty| -> #declared #body,
             ))
         }
     };
     let new_body = quote!({
         let #tenant_var = #tenant;
+        let #session_var = #session;
         #(#destructure)*
         #own
         #call.await
@@ -154,5 +159,33 @@ fn tenant(kind: Kind, params: &[Param]) -> TokenStream {
         let #so_far = #p::NoTenant;
         #(#folds)*
         #so_far.tenant()
+    })
+}
+
+/// The read-your-writes session of the call, decided by the parameters'
+/// types as the tenant is: `&ReadYourWrites` (under any alias) is the
+/// session, a form that holds one otherwise is refused, and two are a
+/// compile error.
+fn session(params: &[Param]) -> TokenStream {
+    let p = quote!(::diesel_replica::__private);
+    if params.is_empty() {
+        return quote!(::core::option::Option::None);
+    }
+    let folds = params.iter().map(|Param { name, ty, .. }| {
+        let span = Span::mixed_site().located_at(ty.span());
+        let so_far = Ident::new("__sessions", span);
+        quote_spanned! {span=>
+            let #so_far = ::diesel_replica::__private::WithSession::with_session(
+                #so_far,
+                (&&&::diesel_replica::__private::Probe(&#name)).session_param().checked(),
+            );
+        }
+    });
+    let so_far = Ident::new("__sessions", Span::mixed_site());
+    quote!({
+        use #p::{HeldSession as _, OtherSessionParam as _, SessionRef as _};
+        let #so_far = #p::NoSession;
+        #(#folds)*
+        #so_far.session()
     })
 }
