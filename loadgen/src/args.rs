@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::failover::FailoverPlan;
 use crate::faults::FaultPlan;
 
 /// Load generator for diesel-replica: runs reads and writes through a
@@ -53,6 +54,18 @@ pub(crate) struct Args {
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub(crate) restart_replica_at: Option<Duration>,
 
+    /// With --local: kill the primary (immediate shutdown) this many seconds
+    /// into the run and promote replica 0, which discovery (candidate hosts)
+    /// then finds as the writer; adds a "failover" object to the JSON.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub(crate) fail_over_at: Option<Duration>,
+
+    /// With --fail-over-at: promote replica 0 this many milliseconds after
+    /// the kill of the primary was issued, at the earliest when the kill
+    /// returns (default: as soon as the kill returns).
+    #[arg(long, value_name = "MS")]
+    pub(crate) promote_after_ms: Option<u64>,
+
     /// Add to the JSON a "timeline" of 100 ms buckets: reads, writes,
     /// errors, and reads per node.
     #[arg(long)]
@@ -65,9 +78,10 @@ pub(crate) struct Args {
 }
 
 impl Args {
-    /// Checks what clap cannot: the fault flags against each other,
-    /// `--local` and `--duration`.
+    /// Checks what clap cannot: the fault and failover flags against each
+    /// other, `--local` and `--duration`.
     pub(crate) fn check(&self) -> Result<(), String> {
+        self.check_failover()?;
         let (kill, restart) = (self.kill_replica_at, self.restart_replica_at);
         if kill.is_none() && restart.is_none() {
             return Ok(());
@@ -116,6 +130,70 @@ impl Args {
         }
     }
 
+    /// Checks `--fail-over-at` and `--promote-after-ms` against the other
+    /// flags.
+    fn check_failover(&self) -> Result<(), String> {
+        let Some(at) = self.fail_over_at else {
+            return match self.promote_after_ms {
+                Some(_) => Err("--promote-after-ms needs --fail-over-at: it delays the \
+                                promotion that follows the primary's kill"
+                    .into()),
+                None => Ok(()),
+            };
+        };
+        if self.kill_replica_at.is_some() || self.restart_replica_at.is_some() {
+            return Err(
+                "--fail-over-at cannot be combined with --kill-replica-at or \
+                        --restart-replica-at: the failover promotes replica 0, which those \
+                        kill and restart"
+                    .into(),
+            );
+        }
+        match self.local {
+            None => {
+                return Err(
+                    "--fail-over-at needs --local N: loadgen only kills the primary \
+                            and promotes a replica of the throwaway cluster it starts itself"
+                        .into(),
+                );
+            }
+            Some(0) => {
+                return Err(
+                    "--fail-over-at needs a replica to promote: use --local 1 or more".into(),
+                );
+            }
+            Some(_) => {}
+        }
+        let run = Duration::from_secs(self.duration);
+        if at >= run {
+            return Err(format!(
+                "--fail-over-at {} is not within the run (--duration {})",
+                at.as_secs_f64(),
+                self.duration
+            ));
+        }
+        let promote = at + Duration::from_millis(self.promote_after_ms.unwrap_or(0));
+        if promote >= run {
+            return Err(format!(
+                "--fail-over-at {} with --promote-after-ms {} promotes at {} s, not within \
+                 the run (--duration {})",
+                at.as_secs_f64(),
+                self.promote_after_ms.unwrap_or(0),
+                promote.as_secs_f64(),
+                self.duration
+            ));
+        }
+        Ok(())
+    }
+
+    /// The writer failover to run, if any (after [`Args::check`]).
+    pub(crate) fn failover(&self) -> Option<FailoverPlan> {
+        Some(FailoverPlan {
+            kill_at: self.fail_over_at?,
+            promote_after: Duration::from_millis(self.promote_after_ms.unwrap_or(0)),
+        })
+    }
+
     /// The faults to inject, if any (after [`Args::check`]).
     pub(crate) fn faults(&self) -> Option<FaultPlan> {
         Some(FaultPlan {
@@ -146,5 +224,87 @@ pub(crate) fn parse_read_ratio(value: &str) -> Result<f64, String> {
             "{value} is outside 0..=1; expected the fraction of operations that are reads, \
              such as 0.9 (0 = only writes, 1 = only reads)"
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The flags parsed as from the command line, then checked.
+    fn checked(flags: &[&str]) -> Result<Args, String> {
+        let args = Args::try_parse_from(std::iter::once("loadgen").chain(flags.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        args.check().map(|()| args)
+    }
+
+    #[test]
+    fn a_failover_within_the_run_is_accepted() {
+        let args = checked(&["--local", "2", "--duration", "8", "--fail-over-at", "3"]).unwrap();
+        let plan = args.failover().unwrap();
+        assert_eq!(plan.kill_at, Duration::from_secs(3));
+        assert_eq!(plan.promote_after, Duration::ZERO);
+        assert!(args.faults().is_none());
+        let args = checked(&[
+            "--local",
+            "1",
+            "--duration",
+            "8",
+            "--fail-over-at",
+            "2.5",
+            "--promote-after-ms",
+            "500",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.failover().unwrap().promote_after,
+            Duration::from_millis(500)
+        );
+    }
+
+    #[test]
+    fn a_failover_needs_a_local_cluster_with_a_replica() {
+        let error = checked(&["--fail-over-at", "3"]).unwrap_err();
+        assert!(error.contains("needs --local N"), "{error}");
+        let error = checked(&["--local", "0", "--fail-over-at", "3"]).unwrap_err();
+        assert!(error.contains("--local 1 or more"), "{error}");
+    }
+
+    #[test]
+    fn a_failover_does_not_mix_with_the_replica_faults() {
+        for fault in [
+            &["--kill-replica-at", "2"][..],
+            &["--kill-replica-at", "2", "--restart-replica-at", "4"],
+        ] {
+            let mut flags = vec!["--local", "2", "--fail-over-at", "3"];
+            flags.extend_from_slice(fault);
+            let error = checked(&flags).unwrap_err();
+            assert!(error.contains("cannot be combined"), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_failover_and_its_promotion_must_fall_within_the_run() {
+        let error =
+            checked(&["--local", "2", "--duration", "5", "--fail-over-at", "5"]).unwrap_err();
+        assert!(error.contains("not within the run"), "{error}");
+        let error = checked(&[
+            "--local",
+            "2",
+            "--duration",
+            "5",
+            "--fail-over-at",
+            "4",
+            "--promote-after-ms",
+            "1000",
+        ])
+        .unwrap_err();
+        assert!(error.contains("promotes at 5 s"), "{error}");
+    }
+
+    #[test]
+    fn a_promotion_delay_needs_a_failover() {
+        let error = checked(&["--local", "2", "--promote-after-ms", "100"]).unwrap_err();
+        assert!(error.contains("needs --fail-over-at"), "{error}");
     }
 }

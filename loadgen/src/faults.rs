@@ -67,13 +67,7 @@ impl FaultClock {
 
     /// Records `event` as happening now (once) and prints it on stderr.
     pub(crate) fn record(&self, event: &AtomicU64, what: impl std::fmt::Display) {
-        let now = ms_since(self.start, Instant::now());
-        if event
-            .compare_exchange(UNSET, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-        {
-            eprintln!("loadgen: t={:.3}s {what}", now as f64 / 1000.0);
-        }
+        record_event(self.start, event, what);
     }
 
     pub(crate) fn get(event: &AtomicU64) -> Option<u64> {
@@ -123,6 +117,18 @@ impl FaultClock {
                 .zip(first_read)
                 .map(|(restarted, first)| first as i64 - restarted as i64),
         })
+    }
+}
+
+/// Records `event` (ms since `start`, [`UNSET`] until it happens) as
+/// happening now, unless it already did, and then prints `what` on stderr.
+pub(crate) fn record_event(start: Instant, event: &AtomicU64, what: impl std::fmt::Display) {
+    let now = ms_since(start, Instant::now());
+    if event
+        .compare_exchange(UNSET, now, Ordering::Relaxed, Ordering::Relaxed)
+        .is_ok()
+    {
+        eprintln!("loadgen: t={:.3}s {what}", now as f64 / 1000.0);
     }
 }
 

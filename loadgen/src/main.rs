@@ -11,7 +11,9 @@
 //! ```
 
 mod args;
+mod failover;
 mod faults;
+mod nodes;
 mod repo;
 mod report;
 mod setup;
@@ -30,7 +32,10 @@ use serde_json::Value;
 use tracing_subscriber::EnvFilter;
 
 use crate::args::Args;
+use crate::failover::{FailoverClock, fail_over};
 use crate::faults::{FaultClock, inject_faults, watch_health};
+use crate::nodes::{NodeTally, watch_nodes};
+use crate::workers::Clocks;
 
 /// A failure that ends the run before or instead of the JSON summary.
 pub(crate) struct Fatal {
@@ -92,7 +97,11 @@ fn run(args: &Args, cluster: &mut Option<Arc<Cluster>>) -> Result<Value, Fatal> 
                 })?));
             // Both pools hold exactly `--concurrency` connections, opened
             // before the clock starts.
-            local.load_config(concurrency)
+            if args.fail_over_at.is_some() {
+                setup::discovery_config(local, concurrency)?
+            } else {
+                local.load_config(concurrency)
+            }
         }
         None => setup::env_config(concurrency)?,
     };
@@ -113,10 +122,11 @@ async fn load(args: &Args, config: Config, cluster: Option<Arc<Cluster>>) -> Res
         "loadgen: running {}s, concurrency {}, read ratio {}",
         args.duration, args.concurrency, args.read_ratio
     );
-    // `check` made sure that faults come with a local cluster of at least
-    // one replica.
+    // `check` made sure that faults and the failover come with a local
+    // cluster of at least one replica, and not together.
     // (`<[_]>::first` spelled out: diesel-async's `RunQueryDsl::first`
     // would otherwise be picked.)
+    let failover = args.failover().zip(cluster.clone());
     let faults = args.faults().zip(cluster).zip(<[String]>::first(&replicas));
     let before = db.replica_set().status();
     let start = Instant::now();
@@ -127,7 +137,26 @@ async fn load(args: &Args, config: Config, cluster: Option<Arc<Cluster>>) -> Res
         )),
         None => None,
     };
-    let running = workers::spawn(&db, args, ids, tenants, start, deadline, clock.clone());
+    let failover_clock = failover
+        .as_ref()
+        .map(|(_, cluster)| Arc::new(FailoverClock::new(start, cluster)));
+    let clocks = Clocks {
+        faults: clock.clone(),
+        failover: failover_clock.clone(),
+    };
+    let running = workers::spawn(&db, args, ids, tenants, start, deadline, clocks);
+    let watch_nodes = tokio::spawn(watch_nodes(
+        db.clone(),
+        NodeTally::new(&before),
+        failover_clock.clone(),
+        deadline,
+    ));
+    let failing_over = match (failover, &failover_clock) {
+        (Some((plan, cluster)), Some(clock)) => {
+            Some(tokio::spawn(fail_over(cluster, plan, clock.clone())))
+        }
+        _ => None,
+    };
     let injected = match (faults, &clock) {
         (Some(((plan, cluster), _)), Some(clock)) => Some((
             tokio::spawn(inject_faults(cluster, plan, clock.clone())),
@@ -148,12 +177,25 @@ async fn load(args: &Args, config: Config, cluster: Option<Arc<Cluster>>) -> Res
             .await
             .map_err(|e| Fatal::new(format!("the health watch task failed: {e}")))?;
     }
+    if let Some(failing_over) = failing_over {
+        // `check` put the kill and the promotion inside the run.
+        failing_over
+            .await
+            .map_err(|e| Fatal::new(format!("the failover task failed: {e}")))?
+            .map_err(Fatal::new)?;
+    }
+    let mut tally = watch_nodes
+        .await
+        .map_err(|e| Fatal::new(format!("the node watch task failed: {e}")))?;
+    // What the nodes counted after the deadline, while the last operations
+    // finished.
+    tally.observe(&db.replica_set().status());
     Ok(report::summarize(
         &totals,
         elapsed,
         args.tenants,
-        &db,
-        &before,
+        &tally,
         clock.as_deref(),
+        failover_clock.as_deref(),
     ))
 }

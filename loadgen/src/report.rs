@@ -4,21 +4,19 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use diesel_replica::Status;
 use hdrhistogram::Histogram;
 use serde_json::{Map, Value, json};
 
+use crate::failover::{FailoverClock, WriteTimeline};
 use crate::faults::FaultClock;
-use crate::repo::{Items, node_key};
+use crate::nodes::NodeTally;
+use crate::repo::node_key;
 
 /// Largest latency the histograms hold (a minute); larger ones count as it.
 pub(crate) const MAX_LATENCY_US: u64 = 60_000_000;
 /// Width of one `--timeline` bucket, in milliseconds.
 pub(crate) const BUCKET_MS: u64 = 100;
 
-/// The `errors` key of a failed operation: the one place that classifies
-/// a `diesel_replica::Error`.
-///
 /// Counts kept by one task without sharing, merged at the end.
 pub(crate) struct Stats {
     pub(crate) reads_ok: u64,
@@ -33,10 +31,14 @@ pub(crate) struct Stats {
     pub(crate) read_latency_us: Histogram<u64>,
     /// With `--timeline`.
     pub(crate) timeline: Option<Timeline>,
+    /// With `--fail-over-at`.
+    pub(crate) failover: Option<WriteTimeline>,
 }
 
 impl Stats {
-    pub(crate) fn new(timeline: bool) -> Self {
+    /// Counts from zero, with a timeline if asked for and the failover's
+    /// one with `failover`.
+    pub(crate) fn new(timeline: bool, failover: bool) -> Self {
         Self {
             reads_ok: 0,
             reads_err: 0,
@@ -48,6 +50,7 @@ impl Stats {
             read_latency_us: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
                 .expect("constant bounds are valid"),
             timeline: timeline.then(Timeline::default),
+            failover: failover.then(WriteTimeline::default),
         }
     }
 
@@ -71,6 +74,11 @@ impl Stats {
         match (&mut self.timeline, other.timeline) {
             (Some(timeline), Some(other)) => timeline.merge(other),
             (None, other) => self.timeline = other,
+            (Some(_), None) => {}
+        }
+        match (&mut self.failover, other.failover) {
+            (Some(failover), Some(other)) => failover.merge(other),
+            (None, other) => self.failover = other,
             (Some(_), None) => {}
         }
     }
@@ -126,29 +134,21 @@ pub(crate) fn bucket(start: Instant, done: Instant) -> usize {
     usize::try_from(ms_since(start, done) / BUCKET_MS).unwrap_or(usize::MAX - 1)
 }
 
-/// Adds `retries` and `ejections` from [`ReplicaSet::status`](diesel_replica::ReplicaSet::status) to the
-/// summary's `per_node`, keyed by each node's configured `host:port`.
-/// Only what happened since `before` (taken when the clock started)
-/// counts: not the retries of the wait for the replicas.
-pub(crate) fn add_node_health(summary: &mut Value, db: &Items, before: &Status) {
-    let status = db.replica_set().status();
+/// Adds `retries` and `ejections` since the start, from the `tally` of
+/// [`ReplicaSet::status`](diesel_replica::ReplicaSet::status), to the
+/// summary's `per_node`, keyed by each node's configured `host:port`: every
+/// node that was in the set at any time of the run, including a writer
+/// that discovery replaced and nodes it found after the start.
+pub(crate) fn add_node_health(summary: &mut Value, tally: &NodeTally) {
     let Some(per_node) = summary["per_node"].as_object_mut() else {
         return;
     };
-    let earlier: HashMap<&str, (u64, u64)> = std::iter::once(&before.writer)
-        .chain(&before.replicas)
-        .map(|node| (node.address.as_str(), (node.retried, node.ejections)))
-        .collect();
-    for node in std::iter::once(&status.writer).chain(&status.replicas) {
-        let (retried, ejections) = earlier
-            .get(node.address.as_str())
-            .copied()
-            .unwrap_or_default();
+    for (address, (retries, ejections)) in tally.by_address() {
         let entry = per_node
-            .entry(node.address.clone())
+            .entry(address.to_owned())
             .or_insert_with(|| json!({ "reads": 0, "writes": 0 }));
-        entry["retries"] = json!(node.retried.saturating_sub(retried));
-        entry["ejections"] = json!(node.ejections.saturating_sub(ejections));
+        entry["retries"] = json!(retries);
+        entry["ejections"] = json!(ejections);
     }
 }
 
@@ -264,24 +264,28 @@ impl Timeline {
 }
 
 /// The JSON summary of a run of `elapsed_s` seconds, also told in one line
-/// on stderr. `before` is the status taken when the clock started; `faults`
-/// the fault times, with `--kill-replica-at`.
+/// on stderr. `tally` holds what the nodes counted since the clock started;
+/// `faults` the fault times, with `--kill-replica-at`; `failover` the
+/// failover's, with `--fail-over-at`.
 pub(crate) fn summarize(
     totals: &Stats,
     elapsed_s: f64,
     tenants: u32,
-    db: &Items,
-    before: &Status,
+    tally: &NodeTally,
     faults: Option<&FaultClock>,
+    failover: Option<&FailoverClock>,
 ) -> Value {
     let mut summary = totals.summary(elapsed_s);
     summary["tenants"] = json!(tenants);
-    add_node_health(&mut summary, db, before);
+    add_node_health(&mut summary, tally);
     if let Some(timeline) = &totals.timeline {
         summary["timeline"] = timeline.to_json(elapsed_s);
     }
     if let Some(faults) = faults {
         summary["faults"] = faults.to_json();
+    }
+    if let Some(failover) = failover {
+        summary["failover"] = failover.to_json(totals.failover.as_ref(), elapsed_s);
     }
     let latency = match (
         summary["read_p50_us"].as_u64(),

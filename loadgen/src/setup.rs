@@ -1,6 +1,6 @@
 //! Set-up before the clock starts: the configuration from the `DATABASE_*`
-//! variables (a local cluster's comes from `Cluster::load_config`), the
-//! connection, the table or the tenants and their rows, and the wait until
+//! variables (a local cluster's comes from `Cluster::load_config`, or with
+//! `--fail-over-at` from variables loadgen sets), the connection, the table or the tenants and their rows, and the wait until
 //! every reader sees them.
 
 use std::collections::HashSet;
@@ -11,6 +11,7 @@ use diesel::sql_types::{BigInt, Nullable};
 use diesel_async::RunQueryDsl;
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use diesel_replica::{Config, Error, Tenant};
+use replica_testkit::Cluster;
 
 use crate::Fatal;
 use crate::args::Args;
@@ -73,6 +74,37 @@ pub(crate) fn env_config(concurrency: usize) -> Result<Config, Fatal> {
         }
     }
     Ok(config)
+}
+
+/// With `--fail-over-at`: the local `cluster` configured as a user would
+/// configure candidate-hosts discovery, through the `DATABASE_*` variables
+/// (read from a list, not the environment): `DATABASE_URL` the primary,
+/// `DATABASE_DISCOVERY=hosts` with every node as a candidate, the default
+/// survey interval, and both pools of exactly `concurrency` connections
+/// opened on connect, as `Cluster::load_config` makes them.
+pub(crate) fn discovery_config(cluster: &Cluster, concurrency: usize) -> Result<Config, Fatal> {
+    let candidates: Vec<String> = std::iter::once(cluster.primary_id())
+        .chain(cluster.replica_ids())
+        .map(|id| format!("127.0.0.1:{}", cluster.node(id).port()))
+        .collect();
+    let pool = concurrency.to_string();
+    Config::from_vars(
+        None,
+        [
+            ("DATABASE_URL", cluster.writer_url()),
+            ("DATABASE_DISCOVERY", "hosts".to_owned()),
+            ("DATABASE_CANDIDATE_HOSTS", candidates.join(",")),
+            ("DATABASE_WRITER_POOL_SIZE", pool.clone()),
+            ("DATABASE_REPLICA_POOL_SIZE", pool.clone()),
+            ("DATABASE_WARM_UP", pool),
+        ],
+    )
+    .map_err(|e| {
+        Fatal::new(format!(
+            "cannot configure discovery over the local cluster: {}",
+            Chain(&e)
+        ))
+    })
 }
 
 /// The ids the workers pick from, inclusive.

@@ -11,6 +11,7 @@ use replica_testkit::Rng;
 
 use crate::Fatal;
 use crate::args::Args;
+use crate::failover::FailoverClock;
 use crate::faults::FaultClock;
 use crate::repo::Items;
 use crate::report::{Chain, Stats, bucket};
@@ -77,11 +78,20 @@ pub(crate) struct Worker {
     timeline: bool,
     /// The fault times, with `--kill-replica-at`.
     faults: Option<Arc<FaultClock>>,
+    /// The failover times, with `--fail-over-at`.
+    failover: Option<Arc<FailoverClock>>,
+}
+
+/// Which kind of operation failed.
+#[derive(Clone, Copy)]
+pub(crate) enum Op {
+    Read,
+    Write,
 }
 
 /// One task: reads and writes back to back until the deadline.
 pub(crate) async fn worker(mut w: Worker) -> Stats {
-    let mut stats = Stats::new(w.timeline);
+    let mut stats = Stats::new(w.timeline, w.failover.is_some());
     let mut n = 0u64;
     while Instant::now() < w.deadline {
         let (tenant, ids) = if w.tenants.is_empty() {
@@ -121,7 +131,7 @@ pub(crate) async fn worker(mut w: Worker) -> Stats {
                 }
                 Err(e) => {
                     stats.reads_err += 1;
-                    record_error(&mut stats, &w, &e, done);
+                    record_error(&mut stats, &w, &e, Op::Read, done);
                 }
             }
         } else {
@@ -145,10 +155,16 @@ pub(crate) async fn worker(mut w: Worker) -> Stats {
                     if let Some(timeline) = &mut stats.timeline {
                         timeline.write(bucket(w.start, done));
                     }
+                    if let Some(timeline) = &mut stats.failover {
+                        timeline.write_ok(bucket(w.start, done));
+                    }
+                    if let Some(failover) = &w.failover {
+                        failover.saw_write(row.host.as_deref(), row.port, done);
+                    }
                 }
                 Err(e) => {
                     stats.writes_err += 1;
-                    record_error(&mut stats, &w, &e, done);
+                    record_error(&mut stats, &w, &e, Op::Write, done);
                 }
             }
         }
@@ -191,12 +207,18 @@ pub(crate) fn check_owner(
 
 /// Counts a failed operation that ended at `done`, and prints it if it is
 /// the first of its kind.
-pub(crate) fn record_error(stats: &mut Stats, w: &Worker, error: &Error, done: Instant) {
+pub(crate) fn record_error(stats: &mut Stats, w: &Worker, error: &Error, op: Op, done: Instant) {
     let kind = error.kind().as_str();
     *stats.errors.entry(kind).or_default() += 1;
     w.live.errors.fetch_add(1, Ordering::Relaxed);
     if let Some(timeline) = &mut stats.timeline {
         timeline.error(bucket(w.start, done));
+    }
+    if let Some(timeline) = &mut stats.failover {
+        match op {
+            Op::Read => timeline.read_err(bucket(w.start, done)),
+            Op::Write => timeline.write_err(bucket(w.start, done), kind),
+        }
     }
     // Only failed operations get here, so the lock is off the hot path.
     let first = w
@@ -218,6 +240,15 @@ pub(crate) struct Running {
     progress: tokio::task::JoinHandle<()>,
     start: Instant,
     timeline: bool,
+    failover: bool,
+}
+
+/// The clocks the workers report to, if any.
+pub(crate) struct Clocks {
+    /// With `--kill-replica-at`.
+    pub(crate) faults: Option<Arc<FaultClock>>,
+    /// With `--fail-over-at`.
+    pub(crate) failover: Option<Arc<FailoverClock>>,
 }
 
 /// Spawns `--concurrency` workers that run from `start` to `deadline`, and
@@ -229,7 +260,7 @@ pub(crate) fn spawn(
     tenants: Vec<(Tenant, Ids)>,
     start: Instant,
     deadline: Instant,
-    faults: Option<Arc<FaultClock>>,
+    clocks: Clocks,
 ) -> Running {
     let tenants: Arc<[(Tenant, Ids)]> = tenants.into();
     let live = Arc::new(Live::default());
@@ -251,7 +282,8 @@ pub(crate) fn spawn(
                 live: live.clone(),
                 first_errors: first_errors.clone(),
                 timeline: args.timeline,
-                faults: faults.clone(),
+                faults: clocks.faults.clone(),
+                failover: clocks.failover.clone(),
             }))
         })
         .collect();
@@ -260,6 +292,7 @@ pub(crate) fn spawn(
         progress: tokio::spawn(progress(start, live)),
         start,
         timeline: args.timeline,
+        failover: clocks.failover.is_some(),
     }
 }
 
@@ -268,7 +301,7 @@ impl Running {
     /// the run's length in seconds (operations still running at the
     /// deadline included).
     pub(crate) async fn join(self) -> Result<(Stats, f64), Fatal> {
-        let mut totals = Stats::new(self.timeline);
+        let mut totals = Stats::new(self.timeline, self.failover);
         let mut panicked = None;
         for handle in self.workers {
             match handle.await {
