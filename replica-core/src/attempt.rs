@@ -117,9 +117,12 @@ async fn run<T, E>(node: &Node, call: Call<'_>, f: impl Body<T, E>) -> Result<T,
         route,
         scope,
         replay_wait,
-        insert_lsn,
+        token_lsn,
     } = call;
-    let wrap = Wrap::new(route, node.role == Role::Writer);
+    let mut wrap = Wrap::new(route, node.role == Role::Writer);
+    if token_lsn.is_some() {
+        wrap = wrap.flushed(route);
+    }
     let mut conn = match ready_connection(node, route, wrap, replay_wait).await {
         Ok(conn) => conn,
         Err(NotReady::Down(error)) => {
@@ -149,8 +152,8 @@ async fn run<T, E>(node: &Node, call: Call<'_>, f: impl Body<T, E>) -> Result<T,
     match f(&mut conn).await {
         Ok(value) => match end(&mut conn, wrap, true).await {
             Ok(()) => {
-                if let Some(sink) = insert_lsn {
-                    sink.store(insert_position(&mut conn).await, Ordering::Relaxed);
+                if let Some(sink) = token_lsn {
+                    sink.store(token_position(&mut conn, route).await, Ordering::Relaxed);
                 }
                 Ok(value)
             }
@@ -184,18 +187,28 @@ async fn run<T, E>(node: &Node, call: Call<'_>, f: impl Body<T, E>) -> Result<T,
     }
 }
 
-/// The writer's WAL insert position, after a write committed: every
-/// commit before it is at or before it, also with `synchronous_commit =
-/// off`. [`WriteToken::UNKNOWN_LSN`] when it cannot be had, so that reads
-/// after the write go to the writer.
-async fn insert_position(conn: &mut AsyncPgConnection) -> u64 {
+/// The WAL position a replica must have replayed to see a write that has
+/// just committed, taken on the writer after it. A transaction committed
+/// flushed (see the session module): the flush position, which covers its
+/// commit and which replicas are sent at once. An autocommit write's
+/// statements may have committed with `synchronous_commit = off`: the
+/// insert position, which covers them too, though replicas get it only once
+/// the WAL writer flushes it (within `wal_writer_delay`, 200 ms by default).
+/// [`WriteToken::UNKNOWN_LSN`] when it cannot be had, so that reads after
+/// the write go to the writer.
+async fn token_position(conn: &mut AsyncPgConnection, route: Route) -> u64 {
     use diesel_async::RunQueryDsl;
 
-    let lsn: QueryResult<i64> = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
-        "pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_insert_lsn(), '0/0')::int8",
-    ))
-    .get_result(conn)
-    .await;
+    let position = match route {
+        Route::Transaction => {
+            "pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_flush_lsn(), '0/0')::int8"
+        }
+        _ => "pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_insert_lsn(), '0/0')::int8",
+    };
+    let lsn: QueryResult<i64> =
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(position))
+            .get_result(conn)
+            .await;
     lsn.ok()
         .and_then(|lsn| u64::try_from(lsn).ok())
         .unwrap_or(WriteToken::UNKNOWN_LSN)

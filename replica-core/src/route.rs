@@ -77,8 +77,8 @@ pub(crate) struct Call<'a> {
     /// A read on a replica: wait until the replica has replayed a write
     /// before the body runs.
     pub(crate) replay_wait: Option<ReplayWait>,
-    /// A write: the writer's WAL insert position after it goes here.
-    pub(crate) insert_lsn: Option<&'a AtomicU64>,
+    /// A write: the WAL position a read must reach to see it goes here.
+    pub(crate) token_lsn: Option<&'a AtomicU64>,
 }
 
 /// How a read waits on a replica for a write.
@@ -96,7 +96,7 @@ impl<'a> Call<'a> {
             route,
             scope,
             replay_wait: None,
-            insert_lsn: None,
+            token_lsn: None,
         }
     }
 }

@@ -65,6 +65,18 @@ const END_READ_ON_WRITER: &str = "DO $diesel_replica$BEGIN \
      END IF; END$diesel_replica$; \
      SELECT pg_catalog.pg_advisory_unlock_all(); ROLLBACK";
 
+/// Commits a transaction whose write token is wanted: as a plain commit,
+/// but flushed to the writer's disk before it returns even where
+/// `synchronous_commit` is `off` (the server's, the role's or the body's
+/// `SET LOCAL`), so that the flush position after it covers the commit
+/// and replicas are sent it at once. Stronger settings are kept.
+const COMMIT_FLUSHED: &str = concat!(
+    reset!(),
+    "; SELECT pg_catalog.set_config('synchronous_commit', \
+     CASE pg_catalog.current_setting('synchronous_commit') WHEN 'off' THEN 'local' \
+     ELSE pg_catalog.current_setting('synchronous_commit') END, true); COMMIT"
+);
+
 /// How a routed body is wrapped on one node.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Wrap {
@@ -103,6 +115,20 @@ impl Wrap {
                 on_ok: RESET,
                 on_err: RESET,
             },
+        }
+    }
+}
+
+impl Wrap {
+    /// The wrap of a write whose token is wanted: a transaction's commit
+    /// is flushed (see [`COMMIT_FLUSHED`]).
+    pub(crate) fn flushed(self, route: Route) -> Self {
+        match route {
+            Route::Transaction => Self {
+                on_ok: COMMIT_FLUSHED,
+                ..self
+            },
+            _ => self,
         }
     }
 }

@@ -479,11 +479,11 @@ impl ReplicaSet {
             return Err((writer, Failure::Routing(error)));
         }
         let session = session.filter(|_| writes);
-        let insert_lsn = AtomicU64::new(WriteToken::UNKNOWN_LSN);
+        let token_lsn = AtomicU64::new(WriteToken::UNKNOWN_LSN);
         let call = Call {
-            insert_lsn: session
+            token_lsn: session
                 .filter(|_| !self.inner.lag_by_time)
-                .map(|_| &insert_lsn),
+                .map(|_| &token_lsn),
             ..call
         };
         let result = attempt(&writer, call, f).await;
@@ -491,7 +491,7 @@ impl ReplicaSet {
             let unknown = WriteToken::now(WriteToken::UNKNOWN_LSN);
             match &result {
                 Ok(_) => session.observe(WriteToken::now(AtomicU64::load(
-                    &insert_lsn,
+                    &token_lsn,
                     Ordering::Relaxed,
                 ))),
                 Err(failed) if failed.node_down || call.route == Route::Write => {

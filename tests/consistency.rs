@@ -1,0 +1,475 @@
+//! Replica lag and read-your-writes, on a real primary and two streaming
+//! replicas whose replay the tests pause (`pg_wal_replay_pause()`).
+
+mod common;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use diesel::QueryableByName;
+use diesel::sql_types::{Bool, Integer, Nullable};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_replica::{
+    Config, ReadYourWrites, ReplicaSet, ReplicatedRepo, WriteToken, read_only, write,
+};
+use replica_testkit::{Cluster, NodeId};
+
+fn main() -> ExitCode {
+    common::run_one_at_a_time(
+        2,
+        "CREATE TABLE kv (k int PRIMARY KEY, v int NOT NULL)",
+        tests![
+            a_plain_read_on_a_paused_replica_is_stale,
+            tokens_carried_between_sets_never_read_stale,
+            a_replica_behind_the_lag_limit_gets_no_reads_until_it_catches_up,
+            lag_stays_zero_on_an_idle_primary,
+            hostile_tokens_never_panic_nor_read_stale,
+            session_writes_are_seen_whatever_the_body_sets,
+            aurora_lag_and_tokens_go_by_reported_time,
+        ],
+    )
+}
+
+#[derive(ReplicatedRepo, Clone)]
+struct Kv {
+    replicas: ReplicaSet,
+}
+
+/// A value, and where it was read.
+#[derive(QueryableByName, Debug)]
+struct Read {
+    #[diesel(sql_type = Nullable<Integer>)]
+    v: Option<i32>,
+    #[diesel(sql_type = Bool)]
+    in_recovery: bool,
+    #[diesel(sql_type = Integer)]
+    port: i32,
+}
+
+const PUT: &str =
+    "INSERT INTO kv (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = excluded.v";
+const GET: &str = "SELECT (SELECT v FROM kv WHERE k = $1) AS v, pg_is_in_recovery() AS in_recovery, \
+     coalesce(inet_server_port(), current_setting('port')::int) AS port";
+
+impl Kv {
+    #[write]
+    async fn put(
+        &self,
+        conn: &mut AsyncPgConnection,
+        rw: &ReadYourWrites,
+        k: i32,
+        v: i32,
+    ) -> diesel::QueryResult<usize> {
+        diesel::sql_query(PUT)
+            .bind::<Integer, _>(k)
+            .bind::<Integer, _>(v)
+            .execute(conn)
+            .await
+    }
+
+    #[read_only]
+    async fn get(
+        &self,
+        conn: &mut AsyncPgConnection,
+        rw: &ReadYourWrites,
+        k: i32,
+    ) -> diesel::QueryResult<Read> {
+        diesel::sql_query(GET)
+            .bind::<Integer, _>(k)
+            .get_result(conn)
+            .await
+    }
+}
+
+async fn kv(config: Config) -> Kv {
+    Kv {
+        replicas: ReplicaSet::connect(config).await.unwrap(),
+    }
+}
+
+fn port(cluster: &Cluster, id: NodeId) -> i32 {
+    i32::from(cluster.node(id).port())
+}
+
+/// Writes `v` under `k` in `rw`'s session (the explicit API).
+async fn put(db: &ReplicaSet, rw: &ReadYourWrites, k: i32, v: i32) {
+    db.session(rw)
+        .transaction(async move |conn| {
+            diesel::sql_query(PUT)
+                .bind::<Integer, _>(k)
+                .bind::<Integer, _>(v)
+                .execute(conn)
+                .await
+        })
+        .await
+        .unwrap();
+}
+
+/// Reads `k` in `rw`'s session (the explicit API).
+async fn get(db: &ReplicaSet, rw: &ReadYourWrites, k: i32) -> Read {
+    db.session(rw)
+        .read(async move |conn| {
+            diesel::sql_query(GET)
+                .bind::<Integer, _>(k)
+                .get_result(conn)
+                .await
+        })
+        .await
+        .unwrap()
+}
+
+async fn a_plain_read_on_a_paused_replica_is_stale(cluster: Arc<Cluster>) {
+    let config = Config::new(&cluster.writer_url())
+        .and_then(|config| config.with_replica(&cluster.url(NodeId::Replica(0))))
+        .unwrap();
+    let db = ReplicaSet::connect(config).await.unwrap();
+    put(&db, &ReadYourWrites::new(), 1, 1).await;
+    cluster.wait_for_replication().unwrap();
+    cluster.pause_replay(0).unwrap();
+    let rw = ReadYourWrites::new();
+    put(&db, &rw, 1, 2).await;
+    // Without the token, the paused replica serves its old value.
+    let plain = get(&db, &ReadYourWrites::new(), 1).await;
+    assert!(plain.in_recovery, "{plain:?}");
+    assert_eq!(plain.v, Some(1), "the replica is stale");
+    // With it, the read waits for the replica (in vain), then goes to
+    // the writer.
+    let started = Instant::now();
+    let fresh = get(&db, &rw, 1).await;
+    assert_eq!(fresh.v, Some(2));
+    assert!(!fresh.in_recovery, "{fresh:?}");
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    cluster.resume_replay(0).unwrap();
+    // Once replayed, the token's read is the replica's again.
+    cluster.wait_for_replication().unwrap();
+    let caught_up = get(&db, &rw, 1).await;
+    assert_eq!(caught_up.v, Some(2));
+    assert!(caught_up.in_recovery, "{caught_up:?}");
+}
+
+async fn tokens_carried_between_sets_never_read_stale(cluster: Arc<Cluster>) {
+    // Two containers: one writes, the other reads with the token it is
+    // handed as a string.
+    let writer_side = kv(cluster.load_config(16)).await;
+    let reader_side = kv(cluster.load_config(16)).await;
+    let done = Arc::new(AtomicBool::new(false));
+    let chaos = {
+        let (cluster, done) = (Arc::clone(&cluster), Arc::clone(&done));
+        tokio::task::spawn_blocking(move || {
+            let mut round = 0;
+            while !AtomicBool::load(&done, Ordering::Relaxed) {
+                let paused: &[usize] = match round % 3 {
+                    0 => &[0],
+                    1 => &[1],
+                    _ => &[0, 1],
+                };
+                for &replica in paused {
+                    cluster.pause_replay(replica).unwrap();
+                }
+                std::thread::sleep(Duration::from_millis(300));
+                for &replica in paused {
+                    cluster.resume_replay(replica).unwrap();
+                }
+                std::thread::sleep(Duration::from_millis(200));
+                round += 1;
+            }
+        })
+    };
+    let (stale, on_replicas, on_writer) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let started = Instant::now();
+    let workers: Vec<_> = (0..16)
+        .map(|worker| {
+            let (a, b) = (writer_side.clone(), reader_side.clone());
+            let (stale, on_replicas, on_writer) =
+                (stale.clone(), on_replicas.clone(), on_writer.clone());
+            tokio::spawn(async move {
+                for i in 0..625 {
+                    let k = 1000 + worker;
+                    let rw = ReadYourWrites::new();
+                    a.put(&rw, k, i).await.unwrap();
+                    let token = rw.token().expect("a write leaves a token").to_string();
+                    if i % 200 == 0 {}
+                    let carried = ReadYourWrites::resume(Some(&token)).unwrap();
+                    let read = b.get(&carried, k).await.unwrap();
+                    if read.v != Some(i) {
+                        AtomicUsize::fetch_add(&stale, 1, Ordering::Relaxed);
+                    }
+                    let counter = if read.in_recovery {
+                        &on_replicas
+                    } else {
+                        &on_writer
+                    };
+                    AtomicUsize::fetch_add(counter, 1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    done.store(true, Ordering::Relaxed);
+    chaos.await.unwrap();
+    let (replicas, writer) = (
+        AtomicUsize::load(&on_replicas, Ordering::Relaxed),
+        AtomicUsize::load(&on_writer, Ordering::Relaxed),
+    );
+    println!(
+        "10000 write-then-read pairs in {:?}: {replicas} reads on replicas ({:.1} %), \
+         {writer} on the writer",
+        started.elapsed(),
+        100.0 * replicas as f64 / 10_000.0
+    );
+    assert_eq!(
+        AtomicUsize::load(&stale, Ordering::Relaxed),
+        0,
+        "stale reads"
+    );
+    assert_eq!(replicas + writer, 10_000);
+    assert!(replicas > 0, "replicas serve token reads");
+    assert!(writer > 0, "with both replicas paused, the writer serves");
+    cluster.wait_for_replication().unwrap();
+}
+
+async fn a_replica_behind_the_lag_limit_gets_no_reads_until_it_catches_up(cluster: Arc<Cluster>) {
+    let mut config = cluster.config();
+    config.consistency.lag_interval = Duration::from_millis(100);
+    config.consistency.max_replica_lag = Some(Duration::from_millis(300));
+    let db = ReplicaSet::connect(config).await.unwrap();
+    let (paused, other) = (
+        port(&cluster, NodeId::Replica(0)),
+        port(&cluster, NodeId::Replica(1)),
+    );
+    let done = Arc::new(AtomicBool::new(false));
+    // Writes keep coming, so the paused replica falls behind.
+    let writes = {
+        let (db, done) = (db.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !AtomicBool::load(&done, Ordering::Relaxed) {
+                put(&db, &ReadYourWrites::new(), 2, i).await;
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.pause_replay(0).unwrap();
+    let paused_at = Instant::now();
+    while !db.status().replicas[0].behind {
+        assert!(
+            paused_at.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            db.status().replicas[0]
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let noticed = paused_at.elapsed();
+    for _ in 0..40 {
+        let read = get(&db, &ReadYourWrites::new(), 2).await;
+        assert_eq!(read.port, other, "the replica behind gets no reads");
+    }
+    cluster.resume_replay(0).unwrap();
+    let resumed_at = Instant::now();
+    while db.status().replicas[0].behind {
+        assert!(resumed_at.elapsed() < Duration::from_secs(2));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let returned = resumed_at.elapsed();
+    let mut served = false;
+    for _ in 0..100 {
+        if get(&db, &ReadYourWrites::new(), 2).await.port == paused {
+            served = true;
+            break;
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    writes.await.unwrap();
+    assert!(served, "the replica takes reads again once caught up");
+    let status = db.status().replicas[0].clone();
+    assert_eq!(status.ejections, 0, "being behind is no failure");
+    assert_eq!(status.health, diesel_replica::Health::Up);
+    println!(
+        "behind the 300 ms limit {noticed:?} after the pause; back {returned:?} after the resume"
+    );
+}
+
+async fn lag_stays_zero_on_an_idle_primary(cluster: Arc<Cluster>) {
+    cluster.wait_for_replication().unwrap();
+    let mut config = cluster.config();
+    config.consistency.lag_interval = Duration::from_millis(100);
+    let db = ReplicaSet::connect(config).await.unwrap();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        for replica in db.status().replicas {
+            assert_eq!(replica.lag, Some(Duration::ZERO), "{replica:?}");
+            assert_eq!(replica.lag_bytes, Some(0), "{replica:?}");
+        }
+    }
+    assert_eq!(db.status().writer.lag, None);
+}
+
+async fn hostile_tokens_never_panic_nor_read_stale(cluster: Arc<Cluster>) {
+    let db = ReplicaSet::connect(cluster.config()).await.unwrap();
+    let long = "1".repeat(1 << 20);
+    for bad in [
+        "",
+        "garbage",
+        "-1/0@1",
+        "0/-1@1",
+        "1/1@-5",
+        "1/1",
+        "ff/ff@1e9",
+        &long,
+    ] {
+        match ReadYourWrites::resume(Some(bad)) {
+            // Empty: a session without writes.
+            Ok(rw) => assert!(bad.trim().is_empty() && rw.token().is_none()),
+            Err(error) => assert!(!error.to_string().contains("1111"), "{error}"),
+        }
+        assert!(
+            serde_json::from_value::<WriteToken>(serde_json::json!(bad)).is_err() || bad.is_empty()
+        );
+    }
+    put(&db, &ReadYourWrites::new(), 3, 3).await;
+    cluster.wait_for_replication().unwrap();
+    // A position from the future: no replica has it; the writer serves.
+    for future in [
+        "FFFFFFFF/FFFFFFFE@0",
+        "FFFFFFFF/FFFFFFFF@18446744073709551615",
+    ] {
+        let rw = ReadYourWrites::resume(Some(future)).unwrap();
+        let read = get(&db, &rw, 3).await;
+        assert_eq!(read.v, Some(3));
+        assert!(!read.in_recovery, "{future}: {read:?}");
+    }
+    // One from long ago: any replica will do.
+    let read = get(&db, &ReadYourWrites::resume(Some("0/0@0")).unwrap(), 3).await;
+    assert!(read.in_recovery, "{read:?}");
+}
+
+async fn session_writes_are_seen_whatever_the_body_sets(cluster: Arc<Cluster>) {
+    let db = ReplicaSet::connect(cluster.config()).await.unwrap();
+    for v in 0..20 {
+        // An asynchronous commit: the token still covers it, and replicas
+        // are sent it at once.
+        let rw = ReadYourWrites::new();
+        db.session(&rw)
+            .transaction(async move |conn| {
+                diesel::sql_query("SET LOCAL synchronous_commit = off")
+                    .execute(conn)
+                    .await?;
+                diesel::sql_query(PUT)
+                    .bind::<Integer, _>(5)
+                    .bind::<Integer, _>(v)
+                    .execute(conn)
+                    .await
+            })
+            .await
+            .unwrap();
+        let read = get(&db, &rw, 5).await;
+        assert_eq!(read.v, Some(v));
+        assert!(read.in_recovery, "{read:?}");
+        // Autocommit statements, asynchronous too: seen, wherever.
+        let rw = ReadYourWrites::new();
+        db.session(&rw)
+            .write(async move |conn| {
+                diesel::sql_query("SET synchronous_commit = off")
+                    .execute(conn)
+                    .await?;
+                diesel::sql_query(PUT)
+                    .bind::<Integer, _>(6)
+                    .bind::<Integer, _>(v)
+                    .execute(conn)
+                    .await
+            })
+            .await
+            .unwrap();
+        assert_eq!(get(&db, &rw, 6).await.v, Some(v));
+    }
+}
+
+/// Aurora's `aurora_replica_status()`, emulated on the primary.
+const AURORA: &str = "CREATE TABLE aurora_topology (server_id text PRIMARY KEY, \
+     session_id text NOT NULL, replica_lag_in_msec float8 NOT NULL DEFAULT 0, \
+     last_update_timestamp timestamptz NOT NULL DEFAULT now()); \
+     CREATE FUNCTION aurora_replica_status() RETURNS TABLE (server_id text, session_id text, \
+     replica_lag_in_msec float8, last_update_timestamp timestamptz) LANGUAGE sql \
+     AS 'SELECT server_id, session_id, replica_lag_in_msec, last_update_timestamp \
+     FROM aurora_topology'";
+
+async fn aurora_lag_and_tokens_go_by_reported_time(cluster: Arc<Cluster>) {
+    let primary = port(&cluster, NodeId::Primary);
+    let (lagging, fine) = (
+        port(&cluster, NodeId::Replica(0)),
+        port(&cluster, NodeId::Replica(1)),
+    );
+    cluster.psql(NodeId::Primary, AURORA).unwrap();
+    cluster
+        .psql(
+            NodeId::Primary,
+            &format!(
+                "INSERT INTO aurora_topology (server_id, session_id, replica_lag_in_msec) VALUES \
+                 ('{primary}', 'MASTER_SESSION_ID', 0), ('{lagging}', 'a', 5000), \
+                 ('{fine}', 'b', 600)"
+            ),
+        )
+        .unwrap();
+    cluster.wait_for_replication().unwrap();
+    let config = Config::from_vars(
+        None,
+        [
+            ("DATABASE_URL", cluster.writer_url()),
+            ("DATABASE_DISCOVERY", "aurora".to_owned()),
+            ("DATABASE_AURORA_HOST_PATTERN", "127.0.0.1:?".to_owned()),
+            ("DATABASE_LAG_INTERVAL_MS", "100".to_owned()),
+            ("DATABASE_MAX_REPLICA_LAG_MS", "1000".to_owned()),
+        ],
+    )
+    .unwrap();
+    let db = ReplicaSet::connect(config).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let status = db.status();
+    let lag_of = |port: i32| {
+        status
+            .replicas
+            .iter()
+            .find(|r| r.address.ends_with(&format!(":{port}")))
+            .map(|r| (r.lag, r.behind))
+            .unwrap()
+    };
+    assert_eq!(lag_of(lagging), (Some(Duration::from_millis(5000)), true));
+    assert_eq!(lag_of(fine), (Some(Duration::from_millis(600)), false));
+    for _ in 0..20 {
+        let read = get(&db, &ReadYourWrites::new(), 4).await;
+        assert_eq!(
+            read.port, fine,
+            "the replica reported 5 s behind gets no reads"
+        );
+    }
+    // Just after a write, no replica is 600 ms ahead of it: the writer.
+    let rw = ReadYourWrites::new();
+    put(&db, &rw, 4, 4).await;
+    let read = get(&db, &rw, 4).await;
+    assert!(!read.in_recovery, "{read:?}");
+    assert_eq!(read.v, Some(4));
+    // Later, the replica whose lag is less than the time since does.
+    cluster.wait_for_replication().unwrap();
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let read = get(&db, &rw, 4).await;
+    assert_eq!((read.port, read.v), (fine, Some(4)));
+    // A time from the future never qualifies a replica.
+    let future = ReadYourWrites::resume(Some("0/0@99999999999999")).unwrap();
+    assert!(!get(&db, &future, 4).await.in_recovery);
+    cluster
+        .psql(
+            NodeId::Primary,
+            "DROP FUNCTION aurora_replica_status(); DROP TABLE aurora_topology",
+        )
+        .unwrap();
+}
