@@ -194,7 +194,6 @@ async fn tokens_carried_between_sets_never_read_stale(cluster: Arc<Cluster>) {
                     let rw = ReadYourWrites::new();
                     a.put(&rw, k, i).await.unwrap();
                     let token = rw.token().expect("a write leaves a token").to_string();
-                    if i % 200 == 0 {}
                     let carried = ReadYourWrites::resume(Some(&token)).unwrap();
                     let read = b.get(&carried, k).await.unwrap();
                     if read.v != Some(i) {
