@@ -32,6 +32,9 @@ fn main() -> ExitCode {
     )
 }
 
+/// A session under another name: the macro goes by the type.
+type Session<'a> = &'a ReadYourWrites;
+
 #[derive(ReplicatedRepo, Clone)]
 struct Kv {
     replicas: ReplicaSet,
@@ -75,6 +78,19 @@ impl Kv {
         conn: &mut AsyncPgConnection,
         rw: &ReadYourWrites,
         k: i32,
+    ) -> diesel::QueryResult<Read> {
+        diesel::sql_query(GET)
+            .bind::<Integer, _>(k)
+            .get_result(conn)
+            .await
+    }
+
+    #[read_only]
+    async fn get_aliased(
+        &self,
+        conn: &mut AsyncPgConnection,
+        k: i32,
+        after: Session<'_>,
     ) -> diesel::QueryResult<Read> {
         diesel::sql_query(GET)
             .bind::<Integer, _>(k)
@@ -141,6 +157,14 @@ async fn a_plain_read_on_a_paused_replica_is_stale(cluster: Arc<Cluster>) {
     assert_eq!(fresh.v, Some(2));
     assert!(!fresh.in_recovery, "{fresh:?}");
     assert!(started.elapsed() >= Duration::from_millis(100));
+    // The same through a repo method whose session parameter is aliased.
+    let repo = Kv {
+        replicas: db.clone(),
+    };
+    let fresh = repo.get_aliased(1, &rw).await.unwrap();
+    assert_eq!((fresh.v, fresh.in_recovery), (Some(2), false));
+    let plain = repo.get_aliased(1, &ReadYourWrites::new()).await.unwrap();
+    assert_eq!((plain.v, plain.in_recovery), (Some(1), true));
     cluster.resume_replay(0).unwrap();
     // Once replayed, the token's read is the replica's again.
     cluster.wait_for_replication().unwrap();

@@ -145,7 +145,7 @@ impl<'de> Deserialize<'de> for WriteToken {
 /// Carried across stateless containers by its token's string form:
 ///
 /// ```
-/// # use diesel_replica::ReadYourWrites;
+/// # use replica_core::ReadYourWrites;
 /// // From the request's header (absent for a client that wrote nothing).
 /// let header: Option<&str> = Some("0/16B3748@1795737600123");
 /// let rw = ReadYourWrites::resume(header)?;
@@ -153,7 +153,7 @@ impl<'de> Deserialize<'de> for WriteToken {
 /// // Into the response's header.
 /// let header = rw.token().map(|token| token.to_string());
 /// # assert_eq!(header.as_deref(), Some("0/16B3748@1795737600123"));
-/// # Ok::<(), diesel_replica::TokenError>(())
+/// # Ok::<(), replica_core::TokenError>(())
 /// ```
 #[derive(Debug, Default)]
 pub struct ReadYourWrites {

@@ -703,7 +703,7 @@ async fn monitor(inner: std::sync::Weak<Inner>, source: lag::Source, interval: D
     }
 }
 
-/// Waits until a removed replica has no call in flight (or
+/// Waits until a removed node has no call in flight (or
 /// [`DRAIN_LIMIT`] passed), then closes its pool.
 async fn drain(node: Arc<Node>) {
     let started = tokio::time::Instant::now();
@@ -711,7 +711,7 @@ async fn drain(node: Arc<Node>) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     node.pool.close();
-    tracing::info!(node = %node.label, "removed replica drained: its pool is closed");
+    tracing::info!(node = %node.label, "removed node drained: its pool is closed");
 }
 
 /// A call's result with a body returning diesel's errors: those become
