@@ -987,3 +987,106 @@ fn bad_discovery_settings_are_named() {
         );
     }
 }
+
+#[test]
+fn consistency_settings_from_env_and_serde_agree_and_default() {
+    let defaults = env(&[("DATABASE_URL", &writer())]).unwrap().consistency;
+    assert_eq!(defaults.lag_interval, Duration::from_millis(500));
+    assert_eq!(defaults.max_replica_lag, None);
+    assert_eq!(defaults.max_replica_lag_bytes, None);
+    assert_eq!(defaults.read_your_writes_wait, Duration::from_millis(100));
+
+    let from_env = env(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_LAG_INTERVAL_MS", "250"),
+        ("DATABASE_MAX_REPLICA_LAG_MS", "2000"),
+        ("DATABASE_MAX_REPLICA_LAG_BYTES", "16777216"),
+        ("DATABASE_READ_YOUR_WRITES_WAIT_MS", "0"),
+    ])
+    .unwrap();
+    let consistency = &from_env.consistency;
+    assert_eq!(consistency.lag_interval, Duration::from_millis(250));
+    assert_eq!(consistency.max_replica_lag, Some(Duration::from_secs(2)));
+    assert_eq!(consistency.max_replica_lag_bytes, Some(16 << 20));
+    assert_eq!(consistency.read_your_writes_wait, Duration::ZERO);
+    let from_serde: Config = serde_json::from_value(serde_json::json!({
+        "url": writer(),
+        "consistency": {
+            "lag_interval_ms": 250,
+            "max_replica_lag_ms": 2000,
+            "max_replica_lag_bytes": 16777216,
+            "read_your_writes_wait_ms": 0
+        }
+    }))
+    .unwrap();
+    assert_eq!(from_env, from_serde);
+}
+
+#[test]
+fn bad_consistency_settings_are_named_with_their_range() {
+    let cases: [(&[(&str, &str)], &str, &str); 7] = [
+        (
+            &[("DATABASE_MAX_REPLICA_LAG_MS", "0")],
+            "DATABASE_MAX_REPLICA_LAG_MS",
+            "from 1 to 2147483647 ms",
+        ),
+        (
+            &[("DATABASE_MAX_REPLICA_LAG_MS", "99999999999")],
+            "DATABASE_MAX_REPLICA_LAG_MS",
+            "from 1 to 2147483647 ms",
+        ),
+        (
+            &[("DATABASE_MAX_REPLICA_LAG_BYTES", "0")],
+            "DATABASE_MAX_REPLICA_LAG_BYTES",
+            "or unset for no limit",
+        ),
+        (
+            &[("DATABASE_MAX_REPLICA_LAG_BYTES", "-1")],
+            "DATABASE_MAX_REPLICA_LAG_BYTES",
+            "number",
+        ),
+        (
+            &[("DATABASE_LAG_INTERVAL_MS", "5")],
+            "DATABASE_LAG_INTERVAL_MS",
+            "from 10 to 2147483647 ms",
+        ),
+        (
+            &[
+                ("DATABASE_LAG_INTERVAL_MS", "0"),
+                ("DATABASE_MAX_REPLICA_LAG_MS", "100"),
+            ],
+            "DATABASE_LAG_INTERVAL_MS",
+            "a lag limit is set",
+        ),
+        (
+            &[("DATABASE_READ_YOUR_WRITES_WAIT_MS", "60001")],
+            "DATABASE_READ_YOUR_WRITES_WAIT_MS",
+            "from 0 to 60000 ms",
+        ),
+    ];
+    for (vars, key, expected) in cases {
+        let mut all = vec![("DATABASE_URL", writer())];
+        all.extend(vars.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        let err = Config::from_vars(None, all).expect_err(key);
+        let text = err.to_string();
+        assert!(text.contains(&format!("`{key}`")), "{vars:?}: {text}");
+        assert!(text.contains(expected), "{vars:?}: {text}");
+    }
+    // A hand-built config is checked the same way.
+    let mut config = Config::new(&writer()).unwrap();
+    config.consistency.max_replica_lag_bytes = Some(0);
+    let err = diesel_replica::ReplicaSet::new(config)
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("max_replica_lag_bytes"), "{err}");
+}
+
+#[test]
+fn monitor_off_is_allowed_without_a_limit() {
+    let config = env(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_LAG_INTERVAL_MS", "0"),
+    ])
+    .unwrap();
+    assert_eq!(config.consistency.lag_interval, Duration::ZERO);
+}
