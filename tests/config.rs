@@ -1024,7 +1024,9 @@ fn consistency_settings_from_env_and_serde_agree_and_default() {
 
 #[test]
 fn bad_consistency_settings_are_named_with_their_range() {
-    let cases: [(&[(&str, &str)], &str, &str); 7] = [
+    /// Variables set, the one named in the error, and what it says.
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: [Case; 7] = [
         (
             &[("DATABASE_MAX_REPLICA_LAG_MS", "0")],
             "DATABASE_MAX_REPLICA_LAG_MS",
