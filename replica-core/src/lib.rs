@@ -15,6 +15,7 @@ mod discovery;
 mod error;
 mod health;
 mod lag;
+mod monitor;
 mod node;
 mod provision;
 mod read_path;

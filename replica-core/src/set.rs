@@ -20,7 +20,7 @@ use crate::connector::Probes;
 use crate::consistency::{ReadYourWrites, WriteToken};
 use crate::discovery;
 use crate::error::{ConfigError, Error, error_chain};
-use crate::lag;
+use crate::monitor;
 use crate::node::{Node, NodeId, NodeStatus, Role};
 use crate::read_path::{self, After};
 use crate::route::{AsyncFunc, Body, Call, Route};
@@ -180,11 +180,11 @@ impl ReplicaSet {
             }),
         };
         let lag_source = match &config.discovery {
-            Discovery::Aurora { host_pattern, .. } => lag::Source::Aurora {
+            Discovery::Aurora { host_pattern, .. } => monitor::Source::Aurora {
                 pattern: host_pattern.clone(),
                 template: Box::new(config.writer.clone()),
             },
-            _ => lag::Source::Wal,
+            _ => monitor::Source::Wal,
         };
         let source = match config.discovery {
             Discovery::Static => {
@@ -681,7 +681,7 @@ async fn watch(inner: std::sync::Weak<Inner>, source: Source, interval: Duration
 
 /// Samples the replicas' lag every `interval`, on connections of its own,
 /// until the set is dropped.
-async fn monitor(inner: std::sync::Weak<Inner>, source: lag::Source, interval: Duration) {
+async fn monitor(inner: std::sync::Weak<Inner>, source: monitor::Source, interval: Duration) {
     let probes = match inner.upgrade() {
         Some(inner) => Probes::new(
             inner.blueprint.application_name.clone(),
@@ -690,7 +690,7 @@ async fn monitor(inner: std::sync::Weak<Inner>, source: lag::Source, interval: D
         ),
         None => return,
     };
-    let mut connections = lag::Connections::default();
+    let mut connections = monitor::Connections::default();
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -699,7 +699,7 @@ async fn monitor(inner: std::sync::Weak<Inner>, source: lag::Source, interval: D
         let topology = inner.topology.load_full();
         let limits = inner.consistency.clone();
         drop(inner);
-        lag::sample(&topology, &source, &limits, &probes, &mut connections).await;
+        monitor::sample(&topology, &source, &limits, &probes, &mut connections).await;
     }
 }
 

@@ -1,0 +1,226 @@
+//! The lag monitor's samples, taken in the background on connections of
+//! its own: on PostgreSQL each replica's replayed WAL position against the
+//! writer's, on Aurora `aurora_replica_status()`'s reported lag.
+
+use std::collections::HashMap;
+
+use diesel::QueryableByName;
+use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel_async::AsyncPgConnection;
+
+use crate::config::ConsistencyConfig;
+use crate::connector::Probes;
+use crate::lag::Sample;
+use crate::node::{Node, NodeId};
+use crate::topology::Topology;
+use crate::url::DatabaseUrl;
+
+/// The monitor's connections, one per node, kept between samples.
+#[derive(Default)]
+pub(crate) struct Connections(HashMap<NodeId, AsyncPgConnection>);
+
+/// How lag is measured.
+pub(crate) enum Source {
+    /// WAL positions, on PostgreSQL.
+    Wal,
+    /// `aurora_replica_status()`, its `server_id`s made addresses with
+    /// `pattern` and the settings of `template`.
+    Aurora {
+        pattern: String,
+        template: Box<DatabaseUrl>,
+    },
+}
+
+/// The writer's WAL position, as bytes.
+#[derive(QueryableByName)]
+struct WriterPosition {
+    #[diesel(sql_type = Nullable<BigInt>)]
+    lsn: Option<i64>,
+}
+
+/// A replica's progress.
+#[derive(QueryableByName)]
+struct ReplicaPosition {
+    #[diesel(sql_type = Nullable<BigInt>)]
+    replayed: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    received: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    since_replay_ms: Option<i64>,
+}
+
+/// One Aurora replica's reported lag.
+#[derive(QueryableByName)]
+struct AuroraLag {
+    #[diesel(sql_type = Text)]
+    server_id: String,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    lag_ms: Option<i64>,
+}
+
+const WRITER_POSITION: &str =
+    "SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), '0/0')::int8 AS lsn";
+
+const REPLICA_POSITION: &str = "SELECT \
+     pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_last_wal_replay_lsn(), '0/0')::int8 AS replayed, \
+     pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_last_wal_receive_lsn(), '0/0')::int8 AS received, \
+     (extract(epoch FROM pg_catalog.now() - pg_catalog.pg_last_xact_replay_timestamp()) \
+     * 1000)::int8 AS since_replay_ms";
+
+const AURORA_LAG: &str = "SELECT server_id::text AS server_id, \
+     replica_lag_in_msec::int8 AS lag_ms FROM aurora_replica_status() \
+     WHERE session_id <> 'MASTER_SESSION_ID' \
+     AND last_update_timestamp > now() - interval '5 minutes'";
+
+/// Samples every replica of `topology` once and records what it finds,
+/// logging each replica that falls behind the limits or catches up.
+/// A replica that cannot be asked keeps what was known of it: health,
+/// not lag, deals with nodes that do not answer.
+pub(crate) async fn sample(
+    topology: &Topology,
+    source: &Source,
+    limits: &ConsistencyConfig,
+    probes: &Probes,
+    connections: &mut Connections,
+) {
+    let live: Vec<&NodeId> = std::iter::once(&topology.writer.id)
+        .chain(topology.replicas.iter().map(|node| &node.id))
+        .collect();
+    connections.0.retain(|id, _| live.contains(&id));
+    let samples: Vec<(usize, Sample)> = match source {
+        Source::Wal => sample_wal(topology, probes, connections).await,
+        Source::Aurora { pattern, template } => {
+            sample_aurora(topology, pattern, template, probes, connections).await
+        }
+    };
+    for (i, sample) in samples {
+        let node = &topology.replicas[i];
+        match node.lag.record(sample, limits) {
+            Some(true) => tracing::warn!(
+                node = %node.label,
+                lag_ms = ?sample.lag_ms,
+                lag_bytes = ?sample.lag_bytes,
+                "replica behind the lag limit: no reads until it catches up"
+            ),
+            Some(false) => {
+                tracing::info!(node = %node.label, "replica caught up: it takes reads again")
+            }
+            None => {}
+        }
+    }
+}
+
+async fn sample_wal(
+    topology: &Topology,
+    probes: &Probes,
+    connections: &mut Connections,
+) -> Vec<(usize, Sample)> {
+    let Some(writer) =
+        ask::<WriterPosition>(&topology.writer, WRITER_POSITION, probes, connections)
+            .await
+            .and_then(|rows| rows.into_iter().next()?.lsn)
+    else {
+        return Vec::new();
+    };
+    let writer = u64::try_from(writer).unwrap_or(0);
+    // One replica after the other on the monitor's own connections: a few
+    // round trips every interval, off the read path.
+    let mut samples = Vec::new();
+    for (i, node) in topology.replicas.iter().enumerate() {
+        let Some(position) = ask::<ReplicaPosition>(node, REPLICA_POSITION, probes, connections)
+            .await
+            .and_then(|rows| rows.into_iter().next())
+        else {
+            continue;
+        };
+        let as_u64 = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok());
+        let Some(replayed) = as_u64(position.replayed) else {
+            // Not in recovery: a promoted node, which discovery moves.
+            continue;
+        };
+        let caught_up = replayed >= writer || as_u64(position.received) == Some(replayed);
+        let lag_ms = if caught_up {
+            Some(0)
+        } else {
+            as_u64(position.since_replay_ms).or(Some(0))
+        };
+        samples.push((
+            i,
+            Sample {
+                replayed: Some(replayed),
+                lag_ms,
+                lag_bytes: Some(writer.saturating_sub(replayed)),
+            },
+        ));
+    }
+    samples
+}
+
+async fn sample_aurora(
+    topology: &Topology,
+    pattern: &str,
+    template: &DatabaseUrl,
+    probes: &Probes,
+    connections: &mut Connections,
+) -> Vec<(usize, Sample)> {
+    let Some(rows) = ask::<AuroraLag>(&topology.writer, AURORA_LAG, probes, connections).await
+    else {
+        return Vec::new();
+    };
+    let mut samples = Vec::new();
+    for row in rows {
+        let address = pattern.replace('?', row.server_id.trim());
+        let Ok(url) = template.with_address(&address) else {
+            continue;
+        };
+        let id = NodeId::of(&url);
+        if let Some(i) = topology.replicas.iter().position(|node| node.id == id) {
+            let lag_ms = row.lag_ms.and_then(|v| u64::try_from(v).ok());
+            samples.push((
+                i,
+                Sample {
+                    replayed: None,
+                    lag_ms,
+                    lag_bytes: None,
+                },
+            ));
+        }
+    }
+    samples
+}
+
+/// Runs `sql` on the monitor's connection to `node`, opening it when
+/// needed; `None` (and the connection dropped) when that fails.
+async fn ask<R: QueryableByName<diesel::pg::Pg> + Send + 'static>(
+    node: &Node,
+    sql: &'static str,
+    probes: &Probes,
+    connections: &mut Connections,
+) -> Option<Vec<R>> {
+    use diesel_async::RunQueryDsl;
+
+    let conn = match connections.0.entry(node.id.clone()) {
+        std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+        std::collections::hash_map::Entry::Vacant(entry) => match probes.open(&node.url).await {
+            Ok(conn) => entry.insert(conn),
+            Err(error) => {
+                tracing::debug!(node = %node.label, %error, "lag monitor cannot connect");
+                return None;
+            }
+        },
+    };
+    let rows = tokio::time::timeout(probes.timeout(), diesel::sql_query(sql).load::<R>(conn)).await;
+    match rows {
+        Ok(Ok(rows)) => Some(rows),
+        Ok(Err(error)) => {
+            tracing::debug!(node = %node.label, %error, "lag sample failed");
+            connections.0.remove(&node.id);
+            None
+        }
+        Err(_) => {
+            tracing::debug!(node = %node.label, "lag sample timed out");
+            connections.0.remove(&node.id);
+            None
+        }
+    }
+}
