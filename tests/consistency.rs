@@ -417,22 +417,15 @@ async fn session_writes_are_seen_whatever_the_body_sets(cluster: Arc<Cluster>) {
     }
 }
 
-/// Aurora's `aurora_replica_status()`, emulated on the primary.
-const AURORA: &str = "CREATE TABLE aurora_topology (server_id text PRIMARY KEY, \
-     session_id text NOT NULL, replica_lag_in_msec float8 NOT NULL DEFAULT 0, \
-     last_update_timestamp timestamptz NOT NULL DEFAULT now()); \
-     CREATE FUNCTION aurora_replica_status() RETURNS TABLE (server_id text, session_id text, \
-     replica_lag_in_msec float8, last_update_timestamp timestamptz) LANGUAGE sql \
-     AS 'SELECT server_id, session_id, replica_lag_in_msec, last_update_timestamp \
-     FROM aurora_topology'";
-
 async fn aurora_lag_and_tokens_go_by_reported_time(cluster: Arc<Cluster>) {
     let primary = port(&cluster, NodeId::Primary);
     let (lagging, fine) = (
         port(&cluster, NodeId::Replica(0)),
         port(&cluster, NodeId::Replica(1)),
     );
-    cluster.psql(NodeId::Primary, AURORA).unwrap();
+    cluster
+        .psql(NodeId::Primary, common::AURORA_EMULATION)
+        .unwrap();
     cluster
         .psql(
             NodeId::Primary,

@@ -103,6 +103,17 @@ impl Load {
         self.started.elapsed().as_millis()
     }
 
+    /// Under load for 0.5 s, kills `primary`, and leaves the load 1 s
+    /// without it; returns when the kill was issued and when it was done.
+    async fn kill_after_a_while(&self, cluster: &Cluster, primary: NodeId) -> (u128, u128) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let kill_issued = self.now();
+        cluster.kill(primary).unwrap();
+        let killed = self.now();
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        (kill_issued, killed)
+    }
+
     /// Stops the load and checks what it saw: no read failed, writes
     /// failed only between `killed` (the kill was issued at `kill_issued`)
     /// and the first write after `writer_known`, as unavailable unless in
@@ -167,11 +178,7 @@ async fn a_promoted_replica_becomes_the_writer_and_reads_never_fail(cluster: Arc
     assert_eq!(db.status().source, DiscoverySource::Hosts);
 
     let load = Load::start(&db);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let kill_issued = load.now();
-    cluster.kill(primary).unwrap();
-    let killed = load.now();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (kill_issued, killed) = load.kill_after_a_while(&cluster, primary).await;
     let promoted = load.now();
     cluster.promote(first).unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -189,22 +196,10 @@ async fn a_promoted_replica_becomes_the_writer_and_reads_never_fail(cluster: Arc
     assert_eq!(db.status().writer.address, address(&cluster, first));
 }
 
-/// Aurora's `aurora_replica_status()`, emulated on the primary (and
-/// replicated): its columns, from a table the test drives.
-const AURORA: &str = "DROP FUNCTION IF EXISTS aurora_replica_status(); \
-     DROP TABLE IF EXISTS aurora_topology; \
-     CREATE TABLE aurora_topology (server_id text PRIMARY KEY, \
-     session_id text NOT NULL, replica_lag_in_msec float8 NOT NULL DEFAULT 0, \
-     last_update_timestamp timestamptz NOT NULL DEFAULT now()); \
-     CREATE FUNCTION aurora_replica_status() RETURNS TABLE (server_id text, session_id text, \
-     replica_lag_in_msec float8, last_update_timestamp timestamptz) LANGUAGE sql \
-     AS 'SELECT server_id, session_id, replica_lag_in_msec, last_update_timestamp \
-     FROM aurora_topology'";
-
 async fn aurora_discovery_follows_the_writer_aurora_names(cluster: Arc<Cluster>) {
     let (primary, first, second) = primary_and_two_replicas(&cluster);
     let port = |id| cluster.node(id).port();
-    cluster.psql(primary, AURORA).unwrap();
+    cluster.psql(primary, common::AURORA_EMULATION).unwrap();
     cluster
         .psql(
             primary,
@@ -240,11 +235,7 @@ async fn aurora_discovery_follows_the_writer_aurora_names(cluster: Arc<Cluster>)
     assert_eq!(db.status().source, DiscoverySource::Aurora);
 
     let load = Load::start(&db);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let kill_issued = load.now();
-    cluster.kill(primary).unwrap();
-    let killed = load.now();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (kill_issued, killed) = load.kill_after_a_while(&cluster, primary).await;
     // While the replicas still name the dead writer, writes fail fast.
     assert_eq!(db.status().writer.address, address(&cluster, primary));
     cluster.promote(first).unwrap();

@@ -980,23 +980,15 @@ async fn candidate_hosts_discovery_finds_the_writer_and_the_replicas(cluster: Ar
     assert_eq!(db.status().generation, 1);
 }
 
-/// Aurora's `aurora_replica_status()`, emulated on the test primary (and
-/// replicated): its columns, from a table the test drives.
-const AURORA: &str = "CREATE TABLE aurora_topology (server_id text PRIMARY KEY, \
-     session_id text NOT NULL, replica_lag_in_msec float8 NOT NULL DEFAULT 0, \
-     last_update_timestamp timestamptz NOT NULL DEFAULT now()); \
-     CREATE FUNCTION aurora_replica_status() RETURNS TABLE (server_id text, session_id text, \
-     replica_lag_in_msec float8, last_update_timestamp timestamptz) LANGUAGE sql \
-     AS 'SELECT server_id, session_id, replica_lag_in_msec, last_update_timestamp \
-     FROM aurora_topology'";
-
 async fn aurora_discovery_follows_aurora_replica_status(cluster: Arc<Cluster>) {
     let captured = common::Captured::default();
     let subscriber = captured.subscriber(tracing_subscriber::filter::LevelFilter::INFO);
     let _guard = tracing_subscriber::util::SubscriberInitExt::set_default(subscriber);
     let primary = cluster.primary().port();
     let replicas = replica_ports(&cluster);
-    cluster.psql(NodeId::Primary, AURORA).unwrap();
+    cluster
+        .psql(NodeId::Primary, common::AURORA_EMULATION)
+        .unwrap();
     let drive = |sql: String| {
         cluster.psql(NodeId::Primary, &sql).unwrap();
         cluster.wait_for_replication().unwrap();

@@ -174,11 +174,23 @@ pub(crate) struct Probes {
 }
 
 impl Probes {
+    /// Connections named `{application_name}-{purpose}` (within the 63
+    /// bytes the server keeps), so that they are told apart from the pools'
+    /// in `pg_stat_activity`; a URL's own `application_name` still wins.
     pub(crate) fn new(
-        application_name: String,
+        application_name: &str,
+        purpose: &str,
         credentials: Option<CredentialsProvider>,
         timeout: Duration,
     ) -> Self {
+        let mut room = 63usize.saturating_sub(purpose.len() + 1);
+        while !application_name.is_char_boundary(room.min(application_name.len())) {
+            room -= 1;
+        }
+        let application_name = format!(
+            "{}-{purpose}",
+            &application_name[..room.min(application_name.len())]
+        );
         Self {
             application_name,
             credentials,

@@ -573,7 +573,8 @@ enum Source {
 async fn watch(inner: std::sync::Weak<Inner>, source: Source, interval: Duration) {
     let probes = match inner.upgrade() {
         Some(inner) => Probes::new(
-            inner.blueprint.application_name.clone(),
+            &inner.blueprint.application_name,
+            "discovery",
             inner.blueprint.credentials.clone(),
             SURVEY_TIMEOUT,
         ),
@@ -684,7 +685,8 @@ async fn watch(inner: std::sync::Weak<Inner>, source: Source, interval: Duration
 async fn monitor(inner: std::sync::Weak<Inner>, source: monitor::Source, interval: Duration) {
     let probes = match inner.upgrade() {
         Some(inner) => Probes::new(
-            inner.blueprint.application_name.clone(),
+            &inner.blueprint.application_name,
+            "lag",
             inner.blueprint.credentials.clone(),
             interval.clamp(SURVEY_TIMEOUT / 4, SURVEY_TIMEOUT),
         ),
