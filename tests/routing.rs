@@ -958,6 +958,7 @@ async fn candidate_hosts_discovery_finds_the_writer_and_the_replicas(cluster: Ar
             ("DATABASE_DISCOVERY", "hosts".to_owned()),
             ("DATABASE_CANDIDATE_HOSTS", candidates),
             ("DATABASE_DISCOVERY_INTERVAL_MS", "100".to_owned()),
+            ("DATABASE_APPLICATION_NAME", "candidates".to_owned()),
         ],
     )
     .unwrap();
@@ -975,9 +976,16 @@ async fn candidate_hosts_discovery_finds_the_writer_and_the_replicas(cluster: Ar
         let served = db.read(who_served).await.unwrap();
         assert!(served.in_recovery, "{served:?}");
     }
-    // Nothing changes while nothing does.
+    // Nothing changes while nothing does, and the surveys keep their
+    // connection to each candidate.
+    let discovery = "SELECT string_agg(pid::text, ',') FROM pg_stat_activity \
+                     WHERE application_name = 'candidates-discovery'";
+    let before = cluster.psql(NodeId::Primary, discovery).unwrap();
     tokio::time::sleep(Duration::from_millis(350)).await;
     assert_eq!(db.status().generation, 1);
+    let after = cluster.psql(NodeId::Primary, discovery).unwrap();
+    assert_eq!(before.split(',').count(), 1, "{before}");
+    assert_eq!(before, after, "the same connection answered every survey");
 }
 
 async fn aurora_discovery_follows_aurora_replica_status(cluster: Arc<Cluster>) {

@@ -148,7 +148,7 @@ const SWEEP_MIN: Duration = Duration::from_millis(250);
 const SWEEP_MAX: Duration = Duration::from_secs(5);
 
 /// How one node's connections are opened.
-struct Connector {
+pub(crate) struct Connector {
     /// Parsed settings, the one reading of the URL.
     config: tokio_postgres::Config,
     mode: SslMode,
@@ -162,78 +162,8 @@ struct Connector {
 /// How long refused logins are retried when connecting has no timeout.
 const UNBOUNDED_BUDGET: Duration = Duration::from_secs(60);
 
-/// Connections of discovery's own: one connector per node asked, built
-/// the first time (its TLS configuration reads the certificate files) and
-/// kept for the surveys after.
-pub(crate) struct Probes {
-    application_name: String,
-    credentials: Option<CredentialsProvider>,
-    /// Bounds connecting and each query.
-    timeout: Duration,
-    connectors: std::sync::Mutex<Vec<(DatabaseUrl, Arc<Connector>)>>,
-}
-
-impl Probes {
-    /// Connections named `{application_name}-{purpose}` (within the 63
-    /// bytes the server keeps), so that they are told apart from the pools'
-    /// in `pg_stat_activity`; a URL's own `application_name` still wins.
-    pub(crate) fn new(
-        application_name: &str,
-        purpose: &str,
-        credentials: Option<CredentialsProvider>,
-        timeout: Duration,
-    ) -> Self {
-        let mut room = 63usize.saturating_sub(purpose.len() + 1);
-        while !application_name.is_char_boundary(room.min(application_name.len())) {
-            room -= 1;
-        }
-        let application_name = format!(
-            "{}-{purpose}",
-            &application_name[..room.min(application_name.len())]
-        );
-        Self {
-            application_name,
-            credentials,
-            timeout,
-            connectors: std::sync::Mutex::default(),
-        }
-    }
-
-    /// The bound on connecting and on each query.
-    pub(crate) fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
-    /// A connection of its own to the node `url` names, within the
-    /// timeout.
-    pub(crate) async fn open(&self, url: &DatabaseUrl) -> Result<AsyncPgConnection, String> {
-        let connector = self.connector(url)?;
-        let timeout = self.timeout;
-        tokio::time::timeout(timeout, connector.open())
-            .await
-            .unwrap_or_else(|_| Err(format!("no connection within {timeout:?}")))
-    }
-
-    fn connector(&self, url: &DatabaseUrl) -> Result<Arc<Connector>, String> {
-        let mut connectors = self.connectors.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, connector)) = connectors.iter().find(|(known, _)| known == url) {
-            return Ok(Arc::clone(connector));
-        }
-        let connector = Arc::new(Connector::new(
-            url,
-            &self.application_name,
-            Some(self.timeout),
-            self.credentials.as_ref(),
-            url.address(),
-            Some(self.timeout),
-        )?);
-        connectors.push((url.clone(), Arc::clone(&connector)));
-        Ok(connector)
-    }
-}
-
 impl Connector {
-    fn new(
+    pub(crate) fn new(
         url: &DatabaseUrl,
         application_name: &str,
         statement_timeout: Option<Duration>,
@@ -269,7 +199,7 @@ impl Connector {
     /// refuses (SQLSTATE 28P01 or 28000) is asked for again, skipping any
     /// cache, and tried with backoff within the connect budget: during a
     /// password rotation the provider may lag the server by a while.
-    async fn open(&self) -> Result<AsyncPgConnection, String> {
+    pub(crate) async fn open(&self) -> Result<AsyncPgConnection, String> {
         let Some(provider) = &self.credentials else {
             return connect(&self.config, self.mode, self.tls.clone())
                 .await

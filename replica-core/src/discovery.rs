@@ -4,10 +4,9 @@
 
 use diesel::QueryableByName;
 use diesel::sql_types::{Bool, Text};
-use diesel_async::RunQueryDsl;
 use futures_util::future::join_all;
 
-use crate::connector::Probes;
+use crate::probes::Probes;
 use crate::url::DatabaseUrl;
 
 /// What one survey found.
@@ -39,12 +38,20 @@ pub(crate) async fn survey_hosts(candidates: &[DatabaseUrl], probes: &Probes) ->
     survey
 }
 
+/// A candidate's answer.
+#[derive(QueryableByName)]
+struct Recovery {
+    #[diesel(sql_type = Bool)]
+    in_recovery: bool,
+}
+
 async fn in_recovery(url: &DatabaseUrl, probes: &Probes) -> Result<bool, String> {
-    let mut conn = probes.open(url).await?;
-    diesel::select(diesel::dsl::sql::<Bool>("pg_is_in_recovery()"))
-        .get_result::<bool>(&mut conn)
-        .await
-        .map_err(|e| crate::error::error_chain(&e))
+    let rows = probes
+        .query::<Recovery>(url, "SELECT pg_catalog.pg_is_in_recovery() AS in_recovery")
+        .await?;
+    rows.first()
+        .map(|row| row.in_recovery)
+        .ok_or_else(|| "no answer to pg_is_in_recovery()".to_owned())
 }
 
 /// One instance in `aurora_replica_status()`.
@@ -74,14 +81,7 @@ pub(crate) async fn survey_aurora(
 ) -> Result<Survey, String> {
     let mut unreachable = Vec::new();
     for url in nodes {
-        let rows = async {
-            let mut conn = probes.open(url).await?;
-            diesel::sql_query(AURORA_STATUS)
-                .load::<Instance>(&mut conn)
-                .await
-                .map_err(|e| crate::error::error_chain(&e))
-        };
-        match rows.await {
+        match probes.query::<Instance>(url, AURORA_STATUS).await {
             Ok(rows) => return instances(&rows, pattern, template, unreachable),
             Err(e) => unreachable.push((url.clone(), e)),
         }

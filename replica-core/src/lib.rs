@@ -17,6 +17,7 @@ mod health;
 mod lag;
 mod monitor;
 mod node;
+mod probes;
 mod provision;
 mod read_path;
 mod route;

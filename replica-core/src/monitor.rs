@@ -2,22 +2,15 @@
 //! its own: on PostgreSQL each replica's replayed WAL position against the
 //! writer's, on Aurora `aurora_replica_status()`'s reported lag.
 
-use std::collections::HashMap;
-
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Nullable, Text};
-use diesel_async::AsyncPgConnection;
 
 use crate::config::ConsistencyConfig;
-use crate::connector::Probes;
 use crate::lag::Sample;
 use crate::node::{Node, NodeId};
+use crate::probes::Probes;
 use crate::topology::Topology;
 use crate::url::DatabaseUrl;
-
-/// The monitor's connections, one per node, kept between samples.
-#[derive(Default)]
-pub(crate) struct Connections(HashMap<NodeId, AsyncPgConnection>);
 
 /// How lag is measured.
 pub(crate) enum Source {
@@ -81,16 +74,16 @@ pub(crate) async fn sample(
     source: &Source,
     limits: &ConsistencyConfig,
     probes: &Probes,
-    connections: &mut Connections,
 ) {
-    let live: Vec<&NodeId> = std::iter::once(&topology.writer.id)
-        .chain(topology.replicas.iter().map(|node| &node.id))
-        .collect();
-    connections.0.retain(|id, _| live.contains(&id));
+    probes.keep_only(
+        std::iter::once(&topology.writer)
+            .chain(&topology.replicas)
+            .map(|node| &node.url),
+    );
     let samples: Vec<(usize, Sample)> = match source {
-        Source::Wal => sample_wal(topology, probes, connections).await,
+        Source::Wal => sample_wal(topology, probes).await,
         Source::Aurora { pattern, template } => {
-            sample_aurora(topology, pattern, template, probes, connections).await
+            sample_aurora(topology, pattern, template, probes).await
         }
     };
     for (i, sample) in samples {
@@ -110,15 +103,10 @@ pub(crate) async fn sample(
     }
 }
 
-async fn sample_wal(
-    topology: &Topology,
-    probes: &Probes,
-    connections: &mut Connections,
-) -> Vec<(usize, Sample)> {
-    let Some(writer) =
-        ask::<WriterPosition>(&topology.writer, WRITER_POSITION, probes, connections)
-            .await
-            .and_then(|rows| rows.into_iter().next()?.lsn)
+async fn sample_wal(topology: &Topology, probes: &Probes) -> Vec<(usize, Sample)> {
+    let Some(writer) = ask::<WriterPosition>(&topology.writer, WRITER_POSITION, probes)
+        .await
+        .and_then(|rows| rows.into_iter().next()?.lsn)
     else {
         return Vec::new();
     };
@@ -127,7 +115,7 @@ async fn sample_wal(
     // round trips every interval, off the read path.
     let mut samples = Vec::new();
     for (i, node) in topology.replicas.iter().enumerate() {
-        let Some(position) = ask::<ReplicaPosition>(node, REPLICA_POSITION, probes, connections)
+        let Some(position) = ask::<ReplicaPosition>(node, REPLICA_POSITION, probes)
             .await
             .and_then(|rows| rows.into_iter().next())
         else {
@@ -161,10 +149,8 @@ async fn sample_aurora(
     pattern: &str,
     template: &DatabaseUrl,
     probes: &Probes,
-    connections: &mut Connections,
 ) -> Vec<(usize, Sample)> {
-    let Some(rows) = ask::<AuroraLag>(&topology.writer, AURORA_LAG, probes, connections).await
-    else {
+    let Some(rows) = ask::<AuroraLag>(&topology.writer, AURORA_LAG, probes).await else {
         return Vec::new();
     };
     let mut samples = Vec::new();
@@ -189,37 +175,16 @@ async fn sample_aurora(
     samples
 }
 
-/// Runs `sql` on the monitor's connection to `node`, opening it when
-/// needed; `None` (and the connection dropped) when that fails.
-async fn ask<R: QueryableByName<diesel::pg::Pg> + Send + 'static>(
-    node: &Node,
-    sql: &'static str,
-    probes: &Probes,
-    connections: &mut Connections,
-) -> Option<Vec<R>> {
-    use diesel_async::RunQueryDsl;
-
-    let conn = match connections.0.entry(node.id.clone()) {
-        std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-        std::collections::hash_map::Entry::Vacant(entry) => match probes.open(&node.url).await {
-            Ok(conn) => entry.insert(conn),
-            Err(error) => {
-                tracing::debug!(node = %node.label, %error, "lag monitor cannot connect");
-                return None;
-            }
-        },
-    };
-    let rows = tokio::time::timeout(probes.timeout(), diesel::sql_query(sql).load::<R>(conn)).await;
-    match rows {
-        Ok(Ok(rows)) => Some(rows),
-        Ok(Err(error)) => {
+/// Runs `sql` on the monitor's connection to `node`; `None` when that
+/// fails (logged at debug: health, not the monitor, reports nodes down).
+async fn ask<R>(node: &Node, sql: &'static str, probes: &Probes) -> Option<Vec<R>>
+where
+    R: QueryableByName<diesel::pg::Pg> + Send + 'static,
+{
+    match probes.query(&node.url, sql).await {
+        Ok(rows) => Some(rows),
+        Err(error) => {
             tracing::debug!(node = %node.label, %error, "lag sample failed");
-            connections.0.remove(&node.id);
-            None
-        }
-        Err(_) => {
-            tracing::debug!(node = %node.label, "lag sample timed out");
-            connections.0.remove(&node.id);
             None
         }
     }

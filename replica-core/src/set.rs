@@ -16,12 +16,12 @@ use tracing::instrument::WithSubscriber;
 
 use crate::attempt::{self, Failure, attempt};
 use crate::config::{Config, ConsistencyConfig, Discovery, DiscoverySource, HealthConfig};
-use crate::connector::Probes;
 use crate::consistency::{ReadYourWrites, WriteToken};
 use crate::discovery;
 use crate::error::{ConfigError, Error, error_chain};
 use crate::monitor;
 use crate::node::{Node, NodeId, NodeStatus, Role};
+use crate::probes::Probes;
 use crate::read_path::{self, After};
 use crate::route::{AsyncFunc, Body, Call, Route};
 use crate::tenant::{Scope, Tenant};
@@ -607,6 +607,7 @@ async fn watch(inner: std::sync::Weak<Inner>, source: Source, interval: Duration
                     .chain(&current.replicas)
                     .map(|node| node.url.clone())
                     .collect();
+                probes.keep_only(&nodes);
                 match discovery::survey_aurora(&nodes, pattern, template, &probes).await {
                     Ok(survey) => survey,
                     Err(why) => {
@@ -692,7 +693,6 @@ async fn monitor(inner: std::sync::Weak<Inner>, source: monitor::Source, interva
         ),
         None => return,
     };
-    let mut connections = monitor::Connections::default();
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -701,7 +701,7 @@ async fn monitor(inner: std::sync::Weak<Inner>, source: monitor::Source, interva
         let topology = inner.topology.load_full();
         let limits = inner.consistency.clone();
         drop(inner);
-        monitor::sample(&topology, &source, &limits, &probes, &mut connections).await;
+        monitor::sample(&topology, &source, &limits, &probes).await;
     }
 }
 

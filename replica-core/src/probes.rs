@@ -1,0 +1,138 @@
+//! Connections of the background tasks' own (discovery, the lag monitor),
+//! outside the pools: one per node, opened when first needed and kept for
+//! the next question while it works.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use diesel::QueryableByName;
+use diesel::pg::Pg;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel_async::AsyncPgConnection;
+
+use crate::connector::Connector;
+use crate::credentials::CredentialsProvider;
+use crate::error::error_chain;
+use crate::url::DatabaseUrl;
+
+/// One task's connections.
+pub(crate) struct Probes {
+    application_name: String,
+    credentials: Option<CredentialsProvider>,
+    /// Bounds connecting and each query.
+    timeout: Duration,
+    nodes: Mutex<Vec<Probe>>,
+}
+
+/// A node asked: its connector (built once: its TLS configuration reads the
+/// certificate files) and its connection while it is not in use.
+struct Probe {
+    url: DatabaseUrl,
+    connector: Arc<Connector>,
+    idle: Option<AsyncPgConnection>,
+}
+
+impl Probes {
+    /// Connections named `{application_name}-{purpose}` (within the 63
+    /// bytes the server keeps), so that they are told apart from the pools'
+    /// in `pg_stat_activity`; a URL's own `application_name` still wins.
+    pub(crate) fn new(
+        application_name: &str,
+        purpose: &str,
+        credentials: Option<CredentialsProvider>,
+        timeout: Duration,
+    ) -> Self {
+        let mut room = 63usize
+            .saturating_sub(purpose.len() + 1)
+            .min(application_name.len());
+        while !application_name.is_char_boundary(room) {
+            room -= 1;
+        }
+        Self {
+            application_name: format!("{}-{purpose}", &application_name[..room]),
+            credentials,
+            timeout,
+            nodes: Mutex::default(),
+        }
+    }
+
+    /// Runs `sql` on the connection to the node `url` names, opening one
+    /// when there is none, each within the timeout. A connection that
+    /// fails otherwise than with the server's answer is closed; the next
+    /// question opens another.
+    pub(crate) async fn query<R>(
+        &self,
+        url: &DatabaseUrl,
+        sql: &'static str,
+    ) -> Result<Vec<R>, String>
+    where
+        R: QueryableByName<Pg> + Send + 'static,
+    {
+        use diesel_async::RunQueryDsl;
+
+        let (connector, idle) = self.take(url)?;
+        let timeout = self.timeout;
+        let mut conn = match idle {
+            Some(conn) => conn,
+            None => tokio::time::timeout(timeout, connector.open())
+                .await
+                .unwrap_or_else(|_| Err(format!("no connection within {timeout:?}")))?,
+        };
+        match tokio::time::timeout(timeout, diesel::sql_query(sql).load::<R>(&mut conn)).await {
+            Ok(Ok(rows)) => {
+                self.put_back(url, conn);
+                Ok(rows)
+            }
+            Ok(Err(error)) => {
+                if matches!(&error, DieselError::DatabaseError(kind, _) if *kind != DatabaseErrorKind::ClosedConnection)
+                {
+                    self.put_back(url, conn);
+                }
+                Err(error_chain(&error))
+            }
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
+    }
+
+    /// Forgets the nodes not in `live`, closing their connections.
+    pub(crate) fn keep_only<'u>(&self, live: impl IntoIterator<Item = &'u DatabaseUrl>) {
+        let live: Vec<&DatabaseUrl> = live.into_iter().collect();
+        self.lock().retain(|probe| live.contains(&&probe.url));
+    }
+
+    /// The node's connector (built when first asked) and idle connection.
+    fn take(
+        &self,
+        url: &DatabaseUrl,
+    ) -> Result<(Arc<Connector>, Option<AsyncPgConnection>), String> {
+        let mut nodes = self.lock();
+        if let Some(probe) = nodes.iter_mut().find(|probe| probe.url == *url) {
+            return Ok((Arc::clone(&probe.connector), probe.idle.take()));
+        }
+        let connector = Arc::new(Connector::new(
+            url,
+            &self.application_name,
+            Some(self.timeout),
+            self.credentials.as_ref(),
+            url.address(),
+            Some(self.timeout),
+        )?);
+        nodes.push(Probe {
+            url: url.clone(),
+            connector: Arc::clone(&connector),
+            idle: None,
+        });
+        Ok((connector, None))
+    }
+
+    fn put_back(&self, url: &DatabaseUrl, conn: AsyncPgConnection) {
+        if let Some(probe) = self.lock().iter_mut().find(|probe| probe.url == *url) {
+            probe.idle.get_or_insert(conn);
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Probe>> {
+        // Every change under the lock is a single push, retain or swap.
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
