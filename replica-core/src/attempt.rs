@@ -8,12 +8,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use diesel::QueryResult;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel_async::pooled_connection::deadpool::Object;
+use diesel_async::pooled_connection::deadpool::{Object, PoolError};
 use diesel_async::{AnsiTransactionManager, AsyncPgConnection, SimpleAsyncConnection};
 
 use crate::consistency::WriteToken;
 use crate::error::{Error, error_chain};
 use crate::health::Tracker;
+use crate::metrics::Stopwatch;
 use crate::node::{Node, Role};
 use crate::route::{Body, Call, ReplayWait, Route};
 use crate::session::{self, Wrap};
@@ -59,6 +60,19 @@ impl Failure<DieselError> {
     }
 }
 
+impl<E> Failure<E> {
+    /// Its name in spans, as `error.type` and `retry.reason`: an
+    /// [`ErrorKind`](crate::ErrorKind) name, `query` for the body's own
+    /// error, `not_replayed` for a replica that did not catch up.
+    pub(crate) fn kind_str(&self) -> &'static str {
+        match self {
+            Self::Routing(error) => error.kind().as_str(),
+            Self::Body(_) => "query",
+            Self::NotReplayed => "not_replayed",
+        }
+    }
+}
+
 impl<E: From<Error>> Failure<E> {
     /// The caller's own error: the body's as it is, routing errors through
     /// `E: From<Error>`.
@@ -79,6 +93,7 @@ pub(crate) async fn attempt<T, E>(
     f: impl Body<T, E>,
 ) -> Result<T, Failed<E>> {
     let _in_flight = InFlight::enter(&node.in_flight);
+    let stopwatch = Stopwatch::start();
     let result = match node.attempt_timeout {
         None => run(node, call, f).await,
         Some(after) => tokio::time::timeout(after, run(node, call, f))
@@ -93,6 +108,8 @@ pub(crate) async fn attempt<T, E>(
                 })
             }),
     };
+    node.metrics
+        .operation(call.route, result.is_ok(), stopwatch.elapsed());
     match &result {
         Ok(_) => node.health.record_success(),
         Err(Failed {
@@ -118,6 +135,7 @@ async fn run<T, E>(node: &Node, call: Call<'_>, f: impl Body<T, E>) -> Result<T,
         scope,
         replay_wait,
         token_lsn,
+        ..
     } = call;
     let mut wrap = Wrap::new(route, node.role == Role::Writer);
     if token_lsn.is_some() {
@@ -264,11 +282,15 @@ async fn ready_connection(
     let waiting = replay_wait.map(replay_wait_sql);
     let mut last = None;
     for _ in 0..2 {
-        let mut conn = node
-            .pool
-            .get()
-            .await
-            .map_err(|e| NotReady::Down(node.checkout_error(e)))?;
+        let waiting_since = Stopwatch::start();
+        let checkout = node.pool.get().await;
+        node.metrics.waited(waiting_since.elapsed());
+        let mut conn = checkout.map_err(|e| {
+            if matches!(e, PoolError::Timeout(_)) {
+                node.metrics.checkout_timed_out();
+            }
+            NotReady::Down(node.checkout_error(e))
+        })?;
         let result = match (wrap.begin, &waiting) {
             (Some(begin), Some(waiting)) => {
                 let sql = format!("{waiting}; {begin}");

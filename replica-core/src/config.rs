@@ -117,7 +117,8 @@ impl Discovery {
 
 /// Where a replica set's nodes come from: the `DATABASE_DISCOVERY` value
 /// of a [`Discovery`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum DiscoverySource {
     /// The configuration's lists (and [`ReplicaSet::update_replicas`](crate::ReplicaSet::update_replicas)).

@@ -21,6 +21,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use crate::config::PoolConfig;
 use crate::credentials::{Credentials, CredentialsProvider};
 use crate::error::error_chain;
+use crate::metrics::{self, Stopwatch};
 use crate::tls::SslMode;
 use crate::url::DatabaseUrl;
 
@@ -187,7 +188,12 @@ fn setup(connector: Connector) -> SetupCallback<AsyncPgConnection> {
     Box::new(move |_label| {
         let connector = Arc::clone(&connector);
         Box::pin(async move {
-            connector.open().await.map_err(|e| {
+            let stopwatch = Stopwatch::start();
+            let opened = connector.open().await;
+            if opened.is_ok() {
+                metrics::connection_created(&connector.node, stopwatch.elapsed());
+            }
+            opened.map_err(|e| {
                 ConnectionError::BadConnection(format!("sslmode={}: {e}", connector.mode))
             })
         })

@@ -10,7 +10,8 @@ use tracing::instrument::WithSubscriber;
 use crate::config::HealthConfig;
 
 /// Whether a node takes reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum Health {
     /// It takes its share of reads.

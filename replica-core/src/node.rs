@@ -11,6 +11,7 @@ use diesel::QueryResult;
 use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::deadpool::{Pool, PoolError};
 use futures_util::future::try_join_all;
+use serde::{Serialize, Serializer};
 
 use crate::balance::Candidate;
 use crate::config::{HealthConfig, PoolConfig};
@@ -19,6 +20,7 @@ use crate::credentials::CredentialsProvider;
 use crate::error::Error;
 use crate::health::{Health, Probed, Tracker};
 use crate::lag::Lag;
+use crate::metrics::{NodeGauges, NodeMetrics};
 use crate::route::Route;
 use crate::url::DatabaseUrl;
 
@@ -28,7 +30,8 @@ use crate::url::DatabaseUrl;
 const STATEMENT_GRACE: Duration = Duration::from_millis(500);
 
 /// The role of a node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     /// The primary: takes writes, and reads when there is no replica, none
     /// is available, or the caller needs the freshest data.
@@ -51,6 +54,12 @@ impl fmt::Display for Role {
 /// set of nodes around it changes, unlike a position in a list.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId(Arc<str>);
+
+impl Serialize for NodeId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
 
 impl NodeId {
     pub(crate) fn of(url: &DatabaseUrl) -> Self {
@@ -85,6 +94,7 @@ pub(crate) struct Node {
     pub(crate) in_flight: AtomicUsize,
     /// What is known of its replay progress (replicas).
     pub(crate) lag: Lag,
+    pub(crate) metrics: NodeMetrics,
 }
 
 /// How to build one node.
@@ -131,6 +141,7 @@ impl Node {
             health: Tracker::new(Arc::clone(health), role == Role::Replica),
             in_flight: AtomicUsize::new(0),
             lag: Lag::default(),
+            metrics: NodeMetrics::new(id.as_str(), role),
         })
     }
 
@@ -160,6 +171,20 @@ impl Node {
 
     pub(crate) fn query_error(&self, route: Route, error: diesel::result::Error) -> Error {
         Error::from_query(self.label.clone(), error, route.is_read_only())
+    }
+
+    /// Brings the node's gauges and counters up to date.
+    pub(crate) fn update_metrics(&self) {
+        let pool = self.pool.status();
+        self.metrics.update(&NodeGauges {
+            size: pool.size,
+            available: pool.available,
+            max_size: pool.max_size,
+            waiting: pool.waiting,
+            up: self.health.is_up(),
+            retried: self.health.retried(),
+            ejections: self.health.ejections(),
+        });
     }
 
     pub(crate) fn status(&self) -> NodeStatus {
@@ -223,7 +248,9 @@ impl Candidate for Arc<Node> {
 }
 
 /// A snapshot of one node, taken by [`ReplicaSet::status`](crate::ReplicaSet::status).
-#[derive(Clone, Debug)]
+/// Serializes with its fields' names; durations as whole milliseconds
+/// (`lag_ms`).
+#[derive(Clone, Debug, Serialize)]
 #[non_exhaustive]
 pub struct NodeStatus {
     /// Its identity, `host:port/database`.
@@ -249,6 +276,7 @@ pub struct NodeStatus {
     /// A replica's time lag at the lag monitor's last sample (0 when it
     /// had replayed all it had received); `None` before the first sample
     /// and for the writer.
+    #[serde(rename = "lag_ms", serialize_with = "as_millis")]
     pub lag: Option<Duration>,
     /// A replica's WAL bytes not yet replayed at the last sample
     /// (PostgreSQL; Aurora reports none).
@@ -264,4 +292,12 @@ pub struct NodeStatus {
     pub available: usize,
     /// Callers waiting for a connection.
     pub waiting: usize,
+}
+
+/// A duration as whole milliseconds.
+fn as_millis<S: Serializer>(value: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(d) => serializer.serialize_some(&u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        None => serializer.serialize_none(),
+    }
 }

@@ -34,6 +34,7 @@ pub fn read_query<'a, R, T, F>(
     repo: &'a R,
     tenant: Option<&'a Tenant>,
     session: Option<&'a ReadYourWrites>,
+    operation: &'static str,
     f: F,
 ) -> impl Future<Output = Result<T, Error>> + Send
 where
@@ -45,7 +46,7 @@ where
     async move {
         let set = set?;
         let scope = tenant.map(|tenant| set.scope(tenant));
-        let call = Call::new(Route::Read, scope.as_ref());
+        let call = Call::new(Route::Read, scope.as_ref()).named(operation);
         diesel_result(set.read_call(call, session, f).await, Route::Read)
     }
 }
@@ -56,6 +57,7 @@ pub fn read<'a, R, T, E, F>(
     repo: &'a R,
     tenant: Option<&'a Tenant>,
     session: Option<&'a ReadYourWrites>,
+    operation: &'static str,
     f: F,
 ) -> impl Future<Output = Result<T, E>> + Send
 where
@@ -68,7 +70,7 @@ where
     async move {
         let set = set.map_err(E::from)?;
         let scope = tenant.map(|tenant| set.scope(tenant));
-        let call = Call::new(Route::Read, scope.as_ref());
+        let call = Call::new(Route::Read, scope.as_ref()).named(operation);
         own_result(set.read_call(call, session, f).await)
     }
 }
@@ -80,6 +82,7 @@ pub fn run_query<'a, R, T, F>(
     route: Route,
     tenant: Option<&'a Tenant>,
     session: Option<&'a ReadYourWrites>,
+    operation: &'static str,
     f: F,
 ) -> impl Future<Output = Result<T, Error>> + Send
 where
@@ -91,7 +94,7 @@ where
     async move {
         let set = set?;
         let scope = tenant.map(|tenant| set.scope(tenant));
-        let call = Call::new(route, scope.as_ref());
+        let call = Call::new(route, scope.as_ref()).named(operation);
         diesel_result(set.writer_call(call, session, f).await, route)
     }
 }
@@ -103,6 +106,7 @@ pub fn run<'a, R, T, E, F>(
     route: Route,
     tenant: Option<&'a Tenant>,
     session: Option<&'a ReadYourWrites>,
+    operation: &'static str,
     f: F,
 ) -> impl Future<Output = Result<T, E>> + Send
 where
@@ -115,7 +119,7 @@ where
     async move {
         let set = set.map_err(E::from)?;
         let scope = tenant.map(|tenant| set.scope(tenant));
-        let call = Call::new(route, scope.as_ref());
+        let call = Call::new(route, scope.as_ref()).named(operation);
         own_result(set.writer_call(call, session, f).await)
     }
 }
@@ -593,6 +597,7 @@ impl<Ret> OwnError<Ret> {
         repo: &'a R,
         tenant: Option<&'a Tenant>,
         session: Option<&'a ReadYourWrites>,
+        operation: &'static str,
         f: F,
     ) -> impl Future<Output = Result<T, E>> + Send
     where
@@ -601,7 +606,7 @@ impl<Ret> OwnError<Ret> {
         T: Send,
         E: From<Error> + Send,
     {
-        read(repo, tenant, session, f)
+        read(repo, tenant, session, operation, f)
     }
 
     /// [`run`].
@@ -611,6 +616,7 @@ impl<Ret> OwnError<Ret> {
         route: Route,
         tenant: Option<&'a Tenant>,
         session: Option<&'a ReadYourWrites>,
+        operation: &'static str,
         f: F,
     ) -> impl Future<Output = Result<T, E>> + Send
     where
@@ -619,7 +625,7 @@ impl<Ret> OwnError<Ret> {
         T: Send,
         E: From<Error> + Send,
     {
-        run(repo, route, tenant, session, f)
+        run(repo, route, tenant, session, operation, f)
     }
 }
 
@@ -643,6 +649,7 @@ impl<E> DieselErrorUnderAlias<E> {
         repo: &'a R,
         tenant: Option<&'a Tenant>,
         session: Option<&'a ReadYourWrites>,
+        operation: &'static str,
         f: F,
     ) -> impl Future<Output = Result<T, E>> + Send
     where
@@ -651,7 +658,7 @@ impl<E> DieselErrorUnderAlias<E> {
         T: Send,
         E: Send,
     {
-        let _ = (repo, tenant, session, f);
+        let _ = (repo, tenant, session, operation, f);
         std::future::pending()
     }
 
@@ -662,6 +669,7 @@ impl<E> DieselErrorUnderAlias<E> {
         route: Route,
         tenant: Option<&'a Tenant>,
         session: Option<&'a ReadYourWrites>,
+        operation: &'static str,
         f: F,
     ) -> impl Future<Output = Result<T, E>> + Send
     where
@@ -670,7 +678,7 @@ impl<E> DieselErrorUnderAlias<E> {
         T: Send,
         E: Send,
     {
-        let _ = (repo, route, tenant, session, f);
+        let _ = (repo, route, tenant, session, operation, f);
         std::future::pending()
     }
 }

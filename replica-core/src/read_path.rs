@@ -8,12 +8,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::{Instrument, Span};
+
 use crate::attempt::{Failed, Failure, attempt};
 use crate::config::HealthConfig;
 use crate::consistency::WriteToken;
 use crate::error::Error;
+use crate::metrics::{self, Fallback};
 use crate::node::{Node, NodeId};
 use crate::route::{Body, Call, ReplayWait};
+use crate::telemetry;
 use crate::topology::Topology;
 
 /// What a read must see, and how it may wait for it.
@@ -39,17 +43,44 @@ pub(crate) async fn read<T, E>(
     let mut last: Option<(&Arc<Node>, Failure<E>)> = None;
     let mut failures = 0;
     let mut may_wait = after.is_some_and(|after| !after.by_time && !after.wait.is_zero());
+    let mut number = 0;
     while let Some((node, replay_wait)) = next(topology, policy, &tried, after, may_wait) {
-        if let Some((previous, failure)) = &last
-            && !matches!(failure, Failure::NotReplayed)
-        {
-            previous.health.count_retry();
+        number += 1;
+        let retry_reason = last.as_ref().map(|(previous, failure)| {
+            if !matches!(failure, Failure::NotReplayed) {
+                previous.health.count_retry();
+            }
+            failure.kind_str()
+        });
+        if let Some(reason) = retry_reason {
+            tracing::debug!(from = %last.as_ref().map_or("", |(n, _)| n.label.as_str()), to = %node.label, reason, "read tried on another node");
+        }
+        if Arc::ptr_eq(node, &topology.writer) && !topology.replicas.is_empty() {
+            let why = if matches!(last, Some((_, Failure::NotReplayed))) {
+                Fallback::NotReplayed
+            } else {
+                Fallback::NoReplica
+            };
+            metrics::writer_fallback(why);
+            Span::current().record("diesel_replica.fallback_to_writer", true);
+            tracing::debug!(
+                reason = why.as_str(),
+                "read falls back to the writer, READ ONLY"
+            );
         }
         let call = Call {
             replay_wait,
             ..call
         };
-        match attempt(node, call, f.clone()).await {
+        let span = telemetry::attempt_span(node, number, retry_reason);
+        let outcome = attempt(node, call, f.clone())
+            .instrument(span.clone())
+            .await;
+        if let Err(failed) = &outcome {
+            span.record("error.type", failed.failure.kind_str());
+        }
+        Span::current().record("diesel_replica.attempts", number);
+        match outcome {
             Ok(value) => {
                 if let Some(wait) = replay_wait {
                     node.lag.replayed_at_least(wait.lsn);

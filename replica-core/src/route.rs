@@ -61,6 +61,16 @@ pub enum Route {
 }
 
 impl Route {
+    /// Its name in spans and metrics.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::ReadFresh => "read_fresh",
+            Self::Transaction => "transaction",
+            Self::Write => "write",
+        }
+    }
+
     /// Whether the body may not write: a write fails it with
     /// [`Error::ReadOnlyViolation`](crate::Error::ReadOnlyViolation).
     pub(crate) fn is_read_only(self) -> bool {
@@ -79,6 +89,8 @@ pub(crate) struct Call<'a> {
     pub(crate) replay_wait: Option<ReplayWait>,
     /// A write: the WAL position a read must reach to see it goes here.
     pub(crate) token_lsn: Option<&'a AtomicU64>,
+    /// The repo method's name, for macro-generated calls.
+    pub(crate) operation: Option<&'static str>,
 }
 
 /// How a read waits on a replica for a write.
@@ -97,6 +109,20 @@ impl<'a> Call<'a> {
             scope,
             replay_wait: None,
             token_lsn: None,
+            operation: None,
         }
+    }
+
+    /// The call named after the repo method that makes it.
+    pub(crate) fn named(self, operation: &'static str) -> Self {
+        Self {
+            operation: Some(operation),
+            ..self
+        }
+    }
+
+    /// The operation's name: the repo method's, else the route's.
+    pub(crate) fn operation(&self) -> &'static str {
+        self.operation.unwrap_or(self.route.as_str())
     }
 }

@@ -12,6 +12,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::AsyncPgConnection;
 use futures_util::future::join_all;
 use tokio::sync::Notify;
+use tracing::Instrument;
 use tracing::instrument::WithSubscriber;
 
 use crate::attempt::{self, Failure, attempt};
@@ -19,11 +20,13 @@ use crate::config::{Config, ConsistencyConfig, Discovery, DiscoverySource, Healt
 use crate::consistency::{ReadYourWrites, WriteToken};
 use crate::discovery;
 use crate::error::{ConfigError, Error, error_chain};
+use crate::metrics;
 use crate::monitor;
 use crate::node::{Node, NodeId, NodeStatus, Role};
 use crate::probes::Probes;
 use crate::read_path::{self, After};
 use crate::route::{AsyncFunc, Body, Call, Route};
+use crate::telemetry;
 use crate::tenant::{Scope, Tenant};
 use crate::topology::{Blueprint, Next, Topology};
 use crate::url::DatabaseUrl;
@@ -213,6 +216,11 @@ impl ReplicaSet {
                     runtime.spawn(
                         watch(Arc::downgrade(&set.inner), source, interval)
                             .with_current_subscriber(),
+                    );
+                }
+                if metrics::ENABLED {
+                    runtime.spawn(
+                        update_metrics(Arc::downgrade(&set.inner)).with_current_subscriber(),
                     );
                 }
                 if !lag_interval.is_zero() {
@@ -430,11 +438,24 @@ impl ReplicaSet {
     /// A snapshot of every node, taken now.
     pub fn status(&self) -> Status {
         let topology = self.topology();
+        let writer = topology.writer.status();
+        let replicas: Vec<NodeStatus> =
+            topology.replicas.iter().map(|node| node.status()).collect();
+        let writer_available = !self.inner.writer_unavailable.load(Ordering::Acquire);
+        let reads_served = replicas.is_empty()
+            || self.inner.health.reads_fall_back_to_writer
+            || replicas
+                .iter()
+                .any(|r| r.health == crate::Health::Up && !r.behind);
         Status {
+            healthy: writer_available
+                && writer.consecutive_failures < self.inner.health.eject_after
+                && reads_served,
+            writer_available,
             generation: topology.generation,
             source: self.inner.source,
-            writer: topology.writer.status(),
-            replicas: topology.replicas.iter().map(|node| node.status()).collect(),
+            writer,
+            replicas,
         }
     }
 
@@ -452,7 +473,14 @@ impl ReplicaSet {
             wait: self.inner.consistency.read_your_writes_wait,
             by_time: self.inner.lag_by_time,
         });
-        read_path::read(&topology, &self.inner.health, call, after, f).await
+        let span = telemetry::call_span(&call, topology.writer.url.database());
+        let result = read_path::read(&topology, &self.inner.health, call, after, f)
+            .instrument(span.clone())
+            .await;
+        if let Err((_, failure)) = &result {
+            span.record("error.type", failure.kind_str());
+        }
+        result
     }
 
     /// Runs a call on the writer, once. While discovery knows no writer,
@@ -471,11 +499,13 @@ impl ReplicaSet {
         f: impl Body<T, E>,
     ) -> Result<T, CallFailure<E>> {
         let writer = Arc::clone(&self.topology().writer);
+        let span = telemetry::call_span(&call, writer.url.database());
         let writes = !call.route.is_read_only();
         if writes && self.inner.writer_unavailable.load(Ordering::Acquire) {
             let error = Error::WriterUnavailable {
                 last: writer.label.clone(),
             };
+            span.record("error.type", error.kind().as_str());
             return Err((writer, Failure::Routing(error)));
         }
         let session = session.filter(|_| writes);
@@ -486,7 +516,16 @@ impl ReplicaSet {
                 .map(|_| &token_lsn),
             ..call
         };
-        let result = attempt(&writer, call, f).await;
+        let attempt_span = telemetry::attempt_span(&writer, 1, None);
+        let result = attempt(&writer, call, f)
+            .instrument(attempt_span.clone())
+            .instrument(span.clone())
+            .await;
+        if let Err(failed) = &result {
+            attempt_span.record("error.type", failed.failure.kind_str());
+            span.record("error.type", failed.failure.kind_str());
+        }
+        span.record("diesel_replica.attempts", 1);
         if let Some(session) = session {
             let unknown = WriteToken::now(WriteToken::UNKNOWN_LSN);
             match &result {
@@ -681,6 +720,22 @@ async fn watch(inner: std::sync::Weak<Inner>, source: Source, interval: Duration
     }
 }
 
+/// Brings every node's gauges and counters up to date every second, until
+/// the set is dropped.
+async fn update_metrics(inner: std::sync::Weak<Inner>) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let topology = inner.topology.load_full();
+        drop(inner);
+        for node in std::iter::once(&topology.writer).chain(&topology.replicas) {
+            node.update_metrics();
+        }
+    }
+}
+
 /// Samples the replicas' lag every `interval`, on connections of its own,
 /// until the set is dropped.
 async fn monitor(inner: std::sync::Weak<Inner>, source: monitor::Source, interval: Duration) {
@@ -732,10 +787,20 @@ pub(crate) fn own_result<T, E: From<Error>>(result: Result<T, CallFailure<E>>) -
 }
 
 /// A snapshot of the replica set, taken by [`ReplicaSet::status`]. It does
-/// not change as the nodes do.
-#[derive(Clone, Debug)]
+/// not change as the nodes do. Serializes (serde) with its fields' names,
+/// for a health endpoint.
+#[derive(Clone, Debug, serde::Serialize)]
 #[non_exhaustive]
 pub struct Status {
+    /// Whether the set can serve: the writer is reachable (discovery knows
+    /// one, and it has failed fewer than `eject_after` times in a row
+    /// since its last success), and reads have somewhere to go (a replica
+    /// that is up and within the lag limit, or reads may fall back to the
+    /// writer, or no replica is configured).
+    pub healthy: bool,
+    /// False while discovery knows no writer: writes fail with
+    /// [`Error::WriterUnavailable`].
+    pub writer_available: bool,
     /// The topology's generation: 0 at start, one more per change.
     pub generation: u64,
     /// Where the nodes come from.

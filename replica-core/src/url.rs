@@ -153,8 +153,19 @@ impl DatabaseUrl {
         Self::check(config, self.tls.clone())
     }
 
-    fn port(&self) -> u16 {
+    /// The server's port, 5432 when none is given.
+    pub(crate) fn port(&self) -> u16 {
         self.config.get_ports().first().copied().unwrap_or(5432)
+    }
+
+    /// The server's host name, address or socket directory.
+    pub(crate) fn host(&self) -> String {
+        match self.config.get_hosts().first() {
+            Some(Host::Tcp(host)) => host.clone(),
+            #[cfg(unix)]
+            Some(Host::Unix(path)) => path.display().to_string(),
+            None => String::new(),
+        }
     }
 
     /// `host:port` of the server, the port defaulting to 5432.

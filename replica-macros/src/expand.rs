@@ -43,6 +43,7 @@ fn method_inner(kind: Kind, args: TokenStream, mut item: ItemFn) -> syn::Result<
     let runner_var = Ident::new("__runner", Span::mixed_site());
     let tenant = tenant(kind, &method.params);
     let session = session(&method.params);
+    let operation = item.sig.ident.to_string();
     let destructure = method.params.iter().filter_map(|param| {
         let name = &param.name;
         param
@@ -88,6 +89,7 @@ fn method_inner(kind: Kind, args: TokenStream, mut item: ItemFn) -> syn::Result<
                 self,
                 #tenant_var,
                 #session_var,
+                #operation,
                 async |#conn: #conn_ty| -> #declared #body,
             ))
         }
@@ -103,6 +105,7 @@ fn method_inner(kind: Kind, args: TokenStream, mut item: ItemFn) -> syn::Result<
                 #p::Route::#route,
                 #tenant_var,
                 #session_var,
+                #operation,
                 async move |#conn: #conn_ty| -> #declared #body,
             ))
         }
