@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use diesel::QueryResult;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
@@ -240,26 +241,31 @@ enum NotReady {
     NotReplayed,
 }
 
-/// Waits, on the server, until a replica has replayed the write, for at
-/// most the bound; fails with `serialization_failure` when it has not (or the
-/// node is not in recovery). Sent before `BEGIN`, in the same round trip:
-/// the wait holds no snapshot.
-fn replay_wait_sql(ReplayWait { lsn, bound }: ReplayWait) -> String {
+/// Checks, on the server, that a replica has replayed the write: fails at
+/// once with `serialization_failure` when it has not (or the node is not in
+/// recovery). Sent before `BEGIN`, in the same round trip. It never waits
+/// there: a statement that waited would hold a snapshot, and a standby's
+/// replay waits for such snapshots (recovery conflicts) up to
+/// `max_standby_streaming_delay`, so the wait would hold back the very
+/// replay it waits for. The client waits between checks instead, with no
+/// statement running.
+fn replay_check_sql(lsn: u64) -> String {
     format!(
-        "DO $diesel_replica$DECLARE deadline timestamptz := \
-         pg_catalog.clock_timestamp() + interval '{ms} milliseconds'; BEGIN \
-         WHILE pg_catalog.pg_last_wal_replay_lsn() IS NULL \
-         OR pg_catalog.pg_last_wal_replay_lsn() < '{high:X}/{low:X}'::pg_lsn LOOP \
+        "DO $diesel_replica$BEGIN \
          IF pg_catalog.pg_last_wal_replay_lsn() IS NULL \
-         OR pg_catalog.clock_timestamp() >= deadline THEN \
+         OR pg_catalog.pg_last_wal_replay_lsn() < '{high:X}/{low:X}'::pg_lsn THEN \
          RAISE EXCEPTION USING ERRCODE = 'serialization_failure', \
          MESSAGE = 'the replica has not replayed the write the read must see'; \
-         END IF; PERFORM pg_catalog.pg_sleep(0.001); END LOOP; END$diesel_replica$",
-        ms = bound.as_millis(),
+         END IF; END$diesel_replica$",
         high = lsn >> 32,
         low = lsn & 0xFFFF_FFFF,
     )
 }
+
+/// The first pause between two replay checks; it doubles up to
+/// [`MAX_REPLAY_PAUSE`].
+const FIRST_REPLAY_PAUSE: Duration = Duration::from_millis(1);
+const MAX_REPLAY_PAUSE: Duration = Duration::from_millis(8);
 
 /// A pooled connection that has answered its first statement: the `BEGIN`
 /// of a transaction, `SELECT 1` for an autocommit write.
@@ -270,16 +276,19 @@ fn replay_wait_sql(ReplayWait { lsn, bound }: ReplayWait) -> String {
 /// pooled) or its node is down: it is dropped with every idle one, and one
 /// new connection is tried. Nothing of the caller's has run yet, so this is
 /// safe for writes too.
-/// With `replay_wait`, the wait comes first in the same batch; a replica
-/// that did not replay in time is [`NotReady::NotReplayed`], and its
-/// connection stays pooled.
+/// With `replay_wait`, a replay check comes first in the same batch; while
+/// it fails, the check is sent again (with the `BEGIN`) after a pause, on
+/// the same connection, until the bound. A replica that did not replay in
+/// time is [`NotReady::NotReplayed`], and its connection stays pooled.
 async fn ready_connection(
     node: &Node,
     route: Route,
     wrap: Wrap,
     replay_wait: Option<ReplayWait>,
 ) -> Result<Object<AsyncPgConnection>, NotReady> {
-    let waiting = replay_wait.map(replay_wait_sql);
+    let checked_begin = replay_wait
+        .zip(wrap.begin)
+        .map(|(wait, begin)| format!("{}; {begin}", replay_check_sql(wait.lsn)));
     let mut last = None;
     for _ in 0..2 {
         let waiting_since = Stopwatch::start();
@@ -291,20 +300,19 @@ async fn ready_connection(
             }
             NotReady::Down(node.checkout_error(e))
         })?;
-        let result = match (wrap.begin, &waiting) {
-            (Some(begin), Some(waiting)) => {
-                let sql = format!("{waiting}; {begin}");
-                AnsiTransactionManager::begin_transaction_sql(&mut *conn, &sql).await
-            }
-            (Some(begin), None) => {
-                AnsiTransactionManager::begin_transaction_sql(&mut *conn, begin).await
-            }
-            (None, _) => SimpleAsyncConnection::batch_execute(&mut *conn, "SELECT 1").await,
+        let result = match (&checked_begin, replay_wait) {
+            (Some(sql), Some(wait)) => wait_for_replay(&mut conn, sql, wait.bound).await,
+            _ => match wrap.begin {
+                Some(begin) => {
+                    AnsiTransactionManager::begin_transaction_sql(&mut *conn, begin).await
+                }
+                None => SimpleAsyncConnection::batch_execute(&mut *conn, "SELECT 1").await,
+            },
         };
         match result {
             Ok(()) => return Ok(conn),
             Err(DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, _))
-                if waiting.is_some() =>
+                if checked_begin.is_some() =>
             {
                 return Err(NotReady::NotReplayed);
             }
@@ -316,6 +324,31 @@ async fn ready_connection(
         }
     }
     Err(NotReady::Down(last.expect("the loop ran")))
+}
+
+/// Sends `checked_begin` (a replay check, then `BEGIN`) until the check
+/// passes or `bound` has passed (the last check is made then), pausing
+/// between tries with no statement running. The last failure is returned
+/// as it is.
+async fn wait_for_replay(
+    conn: &mut AsyncPgConnection,
+    checked_begin: &str,
+    bound: Duration,
+) -> QueryResult<()> {
+    let deadline = tokio::time::Instant::now() + bound;
+    let mut pause = FIRST_REPLAY_PAUSE;
+    loop {
+        match AnsiTransactionManager::begin_transaction_sql(conn, checked_begin).await {
+            Err(DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, _))
+                if tokio::time::Instant::now() < deadline =>
+            {
+                // The last check is made at the deadline.
+                tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause)).await;
+                pause = (pause * 2).min(MAX_REPLAY_PAUSE);
+            }
+            result => return result,
+        }
+    }
 }
 
 /// A checked connection of `node`'s, taken out of its pool for good.
