@@ -11,6 +11,12 @@
 //!   `BEGIN TRANSACTION READ ONLY`, the query, and the end batch that resets
 //!   the session and rolls back (one round trip, as `COMMIT`); the `BEGIN` doubles
 //!   as the check that a pooled connection is alive, so no ping is sent;
+//! - **ours+token** (read-your-writes, the common case): the same read
+//!   through `db.session(&rw).read(..)`, `rw` a request's session holding
+//!   the token of a write made before the clock starts, replicated, and
+//!   seen by the lag monitor: the replica is known to hold the write,
+//!   so the read should cost no round trip more than **ours** (the ratio
+//!   ours+token / ours, target >= 0.97);
 //! - **A** (what a plain pool gives, the headline ratio): a
 //!   `Pool<AsyncPgConnection>` with diesel-async's default recycling
 //!   (`Verified`: a `SELECT 1` before each reuse) running the query in
@@ -24,7 +30,8 @@
 //! Every pool holds `concurrency` connections (ours opens them on connect)
 //! and gets one untimed second of load first. Then `BENCH_ROUNDS` rounds run
 //! each contender for `BENCH_SECS` seconds with `BENCH_CONCURRENCY` tasks
-//! looping on the query, in alternating order (ours, A, B, F / F, B, A, ours)
+//! looping on the query, in alternating order (ours, ours+token, A, B, F /
+//! F, B, A, ours+token, ours)
 //! so that drift on a shared machine hits all alike. Latencies go to
 //! per-task HDR histograms, merged. The client's CPU time per op (Linux
 //! schedstat, all threads of this process) is reported too: it shows what
@@ -46,18 +53,34 @@ use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod, SetupCallback,
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use diesel_replica::ReplicaSet;
+use diesel_replica::{ReadYourWrites, ReplicaSet, WriteToken};
 use hdrhistogram::Histogram;
 use replica_testkit::{Cluster, NodeId, Rng};
 
 const ROWS: i32 = 10_000;
 const QUERY: &str = "SELECT payload FROM bench_items WHERE id = $1";
-const NAMES: [&str; 4] = [
+/// Contenders, in the order of a round (the next round runs them backwards).
+const NAMES: [&str; 5] = [
     "ours: ReplicaSet::read",
+    "ours+token: session(&rw).read",
     "A: plain pool, READ ONLY tx",
     "B: plain pool, bare query",
     "F: plain Fast pool, READ ONLY tx",
 ];
+
+/// Indices of the contenders in [`NAMES`], the rates and the totals.
+const OURS: usize = 0;
+const OURS_TOKEN: usize = 1;
+const A: usize = 2;
+const B: usize = 3;
+const F: usize = 4;
+
+/// Per-round throughput ratios.
+#[derive(Default)]
+struct Rounds {
+    ours_over_a: Vec<f64>,
+    token_over_ours: Vec<f64>,
+}
 
 #[derive(QueryableByName)]
 struct Item {
@@ -76,6 +99,8 @@ async fn point_read(conn: &mut AsyncPgConnection, id: i32) -> QueryResult<Item> 
 #[derive(Clone)]
 enum Contender {
     Ours(ReplicaSet),
+    /// Reads in a session after the write of the token.
+    OursToken(ReplicaSet, WriteToken),
     PlainTx(Pool<AsyncPgConnection>),
     PlainBare(Pool<AsyncPgConnection>),
 }
@@ -87,6 +112,15 @@ impl Contender {
                 .read(async move |conn| point_read(conn, id).await)
                 .await
                 .expect("ours: read"),
+            Self::OursToken(db, token) => {
+                // A request's session, as from the token a client sent
+                // back (`ReadYourWrites::resume` less the parsing).
+                let rw = ReadYourWrites::after(*token);
+                db.session(&rw)
+                    .read(async move |conn| point_read(conn, id).await)
+                    .await
+                    .expect("ours+token: read")
+            }
             Self::PlainTx(pool) => {
                 let mut conn = pool.get().await.expect("A: checkout");
                 conn.build_transaction()
@@ -134,6 +168,40 @@ impl Run {
 
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1_000, 60_000_000_000, 3).expect("valid histogram bounds")
+}
+
+/// The token of a write made through `db` in a session, once the replica
+/// has replayed it and the lag monitor (sampling every `lag_interval`) has
+/// seen it do so: token reads then find the replica known to hold the
+/// write, the common case the bench measures.
+async fn token_of_a_replicated_write(db: &ReplicaSet, lag_interval: Duration) -> WriteToken {
+    let rw = ReadYourWrites::new();
+    db.session(&rw)
+        .transaction(async |conn| {
+            diesel::sql_query("UPDATE bench_items SET payload = payload WHERE id = 1")
+                .execute(conn)
+                .await
+        })
+        .await
+        .expect("the set-up write");
+    let token = rw.token().expect("a write in a session leaves a token");
+    // Two samples after the write, and at least a second.
+    let settle = (2 * lag_interval + Duration::from_millis(200)).max(Duration::from_millis(1200));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    tokio::time::sleep(settle).await;
+    loop {
+        let status = db.status();
+        let replica = &status.replicas[0];
+        if replica.lag_bytes == Some(0) && replica.lag == Some(Duration::ZERO) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica did not catch up with the set-up write: {replica:?}"
+        );
+        tokio::time::sleep(lag_interval).await;
+    }
+    token
 }
 
 /// `concurrency` tasks loop on the query for `secs`, each with its own
@@ -220,7 +288,9 @@ fn main() {
             .replica_pool
             .statement_timeout
             .map_or(0, |t| t.as_millis());
+        let lag_interval = config.consistency.lag_interval;
         let db = ReplicaSet::connect(config).await.expect("connect");
+        let token = token_of_a_replicated_write(&db, lag_interval).await;
         // The same server settings as ours: a `statement_timeout` is a
         // setting any production pool would carry, not routing work.
         let plain_url = format!("{replica_url}?options=-c%20statement_timeout%3D{timeout_ms}");
@@ -250,7 +320,8 @@ fn main() {
             .build()
             .expect("plain fast pool");
         let contenders = [
-            Contender::Ours(db),
+            Contender::Ours(db.clone()),
+            Contender::OursToken(db, token),
             Contender::PlainTx(pool.clone()),
             Contender::PlainBare(pool),
             Contender::PlainTx(fast),
@@ -260,35 +331,40 @@ fn main() {
             run(contender, concurrency, 1.0, 0).await;
         }
 
-        let mut totals = [Run::empty(), Run::empty(), Run::empty(), Run::empty()];
-        let mut round_ratios = Vec::new();
+        let mut totals = [(); NAMES.len()].map(|()| Run::empty());
+        let mut rounds_seen = Rounds::default();
         for round in 0..rounds {
-            let order = if round % 2 == 0 {
-                [0, 1, 2, 3]
-            } else {
-                [3, 2, 1, 0]
-            };
-            let mut rates = [0.0; 4];
+            let mut order: [usize; NAMES.len()] = std::array::from_fn(|i| i);
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            let mut rates = [0.0; NAMES.len()];
             for i in order {
-                let seed = (round * 4 + i + 1) as u64;
+                let seed = (round * NAMES.len() + i + 1) as u64;
                 let r = run(&contenders[i], concurrency, secs, seed).await;
                 rates[i] = r.ops as f64 / r.secs;
                 totals[i].add(&r);
             }
             println!(
-                "round {}: ours {:.0} ops/s, A {:.0} ops/s, B {:.0} ops/s, F {:.0} ops/s, \
-                 ours/A {:.3}, ours/F {:.3}",
+                "round {}: ours {:.0} ops/s, ours+token {:.0} ops/s, A {:.0} ops/s, \
+                 B {:.0} ops/s, F {:.0} ops/s, ours/A {:.3}, ours/F {:.3}, \
+                 ours+token/ours {:.3}",
                 round + 1,
-                rates[0],
-                rates[1],
-                rates[2],
-                rates[3],
-                rates[0] / rates[1],
-                rates[0] / rates[3]
+                rates[OURS],
+                rates[OURS_TOKEN],
+                rates[A],
+                rates[B],
+                rates[F],
+                rates[OURS] / rates[A],
+                rates[OURS] / rates[F],
+                rates[OURS_TOKEN] / rates[OURS]
             );
-            round_ratios.push(rates[0] / rates[1]);
+            rounds_seen.ours_over_a.push(rates[OURS] / rates[A]);
+            rounds_seen
+                .token_over_ours
+                .push(rates[OURS_TOKEN] / rates[OURS]);
         }
-        report(concurrency, secs, rounds, &totals, &round_ratios);
+        report(concurrency, secs, rounds, &totals, &rounds_seen);
     });
     drop(runtime);
     drop(cluster);
@@ -341,7 +417,7 @@ fn tls_setup(ca: &std::path::Path) -> SetupCallback<AsyncPgConnection> {
     })
 }
 
-fn report(concurrency: usize, secs: f64, rounds: usize, totals: &[Run], round_ratios: &[f64]) {
+fn report(concurrency: usize, secs: f64, rounds: usize, totals: &[Run], per_round: &Rounds) {
     let rate = |r: &Run| r.ops as f64 / r.secs;
     let micros = |r: &Run, q: f64| r.hist.value_at_quantile(q) as f64 / 1000.0;
     let cpu_us = |r: &Run| r.cpu_ns as f64 / r.ops as f64 / 1000.0;
@@ -363,23 +439,34 @@ fn report(concurrency: usize, secs: f64, rounds: usize, totals: &[Run], round_ra
             cpu_us(r)
         );
     }
-    let ours_a = rate(&totals[0]) / rate(&totals[1]);
-    let ours_b = rate(&totals[0]) / rate(&totals[2]);
-    let ours_f = rate(&totals[0]) / rate(&totals[3]);
-    let mut sorted = round_ratios.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let (min, max) = (sorted[0], sorted[sorted.len() - 1]);
-    let median = sorted[sorted.len() / 2];
-    let shown: Vec<String> = round_ratios.iter().map(|r| format!("{r:.3}")).collect();
-    println!(
-        "ours/A throughput: {ours_a:.3} (target >= 0.97); per round {min:.3}..{max:.3}, \
-         median {median:.3}: {}",
-        shown.join(" ")
-    );
+    let ours = rate(&totals[OURS]);
+    let ours_a = ours / rate(&totals[A]);
+    let ours_b = ours / rate(&totals[B]);
+    let ours_f = ours / rate(&totals[F]);
+    let token_ours = rate(&totals[OURS_TOKEN]) / ours;
+    let spread = |ratios: &[f64]| {
+        let mut sorted = ratios.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let (min, max) = (sorted[0], sorted[sorted.len() - 1]);
+        let median = sorted[sorted.len() / 2];
+        let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+        let line = format!(
+            "per round {min:.3}..{max:.3}, median {median:.3}: {}",
+            shown.join(" ")
+        );
+        (median, line)
+    };
+    let (median_a, rounds_a) = spread(&per_round.ours_over_a);
+    let (median_token, rounds_token) = spread(&per_round.token_over_ours);
+    println!("ours/A throughput: {ours_a:.3} (target >= 0.97); {rounds_a}");
     println!("ours/B throughput: {ours_b:.3} (B runs no transaction: 2 round trips fewer)");
     println!(
         "ours/F throughput: {ours_f:.3} (F: the same round trips as ours, with no routing, \
          health or retry: the cost of the layer)"
+    );
+    println!(
+        "ours+token/ours throughput: {token_ours:.3} (target >= 0.97: a token the replica is \
+         known to hold costs no round trip); {rounds_token}"
     );
     let contender = |r: &Run| {
         serde_json::json!({
@@ -396,15 +483,19 @@ fn report(concurrency: usize, secs: f64, rounds: usize, totals: &[Run], round_ra
         "concurrency": concurrency,
         "secs_per_run": secs,
         "rounds": rounds,
-        "ours": contender(&totals[0]),
-        "baseline_a_plain_pool_read_only_tx": contender(&totals[1]),
-        "baseline_b_plain_pool_bare_query": contender(&totals[2]),
-        "baseline_f_plain_fast_pool_read_only_tx": contender(&totals[3]),
+        "ours": contender(&totals[OURS]),
+        "ours_token": contender(&totals[OURS_TOKEN]),
+        "baseline_a_plain_pool_read_only_tx": contender(&totals[A]),
+        "baseline_b_plain_pool_bare_query": contender(&totals[B]),
+        "baseline_f_plain_fast_pool_read_only_tx": contender(&totals[F]),
         "ratio_ours_over_f": ours_f,
         "ratio_ours_over_a": ours_a,
         "ratio_ours_over_b": ours_b,
-        "round_ratios_ours_over_a": round_ratios,
-        "round_ratio_median_ours_over_a": median,
+        "ratio_ours_token_over_ours": token_ours,
+        "round_ratios_ours_over_a": per_round.ours_over_a,
+        "round_ratio_median_ours_over_a": median_a,
+        "round_ratios_ours_token_over_ours": per_round.token_over_ours,
+        "round_ratio_median_ours_token_over_ours": median_token,
     });
     println!("{json}");
 }

@@ -34,9 +34,18 @@ pub(crate) struct Args {
     )]
     pub(crate) concurrency: u32,
 
-    /// Fraction of operations that are reads, from 0 (only writes) to 1 (only reads).
-    #[arg(long, value_name = "R", default_value_t = 0.9, value_parser = parse_read_ratio)]
-    pub(crate) read_ratio: f64,
+    /// Fraction of operations that are reads, from 0 (only writes) to 1 (only
+    /// reads) [default: 0.9].
+    #[arg(long, value_name = "R", value_parser = parse_read_ratio)]
+    pub(crate) read_ratio: Option<f64>,
+
+    /// Each operation writes a row of its task's own in a read-your-writes
+    /// session, then reads it back, given the write's token (carried as a
+    /// string), through a read-only repo method; counts "stale_reads" and
+    /// adds a "read_your_writes" object to the JSON. Not with --read-ratio,
+    /// --tenants or --fail-over-at.
+    #[arg(long)]
+    pub(crate) read_your_writes: bool,
 
     /// Ignore the environment and start a throwaway local cluster with N
     /// streaming replicas (needs the PostgreSQL server binaries); it is
@@ -77,10 +86,22 @@ pub(crate) struct Args {
     pub(crate) tenants: u32,
 }
 
+/// The fraction of reads without `--read-ratio`.
+pub(crate) const DEFAULT_READ_RATIO: f64 = 0.9;
+
 impl Args {
+    /// The fraction of operations that are reads (`--read-ratio`, else
+    /// [`DEFAULT_READ_RATIO`]); with `--read-your-writes`, which pairs each
+    /// write with a read, unused.
+    pub(crate) fn read_ratio(&self) -> f64 {
+        self.read_ratio.unwrap_or(DEFAULT_READ_RATIO)
+    }
+
     /// Checks what clap cannot: the fault and failover flags against each
-    /// other, `--local` and `--duration`.
+    /// other, `--local` and `--duration`; `--read-your-writes` against the
+    /// mix of operations and tenants.
     pub(crate) fn check(&self) -> Result<(), String> {
+        self.check_read_your_writes()?;
         self.check_failover()?;
         let (kill, restart) = (self.kill_replica_at, self.restart_replica_at);
         if kill.is_none() && restart.is_none() {
@@ -128,6 +149,38 @@ impl Args {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// Checks `--read-your-writes` against the flags that choose what each
+    /// operation does.
+    fn check_read_your_writes(&self) -> Result<(), String> {
+        if !self.read_your_writes {
+            return Ok(());
+        }
+        if let Some(ratio) = self.read_ratio {
+            return Err(format!(
+                "--read-your-writes cannot be combined with --read-ratio {ratio}: each of its \
+                 operations is a write followed by a read of the row written (one read per \
+                 write); drop --read-ratio"
+            ));
+        }
+        if self.tenants > 0 {
+            return Err(format!(
+                "--read-your-writes cannot be combined with --tenants {}: its operations run \
+                 on the untenanted loadgen_items only",
+                self.tenants
+            ));
+        }
+        if self.fail_over_at.is_some() {
+            return Err(
+                "--read-your-writes cannot be combined with --fail-over-at: every operation \
+                 starts with a write, and while no writer is known writes fail at once, so the \
+                 tasks would spin on writer_unavailable errors (millions a second) instead of \
+                 measuring the failover"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 
     /// Checks `--fail-over-at` and `--promote-after-ms` against the other
@@ -300,6 +353,48 @@ mod tests {
         ])
         .unwrap_err();
         assert!(error.contains("promotes at 5 s"), "{error}");
+    }
+
+    #[test]
+    fn read_your_writes_stands_alone_or_with_a_replica_fault() {
+        let args = checked(&["--local", "2", "--read-your-writes"]).unwrap();
+        assert!(args.read_your_writes);
+        assert_eq!(args.read_ratio, None);
+        checked(&["--local", "2", "--read-your-writes", "--timeline"]).unwrap();
+        checked(&[
+            "--local",
+            "2",
+            "--read-your-writes",
+            "--kill-replica-at",
+            "2",
+        ])
+        .unwrap();
+        checked(&["--local", "2", "--read-your-writes", "--tenants", "0"]).unwrap();
+        // Without it, the mix is as before.
+        assert_eq!(checked(&[]).unwrap().read_ratio(), DEFAULT_READ_RATIO);
+        assert_eq!(checked(&["--read-ratio", "0.5"]).unwrap().read_ratio(), 0.5);
+    }
+
+    #[test]
+    fn read_your_writes_refuses_a_read_ratio_tenants_and_a_failover() {
+        for ratio in ["0.9", "1", "0"] {
+            let error = checked(&["--read-your-writes", "--read-ratio", ratio]).unwrap_err();
+            assert!(
+                error.contains("cannot be combined with --read-ratio"),
+                "{error}"
+            );
+        }
+        let error = checked(&["--local", "2", "--read-your-writes", "--tenants", "3"]).unwrap_err();
+        assert!(
+            error.contains("cannot be combined with --tenants 3"),
+            "{error}"
+        );
+        let error =
+            checked(&["--local", "2", "--read-your-writes", "--fail-over-at", "3"]).unwrap_err();
+        assert!(
+            error.contains("cannot be combined with --fail-over-at"),
+            "{error}"
+        );
     }
 
     #[test]

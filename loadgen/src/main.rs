@@ -14,6 +14,7 @@ mod args;
 mod failover;
 mod faults;
 mod nodes;
+mod own_writes;
 mod repo;
 mod report;
 mod setup;
@@ -117,11 +118,24 @@ fn run(args: &Args, cluster: &mut Option<Arc<Cluster>>) -> Result<Value, Fatal> 
 async fn load(args: &Args, config: Config, cluster: Option<Arc<Cluster>>) -> Result<Value, Fatal> {
     let (db, replicas) = setup::connect(config).await?;
     let (ids, tenants) = setup::prepare(&db, args).await?;
+    if args.read_your_writes {
+        own_writes::check_rows(ids, args.concurrency)?;
+    }
 
-    eprintln!(
-        "loadgen: running {}s, concurrency {}, read ratio {}",
-        args.duration, args.concurrency, args.read_ratio
-    );
+    if args.read_your_writes {
+        eprintln!(
+            "loadgen: running {}s, concurrency {}, read-your-writes: each operation writes a \
+             row and reads it back with the write's token",
+            args.duration, args.concurrency
+        );
+    } else {
+        eprintln!(
+            "loadgen: running {}s, concurrency {}, read ratio {}",
+            args.duration,
+            args.concurrency,
+            args.read_ratio()
+        );
+    }
     // `check` made sure that faults and the failover come with a local
     // cluster of at least one replica, and not together.
     // (`<[_]>::first` spelled out: diesel-async's `RunQueryDsl::first`

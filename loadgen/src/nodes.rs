@@ -32,6 +32,9 @@ struct Counts {
 /// What each node of the set counted since the start of the run.
 pub(crate) struct NodeTally {
     nodes: HashMap<NodeKey, Counts>,
+    /// The largest replica lag the set reported during the run (its lag
+    /// monitor's samples), if it reported any.
+    max_replica_lag: Option<Duration>,
 }
 
 impl NodeTally {
@@ -49,7 +52,10 @@ impl NodeTally {
                 ((node.name.clone(), node.address.clone()), counts)
             })
             .collect();
-        Self { nodes }
+        Self {
+            nodes,
+            max_replica_lag: None,
+        }
     }
 
     /// Adds what the nodes of `status` counted since they were last seen;
@@ -65,6 +71,13 @@ impl NodeTally {
             counts.total.1 += grown(counts.last.1, now.1);
             counts.last = now;
         }
+        let lag = status.replicas.iter().filter_map(|node| node.lag).max();
+        self.max_replica_lag = self.max_replica_lag.max(lag);
+    }
+
+    /// The largest replica lag seen since the start, if any was sampled.
+    pub(crate) fn max_replica_lag(&self) -> Option<Duration> {
+        self.max_replica_lag
     }
 
     /// `(retries, ejections)` since the start by `host:port`, summed over

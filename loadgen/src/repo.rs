@@ -2,9 +2,9 @@
 //! row says which server ran the query, as the server reports it.
 
 use diesel::QueryableByName;
-use diesel::sql_types::{BigInt, Integer, Nullable, Text};
+use diesel::sql_types::{BigInt, Bool, Integer, Nullable, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use diesel_replica::{ReplicaSet, ReplicatedRepo, Tenant, read_only, write};
+use diesel_replica::{ReadYourWrites, ReplicaSet, ReplicatedRepo, Tenant, read_only, write};
 use replica_testkit::server_columns;
 
 // Each query returns the server that ran it, as the server sees it (see
@@ -21,6 +21,13 @@ pub(crate) const READ_ITEM: &str = concat!(
 pub(crate) const WRITE_ITEM: &str = concat!(
     "UPDATE loadgen_items SET payload = $1, updated_at = now() WHERE id = $2 RETURNING ",
     server_columns!()
+);
+// With `--read-your-writes`: the read also says whether the server is a
+// replica (in recovery) or the writer.
+pub(crate) const READ_OWN_WRITE: &str = concat!(
+    "SELECT payload, pg_catalog.pg_is_in_recovery() AS in_recovery, ",
+    server_columns!(),
+    " FROM loadgen_items WHERE id = $1"
 );
 // The same with `--tenants`, in the tenant's own `loadgen_items`, also
 // returning the tenant that the row belongs to.
@@ -70,6 +77,39 @@ impl Items {
             .await
     }
 
+    /// Rewrites one row, on the writer, recording the write's token in
+    /// `rw` (with `--read-your-writes`).
+    #[write]
+    pub(crate) async fn touch_in(
+        &self,
+        conn: &mut AsyncPgConnection,
+        rw: &ReadYourWrites,
+        id: i64,
+        payload: &str,
+    ) -> diesel::QueryResult<NodeRow> {
+        diesel::sql_query(WRITE_ITEM)
+            .bind::<Text, _>(payload)
+            .bind::<BigInt, _>(id)
+            .get_result(conn)
+            .await
+    }
+
+    /// One row by id where the write of `rw`'s token is visible: a replica
+    /// known to have replayed it (or that does so within the library's
+    /// wait), else the writer (with `--read-your-writes`).
+    #[read_only]
+    pub(crate) async fn item_after(
+        &self,
+        conn: &mut AsyncPgConnection,
+        rw: &ReadYourWrites,
+        id: i64,
+    ) -> diesel::QueryResult<OwnReadRow> {
+        diesel::sql_query(READ_OWN_WRITE)
+            .bind::<BigInt, _>(id)
+            .get_result(conn)
+            .await
+    }
+
     /// One row by id in `tenant`'s schema, on a replica.
     #[read_only]
     pub(crate) async fn tenant_item(
@@ -112,6 +152,18 @@ pub(crate) struct ReadRow {
         reason = "fetched like an application would, never inspected"
     )]
     pub(crate) payload: String,
+    #[diesel(embed)]
+    pub(crate) node: NodeRow,
+}
+
+/// The row a read-your-writes read returns: what it saw, and where.
+#[derive(QueryableByName)]
+pub(crate) struct OwnReadRow {
+    #[diesel(sql_type = Text)]
+    pub(crate) payload: String,
+    /// Served by a replica (else the writer).
+    #[diesel(sql_type = Bool)]
+    pub(crate) in_recovery: bool,
     #[diesel(embed)]
     pub(crate) node: NodeRow,
 }

@@ -10,6 +10,7 @@ use serde_json::{Map, Value, json};
 use crate::failover::{FailoverClock, WriteTimeline};
 use crate::faults::FaultClock;
 use crate::nodes::NodeTally;
+use crate::own_writes::TokenReads;
 use crate::repo::node_key;
 
 /// Largest latency the histograms hold (a minute); larger ones count as it.
@@ -33,12 +34,15 @@ pub(crate) struct Stats {
     pub(crate) timeline: Option<Timeline>,
     /// With `--fail-over-at`.
     pub(crate) failover: Option<WriteTimeline>,
+    /// With `--read-your-writes`.
+    pub(crate) token_reads: Option<TokenReads>,
 }
 
 impl Stats {
-    /// Counts from zero, with a timeline if asked for and the failover's
-    /// one with `failover`.
-    pub(crate) fn new(timeline: bool, failover: bool) -> Self {
+    /// Counts from zero, with a timeline if asked for, the failover's one
+    /// with `failover`, and what the token reads saw with
+    /// `read_your_writes`.
+    pub(crate) fn new(timeline: bool, failover: bool, read_your_writes: bool) -> Self {
         Self {
             reads_ok: 0,
             reads_err: 0,
@@ -51,6 +55,7 @@ impl Stats {
                 .expect("constant bounds are valid"),
             timeline: timeline.then(Timeline::default),
             failover: failover.then(WriteTimeline::default),
+            token_reads: read_your_writes.then(TokenReads::new),
         }
     }
 
@@ -79,6 +84,11 @@ impl Stats {
         match (&mut self.failover, other.failover) {
             (Some(failover), Some(other)) => failover.merge(other),
             (None, other) => self.failover = other,
+            (Some(_), None) => {}
+        }
+        match (&mut self.token_reads, other.token_reads) {
+            (Some(token_reads), Some(other)) => token_reads.merge(&other),
+            (None, other) => self.token_reads = other,
             (Some(_), None) => {}
         }
     }
@@ -117,6 +127,7 @@ impl Stats {
             "read_p99_us": quantile(0.99),
             "errors": errors,
             "cross_tenant_violations": self.cross_tenant_violations,
+            "stale_reads": self.token_reads.as_ref().map(|t| t.stale),
             "duration_s": (elapsed_s * 1000.0).round() / 1000.0,
             "reads_per_s": rate(self.reads_ok),
             "writes_per_s": rate(self.writes_ok),
@@ -277,6 +288,11 @@ pub(crate) fn summarize(
 ) -> Value {
     let mut summary = totals.summary(elapsed_s);
     summary["tenants"] = json!(tenants);
+    summary["max_replica_lag_ms"] = json!(
+        tally
+            .max_replica_lag()
+            .map(|lag| u64::try_from(lag.as_millis()).unwrap_or(u64::MAX))
+    );
     add_node_health(&mut summary, tally);
     if let Some(timeline) = &totals.timeline {
         summary["timeline"] = timeline.to_json(elapsed_s);
@@ -286,6 +302,14 @@ pub(crate) fn summarize(
     }
     if let Some(failover) = failover {
         summary["failover"] = failover.to_json(totals.failover.as_ref(), elapsed_s);
+    }
+    if let Some(token_reads) = &totals.token_reads {
+        summary["read_your_writes"] = token_reads.to_json();
+        let lag = match tally.max_replica_lag() {
+            Some(lag) => format!("; replica lag up to {} ms", lag.as_millis()),
+            None => String::new(),
+        };
+        eprintln!("loadgen: read-your-writes: {}{lag}", token_reads.line());
     }
     let latency = match (
         summary["read_p50_us"].as_u64(),

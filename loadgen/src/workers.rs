@@ -13,7 +13,8 @@ use crate::Fatal;
 use crate::args::Args;
 use crate::failover::FailoverClock;
 use crate::faults::FaultClock;
-use crate::repo::Items;
+use crate::own_writes;
+use crate::repo::{Items, NodeRow};
 use crate::report::{Chain, Stats, bucket};
 use crate::setup::Ids;
 
@@ -60,16 +61,25 @@ fn pick_id(rng: &mut Rng, ids: Ids) -> i64 {
 
 /// What one worker task owns.
 pub(crate) struct Worker {
-    db: Items,
-    task: u32,
+    pub(crate) db: Items,
+    pub(crate) task: u32,
     rng: Rng,
     ids: Ids,
     /// With `--tenants`: the tenants and their ids; each operation picks
     /// one. Empty: untenanted, on `ids`.
     tenants: Arc<[(Tenant, Ids)]>,
     read_ratio: f64,
+    /// With `--read-your-writes`: each operation writes a row of this
+    /// task's own and reads it back with the write's token.
+    read_your_writes: bool,
+    /// `--concurrency`: with `--read-your-writes`, task `task` owns the ids
+    /// `ids.lo + task + k * tasks`.
+    tasks: u32,
+    /// This run's seed, in the values written with `--read-your-writes`,
+    /// so that no earlier run's value passes for this run's.
+    pub(crate) run: u64,
     /// When the clock started, for the timeline and the fault times.
-    start: Instant,
+    pub(crate) start: Instant,
     deadline: Instant,
     live: Arc<Live>,
     /// Kinds of error already printed, so that each is printed once.
@@ -89,11 +99,52 @@ pub(crate) enum Op {
     Write,
 }
 
+impl Worker {
+    /// Counts a successful read served by `node` that took `took` and
+    /// ended at `done`.
+    pub(crate) fn read_ok(&self, stats: &mut Stats, node: &NodeRow, took: Duration, done: Instant) {
+        stats
+            .read_latency_us
+            .saturating_record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+        stats.reads_ok += 1;
+        stats.per_node.entry(node.key()).or_default().0 += 1;
+        self.live.reads.fetch_add(1, Ordering::Relaxed);
+        if let Some(timeline) = &mut stats.timeline {
+            timeline.read(bucket(self.start, done), node.host.as_deref(), node.port);
+        }
+        if let Some(faults) = &self.faults {
+            faults.saw_read(node.host.as_deref(), node.port, done);
+        }
+    }
+
+    /// Counts a successful write served by `node` that ended at `done`.
+    pub(crate) fn write_ok(&self, stats: &mut Stats, node: &NodeRow, done: Instant) {
+        stats.writes_ok += 1;
+        stats.per_node.entry(node.key()).or_default().1 += 1;
+        self.live.writes.fetch_add(1, Ordering::Relaxed);
+        if let Some(timeline) = &mut stats.timeline {
+            timeline.write(bucket(self.start, done));
+        }
+        if let Some(timeline) = &mut stats.failover {
+            timeline.write_ok(bucket(self.start, done));
+        }
+        if let Some(failover) = &self.failover {
+            failover.saw_write(node.host.as_deref(), node.port, done);
+        }
+    }
+}
+
 /// One task: reads and writes back to back until the deadline.
 pub(crate) async fn worker(mut w: Worker) -> Stats {
-    let mut stats = Stats::new(w.timeline, w.failover.is_some());
+    let mut stats = Stats::new(w.timeline, w.failover.is_some(), w.read_your_writes);
     let mut n = 0u64;
     while Instant::now() < w.deadline {
+        if w.read_your_writes {
+            n += 1;
+            let id = own_writes::owned_id(&mut w.rng, w.ids, w.task, w.tasks);
+            own_writes::operation(&w, &mut stats, id, n).await;
+            continue;
+        }
         let (tenant, ids) = if w.tenants.is_empty() {
             (None, w.ids)
         } else {
@@ -112,22 +163,10 @@ pub(crate) async fn worker(mut w: Worker) -> Stats {
                 None => w.db.item(id).await.map(|row| (row.node, None)),
             };
             let done = Instant::now();
-            let micros = done.duration_since(started).as_micros();
             match result {
                 Ok((row, owner)) => {
                     check_owner(&mut stats, &w, tenant, owner.as_deref(), "read", id, done);
-                    stats
-                        .read_latency_us
-                        .saturating_record(u64::try_from(micros).unwrap_or(u64::MAX));
-                    stats.reads_ok += 1;
-                    stats.per_node.entry(row.key()).or_default().0 += 1;
-                    w.live.reads.fetch_add(1, Ordering::Relaxed);
-                    if let Some(timeline) = &mut stats.timeline {
-                        timeline.read(bucket(w.start, done), row.host.as_deref(), row.port);
-                    }
-                    if let Some(faults) = &w.faults {
-                        faults.saw_read(row.host.as_deref(), row.port, done);
-                    }
+                    w.read_ok(&mut stats, &row, done.duration_since(started), done);
                 }
                 Err(e) => {
                     stats.reads_err += 1;
@@ -149,18 +188,7 @@ pub(crate) async fn worker(mut w: Worker) -> Stats {
             match result {
                 Ok((row, owner)) => {
                     check_owner(&mut stats, &w, tenant, owner.as_deref(), "write", id, done);
-                    stats.writes_ok += 1;
-                    stats.per_node.entry(row.key()).or_default().1 += 1;
-                    w.live.writes.fetch_add(1, Ordering::Relaxed);
-                    if let Some(timeline) = &mut stats.timeline {
-                        timeline.write(bucket(w.start, done));
-                    }
-                    if let Some(timeline) = &mut stats.failover {
-                        timeline.write_ok(bucket(w.start, done));
-                    }
-                    if let Some(failover) = &w.failover {
-                        failover.saw_write(row.host.as_deref(), row.port, done);
-                    }
+                    w.write_ok(&mut stats, &row, done);
                 }
                 Err(e) => {
                     stats.writes_err += 1;
@@ -241,6 +269,7 @@ pub(crate) struct Running {
     start: Instant,
     timeline: bool,
     failover: bool,
+    read_your_writes: bool,
 }
 
 /// The clocks the workers report to, if any.
@@ -276,7 +305,10 @@ pub(crate) fn spawn(
                 rng: Rng::new(seed ^ u64::from(task)),
                 ids,
                 tenants: tenants.clone(),
-                read_ratio: args.read_ratio,
+                read_ratio: args.read_ratio(),
+                read_your_writes: args.read_your_writes,
+                tasks: args.concurrency,
+                run: seed,
                 start,
                 deadline,
                 live: live.clone(),
@@ -293,6 +325,7 @@ pub(crate) fn spawn(
         start,
         timeline: args.timeline,
         failover: clocks.failover.is_some(),
+        read_your_writes: args.read_your_writes,
     }
 }
 
@@ -301,7 +334,7 @@ impl Running {
     /// the run's length in seconds (operations still running at the
     /// deadline included).
     pub(crate) async fn join(self) -> Result<(Stats, f64), Fatal> {
-        let mut totals = Stats::new(self.timeline, self.failover);
+        let mut totals = Stats::new(self.timeline, self.failover, self.read_your_writes);
         let mut panicked = None;
         for handle in self.workers {
             match handle.await {
