@@ -142,9 +142,14 @@ fn next<'t>(
         && token.lsn != WriteToken::UNKNOWN_LSN
         && let Some(node) = choose(topology, usable)
     {
+        // The wait is part of the attempt, which its node's time limit
+        // bounds: half of it at most, so that a wait is never a timeout.
+        let bound = node
+            .attempt_timeout
+            .map_or(after.wait, |limit| after.wait.min(limit / 2));
         let wait = ReplayWait {
             lsn: token.lsn,
-            bound: after.wait,
+            bound,
         };
         return Some((node, Some(wait)));
     }
