@@ -98,7 +98,8 @@ pub(crate) struct NodeGauges {
 }
 
 impl NodeMetrics {
-    pub(crate) fn new(node: &str, role: crate::node::Role) -> Self {
+    /// `role` is `writer` or `replica`.
+    pub(crate) fn new(node: &str, role: &'static str) -> Self {
         #[cfg(not(feature = "metrics"))]
         let _ = (node, role);
         Self {
@@ -155,7 +156,6 @@ mod on {
     use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
     use super::NodeGauges;
-    use crate::node::Role;
     use crate::route::Route;
 
     pub(super) const POOL: &str = "db.client.connection.pool.name";
@@ -184,7 +184,7 @@ mod on {
     }
 
     impl Handles {
-        pub(super) fn new(node: &str, role: Role) -> Self {
+        pub(super) fn new(node: &str, role: &'static str) -> Self {
             let duration = |route: &'static str, outcome: &'static str| {
                 histogram!(
                     "db.client.operation.duration",
@@ -194,10 +194,6 @@ mod on {
                 )
             };
             let routes = ["read", "read_fresh", "transaction", "write"];
-            let role = match role {
-                Role::Writer => "writer",
-                Role::Replica => "replica",
-            };
             let count = |state: &'static str| {
                 gauge!(
                     "db.client.connection.count",

@@ -40,12 +40,19 @@ pub enum Role {
     Replica,
 }
 
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Role {
+    /// `writer` or `replica`.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Self::Writer => "writer",
             Self::Replica => "replica",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -141,7 +148,7 @@ impl Node {
             health: Tracker::new(Arc::clone(health), role == Role::Replica),
             in_flight: AtomicUsize::new(0),
             lag: Lag::default(),
-            metrics: NodeMetrics::new(id.as_str(), role),
+            metrics: NodeMetrics::new(id.as_str(), role.as_str()),
         })
     }
 
