@@ -19,10 +19,13 @@ use replica_testkit::{Cluster, NodeId};
 fn main() -> ExitCode {
     common::run_one_at_a_time(
         2,
-        "CREATE TABLE kv (k int PRIMARY KEY, v int NOT NULL)",
+        "CREATE TABLE kv (k int PRIMARY KEY, v int NOT NULL); \
+         CREATE TABLE rows (id int PRIMARY KEY, payload text NOT NULL); \
+         INSERT INTO rows SELECT i, 'seed' FROM generate_series(0, 999) AS i",
         tests![
             a_plain_read_on_a_paused_replica_is_stale,
             tokens_carried_between_sets_never_read_stale,
+            token_reads_keep_up_with_an_update_load,
             a_replica_behind_the_lag_limit_gets_no_reads_until_it_catches_up,
             lag_stays_zero_on_an_idle_primary,
             hostile_tokens_never_panic_nor_read_stale,
@@ -257,6 +260,96 @@ async fn tokens_carried_between_sets_never_read_stale(cluster: Arc<Cluster>) {
     assert!(replicas > 0, "replicas serve token reads");
     assert!(writer > 0, "with both replicas paused, the writer serves");
     cluster.wait_for_replication().unwrap();
+}
+
+/// Rewrites rows (so the primary prunes their old versions, which
+/// replicas replay as conflicts with running queries' snapshots) and reads
+/// each back with its token: waiting for a replica must not hold back its
+/// replay, so the replicas keep up and serve the token reads.
+async fn token_reads_keep_up_with_an_update_load(cluster: Arc<Cluster>) {
+    let db = ReplicaSet::connect(cluster.load_config(16)).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(4);
+    let (on_replicas, on_writer, stale) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let tasks: Vec<_> = (0..16)
+        .map(|task| {
+            let db = db.clone();
+            let (on_replicas, on_writer, stale) =
+                (on_replicas.clone(), on_writer.clone(), stale.clone());
+            tokio::spawn(async move {
+                let mut op = 0;
+                while Instant::now() < until {
+                    let id = task + 16 * (op % 60);
+                    let payload = format!("{task}-{op}");
+                    let rw = ReadYourWrites::new();
+                    let written = payload.clone();
+                    db.session(&rw)
+                        .transaction(async move |conn| {
+                            diesel::sql_query("UPDATE rows SET payload = $1 WHERE id = $2")
+                                .bind::<diesel::sql_types::Text, _>(written)
+                                .bind::<Integer, _>(id)
+                                .execute(conn)
+                                .await
+                        })
+                        .await
+                        .unwrap();
+                    let carried =
+                        ReadYourWrites::resume(Some(&rw.token().unwrap().to_string())).unwrap();
+                    let (read, in_recovery): (String, bool) = db
+                        .session(&carried)
+                        .read(async move |conn| {
+                            diesel::select((
+                                diesel::dsl::sql::<diesel::sql_types::Text>(&format!(
+                                    "(SELECT payload FROM rows WHERE id = {id})"
+                                )),
+                                diesel::dsl::sql::<Bool>("pg_is_in_recovery()"),
+                            ))
+                            .get_result(conn)
+                            .await
+                        })
+                        .await
+                        .unwrap();
+                    if read != payload {
+                        AtomicUsize::fetch_add(&stale, 1, Ordering::Relaxed);
+                    }
+                    let counter = if in_recovery {
+                        &on_replicas
+                    } else {
+                        &on_writer
+                    };
+                    AtomicUsize::fetch_add(counter, 1, Ordering::Relaxed);
+                    op += 1;
+                }
+            })
+        })
+        .collect();
+    let mut max_lag = Duration::ZERO;
+    while Instant::now() < until {
+        for replica in db.status().replicas {
+            max_lag = max_lag.max(replica.lag.unwrap_or_default());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let (replicas, writer) = (
+        AtomicUsize::load(&on_replicas, Ordering::Relaxed),
+        AtomicUsize::load(&on_writer, Ordering::Relaxed),
+    );
+    println!("{replicas} token reads on replicas, {writer} on the writer; lag at most {max_lag:?}");
+    assert_eq!(AtomicUsize::load(&stale, Ordering::Relaxed), 0);
+    assert!(
+        replicas > 9 * writer,
+        "{replicas} on replicas, {writer} on the writer"
+    );
+    assert!(
+        max_lag < Duration::from_secs(2),
+        "the replicas fell {max_lag:?} behind"
+    );
 }
 
 async fn a_replica_behind_the_lag_limit_gets_no_reads_until_it_catches_up(cluster: Arc<Cluster>) {
