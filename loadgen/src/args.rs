@@ -4,8 +4,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::failover::FailoverPlan;
-use crate::faults::FaultPlan;
+use crate::plan::{FailoverPlan, FaultPlan};
 
 /// Load generator for diesel-replica: runs reads and writes through a
 /// ReplicaSet and reports where each ran, throughput and read latency.

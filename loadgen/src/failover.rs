@@ -8,29 +8,20 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use replica_testkit::{Cluster, NodeId};
 use serde_json::{Value, json};
 
-use crate::faults::{FaultClock, UNSET, blocking, record_event};
-use crate::report::{BUCKET_MS, ms_since};
+use crate::clock::{BUCKET_MS, UNSET, event_ms, ms_since, record_event};
+use crate::local::blocking;
+use crate::plan::FailoverPlan;
 
 /// Buckets of the failover timeline shown before the kill.
 pub(crate) const BUCKETS_BEFORE: u64 = 5;
 /// Buckets of the failover timeline shown after the first write on the new
 /// writer.
 pub(crate) const BUCKETS_AFTER: u64 = 10;
-
-/// What `--fail-over-at` and `--promote-after-ms` ask for.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct FailoverPlan {
-    /// When the primary is killed, into the run.
-    pub(crate) kill_at: Duration,
-    /// From the kill being issued to the promotion being issued (at least
-    /// until the kill returns).
-    pub(crate) promote_after: Duration,
-}
 
 /// A node of the local cluster: `host:port` and its parts, as the server
 /// reports them.
@@ -110,7 +101,7 @@ impl FailoverClock {
         if self.old.is(host, port) {
             self.last_old_write.fetch_max(at + 1, Ordering::Relaxed);
         } else if self.new.is(host, port)
-            && FaultClock::get(&self.first_new_write).is_none()
+            && event_ms(&self.first_new_write).is_none()
             && self
                 .first_new_write
                 .compare_exchange(UNSET, at, Ordering::Relaxed, Ordering::Relaxed)
@@ -139,7 +130,7 @@ impl FailoverClock {
     /// the kill to [`BUCKETS_AFTER`] after the first write on the promoted
     /// node, within the run's `buckets`.
     fn window(&self, buckets: u64) -> Range<u64> {
-        let bucket = |event: &AtomicU64| FaultClock::get(event).map(|ms| ms / BUCKET_MS);
+        let bucket = |event: &AtomicU64| event_ms(event).map(|ms| ms / BUCKET_MS);
         let from = bucket(&self.kill_issued).map_or(0, |b| b.saturating_sub(BUCKETS_BEFORE));
         let to = bucket(&self.first_new_write).map_or(buckets, |b| b + BUCKETS_AFTER + 1);
         from..to.min(buckets)
@@ -148,9 +139,8 @@ impl FailoverClock {
     /// The `failover` object of the summary, with the timeline of a run of
     /// `elapsed_s` seconds.
     pub(crate) fn to_json(&self, timeline: Option<&WriteTimeline>, elapsed_s: f64) -> Value {
-        let get = FaultClock::get;
-        let promoted = get(&self.promoted);
-        let first = get(&self.first_new_write);
+        let promoted = event_ms(&self.promoted);
+        let first = event_ms(&self.first_new_write);
         let last_old = AtomicU64::load(&self.last_old_write, Ordering::Relaxed).checked_sub(1);
         let between = |from: Option<u64>, to: Option<u64>| {
             from.zip(to).map(|(from, to)| to as i64 - from as i64)
@@ -159,11 +149,11 @@ impl FailoverClock {
         json!({
             "old_writer": self.old.address,
             "new_writer": self.new.address,
-            "kill_issued_at_ms": get(&self.kill_issued),
-            "killed_at_ms": get(&self.killed),
-            "promote_issued_at_ms": get(&self.promote_issued),
+            "kill_issued_at_ms": event_ms(&self.kill_issued),
+            "killed_at_ms": event_ms(&self.killed),
+            "promote_issued_at_ms": event_ms(&self.promote_issued),
             "promoted_at_ms": promoted,
-            "writer_switched_at_ms": get(&self.switched),
+            "writer_switched_at_ms": event_ms(&self.switched),
             "last_write_on_old_writer_at_ms": last_old,
             "first_write_on_new_writer_at_ms": first,
             "promotion_to_first_write_ms": between(promoted, first),

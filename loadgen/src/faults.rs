@@ -10,20 +10,13 @@ use diesel_replica::Health;
 use replica_testkit::{Cluster, NodeId};
 use serde_json::{Value, json};
 
+use crate::clock::{UNSET, event_ms, ms_since, record_event};
+use crate::local::blocking;
+use crate::plan::FaultPlan;
 use crate::repo::Items;
-use crate::report::ms_since;
 
 /// How often the health of the replica under `--kill-replica-at` is looked at.
 pub(crate) const HEALTH_POLL: Duration = Duration::from_millis(10);
-/// A fault time that has not happened (yet).
-pub(crate) const UNSET: u64 = u64::MAX;
-
-/// What `--kill-replica-at` and `--restart-replica-at` ask for.
-#[derive(Clone, Copy)]
-pub(crate) struct FaultPlan {
-    pub(crate) kill_at: Duration,
-    pub(crate) restart_at: Option<Duration>,
-}
 
 /// When each fault event happened, in ms since the start of the run
 /// ([`UNSET`] until it does), shared by the fault task, the health watch
@@ -70,10 +63,6 @@ impl FaultClock {
         record_event(self.start, event, what);
     }
 
-    pub(crate) fn get(event: &AtomicU64) -> Option<u64> {
-        Some(AtomicU64::load(event, Ordering::Relaxed)).filter(|&ms| ms != UNSET)
-    }
-
     /// A read served by `host:port` ended at `done`: the first one on
     /// replica 0 after its restart was issued is recorded. (Replica 0 is
     /// down from the kill to the restart, so such a read ran on the
@@ -81,8 +70,8 @@ impl FaultClock {
     pub(crate) fn saw_read(&self, host: Option<&str>, port: i32, done: Instant) {
         if port != self.port
             || host != Some(self.host.as_str())
-            || Self::get(&self.restart_issued).is_none()
-            || Self::get(&self.first_read_after_restart).is_some()
+            || event_ms(&self.restart_issued).is_none()
+            || event_ms(&self.first_read_after_restart).is_some()
         {
             return;
         }
@@ -102,33 +91,21 @@ impl FaultClock {
 
     /// The `faults` object of the summary.
     pub(crate) fn to_json(&self) -> Value {
-        let restarted = Self::get(&self.restarted);
-        let first_read = Self::get(&self.first_read_after_restart);
+        let restarted = event_ms(&self.restarted);
+        let first_read = event_ms(&self.first_read_after_restart);
         json!({
             "replica": self.address,
-            "kill_issued_at_ms": Self::get(&self.kill_issued),
-            "killed_at_ms": Self::get(&self.killed),
-            "ejected_at_ms": Self::get(&self.ejected),
-            "restart_issued_at_ms": Self::get(&self.restart_issued),
+            "kill_issued_at_ms": event_ms(&self.kill_issued),
+            "killed_at_ms": event_ms(&self.killed),
+            "ejected_at_ms": event_ms(&self.ejected),
+            "restart_issued_at_ms": event_ms(&self.restart_issued),
             "restarted_at_ms": restarted,
-            "readmitted_at_ms": Self::get(&self.readmitted),
+            "readmitted_at_ms": event_ms(&self.readmitted),
             "first_read_after_restart_ms": first_read,
             "readmission_ms": restarted
                 .zip(first_read)
                 .map(|(restarted, first)| first as i64 - restarted as i64),
         })
-    }
-}
-
-/// Records `event` (ms since `start`, [`UNSET`] until it happens) as
-/// happening now, unless it already did, and then prints `what` on stderr.
-pub(crate) fn record_event(start: Instant, event: &AtomicU64, what: impl std::fmt::Display) {
-    let now = ms_since(start, Instant::now());
-    if event
-        .compare_exchange(UNSET, now, Ordering::Relaxed, Ordering::Relaxed)
-        .is_ok()
-    {
-        eprintln!("loadgen: t={:.3}s {what}", now as f64 / 1000.0);
     }
 }
 
@@ -168,18 +145,6 @@ pub(crate) async fn inject_faults(
     Ok(())
 }
 
-/// Runs a blocking testkit call on the blocking pool.
-pub(crate) async fn blocking(
-    cluster: &Arc<Cluster>,
-    call: impl FnOnce(&Cluster) -> Result<(), replica_testkit::Error> + Send + 'static,
-) -> Result<(), String> {
-    let cluster = cluster.clone();
-    match tokio::task::spawn_blocking(move || call(&cluster)).await {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(e) => Err(format!("the blocking task failed: {e}")),
-    }
-}
-
 /// Watches replica 0's health until the deadline and records (and prints)
 /// its first ejection and the first re-admission after it; later changes
 /// are printed only.
@@ -197,9 +162,9 @@ pub(crate) async fn watch_health(db: Items, clock: Arc<FaultClock>, deadline: In
             continue;
         }
         was_up = up;
-        let event = match (up, FaultClock::get(&clock.ejected)) {
+        let event = match (up, event_ms(&clock.ejected)) {
             (false, None) => &clock.ejected,
-            (true, Some(_)) if FaultClock::get(&clock.readmitted).is_none() => &clock.readmitted,
+            (true, Some(_)) if event_ms(&clock.readmitted).is_none() => &clock.readmitted,
             _ => {
                 let at = ms_since(clock.start, Instant::now());
                 eprintln!(

@@ -11,13 +11,21 @@
 //! ```
 
 mod args;
+mod clock;
+mod error;
 mod failover;
 mod faults;
+mod local;
 mod nodes;
 mod own_writes;
+mod plan;
 mod repo;
 mod report;
 mod setup;
+mod stats;
+mod task;
+mod timeline;
+mod token_reads;
 mod workers;
 
 use std::io::IsTerminal;
@@ -33,25 +41,11 @@ use serde_json::Value;
 use tracing_subscriber::EnvFilter;
 
 use crate::args::Args;
+use crate::error::Fatal;
 use crate::failover::{FailoverClock, fail_over};
 use crate::faults::{FaultClock, inject_faults, watch_health};
 use crate::nodes::{NodeTally, watch_nodes};
 use crate::workers::Clocks;
-
-/// A failure that ends the run before or instead of the JSON summary.
-pub(crate) struct Fatal {
-    pub(crate) message: String,
-    pub(crate) code: u8,
-}
-
-impl Fatal {
-    pub(crate) fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            code: 1,
-        }
-    }
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();

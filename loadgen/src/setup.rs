@@ -13,10 +13,9 @@ use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use diesel_replica::{Config, Error, Tenant};
 use replica_testkit::Cluster;
 
-use crate::Fatal;
 use crate::args::Args;
+use crate::error::{Chain, Fatal};
 use crate::repo::{Items, NodeRow, WHO_AM_I};
-use crate::report::Chain;
 
 /// Rows put into an empty `loadgen_items`.
 pub(crate) const SEED_ROWS: i64 = 1000;

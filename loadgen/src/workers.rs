@@ -1,39 +1,23 @@
 //! The load: worker tasks issuing reads and writes back to back until the
-//! deadline, each counting into its own [`Stats`], and the progress line.
+//! deadline, each counting into its own [`Stats`] (what one task owns and
+//! how it counts: [`Worker`]), the progress line, and the merge at the end.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use diesel_replica::{Error, Tenant};
+use diesel_replica::Tenant;
 use replica_testkit::Rng;
 
-use crate::Fatal;
 use crate::args::Args;
+use crate::error::Fatal;
 use crate::failover::FailoverClock;
 use crate::faults::FaultClock;
 use crate::own_writes;
-use crate::repo::{Items, NodeRow};
-use crate::report::{Chain, Stats, bucket};
+use crate::repo::Items;
 use crate::setup::Ids;
-
-/// Counts shared with the progress line, bumped once per operation.
-#[derive(Default)]
-pub(crate) struct Live {
-    reads: AtomicU64,
-    writes: AtomicU64,
-    errors: AtomicU64,
-}
-
-impl Live {
-    /// `(reads, writes, errors)` now. (Spelled `AtomicU64::load` because
-    /// diesel-async's `RunQueryDsl::load` would otherwise be picked.)
-    pub(crate) fn snapshot(&self) -> (u64, u64, u64) {
-        let get = |counter| AtomicU64::load(counter, Ordering::Relaxed);
-        (get(&self.reads), get(&self.writes), get(&self.errors))
-    }
-}
+use crate::stats::Stats;
+use crate::task::{Live, Op, Worker, check_owner, record_error};
 
 /// Prints one progress line per second, until aborted.
 pub(crate) async fn progress(start: Instant, live: Arc<Live>) {
@@ -57,81 +41,6 @@ pub(crate) async fn progress(start: Instant, live: Arc<Live>) {
 fn pick_id(rng: &mut Rng, ids: Ids) -> i64 {
     let span = ids.hi.abs_diff(ids.lo) + 1;
     ids.lo.wrapping_add(rng.below(span) as i64)
-}
-
-/// What one worker task owns.
-pub(crate) struct Worker {
-    pub(crate) db: Items,
-    pub(crate) task: u32,
-    rng: Rng,
-    ids: Ids,
-    /// With `--tenants`: the tenants and their ids; each operation picks
-    /// one. Empty: untenanted, on `ids`.
-    tenants: Arc<[(Tenant, Ids)]>,
-    read_ratio: f64,
-    /// With `--read-your-writes`: each operation writes a row of this
-    /// task's own and reads it back with the write's token.
-    read_your_writes: bool,
-    /// `--concurrency`: with `--read-your-writes`, task `task` owns the ids
-    /// `ids.lo + task + k * tasks`.
-    tasks: u32,
-    /// This run's seed, in the values written with `--read-your-writes`,
-    /// so that no earlier run's value passes for this run's.
-    pub(crate) run: u64,
-    /// When the clock started, for the timeline and the fault times.
-    pub(crate) start: Instant,
-    deadline: Instant,
-    live: Arc<Live>,
-    /// Kinds of error already printed, so that each is printed once.
-    first_errors: Arc<Mutex<HashSet<&'static str>>>,
-    /// Whether to keep a timeline.
-    timeline: bool,
-    /// The fault times, with `--kill-replica-at`.
-    faults: Option<Arc<FaultClock>>,
-    /// The failover times, with `--fail-over-at`.
-    failover: Option<Arc<FailoverClock>>,
-}
-
-/// Which kind of operation failed.
-#[derive(Clone, Copy)]
-pub(crate) enum Op {
-    Read,
-    Write,
-}
-
-impl Worker {
-    /// Counts a successful read served by `node` that took `took` and
-    /// ended at `done`.
-    pub(crate) fn read_ok(&self, stats: &mut Stats, node: &NodeRow, took: Duration, done: Instant) {
-        stats
-            .read_latency_us
-            .saturating_record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
-        stats.reads_ok += 1;
-        stats.per_node.entry(node.key()).or_default().0 += 1;
-        self.live.reads.fetch_add(1, Ordering::Relaxed);
-        if let Some(timeline) = &mut stats.timeline {
-            timeline.read(bucket(self.start, done), node.host.as_deref(), node.port);
-        }
-        if let Some(faults) = &self.faults {
-            faults.saw_read(node.host.as_deref(), node.port, done);
-        }
-    }
-
-    /// Counts a successful write served by `node` that ended at `done`.
-    pub(crate) fn write_ok(&self, stats: &mut Stats, node: &NodeRow, done: Instant) {
-        stats.writes_ok += 1;
-        stats.per_node.entry(node.key()).or_default().1 += 1;
-        self.live.writes.fetch_add(1, Ordering::Relaxed);
-        if let Some(timeline) = &mut stats.timeline {
-            timeline.write(bucket(self.start, done));
-        }
-        if let Some(timeline) = &mut stats.failover {
-            timeline.write_ok(bucket(self.start, done));
-        }
-        if let Some(failover) = &self.failover {
-            failover.saw_write(node.host.as_deref(), node.port, done);
-        }
-    }
 }
 
 /// One task: reads and writes back to back until the deadline.
@@ -198,68 +107,6 @@ pub(crate) async fn worker(mut w: Worker) -> Stats {
         }
     }
     stats
-}
-
-/// Counts a successful operation scoped to `tenant` that returned a row of
-/// `owner` (another tenant) as a cross-tenant violation, and prints the
-/// first one.
-pub(crate) fn check_owner(
-    stats: &mut Stats,
-    w: &Worker,
-    tenant: Option<&Tenant>,
-    owner: Option<&str>,
-    op: &str,
-    id: i64,
-    done: Instant,
-) {
-    let (Some(tenant), Some(owner)) = (tenant, owner) else {
-        return;
-    };
-    if owner == tenant.name() {
-        return;
-    }
-    stats.cross_tenant_violations += 1;
-    // Only violations get here, so the lock is off the hot path.
-    let first = w
-        .first_errors
-        .lock()
-        .map_or(true, |mut printed| printed.insert("cross_tenant_violation"));
-    if first {
-        eprintln!(
-            "loadgen: t={:.3}s first cross-tenant violation: a {op} scoped to {tenant} \
-             returned row {id} of {owner}",
-            done.saturating_duration_since(w.start).as_secs_f64()
-        );
-    }
-}
-
-/// Counts a failed operation that ended at `done`, and prints it if it is
-/// the first of its kind.
-pub(crate) fn record_error(stats: &mut Stats, w: &Worker, error: &Error, op: Op, done: Instant) {
-    let kind = error.kind().as_str();
-    *stats.errors.entry(kind).or_default() += 1;
-    w.live.errors.fetch_add(1, Ordering::Relaxed);
-    if let Some(timeline) = &mut stats.timeline {
-        timeline.error(bucket(w.start, done));
-    }
-    if let Some(timeline) = &mut stats.failover {
-        match op {
-            Op::Read => timeline.read_err(bucket(w.start, done)),
-            Op::Write => timeline.write_err(bucket(w.start, done), kind),
-        }
-    }
-    // Only failed operations get here, so the lock is off the hot path.
-    let first = w
-        .first_errors
-        .lock()
-        .map_or(true, |mut printed| printed.insert(kind));
-    if first {
-        eprintln!(
-            "loadgen: t={:.3}s first {kind} error: {}",
-            done.saturating_duration_since(w.start).as_secs_f64(),
-            Chain(error)
-        );
-    }
 }
 
 /// The worker tasks and the progress line of a run under way.
