@@ -25,7 +25,7 @@
 //! | `GET /health` | the set's status as JSON: 200 when healthy, else 503 |
 //! | `GET /metrics` | Prometheus text |
 //! | `PUT /tenants/{name}` | creates the tenant's schema and runs `service_migrations/` in it (again: nothing to do) |
-//! | `POST /items` `{"name": ..}` | 201 and `{"id": .., "name": ..}`, with an `x-read-after` token |
+//! | `POST /items` `{"name": ..}` | 200 and `{"id": .., "name": ..}`, with an `x-read-after` token |
 //! | `GET /items/{id}` | 200 and the item, or 404 |
 //!
 //! `/items` work in the schema of the tenant named by the `x-tenant` header,
@@ -235,7 +235,7 @@ async fn create_item(
     };
     let location = format!("/items/{}", item.id);
     Ok((
-        StatusCode::CREATED,
+        StatusCode::OK,
         [(header::LOCATION, location)],
         read_after(&rw),
         Json(item),

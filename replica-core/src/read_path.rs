@@ -47,7 +47,12 @@ pub(crate) async fn read<T, E>(
     while let Some((node, replay_wait)) = next(topology, policy, &tried, after, may_wait) {
         number += 1;
         let retry_reason = last.as_ref().map(|(previous, failure)| {
-            if !matches!(failure, Failure::NotReplayed) {
+            // A retry counts against the node that failed; a replica
+            // behind the write or without the tenant's schema yet did not.
+            if !matches!(
+                failure,
+                Failure::NotReplayed | Failure::Routing(Error::UnknownTenant { .. })
+            ) {
                 previous.health.count_retry();
             }
             failure.kind_str()

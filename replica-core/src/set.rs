@@ -139,6 +139,10 @@ impl ReplicaSet {
                 tracing::warn!(node = %node.label, %error, "replica warm-up failed; it stays in the set");
             }
         }
+        // The gauges start from the warmed-up pools, not from zero.
+        for node in std::iter::once(&topology.writer).chain(&topology.replicas) {
+            node.update_metrics();
+        }
         if topology.replicas.is_empty() {
             tracing::info!(writer = %topology.writer.url, "no replicas configured: reads go to the writer, still READ ONLY");
         } else {
