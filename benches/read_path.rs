@@ -17,6 +17,12 @@
 //!   seen by the lag monitor: the replica is known to hold the write,
 //!   so the read should cost no round trip more than **ours** (the ratio
 //!   ours+token / ours, target >= 0.97);
+//! - **ours+observed** (the cost of observability): **ours** on a second
+//!   set whose nodes registered their metrics with a Prometheus recorder
+//!   (`metrics-exporter-prometheus`, built, not installed), each task
+//!   running under a `tracing` subscriber that records every span (a
+//!   registry with a formatting layer writing span closes to a sink); the
+//!   ratio ours+observed / ours, target >= 0.97;
 //! - **A** (what a plain pool gives, the headline ratio): a
 //!   `Pool<AsyncPgConnection>` with diesel-async's default recycling
 //!   (`Verified`: a `SELECT 1` before each reuse) running the query in
@@ -30,8 +36,8 @@
 //! Every pool holds `concurrency` connections (ours opens them on connect)
 //! and gets one untimed second of load first. Then `BENCH_ROUNDS` rounds run
 //! each contender for `BENCH_SECS` seconds with `BENCH_CONCURRENCY` tasks
-//! looping on the query, in alternating order (ours, ours+token, A, B, F /
-//! F, B, A, ours+token, ours)
+//! looping on the query, in alternating order (ours, ours+token,
+//! ours+observed, A, B, F / F, B, A, ours+observed, ours+token, ours)
 //! so that drift on a shared machine hits all alike. Latencies go to
 //! per-task HDR histograms, merged. The client's CPU time per op (Linux
 //! schedstat, all threads of this process) is reported too: it shows what
@@ -56,13 +62,16 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_replica::{ReadYourWrites, ReplicaSet, WriteToken};
 use hdrhistogram::Histogram;
 use replica_testkit::{Cluster, NodeId, Rng};
+use tracing::instrument::WithSubscriber;
+use tracing_subscriber::layer::SubscriberExt;
 
 const ROWS: i32 = 10_000;
 const QUERY: &str = "SELECT payload FROM bench_items WHERE id = $1";
 /// Contenders, in the order of a round (the next round runs them backwards).
-const NAMES: [&str; 5] = [
+const NAMES: [&str; 6] = [
     "ours: ReplicaSet::read",
     "ours+token: session(&rw).read",
+    "ours+observed: spans, metrics",
     "A: plain pool, READ ONLY tx",
     "B: plain pool, bare query",
     "F: plain Fast pool, READ ONLY tx",
@@ -71,15 +80,17 @@ const NAMES: [&str; 5] = [
 /// Indices of the contenders in [`NAMES`], the rates and the totals.
 const OURS: usize = 0;
 const OURS_TOKEN: usize = 1;
-const A: usize = 2;
-const B: usize = 3;
-const F: usize = 4;
+const OURS_OBSERVED: usize = 2;
+const A: usize = 3;
+const B: usize = 4;
+const F: usize = 5;
 
 /// Per-round throughput ratios.
 #[derive(Default)]
 struct Rounds {
     ours_over_a: Vec<f64>,
     token_over_ours: Vec<f64>,
+    observed_over_ours: Vec<f64>,
 }
 
 #[derive(QueryableByName)]
@@ -101,14 +112,25 @@ enum Contender {
     Ours(ReplicaSet),
     /// Reads in a session after the write of the token.
     OursToken(ReplicaSet, WriteToken),
+    /// Reads on a set with a metrics recorder, under a subscriber that
+    /// records spans.
+    OursObserved(ReplicaSet, tracing::Dispatch),
     PlainTx(Pool<AsyncPgConnection>),
     PlainBare(Pool<AsyncPgConnection>),
 }
 
 impl Contender {
+    /// The subscriber its tasks run under, if any.
+    fn subscriber(&self) -> Option<tracing::Dispatch> {
+        match self {
+            Self::OursObserved(_, dispatch) => Some(dispatch.clone()),
+            _ => None,
+        }
+    }
+
     async fn read(&self, id: i32) -> String {
         let item = match self {
-            Self::Ours(db) => db
+            Self::Ours(db) | Self::OursObserved(db, _) => db
                 .read(async move |conn| point_read(conn, id).await)
                 .await
                 .expect("ours: read"),
@@ -214,7 +236,8 @@ async fn run(contender: &Contender, concurrency: usize, secs: f64, seed: u64) ->
         .map(|task| {
             let contender = contender.clone();
             let mut rng = Rng::new(seed.wrapping_mul(0x1000_0000_01b3) ^ task);
-            tokio::spawn(async move {
+            let subscriber = contender.subscriber();
+            let task = async move {
                 let mut hist = histogram();
                 let mut ops = 0u64;
                 while Instant::now() < deadline {
@@ -225,7 +248,11 @@ async fn run(contender: &Contender, concurrency: usize, secs: f64, seed: u64) ->
                     ops += 1;
                 }
                 (ops, hist)
-            })
+            };
+            match subscriber {
+                Some(dispatch) => tokio::spawn(task.with_subscriber(dispatch)),
+                None => tokio::spawn(task),
+            }
         })
         .collect();
     let mut total = Run::empty();
@@ -319,9 +346,21 @@ fn main() {
             .max_size(concurrency)
             .build()
             .expect("plain fast pool");
+        let observed = {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            let config = cluster.load_config(concurrency);
+            metrics::with_local_recorder(&recorder, || ReplicaSet::new(config))
+                .expect("the observed set")
+        };
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::sink)
+                .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE),
+        );
         let contenders = [
             Contender::Ours(db.clone()),
             Contender::OursToken(db, token),
+            Contender::OursObserved(observed, tracing::Dispatch::new(subscriber)),
             Contender::PlainTx(pool.clone()),
             Contender::PlainBare(pool),
             Contender::PlainTx(fast),
@@ -346,19 +385,24 @@ fn main() {
                 totals[i].add(&r);
             }
             println!(
-                "round {}: ours {:.0} ops/s, ours+token {:.0} ops/s, A {:.0} ops/s, \
-                 B {:.0} ops/s, F {:.0} ops/s, ours/A {:.3}, ours/F {:.3}, \
-                 ours+token/ours {:.3}",
+                "round {}: ours {:.0} ops/s, ours+token {:.0} ops/s, ours+observed {:.0} ops/s, \
+                 A {:.0} ops/s, B {:.0} ops/s, F {:.0} ops/s, ours/A {:.3}, ours/F {:.3}, \
+                 ours+token/ours {:.3}, ours+observed/ours {:.3}",
                 round + 1,
                 rates[OURS],
                 rates[OURS_TOKEN],
+                rates[OURS_OBSERVED],
                 rates[A],
                 rates[B],
                 rates[F],
                 rates[OURS] / rates[A],
                 rates[OURS] / rates[F],
-                rates[OURS_TOKEN] / rates[OURS]
+                rates[OURS_TOKEN] / rates[OURS],
+                rates[OURS_OBSERVED] / rates[OURS]
             );
+            rounds_seen
+                .observed_over_ours
+                .push(rates[OURS_OBSERVED] / rates[OURS]);
             rounds_seen.ours_over_a.push(rates[OURS] / rates[A]);
             rounds_seen
                 .token_over_ours
@@ -444,6 +488,7 @@ fn report(concurrency: usize, secs: f64, rounds: usize, totals: &[Run], per_roun
     let ours_b = ours / rate(&totals[B]);
     let ours_f = ours / rate(&totals[F]);
     let token_ours = rate(&totals[OURS_TOKEN]) / ours;
+    let observed_ours = rate(&totals[OURS_OBSERVED]) / ours;
     let spread = |ratios: &[f64]| {
         let mut sorted = ratios.to_vec();
         sorted.sort_by(f64::total_cmp);
@@ -458,6 +503,7 @@ fn report(concurrency: usize, secs: f64, rounds: usize, totals: &[Run], per_roun
     };
     let (median_a, rounds_a) = spread(&per_round.ours_over_a);
     let (median_token, rounds_token) = spread(&per_round.token_over_ours);
+    let (median_observed, rounds_observed) = spread(&per_round.observed_over_ours);
     println!("ours/A throughput: {ours_a:.3} (target >= 0.97); {rounds_a}");
     println!("ours/B throughput: {ours_b:.3} (B runs no transaction: 2 round trips fewer)");
     println!(
@@ -467,6 +513,10 @@ fn report(concurrency: usize, secs: f64, rounds: usize, totals: &[Run], per_roun
     println!(
         "ours+token/ours throughput: {token_ours:.3} (target >= 0.97: a token the replica is \
          known to hold costs no round trip); {rounds_token}"
+    );
+    println!(
+        "ours+observed/ours throughput: {observed_ours:.3} (target >= 0.97: spans recorded and \
+         metrics on); {rounds_observed}"
     );
     let contender = |r: &Run| {
         serde_json::json!({
@@ -485,6 +535,7 @@ fn report(concurrency: usize, secs: f64, rounds: usize, totals: &[Run], per_roun
         "rounds": rounds,
         "ours": contender(&totals[OURS]),
         "ours_token": contender(&totals[OURS_TOKEN]),
+        "ours_observed": contender(&totals[OURS_OBSERVED]),
         "baseline_a_plain_pool_read_only_tx": contender(&totals[A]),
         "baseline_b_plain_pool_bare_query": contender(&totals[B]),
         "baseline_f_plain_fast_pool_read_only_tx": contender(&totals[F]),
@@ -496,6 +547,9 @@ fn report(concurrency: usize, secs: f64, rounds: usize, totals: &[Run], per_roun
         "round_ratio_median_ours_over_a": median_a,
         "round_ratios_ours_token_over_ours": per_round.token_over_ours,
         "round_ratio_median_ours_token_over_ours": median_token,
+        "ratio_ours_observed_over_ours": observed_ours,
+        "round_ratios_ours_observed_over_ours": per_round.observed_over_ours,
+        "round_ratio_median_ours_observed_over_ours": median_observed,
     });
     println!("{json}");
 }
