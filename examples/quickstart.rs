@@ -4,7 +4,7 @@
 //! cargo run --example quickstart
 //! ```
 //!
-//! With no `DATABASE_URL` (or `DATABASE_SECRET`) in the environment, it
+//! With no `DATABASE_URL` (or `DATABASE_SECRET`, `DATABASE_SECRET_FILE`) set, it
 //! starts a throwaway local cluster (a primary and two streaming replicas,
 //! from the machine's PostgreSQL binaries) and removes it at the end. With
 //! them set, it uses your cluster as configured by the `DATABASE_*`
@@ -111,7 +111,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         )
         .init();
 
-    let configured = ["DATABASE_URL", "DATABASE_SECRET"]
+    let configured = ["DATABASE_URL", "DATABASE_SECRET", "DATABASE_SECRET_FILE"]
         .iter()
         .any(|key| std::env::var_os(key).is_some());
     let (config, _cluster) = if configured {

@@ -13,7 +13,7 @@
 //! curl localhost:3000/metrics
 //! ```
 //!
-//! With no `DATABASE_URL` (or `DATABASE_SECRET`) in the environment, it
+//! With no `DATABASE_URL` (or `DATABASE_SECRET`, `DATABASE_SECRET_FILE`) set, it
 //! starts a throwaway local cluster (a primary and two streaming replicas)
 //! as the quickstart does, and removes it on Ctrl-C. With them set, it uses
 //! your cluster, configured by the `DATABASE_*` variables, and creates the
@@ -344,7 +344,7 @@ async fn main() -> Result<(), Box<dyn StdError>> {
         }
     });
 
-    let configured = ["DATABASE_URL", "DATABASE_SECRET"]
+    let configured = ["DATABASE_URL", "DATABASE_SECRET", "DATABASE_SECRET_FILE"]
         .iter()
         .any(|key| std::env::var_os(key).is_some());
     let (config, _cluster) = if configured {
