@@ -18,6 +18,10 @@
 //! ran a query, as it reports itself), and [`Rng`] (a small seeded random
 //! number generator).
 //!
+//! [`DelayProxy`] is a TCP proxy that delays every chunk by a fixed one-way delay, and
+//! [`Cluster::delayed`] puts one in front of each node ([`DelayedCluster`]): a network
+//! slower than loopback, for latency measurements on a machine without `netem`.
+//!
 //! ```no_run
 //! use replica_testkit::{Cluster, NodeId};
 //!
@@ -45,10 +49,12 @@ use tempfile::TempDir;
 use crate::tls::TlsFiles;
 
 mod load;
+mod proxy;
 mod served;
 mod tls;
 
 pub use load::{Rng, process_cpu_ns};
+pub use proxy::{DelayProxy, DelayedCluster};
 pub use served::{Served, WHO_SERVED, who_served};
 
 /// Password of the `postgres` role; TCP connections must present it.
@@ -466,7 +472,11 @@ impl Cluster {
     /// `postgres://postgres:PASSWORD@localhost:PORT/postgres?sslmode=verify-full&sslrootcert=CA`
     /// where `CA` is [`Cluster::ca_cert_path`], percent-encoded.
     pub fn url(&self, id: NodeId) -> String {
-        let port = self.node(id).port;
+        self.url_at(self.node(id).port)
+    }
+
+    /// [`Cluster::url`] with another port, such as a proxy's.
+    fn url_at(&self, port: u16) -> String {
         match &self.tls {
             None => format!("postgres://postgres:{PASSWORD}@127.0.0.1:{port}/postgres"),
             Some(tls) => format!(

@@ -17,13 +17,7 @@ impl Cluster {
     /// replica-core is not there yet, and this then starts to work without a
     /// change here. Never for a plain cluster; a panic there is a bug.
     pub fn config(&self) -> Config {
-        Config::new(&self.writer_url())
-            .and_then(|config| {
-                self.replica_urls()
-                    .iter()
-                    .try_fold(config, |config, url| config.with_replica(url))
-            })
-            .unwrap_or_else(|e| panic!("the cluster's own URLs are not a valid config: {e}"))
+        config_for(&self.writer_url(), &self.replica_urls())
     }
 
     /// As [`Cluster::config`], with pools sized for `tasks` concurrent
@@ -31,13 +25,31 @@ impl Cluster {
     /// connections, all opened when the replica set connects, so that the
     /// tasks neither queue for a connection nor wait for one to open.
     pub fn load_config(&self, tasks: usize) -> Config {
-        let mut config = self.config();
-        for pool in [&mut config.writer_pool, &mut config.replica_pool] {
-            pool.max_size = tasks;
-            pool.warm_up = tasks;
-        }
-        config
+        sized_for(self.config(), tasks)
     }
+}
+
+/// A configuration with these URLs and default pools.
+///
+/// # Panics
+/// If a URL is not valid for a `Config` (see [`Cluster::config`]).
+pub(crate) fn config_for(writer_url: &str, replica_urls: &[String]) -> Config {
+    Config::new(writer_url)
+        .and_then(|config| {
+            replica_urls
+                .iter()
+                .try_fold(config, |config, url| config.with_replica(url))
+        })
+        .unwrap_or_else(|e| panic!("the cluster's own URLs are not a valid config: {e}"))
+}
+
+/// `config` with its pools sized for `tasks` (see [`Cluster::load_config`]).
+pub(crate) fn sized_for(mut config: Config, tasks: usize) -> Config {
+    for pool in [&mut config.writer_pool, &mut config.replica_pool] {
+        pool.max_size = tasks;
+        pool.warm_up = tasks;
+    }
+    config
 }
 
 /// A seeded pseudo-random number generator (splitmix64): plenty for picking
