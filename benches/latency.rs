@@ -347,6 +347,13 @@ struct Level {
     round_p50_ratios: Vec<f64>,
 }
 
+/// The delay proxy needs Linux (`timerfd`).
+#[cfg(not(target_os = "linux"))]
+fn main() {
+    eprintln!("benches/latency.rs runs on Linux only: its delay proxy uses timerfd");
+}
+
+#[cfg(target_os = "linux")]
 fn main() {
     let delay_us: u64 = env_or("BENCH_DELAY_US", 500);
     let secs: f64 = env_or("BENCH_SECS", 2.0);

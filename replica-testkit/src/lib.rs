@@ -49,11 +49,13 @@ use tempfile::TempDir;
 use crate::tls::TlsFiles;
 
 mod load;
+#[cfg(target_os = "linux")]
 mod proxy;
 mod served;
 mod tls;
 
 pub use load::{Rng, process_cpu_ns};
+#[cfg(target_os = "linux")]
 pub use proxy::{DelayProxy, DelayedCluster};
 pub use served::{Served, WHO_SERVED, who_served};
 
