@@ -63,26 +63,42 @@ struct Instance {
     writer: bool,
 }
 
+/// How an Aurora `server_id` becomes a node: the host pattern, `?`
+/// standing for the id, with the port, credentials, database and TLS
+/// settings of the writer's configured URL.
+pub(crate) struct AuroraEndpoints {
+    pub(crate) pattern: String,
+    pub(crate) template: DatabaseUrl,
+}
+
+impl AuroraEndpoints {
+    /// The node of instance `server_id`.
+    pub(crate) fn url(&self, server_id: &str) -> Result<DatabaseUrl, String> {
+        self.template
+            .with_address(&self.pattern.replace('?', server_id.trim()))
+            .map_err(|problem| format!("instance `{server_id}`: {problem}"))
+    }
+}
+
 /// Instances updated in the last 5 minutes, the writer's row marked.
 const AURORA_STATUS: &str = "SELECT server_id::text AS server_id, \
      session_id = 'MASTER_SESSION_ID' AS writer FROM aurora_replica_status() \
      WHERE last_update_timestamp > now() - interval '5 minutes'";
 
 /// Asks `aurora_replica_status()` of the first of `nodes` that answers
-/// (the writer first), and makes each instance an address with `pattern`
-/// and the settings of `template`; the nodes asked before are the
+/// (the writer first), and makes each instance a node with `endpoints`;
+/// the nodes asked before are the
 /// survey's unreachable ones. `Err` when no node answered or the answer is
 /// unusable: the nodes then stay as they were.
 pub(crate) async fn survey_aurora(
     nodes: &[DatabaseUrl],
-    pattern: &str,
-    template: &DatabaseUrl,
+    endpoints: &AuroraEndpoints,
     probes: &Probes,
 ) -> Result<Survey, String> {
     let mut unreachable = Vec::new();
     for url in nodes {
         match probes.query::<Instance>(url, AURORA_STATUS).await {
-            Ok(rows) => return instances(&rows, pattern, template, unreachable),
+            Ok(rows) => return instances(&rows, endpoints, unreachable),
             Err(e) => unreachable.push((url.clone(), e)),
         }
     }
@@ -98,8 +114,7 @@ pub(crate) async fn survey_aurora(
 
 fn instances(
     rows: &[Instance],
-    pattern: &str,
-    template: &DatabaseUrl,
+    endpoints: &AuroraEndpoints,
     unreachable: Vec<(DatabaseUrl, String)>,
 ) -> Result<Survey, String> {
     if rows.is_empty() {
@@ -111,10 +126,7 @@ fn instances(
         unreachable,
     };
     for row in rows {
-        let address = pattern.replace('?', row.server_id.trim());
-        let url = template
-            .with_address(&address)
-            .map_err(|problem| format!("instance `{}`: {problem}", row.server_id))?;
+        let url = endpoints.url(&row.server_id)?;
         if row.writer {
             survey.writers.push(url);
         } else {

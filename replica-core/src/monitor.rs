@@ -2,26 +2,24 @@
 //! its own: on PostgreSQL each replica's replayed WAL position against the
 //! writer's, on Aurora `aurora_replica_status()`'s reported lag.
 
+use std::sync::Arc;
+
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Nullable, Text};
 
 use crate::config::ConsistencyConfig;
+use crate::discovery::AuroraEndpoints;
 use crate::lag::Sample;
 use crate::node::{Node, NodeId};
 use crate::probes::Probes;
 use crate::topology::Topology;
-use crate::url::DatabaseUrl;
 
 /// How lag is measured.
 pub(crate) enum Source {
     /// WAL positions, on PostgreSQL.
     Wal,
-    /// `aurora_replica_status()`, its `server_id`s made addresses with
-    /// `pattern` and the settings of `template`.
-    Aurora {
-        pattern: String,
-        template: Box<DatabaseUrl>,
-    },
+    /// `aurora_replica_status()`, its `server_id`s made nodes by these.
+    Aurora(Arc<AuroraEndpoints>),
 }
 
 /// The writer's WAL position, as bytes.
@@ -82,9 +80,7 @@ pub(crate) async fn sample(
     );
     let samples: Vec<(usize, Sample)> = match source {
         Source::Wal => sample_wal(topology, probes).await,
-        Source::Aurora { pattern, template } => {
-            sample_aurora(topology, pattern, template, probes).await
-        }
+        Source::Aurora(endpoints) => sample_aurora(topology, endpoints, probes).await,
     };
     for (i, sample) in samples {
         let node = &topology.replicas[i];
@@ -146,8 +142,7 @@ async fn sample_wal(topology: &Topology, probes: &Probes) -> Vec<(usize, Sample)
 
 async fn sample_aurora(
     topology: &Topology,
-    pattern: &str,
-    template: &DatabaseUrl,
+    endpoints: &AuroraEndpoints,
     probes: &Probes,
 ) -> Vec<(usize, Sample)> {
     let Some(rows) = ask::<AuroraLag>(&topology.writer, AURORA_LAG, probes).await else {
@@ -155,8 +150,7 @@ async fn sample_aurora(
     };
     let mut samples = Vec::new();
     for row in rows {
-        let address = pattern.replace('?', row.server_id.trim());
-        let Ok(url) = template.with_address(&address) else {
+        let Ok(url) = endpoints.url(&row.server_id) else {
             continue;
         };
         let id = NodeId::of(&url);

@@ -134,7 +134,7 @@ fn next<'t>(
     after: Option<After>,
     may_wait: bool,
 ) -> Option<(&'t Arc<Node>, Option<ReplayWait>)> {
-    let usable = |node: &Node| node.is_up() && !node.lag.is_behind() && !tried.contains(&node.id);
+    let usable = |node: &Node| usable(node, tried);
     let Some(after) = after else {
         return pick(topology, policy, tried).map(|node| (node, None));
     };
@@ -190,10 +190,12 @@ pub(crate) fn pick<'t>(
     policy: &HealthConfig,
     tried: &[NodeId],
 ) -> Option<&'t Arc<Node>> {
-    choose(topology, |node| {
-        node.is_up() && !node.lag.is_behind() && !tried.contains(&node.id)
-    })
-    .or_else(|| writer(topology, policy, tried))
+    choose(topology, |node| usable(node, tried)).or_else(|| writer(topology, policy, tried))
+}
+
+/// A replica that may take a read: up, within the lag limit, not yet tried.
+fn usable(node: &Node, tried: &[NodeId]) -> bool {
+    node.is_up() && !node.lag.is_behind() && !tried.contains(&node.id)
 }
 
 fn no_replica(topology: &Topology, after_write: bool) -> Error {

@@ -18,7 +18,7 @@ use tracing::instrument::WithSubscriber;
 use crate::attempt::{self, Failure, attempt};
 use crate::config::{Config, ConsistencyConfig, Discovery, DiscoverySource, HealthConfig};
 use crate::consistency::{ReadYourWrites, WriteToken};
-use crate::discovery;
+use crate::discovery::{self, AuroraEndpoints};
 use crate::error::{ConfigError, Error, error_chain};
 use crate::metrics;
 use crate::monitor;
@@ -186,13 +186,17 @@ impl ReplicaSet {
                 surveyed: tokio::sync::watch::Sender::new(false),
             }),
         };
-        let lag_source = match &config.discovery {
-            Discovery::Aurora { host_pattern, .. } => monitor::Source::Aurora {
+        // Aurora's view serves discovery and the lag monitor alike.
+        let aurora = match &config.discovery {
+            Discovery::Aurora { host_pattern, .. } => Some(Arc::new(AuroraEndpoints {
                 pattern: host_pattern.clone(),
-                template: Box::new(config.writer.clone()),
-            },
-            _ => monitor::Source::Wal,
+                template: config.writer.clone(),
+            })),
+            _ => None,
         };
+        let lag_source = aurora
+            .clone()
+            .map_or(monitor::Source::Wal, monitor::Source::Aurora);
         let source = match config.discovery {
             Discovery::Static => {
                 set.inner.surveyed.send_replace(true);
@@ -202,16 +206,9 @@ impl ReplicaSet {
                 candidates,
                 interval,
             } => Some((Source::Hosts(candidates), interval)),
-            Discovery::Aurora {
-                host_pattern,
-                interval,
-            } => Some((
-                Source::Aurora {
-                    pattern: host_pattern,
-                    template: Box::new(config.writer.clone()),
-                },
-                interval,
-            )),
+            Discovery::Aurora { interval, .. } => {
+                aurora.map(|endpoints| (Source::Aurora(endpoints), interval))
+            }
         };
         let lag_interval = set.inner.consistency.lag_interval;
         match tokio::runtime::Handle::try_current() {
@@ -597,12 +594,8 @@ impl ReplicaSet {
 enum Source {
     /// Candidate hosts, each asked whether it is in recovery.
     Hosts(Vec<DatabaseUrl>),
-    /// `aurora_replica_status()`, its instances made addresses with
-    /// `pattern` and the settings of `template`.
-    Aurora {
-        pattern: String,
-        template: Box<DatabaseUrl>,
-    },
+    /// `aurora_replica_status()`, its instances made nodes by these.
+    Aurora(Arc<AuroraEndpoints>),
 }
 
 /// Keeps the nodes what `source` says they are, surveying at once, then
@@ -644,14 +637,14 @@ async fn watch(inner: std::sync::Weak<Inner>, source: Source, interval: Duration
         let set = ReplicaSet { inner };
         let mut survey = match &source {
             Source::Hosts(candidates) => discovery::survey_hosts(candidates, &probes).await,
-            Source::Aurora { pattern, template } => {
+            Source::Aurora(endpoints) => {
                 let current = set.topology();
                 let nodes: Vec<DatabaseUrl> = std::iter::once(&current.writer)
                     .chain(&current.replicas)
                     .map(|node| node.url.clone())
                     .collect();
                 probes.keep_only(&nodes);
-                match discovery::survey_aurora(&nodes, pattern, template, &probes).await {
+                match discovery::survey_aurora(&nodes, endpoints, &probes).await {
                     Ok(survey) => survey,
                     Err(why) => {
                         tracing::warn!(%why, "discovery found nothing usable; the nodes stay as they were");
