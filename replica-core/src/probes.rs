@@ -136,3 +136,23 @@ impl Probes {
         self.nodes.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_keep_within_what_the_server_keeps_and_cut_on_a_character() {
+        let short = Probes::new("billing", "lag", None, Duration::from_secs(1));
+        assert_eq!(short.application_name, "billing-lag");
+        // 31 two-byte characters and one byte: 63 bytes, the longest name.
+        let long = format!("{}x", "é".repeat(31));
+        let probes = Probes::new(&long, "discovery", None, Duration::from_secs(1));
+        assert!(
+            probes.application_name.len() <= 63,
+            "{}",
+            probes.application_name
+        );
+        assert!(probes.application_name.ends_with("é-discovery"));
+    }
+}
