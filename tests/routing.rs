@@ -34,7 +34,7 @@ fn main() -> ExitCode {
             warm_up_opens_connections_on_every_node,
             unreachable_replica_is_a_checkout_error_without_the_password,
             wrong_password_is_reported_without_the_password,
-            a_cancelled_read_does_not_hand_its_open_transaction_to_the_next,
+            a_cancelled_read_does_not_hand_its_connection_to_the_next,
             every_character_of_a_generated_password_connects,
             url_options_keep_the_statement_timeout,
             zero_statement_timeout_sets_no_limit_on_either_side,
@@ -313,7 +313,7 @@ async fn wrong_password_is_reported_without_the_password(cluster: Arc<Cluster>) 
     assert!(!text.contains(wrong), "{text}");
 }
 
-async fn a_cancelled_read_does_not_hand_its_open_transaction_to_the_next(cluster: Arc<Cluster>) {
+async fn a_cancelled_read_does_not_hand_its_connection_to_the_next(cluster: Arc<Cluster>) {
     let mut config = Config::new(&cluster.writer_url())
         .unwrap()
         .with_replica(&cluster.replica_urls()[0])
@@ -349,7 +349,7 @@ async fn a_cancelled_read_does_not_hand_its_open_transaction_to_the_next(cluster
         .unwrap();
     assert_ne!(
         pid, cancelled_pid,
-        "the connection left inside a transaction was reused"
+        "the connection of a cancelled read, still running its statement, was reused"
     );
     assert_eq!(served.read_only, "on");
 }
@@ -561,11 +561,38 @@ async fn session_state_a_read_leaves_is_gone_for_the_next_user(cluster: Arc<Clus
         .await
         .unwrap();
     assert_eq!(pid_after, pid, "the connection was reused, not replaced");
-    // The body ends the transaction it was given, then sets state: the
-    // connection is not reused.
-    db.read(async |conn| batch(conn, &format!("COMMIT; {leave}")).await)
-        .await
-        .unwrap();
+    // The body leaves a transaction open, or failed, after setting state:
+    // the next user finds neither.
+    // (Left open, the transaction would still be `REPEATABLE READ`.)
+    for body in [
+        format!("BEGIN; SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; {leave}"),
+        format!("BEGIN ISOLATION LEVEL REPEATABLE READ; {leave}"),
+    ] {
+        db.read(async |conn| batch(conn, &body).await)
+            .await
+            .unwrap();
+        let after = db
+            .read(async |conn| text(conn, SESSION_STATE).await)
+            .await
+            .unwrap();
+        assert_eq!(after, fresh, "after {body}");
+        let isolation = db
+            .read(async |conn| text(conn, "current_setting('transaction_isolation')").await)
+            .await
+            .unwrap();
+        assert_eq!(
+            isolation, "read committed",
+            "after {body}: a transaction was left open"
+        );
+    }
+    // A failed transaction the body swallowed.
+    db.read(async |conn| {
+        batch(conn, &format!("BEGIN; {leave}")).await?;
+        let _ = batch(conn, "SELECT 1/0").await;
+        Ok(())
+    })
+    .await
+    .unwrap();
     let after = db
         .read(async |conn| text(conn, SESSION_STATE).await)
         .await
@@ -575,7 +602,7 @@ async fn session_state_a_read_leaves_is_gone_for_the_next_user(cluster: Arc<Clus
         .read(async |conn| text(conn, "pg_backend_pid()::text").await)
         .await
         .unwrap();
-    assert_ne!(pid_after, pid, "a session in an unknown state is discarded");
+    assert_eq!(pid_after, pid, "the connection was reset, not replaced");
 }
 
 async fn session_state_a_write_leaves_is_gone_for_the_next_user(cluster: Arc<Cluster>) {

@@ -3,22 +3,26 @@
 //! whether a failure is the node's (so that a read may go elsewhere) or
 //! the statement's.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use diesel::QueryResult;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel_async::pooled_connection::PoolableConnection;
 use diesel_async::pooled_connection::deadpool::{Object, PoolError};
-use diesel_async::{AnsiTransactionManager, AsyncPgConnection, SimpleAsyncConnection};
+use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
 
 use crate::consistency::WriteToken;
 use crate::error::{Error, error_chain};
 use crate::health::Tracker;
+use crate::instrument::Watch;
 use crate::metrics::Stopwatch;
 use crate::node::{Node, Role};
 use crate::route::{Body, Call, ReplayWait, Route};
-use crate::session::{self, Wrap};
+use crate::session::{self, Plan};
 use crate::tenant::Scope;
 
 /// One failed attempt: what went wrong, and whether it says the node (not
@@ -26,6 +30,10 @@ use crate::tenant::Scope;
 pub(crate) struct Failed<E> {
     pub(crate) failure: Failure<E>,
     pub(crate) node_down: bool,
+    /// A read's connection, which had served before, broke under the body:
+    /// it was stale, and the read may run again on a new connection of the
+    /// same node.
+    pub(crate) stale: bool,
 }
 
 /// Why a routed closure did not return `Ok`: routing (checkout, `BEGIN`,
@@ -106,6 +114,7 @@ pub(crate) async fn attempt<T, E>(
                         after,
                     }),
                     node_down: true,
+                    stale: false,
                 })
             }),
     };
@@ -116,6 +125,7 @@ pub(crate) async fn attempt<T, E>(
         Err(Failed {
             failure,
             node_down: true,
+            ..
         }) => {
             let reason = match failure {
                 Failure::Routing(error) => error_chain(error),
@@ -138,71 +148,181 @@ async fn run<T, E>(node: &Node, call: Call<'_>, f: impl Body<T, E>) -> Result<T,
         token_lsn,
         ..
     } = call;
-    let mut wrap = Wrap::new(route, node.role == Role::Writer);
+    let mut plan = Plan::new(route, node.role == Role::Writer, scope);
     if token_lsn.is_some() {
-        wrap = wrap.flushed(route);
+        plan = plan.flushed(route);
     }
-    let mut conn = match ready_connection(node, route, wrap, replay_wait).await {
-        Ok(conn) => conn,
+    let (conn, reused) = match ready_connection(node, route, &plan, replay_wait).await {
+        Ok(ready) => ready,
         Err(NotReady::Down(error)) => {
             return Err(Failed {
                 failure: Failure::Routing(error),
                 node_down: true,
+                stale: false,
             });
         }
         Err(NotReady::NotReplayed) => {
             return Err(Failed {
                 failure: Failure::NotReplayed,
                 node_down: false,
+                stale: false,
             });
         }
     };
-    if let Some(scope) = scope
-        && let Err(error) = enter(node, &mut conn, route, scope).await
-    {
-        // As for a body's error: a failed end means a broken connection,
-        // not a missing schema.
-        let broken = end(&mut conn, wrap, false).await.is_err();
-        return Err(Failed {
-            failure: Failure::Routing(error),
-            node_down: broken,
-        });
+    let mut in_use = InUse(Some(conn));
+    let call = Ended {
+        node,
+        route,
+        plan: &plan,
+        scope,
+        token_lsn,
+        reused,
+    };
+    let result = call.run(in_use.conn(), f).await;
+    if !result.as_ref().is_err_and(|failed| failed.stale) {
+        in_use.release();
     }
-    match f(&mut conn).await {
-        Ok(value) => match end(&mut conn, wrap, true).await {
-            Ok(()) => {
-                if let Some(sink) = token_lsn {
-                    sink.store(token_position(&mut conn, route).await, Ordering::Relaxed);
+    result
+}
+
+/// A connection in use by a call. Dropped before [`InUse::release`] (the
+/// call was cancelled or timed out, or its connection went stale), it is
+/// taken out of its pool and closed: a statement of the call may still be
+/// running on it, which the next user would wait behind.
+struct InUse(Option<Object<AsyncPgConnection>>);
+
+impl InUse {
+    fn conn(&mut self) -> &mut Object<AsyncPgConnection> {
+        self.0.as_mut().expect("released only once, at the end")
+    }
+
+    /// Gives the connection back to its pool.
+    fn release(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            drop(Object::take(conn));
+        }
+    }
+}
+
+/// The part of a call that runs once its connection is ready.
+struct Ended<'a> {
+    node: &'a Node,
+    route: Route,
+    plan: &'a Plan,
+    scope: Option<&'a Scope<'a>>,
+    token_lsn: Option<&'a AtomicU64>,
+    reused: bool,
+}
+
+impl Ended<'_> {
+    /// Runs the body and ends the call.
+    async fn run<T, E>(
+        self,
+        conn: &mut Object<AsyncPgConnection>,
+        f: impl Body<T, E>,
+    ) -> Result<T, Failed<E>> {
+        let Self {
+            node,
+            route,
+            plan,
+            scope,
+            token_lsn,
+            reused,
+        } = self;
+        let conn: &mut AsyncPgConnection = conn;
+        let result = f(conn).await;
+        if let Some(end) = plan.end_unawaited() {
+            // Nothing was written: the end is the next user's to wait for.
+            let sent = send_ahead(conn, end);
+            let _ = session::settle(conn, sent);
+        }
+        match result {
+            Ok(value) => {
+                let Some(on_ok) = plan.on_ok else {
+                    record_token(conn, route, token_lsn).await;
+                    return Ok(value);
+                };
+                match end(conn, on_ok).await {
+                    Ok(()) => {
+                        record_token(conn, route, token_lsn).await;
+                        Ok(value)
+                    }
+                    Err(
+                        error @ DieselError::DatabaseError(
+                            DatabaseErrorKind::ReadOnlyTransaction,
+                            _,
+                        ),
+                    ) if route.is_read_only() => {
+                        // The end of a read on the writer refused it: the
+                        // connection, discarded, rolls back as it closes.
+                        Err(Failed {
+                            failure: Failure::Routing(node.query_error(route, error)),
+                            node_down: false,
+                            stale: false,
+                        })
+                    }
+                    // Nothing was written: what was read stands. The connection
+                    // is marked broken, and discarded.
+                    Err(_) if route.is_read_only() => Ok(value),
+                    Err(error) => Err(Failed {
+                        failure: Failure::Routing(node.query_error(route, error)),
+                        node_down: false,
+                        stale: false,
+                    }),
                 }
-                Ok(value)
             }
-            Err(error @ DieselError::DatabaseError(DatabaseErrorKind::ReadOnlyTransaction, _))
-                if route.is_read_only() =>
-            {
-                // The end of a read on the writer refused it: the
-                // connection, discarded, rolls back as it closes.
+            Err(error) => {
+                // A connection that breaks means the node, not the statement,
+                // failed; or, for a connection that had served before, that
+                // it was stale (its server went away since), which a read
+                // tries again on a new one.
+                let broken = match plan.on_err {
+                    Some(on_err) => end(conn, on_err).await.is_err(),
+                    None => PoolableConnection::is_broken(conn),
+                };
+                if broken {
+                    let stale = reused && route.reads_on_replicas();
+                    if stale {
+                        node.drop_idle();
+                    }
+                    return Err(Failed {
+                        failure: Failure::Body(error),
+                        node_down: !stale,
+                        stale,
+                    });
+                }
+                if let Some(scope) = scope
+                    && !tenant_exists(conn, scope).await
+                {
+                    return Err(Failed {
+                        failure: Failure::Routing(Error::UnknownTenant {
+                            tenant: scope.tenant.name().to_owned(),
+                            node: node.label.clone(),
+                        }),
+                        node_down: false,
+                        stale: false,
+                    });
+                }
                 Err(Failed {
-                    failure: Failure::Routing(node.query_error(route, error)),
+                    failure: Failure::Body(error),
                     node_down: false,
+                    stale: false,
                 })
             }
-            // Nothing was written: what was read stands. The connection is
-            // marked broken, and discarded.
-            Err(_) if route.is_read_only() => Ok(value),
-            Err(error) => Err(Failed {
-                failure: Failure::Routing(node.query_error(route, error)),
-                node_down: false,
-            }),
-        },
-        Err(error) => {
-            // An end that fails means the connection broke (the pool
-            // discards it): the node, not the statement, failed.
-            let broken = end(&mut conn, wrap, false).await.is_err();
-            Err(Failed {
-                failure: Failure::Body(error),
-                node_down: broken,
-            })
         }
+    }
+}
+
+/// Stores the write's token position in `sink`, when one is wanted.
+async fn record_token(conn: &mut AsyncPgConnection, route: Route, sink: Option<&AtomicU64>) {
+    if let Some(sink) = sink {
+        sink.store(token_position(conn, route).await, Ordering::Relaxed);
     }
 }
 
@@ -267,28 +387,27 @@ fn replay_check_sql(lsn: u64) -> String {
 const FIRST_REPLAY_PAUSE: Duration = Duration::from_millis(1);
 const MAX_REPLAY_PAUSE: Duration = Duration::from_millis(8);
 
-/// A pooled connection that has answered its first statement: the `BEGIN`
-/// of a transaction, `SELECT 1` for an autocommit write.
+/// A pooled connection made ready for the body, and whether it had served
+/// before: the reset and the plan's opening are on their way, ahead of the
+/// body's first statement.
 ///
-/// Pools recycle idle connections without a check (diesel-async's `Fast`):
-/// the first statement is the check, and it costs no extra round trip. A
-/// connection that fails it is stale (its server went away since it was
-/// pooled) or its node is down: it is dropped with every idle one, and one
-/// new connection is tried. Nothing of the caller's has run yet, so this is
-/// safe for writes too.
-/// With `replay_wait`, a replay check comes first in the same batch; while
-/// it fails, the check is sent again (with the `BEGIN`) after a pause, on
-/// the same connection, until the bound. A replica that did not replay in
-/// time is [`NotReady::NotReplayed`], and its connection stays pooled.
+/// Pools hand out idle connections without a round trip (diesel-async's
+/// `Fast`, which discards a connection whose socket has closed). One
+/// found closed here is stale (its server went away since it was pooled):
+/// it is dropped with every idle one, and one new connection is tried.
+/// Nothing of the caller's has run yet, so this is safe for writes too. A
+/// connection that breaks later, under the body, is the attempt's to judge.
+///
+/// With `replay_wait`, a replay check is sent after the reset and waited
+/// for; while it fails, it is sent again after a pause, on the same
+/// connection, until the bound. A replica that did not replay in time is
+/// [`NotReady::NotReplayed`], and its connection stays pooled.
 async fn ready_connection(
     node: &Node,
     route: Route,
-    wrap: Wrap,
+    plan: &Plan,
     replay_wait: Option<ReplayWait>,
-) -> Result<Object<AsyncPgConnection>, NotReady> {
-    let checked_begin = replay_wait
-        .zip(wrap.begin)
-        .map(|(wait, begin)| format!("{}; {begin}", replay_check_sql(wait.lsn)));
+) -> Result<(Object<AsyncPgConnection>, bool), NotReady> {
     let mut last = None;
     for _ in 0..2 {
         let waiting_since = Stopwatch::start();
@@ -300,25 +419,17 @@ async fn ready_connection(
             }
             NotReady::Down(node.checkout_error(e))
         })?;
-        let result = match (&checked_begin, replay_wait) {
-            (Some(sql), Some(wait)) => wait_for_replay(&mut conn, sql, wait.bound).await,
-            _ => match wrap.begin {
-                Some(begin) => {
-                    AnsiTransactionManager::begin_transaction_sql(&mut *conn, begin).await
-                }
-                None => SimpleAsyncConnection::batch_execute(&mut *conn, "SELECT 1").await,
-            },
-        };
-        match result {
-            Ok(()) => return Ok(conn),
+        let reused = Object::metrics(&conn).recycle_count > 0;
+        match prepare(&mut conn, plan, replay_wait).await {
+            Ok(()) => return Ok((conn, reused)),
             Err(DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, _))
-                if checked_begin.is_some() =>
+                if replay_wait.is_some() =>
             {
                 return Err(NotReady::NotReplayed);
             }
             Err(error) => {
                 drop(Object::take(conn));
-                node.pool.retain(|_, _| false);
+                node.drop_idle();
                 last = Some(node.query_error(route, error));
             }
         }
@@ -326,19 +437,60 @@ async fn ready_connection(
     Err(NotReady::Down(last.expect("the loop ran")))
 }
 
-/// Sends `checked_begin` (a replay check, then `BEGIN`) until the check
-/// passes or `bound` has passed (the last check is made then), pausing
-/// between tries with no statement running. The last failure is returned
-/// as it is.
+/// Sends the reset ahead of the body, waits for the replica to replay the
+/// awaited write if asked, then sends the plan's opening (its `BEGIN`,
+/// the tenant's scope) ahead of the body too.
+async fn prepare(
+    conn: &mut AsyncPgConnection,
+    plan: &Plan,
+    replay_wait: Option<ReplayWait>,
+) -> QueryResult<()> {
+    let failed = Watch::take_failed(conn);
+    send_ahead(conn, session::reset(failed))?;
+    if let Some(wait) = replay_wait {
+        let waited = wait_for_replay(conn, &replay_check_sql(wait.lsn), wait.bound).await;
+        // A failed check, in autocommit, leaves no failed transaction.
+        Watch::take_failed(conn);
+        waited?;
+    }
+    if let Some(opening) = &plan.opening {
+        send_ahead(conn, opening)?;
+        if plan.transaction {
+            session::begun(conn)?;
+        }
+    }
+    Ok(())
+}
+
+/// Sends `sql` as one simple query, ahead of whatever the connection sends
+/// next, without waiting for its outcome (the connection reads and drops
+/// it in order). Fails only when the connection is already known closed.
+fn send_ahead(conn: &AsyncPgConnection, sql: &str) -> QueryResult<()> {
+    let mut shared = conn;
+    let mut sending = std::pin::pin!(SimpleAsyncConnection::batch_execute(&mut shared, sql));
+    // The first poll hands the query to the connection's task; the rest
+    // would only wait for the answer.
+    match sending
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(result) => result,
+        Poll::Pending => Ok(()),
+    }
+}
+
+/// Sends `check` (a replay check) until it passes or `bound` has passed
+/// (the last check is made then), pausing between tries with no statement
+/// running. The last failure is returned as it is.
 async fn wait_for_replay(
     conn: &mut AsyncPgConnection,
-    checked_begin: &str,
+    check: &str,
     bound: Duration,
 ) -> QueryResult<()> {
     let deadline = tokio::time::Instant::now() + bound;
     let mut pause = FIRST_REPLAY_PAUSE;
     loop {
-        match AnsiTransactionManager::begin_transaction_sql(conn, checked_begin).await {
+        match SimpleAsyncConnection::batch_execute(conn, check).await {
             Err(DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, _))
                 if tokio::time::Instant::now() < deadline =>
             {
@@ -351,64 +503,53 @@ async fn wait_for_replay(
     }
 }
 
-/// A checked connection of `node`'s, taken out of its pool for good.
+/// A checked connection of `node`'s, taken out of its pool for good: its
+/// reset is waited for, and a stale one is replaced once.
 pub(crate) async fn dedicated_connection(node: &Node) -> Result<AsyncPgConnection, Error> {
-    let wrap = Wrap::new(Route::Write, true);
-    match ready_connection(node, Route::Write, wrap, None).await {
-        Ok(conn) => Ok(Object::take(conn)),
-        Err(NotReady::Down(error)) => Err(error),
-        // No wait was asked for.
-        Err(NotReady::NotReplayed) => Err(not_replayed(node)),
+    let plan = Plan::new(Route::Write, true, None);
+    let mut last = None;
+    for _ in 0..2 {
+        let (conn, _) = match ready_connection(node, Route::Write, &plan, None).await {
+            Ok(ready) => ready,
+            Err(NotReady::Down(error)) => return Err(error),
+            // No wait was asked for.
+            Err(NotReady::NotReplayed) => return Err(not_replayed(node)),
+        };
+        let mut conn = Object::take(conn);
+        match SimpleAsyncConnection::batch_execute(&mut conn, "SELECT 1").await {
+            Ok(()) => return Ok(conn),
+            Err(error) => {
+                node.drop_idle();
+                last = Some(node.query_error(Route::Write, error));
+            }
+        }
     }
+    Err(last.expect("the loop ran"))
 }
 
-/// Sets the tenant's `search_path` for this transaction only
-/// (`set_config(.., true)`, as `SET LOCAL`), and checks that its schema
-/// exists: PostgreSQL silently skips a missing schema in `search_path`,
-/// which would let the tenant read the shared schemas' tables instead.
-async fn enter(
-    node: &Node,
-    conn: &mut AsyncPgConnection,
-    route: Route,
-    scope: &Scope<'_>,
-) -> Result<(), Error> {
+/// Whether the tenant's schema exists on the node, asked after a scoped
+/// body failed: a missing schema leaves the body's path empty (see
+/// [`Scope::statement`]), and the failure is then the tenant's. A check
+/// that cannot be made says yes: the body's own error stands.
+async fn tenant_exists(conn: &mut AsyncPgConnection, scope: &Scope<'_>) -> bool {
     use diesel::ExpressionMethods;
     use diesel::query_dsl::QueryDsl;
     use diesel_async::RunQueryDsl;
 
-    // A typed query: diesel-async keeps it as a prepared statement on each
-    // connection, so the server parses and plans it once.
-    let (_, present): (String, bool) = diesel::select((
-        set_config("search_path", &scope.search_path, true),
-        diesel::dsl::exists(
-            pg_namespace::table.filter(pg_namespace::nspname.eq(scope.tenant.name())),
-        ),
+    // A typed query: diesel-async keeps it prepared on the connection.
+    diesel::select(diesel::dsl::exists(
+        pg_namespace::table.filter(pg_namespace::nspname.eq(scope.tenant.name())),
     ))
     .get_result(conn)
     .await
-    .map_err(|error| node.query_error(route, error))?;
-    if present {
-        Ok(())
-    } else {
-        Err(Error::UnknownTenant {
-            tenant: scope.tenant.name().to_owned(),
-            node: node.label.clone(),
-        })
-    }
+    .unwrap_or(true)
 }
 
-/// Ends a call with one batch of [`Wrap`], the one for `Ok` or for `Err`.
-/// A connection whose end failed is never reused: its session state is
-/// unknown.
-async fn end(conn: &mut AsyncPgConnection, wrap: Wrap, ok: bool) -> QueryResult<()> {
-    let batch = if ok { wrap.on_ok } else { wrap.on_err };
+/// Ends a call with one batch of the plan, waited for. A connection whose
+/// end failed is never reused: its session state is unknown.
+async fn end(conn: &mut AsyncPgConnection, batch: &str) -> QueryResult<()> {
     let result = SimpleAsyncConnection::batch_execute(conn, batch).await;
-    session::settle(conn, wrap, result)
-}
-
-diesel::define_sql_function! {
-    /// PostgreSQL's `set_config(name, value, is_local)`.
-    fn set_config(name: diesel::sql_types::Text, value: diesel::sql_types::Text, is_local: diesel::sql_types::Bool) -> diesel::sql_types::Text;
+    session::settle(conn, result)
 }
 
 diesel::table! {

@@ -21,14 +21,17 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use crate::config::PoolConfig;
 use crate::credentials::{Credentials, CredentialsProvider};
 use crate::error::error_chain;
+use crate::instrument::Watch;
 use crate::metrics::{self, Stopwatch};
 use crate::tls::SslMode;
 use crate::url::DatabaseUrl;
 
 /// A pool of connections to the node `url` names, with its TLS settings.
 ///
-/// Idle connections are recycled without a check (diesel-async's `Fast`):
-/// the first statement of each use is the check (see the attempt module).
+/// Idle connections are recycled without a round trip (diesel-async's
+/// `Fast`: a connection whose socket closed is discarded); the statements
+/// of each use find the rest (see the attempt module). Replicas' sessions
+/// are read-only from the start.
 ///
 /// # Errors
 /// The TLS settings cannot be used: a certificate file is missing or
@@ -55,6 +58,17 @@ pub(crate) fn pool(
         connector
             .config
             .target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+    } else {
+        // A replica's sessions refuse writes from their start, so that
+        // reads need no `READ ONLY` transaction: also on a replica promoted
+        // since, before discovery sees it. `RESET ALL` goes back to it.
+        let options = connector
+            .config
+            .get_options()
+            .unwrap_or_default()
+            .to_owned()
+            + " -c default_transaction_read_only=on";
+        connector.config.options(options.trim_start());
     }
     let mut manager_config = ManagerConfig::default();
     manager_config.recycling_method = RecyclingMethod::Fast;
@@ -189,9 +203,10 @@ fn setup(connector: Connector) -> SetupCallback<AsyncPgConnection> {
         let connector = Arc::clone(&connector);
         Box::pin(async move {
             let stopwatch = Stopwatch::start();
-            let opened = connector.open().await;
-            if opened.is_ok() {
+            let mut opened = connector.open().await;
+            if let Ok(conn) = &mut opened {
                 metrics::connection_created(&connector.node, stopwatch.elapsed());
+                Watch::install(conn);
             }
             opened.map_err(|e| {
                 ConnectionError::BadConnection(format!("sslmode={}: {e}", connector.mode))

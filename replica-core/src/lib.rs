@@ -14,6 +14,7 @@ mod credentials;
 mod discovery;
 mod error;
 mod health;
+mod instrument;
 mod lag;
 mod metrics;
 mod monitor;

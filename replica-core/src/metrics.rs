@@ -111,7 +111,7 @@ impl NodeMetrics {
     /// One attempt on the node ended.
     pub(crate) fn operation(&self, route: Route, ok: bool, took: Duration) {
         #[cfg(feature = "metrics")]
-        self.handles.duration[on::route_index(route)][usize::from(ok)].record(took);
+        self.handles.duration[route.index()][usize::from(ok)].record(took);
         #[cfg(not(feature = "metrics"))]
         let _ = (route, ok, took);
     }
@@ -162,7 +162,7 @@ mod on {
 
     pub(super) struct Handles {
         /// By route, then outcome (error, ok).
-        pub(super) duration: [[Histogram; 2]; 4],
+        pub(super) duration: [[Histogram; 2]; Route::ALL.len()],
         pub(super) wait_time: Histogram,
         pub(super) timeouts: Counter,
         idle: Gauge,
@@ -172,15 +172,6 @@ mod on {
         up: Gauge,
         retries: Counter,
         ejections: Counter,
-    }
-
-    pub(super) fn route_index(route: Route) -> usize {
-        match route {
-            Route::Read => 0,
-            Route::ReadFresh => 1,
-            Route::Transaction => 2,
-            Route::Write => 3,
-        }
     }
 
     impl Handles {
@@ -193,7 +184,7 @@ mod on {
                     "outcome" => outcome
                 )
             };
-            let routes = ["read", "read_fresh", "transaction", "write"];
+            let routes = Route::ALL.map(Route::as_str);
             let count = |state: &'static str| {
                 gauge!(
                     "db.client.connection.count",

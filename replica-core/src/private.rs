@@ -29,9 +29,11 @@ pub trait Repo {
 }
 
 /// Runs the body of a `#[read_only]` method returning diesel's
-/// `QueryResult` on the replicas, with retries.
+/// `QueryResult` on the replicas, with retries: `route` is
+/// [`Route::Read`] or [`Route::ReadSnapshot`].
 pub fn read_query<'a, R, T, F>(
     repo: &'a R,
+    route: Route,
     tenant: Option<&'a Tenant>,
     session: Option<&'a ReadYourWrites>,
     operation: &'static str,
@@ -46,8 +48,8 @@ where
     async move {
         let set = set?;
         let scope = tenant.map(|tenant| set.scope(tenant));
-        let call = Call::new(Route::Read, scope.as_ref()).named(operation);
-        diesel_result(set.read_call(call, session, f).await, Route::Read)
+        let call = Call::new(route, scope.as_ref()).named(operation);
+        diesel_result(set.read_call(call, session, f).await, route)
     }
 }
 
@@ -55,6 +57,7 @@ where
 /// error type on the replicas, with retries.
 pub fn read<'a, R, T, E, F>(
     repo: &'a R,
+    route: Route,
     tenant: Option<&'a Tenant>,
     session: Option<&'a ReadYourWrites>,
     operation: &'static str,
@@ -70,7 +73,7 @@ where
     async move {
         let set = set.map_err(E::from)?;
         let scope = tenant.map(|tenant| set.scope(tenant));
-        let call = Call::new(Route::Read, scope.as_ref()).named(operation);
+        let call = Call::new(route, scope.as_ref()).named(operation);
         own_result(set.read_call(call, session, f).await)
     }
 }
@@ -595,6 +598,7 @@ impl<Ret> OwnError<Ret> {
     pub fn read<'a, R, T, E, F>(
         self,
         repo: &'a R,
+        route: Route,
         tenant: Option<&'a Tenant>,
         session: Option<&'a ReadYourWrites>,
         operation: &'static str,
@@ -606,7 +610,7 @@ impl<Ret> OwnError<Ret> {
         T: Send,
         E: From<Error> + Send,
     {
-        read(repo, tenant, session, operation, f)
+        read(repo, route, tenant, session, operation, f)
     }
 
     /// [`run`].
@@ -647,6 +651,7 @@ impl<E> DieselErrorUnderAlias<E> {
     pub fn read<'a, R, T, F>(
         self,
         repo: &'a R,
+        route: Route,
         tenant: Option<&'a Tenant>,
         session: Option<&'a ReadYourWrites>,
         operation: &'static str,
@@ -658,7 +663,7 @@ impl<E> DieselErrorUnderAlias<E> {
         T: Send,
         E: Send,
     {
-        let _ = (repo, tenant, session, operation, f);
+        let _ = (repo, route, tenant, session, operation, f);
         std::future::pending()
     }
 

@@ -44,7 +44,13 @@ pub(crate) async fn read<T, E>(
     let mut failures = 0;
     let mut may_wait = after.is_some_and(|after| !after.by_time && !after.wait.is_zero());
     let mut number = 0;
-    while let Some((node, replay_wait)) = next(topology, policy, &tried, after, may_wait) {
+    // A stale connection is tried again once, on a new one of its node.
+    let mut again: Option<(&Arc<Node>, Option<ReplayWait>)> = None;
+    let mut stale_retried = false;
+    while let Some((node, replay_wait)) = again
+        .take()
+        .or_else(|| next(topology, policy, &tried, after, may_wait))
+    {
         number += 1;
         let retry_reason = last.as_ref().map(|(previous, failure)| {
             // A retry counts against the node that failed; a replica
@@ -92,6 +98,15 @@ pub(crate) async fn read<T, E>(
                 }
                 return Ok(value);
             }
+            Err(Failed {
+                failure,
+                stale: true,
+                ..
+            }) if !stale_retried => {
+                stale_retried = true;
+                again = Some((node, replay_wait));
+                last = Some((node, failure));
+            }
             // Waited on once: the others are tried as they are known.
             Err(Failed {
                 failure: Failure::NotReplayed,
@@ -103,10 +118,9 @@ pub(crate) async fn read<T, E>(
             }
             // A failed node, or a replica that has not yet replayed the
             // creation of the tenant's schema: another node may serve it.
-            Err(Failed { failure, node_down })
-                if node_down
-                    || matches!(failure, Failure::Routing(Error::UnknownTenant { .. })) =>
-            {
+            Err(Failed {
+                failure, node_down, ..
+            }) if node_down || matches!(failure, Failure::Routing(Error::UnknownTenant { .. })) => {
                 tried.push(node.id.clone());
                 last = Some((node, failure));
                 failures += 1;

@@ -50,8 +50,11 @@ impl<T, E, F> Body<T, E> for F where
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
-    /// A replica (the writer when there is none), `READ ONLY` transaction.
+    /// A replica (the writer when there is none), on a read-only session.
     Read,
+    /// As [`Route::Read`], in a `REPEATABLE READ READ ONLY` transaction: one
+    /// snapshot for every statement of the body.
+    ReadSnapshot,
     /// The writer, `READ ONLY` transaction.
     ReadFresh,
     /// The writer, transaction.
@@ -61,20 +64,42 @@ pub enum Route {
 }
 
 impl Route {
+    /// Every route, in declaration order (see [`Route::index`]).
+    #[cfg(feature = "metrics")]
+    pub(crate) const ALL: [Route; 5] = [
+        Self::Read,
+        Self::ReadSnapshot,
+        Self::ReadFresh,
+        Self::Transaction,
+        Self::Write,
+    ];
+
+    /// Its place in [`Route::ALL`].
+    #[cfg(feature = "metrics")]
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+
     /// Its name in spans and metrics.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Read => "read",
+            Self::ReadSnapshot => "read_snapshot",
             Self::ReadFresh => "read_fresh",
             Self::Transaction => "transaction",
             Self::Write => "write",
         }
     }
 
+    /// Whether the read path routes it: a replica, else the writer.
+    pub(crate) fn reads_on_replicas(self) -> bool {
+        matches!(self, Self::Read | Self::ReadSnapshot)
+    }
+
     /// Whether the body may not write: a write fails it with
     /// [`Error::ReadOnlyViolation`](crate::Error::ReadOnlyViolation).
     pub(crate) fn is_read_only(self) -> bool {
-        matches!(self, Self::Read | Self::ReadFresh)
+        matches!(self, Self::Read | Self::ReadSnapshot | Self::ReadFresh)
     }
 }
 

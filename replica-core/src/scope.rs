@@ -8,7 +8,7 @@ use diesel_async::AsyncPgConnection;
 
 use crate::consistency::ReadYourWrites;
 use crate::error::Error;
-use crate::route::{AsyncFunc, Call, Route};
+use crate::route::{AsyncFunc, Body, Call, Route};
 use crate::set::{ReplicaSet, diesel_result};
 use crate::tenant::Tenant;
 
@@ -77,6 +77,28 @@ impl<'a> SessionScope<'a> {
         }
     }
 
+    /// [`ReplicaSet::read_snapshot`], where the session's writes are
+    /// visible.
+    ///
+    /// # Errors
+    /// As [`ReplicaSet::read`].
+    pub fn read_snapshot<T, F>(&self, f: F) -> impl Future<Output = Result<T, Error>> + Send
+    where
+        F: for<'r> AsyncFnOnce(&'r mut AsyncPgConnection) -> QueryResult<T>
+            + for<'r> AsyncFunc<&'r mut AsyncPgConnection, QueryResult<T>, Fut: Send>
+            + Clone
+            + Send,
+        T: Send,
+    {
+        let call = Call::new(Route::ReadSnapshot, None);
+        async move {
+            diesel_result(
+                self.set.read_call(call, Some(self.session), f).await,
+                Route::ReadSnapshot,
+            )
+        }
+    }
+
     /// [`ReplicaSet::write`], recording the write's token in the session.
     ///
     /// # Errors
@@ -141,10 +163,33 @@ impl<'a> TenantScope<'a> {
             + Send,
         T: Send,
     {
+        self.read_on(Route::Read, f)
+    }
+
+    /// [`ReplicaSet::read_snapshot`] in the tenant's schema.
+    ///
+    /// # Errors
+    /// As [`ReplicaSet::read`], and [`Error::UnknownTenant`].
+    pub fn read_snapshot<T, F>(&self, f: F) -> impl Future<Output = Result<T, Error>> + Send
+    where
+        F: for<'r> AsyncFnOnce(&'r mut AsyncPgConnection) -> QueryResult<T>
+            + for<'r> AsyncFunc<&'r mut AsyncPgConnection, QueryResult<T>, Fut: Send>
+            + Clone
+            + Send,
+        T: Send,
+    {
+        self.read_on(Route::ReadSnapshot, f)
+    }
+
+    fn read_on<T, F>(&self, route: Route, f: F) -> impl Future<Output = Result<T, Error>> + Send
+    where
+        F: Body<T, diesel::result::Error> + Clone,
+        T: Send,
+    {
         let scope = self.set.scope(self.tenant);
         async move {
-            let call = Call::new(Route::Read, Some(&scope));
-            diesel_result(self.set.read_call(call, self.session, f).await, Route::Read)
+            let call = Call::new(route, Some(&scope));
+            diesel_result(self.set.read_call(call, self.session, f).await, route)
         }
     }
 

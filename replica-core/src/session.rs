@@ -1,150 +1,187 @@
-//! The statements sent around a routed body: how its transaction begins,
-//! how it ends, and the reset that keeps what one call leaves in its
-//! session from reaching the next user of the pooled connection.
+//! The statements sent around a routed body: the reset that keeps what one
+//! call leaves in its session from reaching the next user of the pooled
+//! connection, how a transaction begins and the tenant's scope is set, and
+//! how a call ends.
 //!
-//! Each end is one simple-query batch, sent in the round trip a `COMMIT` or
-//! `ROLLBACK` takes anyway: nothing costs an extra round trip, except the
-//! reset after an autocommit [`Route::Write`], which has no end to fold it
-//! into.
+//! Everything before the body is sent *ahead* of it, in the round trip of
+//! the body's first statement, and never waited for: a read on a replica
+//! costs the body's round trips and nothing more. What is sent ahead cannot
+//! fail in a way that would let the body run unscoped or outside its
+//! transaction: the connection is then broken and the body fails too (see
+//! the attempt module).
 //!
-//! Reads end with `ROLLBACK`, which undoes every `SET`, `LISTEN` and cursor
-//! of the transaction (a read can create no temporary table or sequence
-//! state): what survives it is a session advisory lock, released in the
-//! same batch, and whatever the body did after ending the transaction it
-//! was given, which the end detects by the transaction's marker being gone
-//! and answers by discarding the connection. Writes commit, so their
-//! session is reset in full.
+//! Only what must be known before the call returns is waited for: the
+//! `COMMIT` of a write, and the end of a read on the writer, which checks
+//! that nothing was written.
+
+use std::borrow::Cow;
 
 use diesel::QueryResult;
 use diesel::connection::TransactionDepthChange;
 use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager};
 
 use crate::route::Route;
+use crate::tenant::Scope;
 
-/// Undoes what a session can keep past a transaction: cursors, a changed
-/// session user or role, every `SET` (back to the startup values, which
-/// hold the statement timeout and time zone), `LISTEN`s, session advisory
-/// locks, temporary tables and sequence state. It is `DISCARD ALL` without
-/// `DEALLOCATE ALL`, which would drop the statements diesel-async keeps
-/// prepared on the connection, and without `DISCARD PLANS`. Every one of
-/// these runs in a transaction block, and on a hot standby.
-macro_rules! reset {
-    () => {
-        "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; \
-         SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES"
-    };
+/// Ends a transaction the previous user left open (`BEGIN` only warns
+/// then; on an idle session the pair is silent), then undoes what a
+/// session keeps past a transaction: cursors, a changed session user or
+/// role, every `SET` (back to the startup values, which hold the statement
+/// timeout, the time zone and, on replicas, `default_transaction_read_only`),
+/// `LISTEN`s, session advisory locks, temporary tables and sequence state.
+/// It is `DISCARD ALL` without `DEALLOCATE ALL`, which would drop the
+/// statements diesel-async keeps prepared on the connection, and without
+/// `DISCARD PLANS`. Every statement runs on a hot standby.
+const RESET: &str = "BEGIN; ROLLBACK; CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; \
+     UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES";
+
+/// [`RESET`] after a statement of the previous user failed: its session
+/// may be in a failed transaction, where only `ROLLBACK` runs (and warns
+/// when there is none).
+const RESET_AFTER_FAILURE: &str = "ROLLBACK; CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; \
+     RESET ALL; UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; \
+     DISCARD SEQUENCES";
+
+/// The reset to send ahead of a call, knowing whether a statement failed
+/// since the last one.
+pub(crate) fn reset(after_failure: bool) -> &'static str {
+    if after_failure {
+        RESET_AFTER_FAILURE
+    } else {
+        RESET
+    }
 }
 
-/// The reset alone, after an autocommit write.
-const RESET: &str = reset!();
+/// Marks the transaction of a read on the writer as the read's own. The
+/// `SELECT` also takes the transaction's snapshot, after which PostgreSQL
+/// refuses `SET TRANSACTION READ WRITE`.
+const MARK_READ: &str = "SELECT pg_catalog.set_config('diesel_replica.read_only', 'on', true)";
 
-/// Begins a read on a replica, marking the transaction as the read's own.
-const BEGIN_READ: &str = "BEGIN TRANSACTION READ ONLY; SET LOCAL diesel_replica.read_only = on";
-
-/// Begins a read on the writer. Its `SELECT` also takes the transaction's
-/// snapshot, after which PostgreSQL refuses `SET TRANSACTION READ WRITE`
-/// (a hot standby refuses it anyway).
-const BEGIN_READ_ON_WRITER: &str = "BEGIN TRANSACTION READ ONLY; \
-     SELECT pg_catalog.set_config('diesel_replica.read_only', 'on', true)";
-
-/// Ends a read that returned `Ok`: fails (and so discards the connection)
-/// when the body ended the read's transaction, whose marker then reads as
-/// `''`, not a boolean; releases session advisory locks; rolls back.
-const END_READ: &str = "SELECT pg_catalog.current_setting('diesel_replica.read_only')::bool, \
-     pg_catalog.pg_advisory_unlock_all(); ROLLBACK";
-
-/// As [`END_READ`] on the writer, where a read could write: fails with the
-/// SQLSTATE a standby uses, 25006, when the transaction was given a
-/// transaction ID (`txid_current()`, `lo_create()`, any write) or the body
-/// ended it.
+/// Ends a read on the writer that returned `Ok`: fails with the SQLSTATE a
+/// standby uses, 25006, when the transaction was given a transaction ID
+/// (`txid_current()`, `lo_create()`, any write) or the body ended it, then
+/// rolls back.
 const END_READ_ON_WRITER: &str = "DO $diesel_replica$BEGIN \
      IF pg_catalog.current_setting('diesel_replica.read_only', true) IS DISTINCT FROM 'on' \
      OR pg_catalog.txid_current_if_assigned() IS NOT NULL THEN \
      RAISE EXCEPTION USING ERRCODE = 'read_only_sql_transaction', \
      MESSAGE = 'a read on the writer wrote, or ended its READ ONLY transaction'; \
-     END IF; END$diesel_replica$; \
-     SELECT pg_catalog.pg_advisory_unlock_all(); ROLLBACK";
+     END IF; END$diesel_replica$; ROLLBACK";
 
 /// Commits a transaction whose write token is wanted: as a plain commit,
 /// but flushed to the writer's disk before it returns even where
 /// `synchronous_commit` is `off` (the server's, the role's or the body's
 /// `SET LOCAL`), so that the flush position after it covers the commit
 /// and replicas are sent it at once. Stronger settings are kept.
-const COMMIT_FLUSHED: &str = concat!(
-    reset!(),
-    "; SELECT pg_catalog.set_config('synchronous_commit', \
+const COMMIT_FLUSHED: &str = "SELECT pg_catalog.set_config('synchronous_commit', \
      CASE pg_catalog.current_setting('synchronous_commit') WHEN 'off' THEN 'local' \
-     ELSE pg_catalog.current_setting('synchronous_commit') END, true); COMMIT"
-);
+     ELSE pg_catalog.current_setting('synchronous_commit') END, true); COMMIT";
 
-/// How a routed body is wrapped on one node.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Wrap {
-    /// The statements that open the transaction, `None` for autocommit.
-    pub(crate) begin: Option<&'static str>,
-    /// Ends the call after the body returned `Ok`.
-    pub(crate) on_ok: &'static str,
+/// How a routed body runs on one node: what is sent ahead of it after the
+/// reset, and how the call ends.
+#[derive(Clone, Debug)]
+pub(crate) struct Plan {
+    /// Begins the transaction (when there is one) and sets the tenant's
+    /// scope; sent ahead of the body, after the reset.
+    pub(crate) opening: Option<Cow<'static, str>>,
+    /// Whether `opening` begins a transaction, which diesel's transaction
+    /// manager is told of (so that a body's own transaction nests as a
+    /// savepoint).
+    pub(crate) transaction: bool,
+    /// Ends the call after the body returned `Ok`, waited for; `None` when
+    /// nothing is (see [`Plan::end_unawaited`]).
+    pub(crate) on_ok: Option<&'static str>,
     /// Ends the call after the body returned `Err`.
-    pub(crate) on_err: &'static str,
+    pub(crate) on_err: Option<&'static str>,
 }
 
-impl Wrap {
-    /// Reads end with `ROLLBACK`: a read has nothing to commit, and a
-    /// rollback also drops whatever PostgreSQL lets a `READ ONLY`
-    /// transaction queue on the writer (`NOTIFY`, `LISTEN`). A body's error
-    /// takes the slow path: a full reset.
-    pub(crate) fn new(route: Route, on_writer: bool) -> Self {
-        match route {
-            Route::Read | Route::ReadFresh if on_writer => Self {
-                begin: Some(BEGIN_READ_ON_WRITER),
-                on_ok: END_READ_ON_WRITER,
-                on_err: concat!("ROLLBACK; ", reset!()),
-            },
-            Route::Read | Route::ReadFresh => Self {
-                begin: Some(BEGIN_READ),
-                on_ok: END_READ,
-                on_err: concat!("ROLLBACK; ", reset!()),
-            },
-            Route::Transaction => Self {
-                begin: Some("BEGIN"),
-                on_ok: concat!(reset!(), "; COMMIT"),
-                on_err: concat!("ROLLBACK; ", reset!()),
-            },
-            Route::Write => Self {
-                begin: None,
-                on_ok: RESET,
-                on_err: RESET,
-            },
+impl Plan {
+    /// The plan of `route` on a node, in `scope`.
+    ///
+    /// - A read on a replica runs the body alone, autocommit: its session
+    ///   is read-only from the start (and a hot standby refuses writes
+    ///   anyway). A read in a tenant's scope, or of one snapshot, runs in a
+    ///   `READ ONLY` transaction (`REPEATABLE READ` for a snapshot) begun
+    ///   with the scope set and ended by a `ROLLBACK` nobody waits for.
+    /// - A read on the writer runs in a `READ ONLY` transaction, whose end
+    ///   checks that nothing was written.
+    /// - A transaction ends with `COMMIT`, or `ROLLBACK` after an error.
+    /// - An autocommit write runs the body alone.
+    pub(crate) fn new(route: Route, on_writer: bool, scope: Option<&Scope<'_>>) -> Self {
+        let begin = match route {
+            Route::Read | Route::ReadFresh if on_writer => {
+                Some("BEGIN TRANSACTION READ ONLY; ".to_owned() + MARK_READ)
+            }
+            Route::ReadSnapshot if on_writer => Some(
+                "BEGIN TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY; ".to_owned()
+                    + MARK_READ,
+            ),
+            Route::ReadSnapshot => {
+                Some("BEGIN TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY".to_owned())
+            }
+            // The scope, set for the transaction, is gone with it.
+            Route::Read | Route::ReadFresh if scope.is_some() => {
+                Some("BEGIN TRANSACTION READ ONLY".to_owned())
+            }
+            Route::Transaction | Route::Write if scope.is_some() => Some("BEGIN".to_owned()),
+            Route::Transaction => Some("BEGIN".to_owned()),
+            Route::Read | Route::ReadFresh | Route::Write => None,
+        };
+        let transaction = begin.is_some();
+        let opening = match (begin, scope) {
+            (Some(begin), Some(scope)) => Some(Cow::Owned(begin + "; " + &scope.statement())),
+            (begin, _) => begin.map(Cow::Owned),
+        };
+        let (on_ok, on_err) = match route {
+            _ if !transaction => (None, None),
+            Route::Transaction | Route::Write => (Some("COMMIT"), Some("ROLLBACK")),
+            _ if on_writer => (Some(END_READ_ON_WRITER), Some("ROLLBACK")),
+            // A read on a replica: see `end_unawaited`.
+            _ => (None, None),
+        };
+        Self {
+            opening,
+            transaction,
+            on_ok,
+            on_err,
         }
     }
-}
 
-impl Wrap {
-    /// The wrap of a write whose token is wanted: a transaction's commit
+    /// The plan of a transaction whose write token is wanted: its commit
     /// is flushed (see [`COMMIT_FLUSHED`]).
     pub(crate) fn flushed(self, route: Route) -> Self {
         match route {
             Route::Transaction => Self {
-                on_ok: COMMIT_FLUSHED,
+                on_ok: Some(COMMIT_FLUSHED),
                 ..self
             },
             _ => self,
         }
     }
+
+    /// The statement that ends a transaction whose end nobody waits for
+    /// (a read on a replica, which cannot have written): sent ahead of the
+    /// next user of the connection, like the reset.
+    pub(crate) fn end_unawaited(&self) -> Option<&'static str> {
+        (self.transaction && self.on_ok.is_none()).then_some("ROLLBACK")
+    }
 }
 
-/// Brings diesel-async's transaction manager in line with an end batch
-/// sent outside it: the transaction it saw begin has ended. After a failed
+/// Tells diesel-async's transaction manager that the transaction sent
+/// ahead of the body has begun.
+pub(crate) fn begun(conn: &mut AsyncPgConnection) -> QueryResult<()> {
+    AnsiTransactionManager::transaction_manager_status_mut(conn)
+        .transaction_state()?
+        .change_transaction_depth(TransactionDepthChange::IncreaseDepth)
+}
+
+/// Brings diesel-async's transaction manager in line with an end sent
+/// outside it: the transaction it was told of has ended. After a failed
 /// end the manager is put in error, so the pool discards the connection
 /// instead of handing its unknown session state to someone else.
-pub(crate) fn settle(
-    conn: &mut AsyncPgConnection,
-    wrap: Wrap,
-    result: QueryResult<()>,
-) -> QueryResult<()> {
+pub(crate) fn settle(conn: &mut AsyncPgConnection, result: QueryResult<()>) -> QueryResult<()> {
     let status = AnsiTransactionManager::transaction_manager_status_mut(conn);
     match result {
-        Ok(()) if wrap.begin.is_none() => Ok(()),
         Ok(()) => status
             .transaction_state()?
             .change_transaction_depth(TransactionDepthChange::DecreaseDepth),
@@ -152,5 +189,57 @@ pub(crate) fn settle(
             status.set_in_error();
             Err(error)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Tenant;
+
+    #[test]
+    fn replica_reads_send_nothing_but_the_reset() {
+        let plan = Plan::new(Route::Read, false, None);
+        assert!(plan.opening.is_none() && !plan.transaction);
+        assert_eq!(
+            (plan.on_ok, plan.on_err, plan.end_unawaited()),
+            (None, None, None)
+        );
+    }
+
+    #[test]
+    fn scoped_replica_reads_begin_with_their_scope() {
+        let tenant = Tenant::new("acme").unwrap();
+        let scope = Scope::new(&tenant, &["shared".to_owned()]);
+        let plan = Plan::new(Route::Read, false, Some(&scope));
+        let opening = plan.opening.as_deref().unwrap();
+        assert!(
+            opening.starts_with(
+                "BEGIN TRANSACTION READ ONLY; SELECT pg_catalog.set_config('search_path', '\"acme\", \"shared\"', true)"
+            ),
+            "{opening}"
+        );
+        assert_eq!(plan.end_unawaited(), Some("ROLLBACK"));
+    }
+
+    #[test]
+    fn transactions_scope_locally() {
+        let tenant = Tenant::new("acme").unwrap();
+        let scope = Scope::new(&tenant, &[]);
+        let plan = Plan::new(Route::Transaction, true, Some(&scope));
+        let opening = plan.opening.unwrap();
+        assert!(opening.starts_with("BEGIN; SELECT pg_catalog.set_config('search_path'"));
+        assert_eq!(plan.on_ok, Some("COMMIT"));
+    }
+
+    #[test]
+    fn reads_on_the_writer_check_their_end() {
+        for route in [Route::Read, Route::ReadFresh, Route::ReadSnapshot] {
+            let plan = Plan::new(route, true, None);
+            assert_eq!(plan.on_ok, Some(END_READ_ON_WRITER), "{route:?}");
+            assert!(plan.end_unawaited().is_none());
+        }
+        let plan = Plan::new(Route::ReadSnapshot, false, None);
+        assert_eq!(plan.end_unawaited(), Some("ROLLBACK"));
     }
 }

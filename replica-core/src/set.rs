@@ -374,6 +374,26 @@ impl ReplicaSet {
         async move { diesel_result(self.read_call(call, None, f).await, Route::Read) }
     }
 
+    /// [`ReplicaSet::read`] in one `REPEATABLE READ READ ONLY` transaction,
+    /// for a body whose statements must all see the same snapshot (a page
+    /// and its total, say). It costs no round trip more: its `BEGIN` goes
+    /// ahead of the body's first statement and its `ROLLBACK` ahead of the
+    /// connection's next use.
+    ///
+    /// # Errors
+    /// As [`ReplicaSet::read`].
+    pub fn read_snapshot<T, F>(&self, f: F) -> impl Future<Output = Result<T, Error>> + Send
+    where
+        F: for<'r> AsyncFnOnce(&'r mut AsyncPgConnection) -> QueryResult<T>
+            + for<'r> AsyncFunc<&'r mut AsyncPgConnection, QueryResult<T>, Fut: Send>
+            + Clone
+            + Send,
+        T: Send,
+    {
+        let call = Call::new(Route::ReadSnapshot, None);
+        async move { diesel_result(self.read_call(call, None, f).await, Route::ReadSnapshot) }
+    }
+
     /// Runs `f` on the writer inside a `READ ONLY` transaction: a read that
     /// must see every write committed before it. Not retried.
     ///

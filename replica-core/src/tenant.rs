@@ -161,8 +161,8 @@ pub(crate) fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// What a tenant-scoped transaction sets first: the tenant's schema, then
-/// the shared ones, as `search_path` for this transaction only.
+/// What a tenant-scoped call sets first: the tenant's schema, then the
+/// shared ones, as `search_path`.
 pub(crate) struct Scope<'a> {
     pub(crate) tenant: &'a Tenant,
     pub(crate) search_path: String,
@@ -179,6 +179,32 @@ impl<'a> Scope<'a> {
             tenant,
             search_path,
         }
+    }
+}
+
+impl Scope<'_> {
+    /// The statement that sets the scope for the transaction, sent ahead
+    /// of the body with its `BEGIN`.
+    ///
+    /// PostgreSQL silently skips a schema of `search_path` that does not
+    /// exist, which would let the tenant read the shared schemas' tables
+    /// instead of its own: the statement also casts the tenant's name to
+    /// the schema it names, which fails when there is none. The transaction
+    /// is then failed, every statement of the body fails with it, and the
+    /// attempt says [`Error::UnknownTenant`].
+    ///
+    /// Every name in it is a checked identifier (see [`Tenant`] and the
+    /// shared schemas' check), so none can hold a quote.
+    ///
+    /// [`Error::UnknownTenant`]: crate::Error::UnknownTenant
+    pub(crate) fn statement(&self) -> String {
+        debug_assert!(!self.search_path.contains('\''));
+        format!(
+            "SELECT pg_catalog.set_config('search_path', '{path}', true), \
+             '{schema}'::pg_catalog.regnamespace",
+            path = self.search_path,
+            schema = quote_identifier(self.tenant.name()),
+        )
     }
 }
 

@@ -6,6 +6,7 @@ use syn::parse::{ParseStream, Parser};
 
 mod kw {
     syn::custom_keyword!(primary);
+    syn::custom_keyword!(snapshot);
 }
 
 /// Which method attribute is being expanded.
@@ -25,7 +26,7 @@ impl Kind {
 
     fn options(self) -> &'static [&'static str] {
         match self {
-            Self::ReadOnly => &["primary"],
+            Self::ReadOnly => &["primary", "snapshot"],
             Self::Write => &[],
         }
     }
@@ -36,6 +37,8 @@ impl Kind {
 pub(crate) struct Args {
     /// `primary`: read on the writer, still `READ ONLY`.
     pub(crate) primary: Option<kw::primary>,
+    /// `snapshot`: read on a replica in one `REPEATABLE READ` transaction.
+    pub(crate) snapshot: Option<kw::snapshot>,
 }
 
 impl Args {
@@ -46,13 +49,24 @@ impl Args {
                 match Opt::parse(kind, input)? {
                     Opt::Primary(token) => {
                         if args.primary.is_some() {
-                            return Err(syn::Error::new(
-                                token.span,
-                                "duplicate option `primary`\n\nhelp: give each option once",
-                            ));
+                            return Err(duplicate(token.span, "primary"));
                         }
                         args.primary = Some(token);
                     }
+                    Opt::Snapshot(token) => {
+                        if args.snapshot.is_some() {
+                            return Err(duplicate(token.span, "snapshot"));
+                        }
+                        args.snapshot = Some(token);
+                    }
+                }
+                if let (Some(_), Some(snapshot)) = (args.primary, args.snapshot) {
+                    return Err(syn::Error::new(
+                        snapshot.span,
+                        "`primary` and `snapshot` cannot be combined\n\n\
+                         help: `#[read_only(snapshot)]` reads one snapshot on a replica; \
+                         for a consistent read of the latest writes, use `#[write]`",
+                    ));
                 }
                 if !input.is_empty() {
                     input.parse::<Token![,]>()?;
@@ -64,14 +78,25 @@ impl Args {
     }
 }
 
+fn duplicate(span: proc_macro2::Span, option: &str) -> syn::Error {
+    syn::Error::new(
+        span,
+        format!("duplicate option `{option}`\n\nhelp: give each option once"),
+    )
+}
+
 enum Opt {
     Primary(kw::primary),
+    Snapshot(kw::snapshot),
 }
 
 impl Opt {
     fn parse(kind: Kind, input: ParseStream<'_>) -> syn::Result<Self> {
         if kind == Kind::ReadOnly && input.peek(kw::primary) {
             return Ok(Self::Primary(input.parse()?));
+        }
+        if kind == Kind::ReadOnly && input.peek(kw::snapshot) {
+            return Ok(Self::Snapshot(input.parse()?));
         }
         let token: proc_macro2::TokenTree = input.parse()?;
         let expected = match kind.options() {
@@ -87,7 +112,8 @@ impl Opt {
         };
         let help = match kind {
             Kind::ReadOnly => {
-                "help: `#[read_only]` reads on a replica; `#[read_only(primary)]` reads on the writer"
+                "help: `#[read_only]` reads on a replica; `#[read_only(snapshot)]` reads one snapshot there; \
+                 `#[read_only(primary)]` reads on the writer"
             }
             Kind::Write => "help: write `#[write]`",
         };

@@ -85,8 +85,14 @@ fn method_inner(kind: Kind, args: TokenStream, mut item: ItemFn) -> syn::Result<
         // instead of taking them.
         (Kind::ReadOnly, false) => {
             let runner = runner("read", "read_query");
+            let route = if args.snapshot.is_some() {
+                quote!(ReadSnapshot)
+            } else {
+                quote!(Read)
+            };
             quote!(#runner(
                 self,
+                #p::Route::#route,
                 #tenant_var,
                 #session_var,
                 #operation,

@@ -29,9 +29,11 @@ pub fn derive_replicated_repo(input: TokenStream) -> TokenStream {
 }
 
 /// Runs an `async fn(&self, conn: &mut AsyncPgConnection, ..)` method of a
-/// replicated repo on a replica, inside a `READ ONLY` transaction; callers
-/// leave the connection out. `#[read_only(primary)]` reads on the writer,
-/// still `READ ONLY`.
+/// replicated repo on a replica, on a session that refuses writes, in the
+/// round trips of its own statements; callers leave the connection out.
+/// `#[read_only(snapshot)]` runs it in one `REPEATABLE READ READ ONLY`
+/// transaction (one snapshot for all its statements), and
+/// `#[read_only(primary)]` on the writer, in a `READ ONLY` transaction.
 #[proc_macro_attribute]
 pub fn read_only(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::method(Kind::ReadOnly, args.into(), item.into()).into()
