@@ -22,7 +22,8 @@ fn main() -> ExitCode {
         "CREATE TABLE events (id serial PRIMARY KEY, at_ms int NOT NULL)",
         tests![
             a_promoted_replica_becomes_the_writer_and_reads_never_fail,
-            aurora_discovery_follows_the_writer_aurora_names
+            aurora_discovery_follows_the_writer_aurora_names,
+            a_write_in_a_read_is_refused_wherever_the_read_runs,
         ],
     )
 }
@@ -262,4 +263,61 @@ async fn aurora_discovery_follows_the_writer_aurora_names(cluster: Arc<Cluster>)
     assert_eq!(status.writer.address, address(&cluster, first));
     let replicas: Vec<_> = status.replicas.iter().map(|r| r.address.clone()).collect();
     assert_eq!(replicas, [address(&cluster, second)]);
+}
+
+/// A read runs its body alone on a replica, with no `READ ONLY`
+/// transaction: a write in it is refused by a standby, by the read-only
+/// session on a replica promoted before discovery (here: none) could see
+/// it, and by the `READ ONLY` transaction of a read that fell back to the
+/// writer. Each is [`ErrorKind::ReadOnlyViolation`], and no row is written.
+async fn a_write_in_a_read_is_refused_wherever_the_read_runs(cluster: Arc<Cluster>) {
+    let (primary, replica, _) = primary_and_two_replicas(&cluster);
+    let config = Config::new(&cluster.url(primary))
+        .unwrap()
+        .with_replica(&cluster.url(replica))
+        .unwrap();
+    let db = ReplicaSet::connect(config).await.unwrap();
+    let insert = async |conn: &mut diesel_async::AsyncPgConnection| {
+        diesel::sql_query("INSERT INTO events (at_ms) VALUES (-1)")
+            .execute(conn)
+            .await
+    };
+    let written = |id| {
+        cluster
+            .psql(id, "SELECT count(*) FROM events WHERE at_ms = -1")
+            .unwrap()
+    };
+    let refused = |result: Result<usize, diesel_replica::Error>, on: &str| {
+        let err = result.expect_err(on);
+        assert_eq!(err.kind(), ErrorKind::ReadOnlyViolation, "{on}: {err:?}");
+    };
+
+    let served = db.read(who_served).await.unwrap();
+    assert!(served.in_recovery, "{served:?}");
+    refused(db.read(insert).await, "on a standby");
+
+    let promoted = cluster.clone();
+    tokio::task::spawn_blocking(move || promoted.promote(replica))
+        .await
+        .unwrap()
+        .unwrap();
+    let served = db.read(who_served).await.unwrap();
+    assert_eq!(served.port, i32::from(cluster.node(replica).port()));
+    assert!(!served.in_recovery, "the read ran on the promoted replica");
+    refused(db.read(insert).await, "on a promoted replica");
+    assert_eq!(written(replica), "0");
+
+    let mut config = Config::new(&cluster.url(primary))
+        .unwrap()
+        .with_replica(&format!(
+            "postgres://postgres@127.0.0.1:{}/postgres",
+            common::closed_port()
+        ))
+        .unwrap();
+    config.health.reads_fall_back_to_writer = true;
+    let fallback = ReplicaSet::connect(config).await.unwrap();
+    let served = fallback.read(who_served).await.unwrap();
+    assert_eq!(served.port, i32::from(cluster.node(primary).port()));
+    refused(fallback.read(insert).await, "on the writer");
+    assert_eq!(written(primary), "0");
 }

@@ -31,6 +31,7 @@ fn main() -> ExitCode {
             random_uses_every_replica,
             weighted_three_to_one_spreads_three_to_one,
             least_in_flight_prefers_the_idle_replica_when_one_is_slow,
+            a_stale_pooled_connection_is_replaced_and_the_read_succeeds,
         ],
     )
 }
@@ -406,4 +407,74 @@ async fn least_in_flight_prefers_the_idle_replica_when_one_is_slow(cluster: Arc<
         on_fast > 3 * on_slow,
         "fast replica {on_fast} reads, slow replica {on_slow}"
     );
+}
+
+/// A read whose pooled connection went stale (its server restarted, or
+/// ended the session) runs again on a new connection: the caller sees its
+/// rows, and the replica no failure.
+async fn a_stale_pooled_connection_is_replaced_and_the_read_succeeds(cluster: Arc<Cluster>) {
+    let replica = cluster.replica_ids()[0];
+    let only_replica = |writer: &str, replica: &str| {
+        let mut config = diesel_replica::Config::new(writer)
+            .unwrap()
+            .with_replica(replica)
+            .unwrap();
+        config.replica_pool.max_size = 1;
+        config
+    };
+
+    // The server restarts: its goodbye reaches the client at once, and the
+    // pool drops the connection before handing it out.
+    let db = ReplicaSet::connect(only_replica(&cluster.writer_url(), &cluster.url(replica)))
+        .await
+        .unwrap();
+    let before = db.read(backend_pid).await.unwrap();
+    on_cluster(&cluster, move |c| c.restart(replica).unwrap()).await;
+    let after = db.read(backend_pid).await.unwrap();
+    assert_ne!(after, before, "a new connection served the read");
+    let status = &db.status().replicas[0];
+    assert_eq!(
+        (status.health, status.consecutive_failures),
+        (Health::Up, 0),
+        "{status:?}"
+    );
+
+    // Through a delay proxy, the client learns that the server ended the
+    // session only from the read's own first statement: the read runs
+    // again on a new connection.
+    let delayed = cluster.delayed(Duration::from_millis(200)).unwrap();
+    let db = ReplicaSet::connect(only_replica(
+        delayed.writer_url(),
+        &delayed.replica_urls()[0],
+    ))
+    .await
+    .unwrap();
+    let before = db.read(backend_pid).await.unwrap();
+    cluster
+        .psql(replica, &format!("SELECT pg_terminate_backend({before})"))
+        .unwrap();
+    let (after, served) = db
+        .read(async |conn| Ok((backend_pid(conn).await?, who_served(conn).await?)))
+        .await
+        .unwrap();
+    assert_ne!(after, before, "a new connection served the read");
+    assert!(served.in_recovery, "{served:?}");
+    let status = &db.status().replicas[0];
+    assert_eq!(
+        (status.health, status.consecutive_failures),
+        (Health::Up, 0),
+        "{status:?}"
+    );
+    assert_eq!(
+        status.retried, 1,
+        "the stale connection cost one retry: {status:?}"
+    );
+}
+
+async fn backend_pid(conn: &mut diesel_async::AsyncPgConnection) -> diesel::QueryResult<i32> {
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
+        "pg_backend_pid()",
+    ))
+    .get_result(conn)
+    .await
 }

@@ -35,6 +35,7 @@ fn main() -> ExitCode {
             unreachable_replica_is_a_checkout_error_without_the_password,
             wrong_password_is_reported_without_the_password,
             a_cancelled_read_does_not_hand_its_connection_to_the_next,
+            a_read_is_one_transaction_per_statement_a_snapshot_read_is_one,
             every_character_of_a_generated_password_connects,
             url_options_keep_the_statement_timeout,
             zero_statement_timeout_sets_no_limit_on_either_side,
@@ -1124,4 +1125,32 @@ async fn aurora_discovery_follows_aurora_replica_status(cluster: Arc<Cluster>) {
             "DROP FUNCTION aurora_replica_status(); DROP TABLE aurora_topology",
         )
         .unwrap();
+}
+
+/// A plain read sends its statements alone, each its own transaction; a
+/// snapshot read runs them in one `REPEATABLE READ READ ONLY` transaction.
+async fn a_read_is_one_transaction_per_statement_a_snapshot_read_is_one(cluster: Arc<Cluster>) {
+    let db = connect(&cluster).await;
+    let started = "pg_catalog.now()::text || ' ' || current_setting('transaction_isolation') \
+         || ' ' || current_setting('transaction_read_only')";
+    let twice = async |conn: &mut diesel_async::AsyncPgConnection| {
+        let first = text(conn, started).await?;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        Ok((first, text(conn, started).await?))
+    };
+    let (first, second) = db.read(twice).await.unwrap();
+    assert_ne!(
+        first, second,
+        "two statements of a read share a transaction"
+    );
+    assert!(first.ends_with(" read committed on"), "{first}");
+    let (first, second) = db.read_snapshot(twice).await.unwrap();
+    assert_eq!(
+        first, second,
+        "a snapshot read's statements are one transaction"
+    );
+    assert!(first.ends_with(" repeatable read on"), "{first}");
+    let tenant = diesel_replica::Tenant::new("nobody").unwrap();
+    let err = db.tenant(&tenant).read_snapshot(twice).await.unwrap_err();
+    assert!(matches!(err, Error::UnknownTenant { .. }), "{err:?}");
 }

@@ -30,10 +30,6 @@ use crate::tenant::Scope;
 pub(crate) struct Failed<E> {
     pub(crate) failure: Failure<E>,
     pub(crate) node_down: bool,
-    /// A read's connection, which had served before, broke under the body:
-    /// it was stale, and the read may run again on a new connection of the
-    /// same node.
-    pub(crate) stale: bool,
 }
 
 /// Why a routed closure did not return `Ok`: routing (checkout, `BEGIN`,
@@ -41,6 +37,10 @@ pub(crate) struct Failed<E> {
 pub(crate) enum Failure<E> {
     Routing(Error),
     Body(E),
+    /// A read's connection, which had served before, broke under the body:
+    /// it was stale (its server went away since it was pooled), and the
+    /// read may run again on a new connection of the same node.
+    Stale(E),
     /// A replica did not replay the write a read waits for within the
     /// bound; nothing ran. The read path goes elsewhere.
     NotReplayed,
@@ -63,7 +63,7 @@ impl Failure<DieselError> {
     pub(crate) fn into_error(self, node: &Node, route: Route) -> Error {
         match self {
             Self::Routing(error) => error,
-            Self::Body(error) => node.query_error(route, error),
+            Self::Body(error) | Self::Stale(error) => node.query_error(route, error),
             Self::NotReplayed => not_replayed(node),
         }
     }
@@ -77,6 +77,7 @@ impl<E> Failure<E> {
         match self {
             Self::Routing(error) => error.kind().as_str(),
             Self::Body(_) => "query",
+            Self::Stale(_) => "stale_connection",
             Self::NotReplayed => "not_replayed",
         }
     }
@@ -88,7 +89,7 @@ impl<E: From<Error>> Failure<E> {
     pub(crate) fn into_own(self, node: &Node) -> E {
         match self {
             Self::Routing(error) => E::from(error),
-            Self::Body(error) => error,
+            Self::Body(error) | Self::Stale(error) => error,
             Self::NotReplayed => E::from(not_replayed(node)),
         }
     }
@@ -114,7 +115,6 @@ pub(crate) async fn attempt<T, E>(
                         after,
                     }),
                     node_down: true,
-                    stale: false,
                 })
             }),
     };
@@ -129,7 +129,7 @@ pub(crate) async fn attempt<T, E>(
         }) => {
             let reason = match failure {
                 Failure::Routing(error) => error_chain(error),
-                Failure::Body(_) | Failure::NotReplayed => {
+                Failure::Body(_) | Failure::Stale(_) | Failure::NotReplayed => {
                     "the connection broke during the query".to_owned()
                 }
             };
@@ -158,14 +158,12 @@ async fn run<T, E>(node: &Node, call: Call<'_>, f: impl Body<T, E>) -> Result<T,
             return Err(Failed {
                 failure: Failure::Routing(error),
                 node_down: true,
-                stale: false,
             });
         }
         Err(NotReady::NotReplayed) => {
             return Err(Failed {
                 failure: Failure::NotReplayed,
                 node_down: false,
-                stale: false,
             });
         }
     };
@@ -179,7 +177,13 @@ async fn run<T, E>(node: &Node, call: Call<'_>, f: impl Body<T, E>) -> Result<T,
         reused,
     };
     let result = call.run(in_use.conn(), f).await;
-    if !result.as_ref().is_err_and(|failed| failed.stale) {
+    if !matches!(
+        result,
+        Err(Failed {
+            failure: Failure::Stale(_),
+            ..
+        })
+    ) {
         in_use.release();
     }
     result
@@ -264,7 +268,6 @@ impl Ended<'_> {
                         Err(Failed {
                             failure: Failure::Routing(node.query_error(route, error)),
                             node_down: false,
-                            stale: false,
                         })
                     }
                     // Nothing was written: what was read stands. The connection
@@ -273,7 +276,6 @@ impl Ended<'_> {
                     Err(error) => Err(Failed {
                         failure: Failure::Routing(node.query_error(route, error)),
                         node_down: false,
-                        stale: false,
                     }),
                 }
             }
@@ -292,9 +294,12 @@ impl Ended<'_> {
                         node.drop_idle();
                     }
                     return Err(Failed {
-                        failure: Failure::Body(error),
+                        failure: if stale {
+                            Failure::Stale(error)
+                        } else {
+                            Failure::Body(error)
+                        },
                         node_down: !stale,
-                        stale,
                     });
                 }
                 if let Some(scope) = scope
@@ -306,13 +311,11 @@ impl Ended<'_> {
                             node: node.label.clone(),
                         }),
                         node_down: false,
-                        stale: false,
                     });
                 }
                 Err(Failed {
                     failure: Failure::Body(error),
                     node_down: false,
-                    stale: false,
                 })
             }
         }

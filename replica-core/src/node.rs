@@ -276,7 +276,8 @@ pub struct NodeStatus {
     pub consecutive_failures: u32,
     /// Times it was ejected.
     pub ejections: u64,
-    /// Failed attempts on it that a read retried on another node.
+    /// Failed attempts on it that a read retried: on another node, or on
+    /// a new connection of its own for a stale one.
     pub retried: u64,
     /// Its last failure, as its error message (never with a password).
     pub last_error: Option<String>,

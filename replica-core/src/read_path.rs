@@ -99,8 +99,7 @@ pub(crate) async fn read<T, E>(
                 return Ok(value);
             }
             Err(Failed {
-                failure,
-                stale: true,
+                failure: failure @ Failure::Stale(_),
                 ..
             }) if !stale_retried => {
                 stale_retried = true;
