@@ -39,6 +39,7 @@ fn main() -> ExitCode {
             provisioning_twice_changes_nothing_and_replicas_receive_it,
             a_failing_migration_leaves_its_tenant_as_it_was_and_the_others_run,
             a_tenant_not_yet_on_the_replicas_is_read_on_the_writer,
+            calls_dropped_mid_way_never_leave_a_tenant_behind,
         ],
     )
 }
@@ -373,4 +374,174 @@ async fn a_tenant_not_yet_on_the_replicas_is_read_on_the_writer(cluster: Arc<Clu
         served.in_recovery,
         "once replayed, the replicas serve it: {served:?}"
     );
+}
+
+/// Polls `call` until it is ready or has been woken `polls` times, then
+/// drops it: a cancellation at whatever point it had reached.
+async fn dropped_after<F: std::future::Future>(call: F, polls: u64) -> Option<F::Output> {
+    let mut call = std::pin::pin!(call);
+    let mut woken = 0;
+    std::future::poll_fn(|cx| match call.as_mut().poll(cx) {
+        std::task::Poll::Ready(value) => std::task::Poll::Ready(Some(value)),
+        std::task::Poll::Pending if woken >= polls => std::task::Poll::Ready(None),
+        std::task::Poll::Pending => {
+            woken += 1;
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
+/// Tenant-scoped and unscoped calls, a third of them dropped at a random
+/// point (after a random number of polls, or a timeout of 0.1 to 1.5 ms):
+/// no call sees another tenant's rows or a tenant's rows unscoped, and
+/// afterwards every pooled connection has the default `search_path`.
+async fn calls_dropped_mid_way_never_leave_a_tenant_behind(cluster: Arc<Cluster>) {
+    // One replica, so that holding `POOL` reads at once holds every
+    // connection its pool has.
+    const POOL: usize = 8;
+    let mut config = Config::new(&cluster.writer_url())
+        .unwrap()
+        .with_replica(&cluster.replica_urls()[0])
+        .unwrap();
+    config.replica_pool.max_size = POOL;
+    config.writer_pool.max_size = POOL;
+    let db = ReplicaSet::connect(config).await.unwrap();
+    let violations = Arc::new(AtomicU64::new(0));
+    let completed = Arc::new(AtomicU64::new(0));
+    let dropped = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..32u64)
+        .map(|task| {
+            let (db, violations, completed, dropped) = (
+                db.clone(),
+                violations.clone(),
+                completed.clone(),
+                dropped.clone(),
+            );
+            tokio::spawn(async move {
+                let mut state = task * 104_729 + 7;
+                let mut next = move || {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    state >> 33
+                };
+                for _ in 0..320 {
+                    let kind = next() % 10;
+                    let t = tenant(next() as usize % TENANTS);
+                    // Unscoped reads see the shared `items`, whose one row
+                    // is `public`'s.
+                    let owner = if kind < 2 { "public" } else { t.name() };
+                    let call = async {
+                        match kind {
+                            0 => {
+                                db.read_fresh(async |conn| {
+                                    diesel::sql_query("SELECT owner FROM items")
+                                        .load::<Owner>(conn)
+                                        .await
+                                })
+                                .await
+                            }
+                            1 => {
+                                db.read(async |conn| {
+                                    diesel::sql_query("SELECT owner FROM items")
+                                        .load::<Owner>(conn)
+                                        .await
+                                })
+                                .await
+                            }
+                            2 => {
+                                db.tenant(&t)
+                                    .transaction(async |conn| {
+                                        diesel::sql_query("SELECT owner FROM items")
+                                            .load::<Owner>(conn)
+                                            .await
+                                    })
+                                    .await
+                            }
+                            3 => {
+                                db.tenant(&t)
+                                    .read_snapshot(async |conn| {
+                                        diesel::sql_query("SELECT owner FROM items")
+                                            .load::<Owner>(conn)
+                                            .await
+                                    })
+                                    .await
+                            }
+                            _ => {
+                                db.tenant(&t)
+                                    .read(async |conn| {
+                                        diesel::sql_query("SELECT owner FROM items")
+                                            .load::<Owner>(conn)
+                                            .await
+                                    })
+                                    .await
+                            }
+                        }
+                    };
+                    let outcome = match next() % 6 {
+                        0 => dropped_after(call, next() % 6).await,
+                        1 => {
+                            let after = std::time::Duration::from_micros(100 + next() % 1400);
+                            tokio::time::timeout(after, call).await.ok()
+                        }
+                        _ => Some(call.await),
+                    };
+                    match outcome {
+                        Some(owners) => {
+                            let owners = owners.unwrap();
+                            assert!(!owners.is_empty());
+                            let wrong = owners.iter().filter(|o| o.owner != owner).count();
+                            violations.fetch_add(wrong as u64, Ordering::Relaxed);
+                            completed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        None => {
+                            dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let completed = AtomicU64::load(&completed, Ordering::Relaxed);
+    let dropped = AtomicU64::load(&dropped, Ordering::Relaxed);
+    eprintln!("{completed} calls completed, {dropped} dropped mid-way");
+    assert_eq!(completed + dropped, 32 * 320);
+    assert!(dropped >= 1000, "too few calls were dropped: {dropped}");
+    assert_eq!(
+        AtomicU64::load(&violations, Ordering::Relaxed),
+        0,
+        "rows seen outside their tenant's scope"
+    );
+    // Every pooled connection, held at once, says where it is.
+    for pool in ["replica", "writer"] {
+        let barrier = Arc::new(tokio::sync::Barrier::new(POOL));
+        let held: Vec<_> = (0..POOL)
+            .map(|_| {
+                let (db, barrier) = (db.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    let session = async |conn: &mut AsyncPgConnection| {
+                        let session: Session = diesel::sql_query(SESSION).get_result(conn).await?;
+                        barrier.wait().await;
+                        Ok(session)
+                    };
+                    if pool == "replica" {
+                        db.read(session).await.unwrap()
+                    } else {
+                        db.write(session).await.unwrap()
+                    }
+                })
+            })
+            .collect();
+        let mut pids = std::collections::HashSet::new();
+        for session in held {
+            let session = session.await.unwrap();
+            assert_eq!(session.search_path, "\"$user\", public", "{pool}");
+            pids.insert(session.pid);
+        }
+        assert_eq!(pids.len(), POOL, "{pool}: every pooled connection was seen");
+    }
 }
