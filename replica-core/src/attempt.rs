@@ -184,7 +184,7 @@ async fn run<T, E>(node: &Node, call: Call<'_>, f: impl Body<T, E>) -> Result<T,
             ..
         })
     ) {
-        in_use.release();
+        in_use.release(&plan);
     }
     result
 }
@@ -200,9 +200,19 @@ impl InUse {
         self.0.as_mut().expect("released only once, at the end")
     }
 
-    /// Gives the connection back to its pool.
-    fn release(mut self) {
-        drop(self.0.take());
+    /// Sends the session reset (see the session module), which ends a
+    /// transaction of the call's that nobody waits for, and gives the
+    /// connection back to its pool, with the reset on its way: the next
+    /// user's statements follow it. A connection found closed is dropped.
+    fn release(mut self, plan: &Plan) {
+        let Some(mut conn) = self.0.take() else {
+            return;
+        };
+        let failed = Watch::take_failed(&mut conn);
+        let reset = session::reset(failed || plan.ends_with_the_reset());
+        if send_ahead(&conn, reset).is_err() {
+            drop(Object::take(conn));
+        }
     }
 }
 
@@ -241,10 +251,10 @@ impl Ended<'_> {
         } = self;
         let conn: &mut AsyncPgConnection = conn;
         let result = f(conn).await;
-        if let Some(end) = plan.end_unawaited() {
-            // Nothing was written: the end is the next user's to wait for.
-            let sent = send_ahead(conn, end);
-            let _ = session::settle(conn, sent);
+        if plan.ends_with_the_reset() {
+            // Nothing was written: the reset that follows the call ends
+            // its transaction, and nobody waits for it.
+            let _ = session::settle(conn, Ok(()));
         }
         match result {
             Ok(value) => {
@@ -303,7 +313,7 @@ impl Ended<'_> {
                     });
                 }
                 if let Some(scope) = scope
-                    && !tenant_exists(conn, scope).await
+                    && !tenant_exists(conn, scope, plan).await
                 {
                     return Err(Failed {
                         failure: Failure::Routing(Error::UnknownTenant {
@@ -440,16 +450,13 @@ async fn ready_connection(
     Err(NotReady::Down(last.expect("the loop ran")))
 }
 
-/// Sends the reset ahead of the body, waits for the replica to replay the
-/// awaited write if asked, then sends the plan's opening (its `BEGIN`,
-/// the tenant's scope) ahead of the body too.
+/// Waits for the replica to replay the awaited write if asked, then sends
+/// the plan's opening (its `BEGIN`, the tenant's scope) ahead of the body.
 async fn prepare(
     conn: &mut AsyncPgConnection,
     plan: &Plan,
     replay_wait: Option<ReplayWait>,
 ) -> QueryResult<()> {
-    let failed = Watch::take_failed(conn);
-    send_ahead(conn, session::reset(failed))?;
     if let Some(wait) = replay_wait {
         let waited = wait_for_replay(conn, &replay_check_sql(wait.lsn), wait.bound).await;
         // A failed check, in autocommit, leaves no failed transaction.
@@ -531,13 +538,18 @@ pub(crate) async fn dedicated_connection(node: &Node) -> Result<AsyncPgConnectio
 }
 
 /// Whether the tenant's schema exists on the node, asked after a scoped
-/// body failed: a missing schema leaves the body's path empty (see
-/// [`Scope::statement`]), and the failure is then the tenant's. A check
+/// body failed: a missing schema fails the call's transaction (see
+/// [`Scope::statement`]), and the failure is then the tenant's. The call's
+/// transaction, when it is not ended yet, is rolled back first. A check
 /// that cannot be made says yes: the body's own error stands.
-async fn tenant_exists(conn: &mut AsyncPgConnection, scope: &Scope<'_>) -> bool {
+async fn tenant_exists(conn: &mut AsyncPgConnection, scope: &Scope<'_>, plan: &Plan) -> bool {
     use diesel::ExpressionMethods;
     use diesel::query_dsl::QueryDsl;
     use diesel_async::RunQueryDsl;
+
+    if plan.ends_with_the_reset() && send_ahead(conn, "ROLLBACK").is_err() {
+        return true;
+    }
 
     // A typed query: diesel-async keeps it prepared on the connection.
     diesel::select(diesel::dsl::exists(

@@ -1,14 +1,17 @@
-//! The statements sent around a routed body: the reset that keeps what one
-//! call leaves in its session from reaching the next user of the pooled
-//! connection, how a transaction begins and the tenant's scope is set, and
-//! how a call ends.
+//! The statements sent around a routed body: how its transaction begins
+//! and the tenant's scope is set, how a call ends, and the reset that keeps
+//! what one call leaves in its session from reaching the next user of the
+//! pooled connection.
 //!
-//! Everything before the body is sent *ahead* of it, in the round trip of
-//! the body's first statement, and never waited for: a read on a replica
-//! costs the body's round trips and nothing more. What is sent ahead cannot
-//! fail in a way that would let the body run unscoped or outside its
-//! transaction: the connection is then broken and the body fails too (see
-//! the attempt module).
+//! Nothing of this costs a round trip of its own. What must come before
+//! the body (a `BEGIN`, the scope) is sent *ahead* of it, in the round trip
+//! of its first statement, and never waited for; it cannot fail in a way
+//! that would let the body run unscoped or outside its transaction (the
+//! transaction is then failed, or the connection broken, and the body's
+//! statements fail too). The reset is sent *after* the call, and not
+//! waited for either: the connection goes back to its pool with it on its
+//! way, and the next user's statements follow it. A call dropped before it
+//! ends closes its connection instead (see the attempt module).
 //!
 //! Only what must be known before the call returns is waited for: the
 //! `COMMIT` of a write, and the end of a read on the writer, which checks
@@ -23,9 +26,9 @@ use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager
 use crate::route::Route;
 use crate::tenant::Scope;
 
-/// Ends a transaction the previous user left open (`BEGIN` only warns
-/// then; on an idle session the pair is silent), then undoes what a
-/// session keeps past a transaction: cursors, a changed session user or
+/// Ends a transaction the body left open (`BEGIN` only warns then; on an
+/// idle session the pair is silent), then undoes what a session keeps past
+/// a transaction: cursors, a changed session user or
 /// role, every `SET` (back to the startup values, which hold the statement
 /// timeout, the time zone and, on replicas, `default_transaction_read_only`),
 /// `LISTEN`s, session advisory locks, temporary tables and sequence state.
@@ -35,21 +38,17 @@ use crate::tenant::Scope;
 const RESET: &str = "BEGIN; ROLLBACK; CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; \
      UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES";
 
-/// [`RESET`] after a statement of the previous user failed: its session
-/// may be in a failed transaction, where only `ROLLBACK` runs (and warns
-/// when there is none).
+/// [`RESET`] after a statement of the call failed, whose session may be in
+/// a failed transaction, where only `ROLLBACK` runs (and warns when there
+/// is none); and after a call whose transaction the reset ends.
 const RESET_AFTER_FAILURE: &str = "ROLLBACK; CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; \
      RESET ALL; UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; \
      DISCARD SEQUENCES";
 
-/// The reset to send ahead of a call, knowing whether a statement failed
-/// since the last one.
-pub(crate) fn reset(after_failure: bool) -> &'static str {
-    if after_failure {
-        RESET_AFTER_FAILURE
-    } else {
-        RESET
-    }
+/// The reset to send after a call: with `rollback`, for a call whose
+/// transaction may be open or failed.
+pub(crate) fn reset(rollback: bool) -> &'static str {
+    if rollback { RESET_AFTER_FAILURE } else { RESET }
 }
 
 /// Marks the transaction of a read on the writer as the read's own. The
@@ -89,7 +88,7 @@ pub(crate) struct Plan {
     /// savepoint).
     pub(crate) transaction: bool,
     /// Ends the call after the body returned `Ok`, waited for; `None` when
-    /// nothing is (see [`Plan::end_unawaited`]).
+    /// nothing is (see [`Plan::ends_with_the_reset`]).
     pub(crate) on_ok: Option<&'static str>,
     /// Ends the call after the body returned `Err`.
     pub(crate) on_err: Option<&'static str>,
@@ -136,7 +135,7 @@ impl Plan {
             _ if !transaction => (None, None),
             Route::Transaction | Route::Write => (Some("COMMIT"), Some("ROLLBACK")),
             _ if on_writer => (Some(END_READ_ON_WRITER), Some("ROLLBACK")),
-            // A read on a replica: see `end_unawaited`.
+            // A read on a replica: see `ends_with_the_reset`.
             _ => (None, None),
         };
         Self {
@@ -159,11 +158,10 @@ impl Plan {
         }
     }
 
-    /// The statement that ends a transaction whose end nobody waits for
-    /// (a read on a replica, which cannot have written): sent ahead of the
-    /// next user of the connection, like the reset.
-    pub(crate) fn end_unawaited(&self) -> Option<&'static str> {
-        (self.transaction && self.on_ok.is_none()).then_some("ROLLBACK")
+    /// Whether the reset sent after the call ends its transaction, which
+    /// nobody waits for (a read on a replica, which cannot have written).
+    pub(crate) fn ends_with_the_reset(&self) -> bool {
+        self.transaction && self.on_ok.is_none()
     }
 }
 
@@ -202,7 +200,7 @@ mod tests {
         let plan = Plan::new(Route::Read, false, None);
         assert!(plan.opening.is_none() && !plan.transaction);
         assert_eq!(
-            (plan.on_ok, plan.on_err, plan.end_unawaited()),
+            (plan.on_ok, plan.on_err, plan.ends_with_the_reset()),
             (None, None, None)
         );
     }
@@ -215,11 +213,11 @@ mod tests {
         let opening = plan.opening.as_deref().unwrap();
         assert!(
             opening.starts_with(
-                "BEGIN TRANSACTION READ ONLY; SELECT pg_catalog.set_config('search_path', '\"acme\", \"shared\"', true)"
+                "BEGIN TRANSACTION READ ONLY; SELECT pg_catalog.set_config('search_path', E'\"acme\", \"shared\"', true)"
             ),
             "{opening}"
         );
-        assert_eq!(plan.end_unawaited(), Some("ROLLBACK"));
+        assert_eq!(plan.ends_with_the_reset(), Some("ROLLBACK"));
     }
 
     #[test]
@@ -237,9 +235,9 @@ mod tests {
         for route in [Route::Read, Route::ReadFresh, Route::ReadSnapshot] {
             let plan = Plan::new(route, true, None);
             assert_eq!(plan.on_ok, Some(END_READ_ON_WRITER), "{route:?}");
-            assert!(plan.end_unawaited().is_none());
+            assert!(plan.ends_with_the_reset().is_none());
         }
         let plan = Plan::new(Route::ReadSnapshot, false, None);
-        assert_eq!(plan.end_unawaited(), Some("ROLLBACK"));
+        assert_eq!(plan.ends_with_the_reset(), Some("ROLLBACK"));
     }
 }

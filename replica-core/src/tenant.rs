@@ -10,7 +10,7 @@ use std::str::FromStr;
 /// 1 to 63 bytes of lower-case ASCII letters, digits and `_`, not starting
 /// with a digit. Names PostgreSQL reserves (`pg_*`, `information_schema`)
 /// and `public` are refused. The library quotes the name itself wherever it
-/// reaches SQL, and passes it as a bound parameter, never spliced in.
+/// reaches SQL.
 ///
 /// ```
 /// # use replica_core::Tenant;
@@ -161,6 +161,12 @@ pub(crate) fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// `value` as an SQL string literal, read the same whatever
+/// `standard_conforming_strings` says (an escape string, `E'..'`).
+fn quote_literal(value: &str) -> String {
+    format!("E'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+}
+
 /// What a tenant-scoped call sets first: the tenant's schema, then the
 /// shared ones, as `search_path`.
 pub(crate) struct Scope<'a> {
@@ -194,16 +200,16 @@ impl Scope<'_> {
     /// attempt says [`Error::UnknownTenant`].
     ///
     /// Every name in it is a checked identifier (see [`Tenant`] and the
-    /// shared schemas' check), so none can hold a quote.
+    /// shared schemas' check), quoted as one, and each value is quoted as a
+    /// literal.
     ///
     /// [`Error::UnknownTenant`]: crate::Error::UnknownTenant
     pub(crate) fn statement(&self) -> String {
-        debug_assert!(!self.search_path.contains('\''));
         format!(
-            "SELECT pg_catalog.set_config('search_path', '{path}', true), \
-             '{schema}'::pg_catalog.regnamespace",
-            path = self.search_path,
-            schema = quote_identifier(self.tenant.name()),
+            "SELECT pg_catalog.set_config('search_path', {path}, true), \
+             {schema}::pg_catalog.regnamespace",
+            path = quote_literal(&self.search_path),
+            schema = quote_literal(&quote_identifier(self.tenant.name())),
         )
     }
 }
@@ -285,5 +291,7 @@ mod tests {
     fn quoting_doubles_quotes() {
         assert_eq!(quote_identifier("acme"), "\"acme\"");
         assert_eq!(quote_identifier("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("it's"), "E'it''s'");
+        assert_eq!(quote_literal("a\\b"), "E'a\\\\b'");
     }
 }
