@@ -1,5 +1,6 @@
-//! Read latency over a delayed network: p50 and p99 of `ReplicaSet::read`
-//! against plain diesel-async deadpool pools when every packet between the
+//! Read and write latency over a delayed network: p50 and p99 of
+//! `ReplicaSet::read`, `transaction` and `write` against plain diesel-async
+//! deadpool pools when every packet between the
 //! client and the servers takes `BENCH_DELAY_US` microseconds (default 500)
 //! each way, so that a round trip costs about a millisecond, as between
 //! hosts of one data centre, rather than the tens of microseconds of
@@ -15,9 +16,9 @@
 //! with a random id out of 10 000 rows on the replica, all with the same
 //! server settings (`statement_timeout`, ours by default):
 //!
-//! - **ours**: `ReplicaSet::read`: `BEGIN TRANSACTION READ ONLY` (which is
-//!   also the check that a pooled connection is alive), the query, and the
-//!   end batch that resets the session and rolls back;
+//! - **ours**: `ReplicaSet::read`: the query alone, on a session that is
+//!   read-only from its start; the session reset follows the call, and
+//!   nobody waits for it;
 //! - **B**: a plain pool with `Fast` recycling (no check before reuse)
 //!   running the bare query, no transaction: the least a read can cost
 //!   (read_path's B pays a `SELECT 1` before reuse; this one does not);
@@ -28,19 +29,31 @@
 //!   a `SELECT 1` before each reuse) running that transaction, what a plain
 //!   pool gives as diesel-async sets it up.
 //!
+//! And writes, on the primary, all running `UPDATE bench_items SET payload
+//! = payload WHERE id = $1` (a random id):
+//!
+//! - **ours: transaction**: `ReplicaSet::transaction`, what `#[write]`
+//!   runs: its `BEGIN` goes ahead of the statement, in its round trip, then
+//!   the `COMMIT`, and the reset after the call, unawaited;
+//! - **W**: a plain `Fast` pool running it in `build_transaction().run(..)`:
+//!   `BEGIN`, the statement, `COMMIT`;
+//! - **ours: write**: `ReplicaSet::write`, autocommit: the statement alone;
+//! - **V**: the plain `Fast` pool running the bare statement.
+//!
 //! The query is a `diesel::sql_query`, as in read_path, which diesel never
 //! keeps as a prepared statement: each run prepares it (one round trip)
-//! and then executes it (another). So a read costs ours 4 round trips, B 2,
-//! F 4 and A 5. `BENCH_QUERY=dsl` runs the same SQL built with diesel's
-//! query builder instead (`bench_items::table.find(id).select(payload)`),
-//! which the connection prepares once and then executes in one round trip:
-//! ours 3, B 1, F 3, A 4.
+//! and then executes it (another). So a read costs ours 2 round trips, B 2,
+//! F 4 and A 5, and a write ours 3 in a transaction and 2 alone, W 4 and
+//! V 2. `BENCH_QUERY=dsl` runs the read's SQL built with diesel's query
+//! builder instead (`bench_items::table.find(id).select(payload)`), which
+//! the connection prepares once and then executes in one round trip: ours
+//! 1, B 1, F 3, A 4.
 //!
 //! For each client count of `BENCH_CLIENTS` (default `1,32`), every pool
 //! holds that many connections and gets one untimed second of load; then
 //! `BENCH_ROUNDS` rounds (default 4) run each contender for `BENCH_SECS`
 //! seconds (default 2) with that many tokio tasks looping on the query, in
-//! alternating order (ours, B, F, A / A, F, B, ours / ...) so that drift on
+//! alternating order (ours, B, F, A, then the writes / backwards / ...) so that drift on
 //! a shared machine hits all alike. Latencies go to per-task HDR histograms,
 //! merged. CPU time per op is reported too (Linux schedstat of this
 //! process's threads, in µs): the client's (every thread but the proxies')
@@ -49,7 +62,8 @@
 //! and one JSON line with the ratios ours/B of p50 and of throughput at each
 //! client count, and the p50 gap between ours and B in round trips as
 //! measured: half the p50 gap between F and B, which differ by exactly two
-//! round trips of no work (`BEGIN`, `COMMIT`).
+//! round trips of no work (`BEGIN`, `COMMIT`); and the ratios ours/W and
+//! ours/V of throughput and p50 for writes.
 //!
 //! ```text
 //! cargo bench --bench latency
@@ -75,23 +89,35 @@ use replica_testkit::{Cluster, NodeId, Rng};
 
 const ROWS: i32 = 10_000;
 const QUERY: &str = "SELECT payload FROM bench_items WHERE id = $1";
+/// The one write the write contenders run, on the primary.
+const UPDATE: &str = "UPDATE bench_items SET payload = payload WHERE id = $1";
 /// Contenders, in the order of a round (the next round runs them backwards).
-const NAMES: [&str; 4] = [
+const NAMES: [&str; 8] = [
     "ours: ReplicaSet::read",
     "B: plain Fast pool, bare query",
     "F: plain Fast pool, READ ONLY tx",
     "A: plain pool, READ ONLY tx",
+    "ours: transaction (#[write])",
+    "W: plain Fast pool, transaction",
+    "ours: write, autocommit",
+    "V: plain Fast pool, bare update",
 ];
 /// Keys of the contenders in the JSON line, as [`NAMES`].
-const KEYS: [&str; 4] = [
+const KEYS: [&str; 8] = [
     "ours",
     "b_plain_fast_pool_bare_query",
     "f_plain_fast_pool_read_only_tx",
     "a_plain_pool_read_only_tx",
+    "ours_transaction",
+    "w_plain_fast_pool_transaction",
+    "ours_write",
+    "v_plain_fast_pool_bare_update",
 ];
-/// Round trips per read around the query's own (one for a prepared
-/// statement, two for `sql_query`), as [`NAMES`].
-const ROUND_TRIPS_AROUND: [u32; 4] = [2, 0, 2, 3];
+/// Round trips per operation around the statement's own (one for a
+/// prepared statement, two for `sql_query`), as [`NAMES`]: ours sends its
+/// `BEGIN` ahead of the body, in its first round trip, and its session
+/// reset after the call, waited for by nobody.
+const ROUND_TRIPS_AROUND: [u32; 8] = [0, 0, 2, 3, 1, 2, 0, 0];
 /// Whether the query is built with the query builder (`BENCH_QUERY=dsl`)
 /// rather than `sql_query`.
 static DSL: AtomicBool = AtomicBool::new(false);
@@ -110,6 +136,10 @@ diesel::table! {
 const OURS: usize = 0;
 const B: usize = 1;
 const F: usize = 2;
+const OURS_TRANSACTION: usize = 4;
+const W: usize = 5;
+const OURS_WRITE: usize = 6;
+const V: usize = 7;
 
 #[derive(QueryableByName)]
 struct Item {
@@ -135,14 +165,52 @@ async fn point_read(conn: &mut AsyncPgConnection, id: i32) -> QueryResult<Item> 
         .await
 }
 
+/// The one write: [`UPDATE`] as a `sql_query`.
+async fn point_write(conn: &mut AsyncPgConnection, id: i32) -> QueryResult<usize> {
+    diesel::sql_query(UPDATE)
+        .bind::<Integer, _>(id)
+        .execute(conn)
+        .await
+}
+
 #[derive(Clone)]
 enum Contender {
     Ours(ReplicaSet),
     PlainBare(Pool<AsyncPgConnection>),
     PlainTx(Pool<AsyncPgConnection>),
+    OursTransaction(ReplicaSet),
+    PlainWriteTx(Pool<AsyncPgConnection>),
+    OursWrite(ReplicaSet),
+    PlainWriteBare(Pool<AsyncPgConnection>),
 }
 
 impl Contender {
+    /// One operation: a read's payload length, or the rows a write changed.
+    async fn op(&self, id: i32) -> usize {
+        match self {
+            Self::OursTransaction(db) => db
+                .transaction(async move |conn| point_write(conn, id).await)
+                .await
+                .expect("ours: transaction"),
+            Self::PlainWriteTx(pool) => {
+                let mut conn = pool.get().await.expect("plain: checkout");
+                conn.build_transaction()
+                    .run(async move |conn| point_write(conn, id).await)
+                    .await
+                    .expect("plain: transaction")
+            }
+            Self::OursWrite(db) => db
+                .write(async move |conn| point_write(conn, id).await)
+                .await
+                .expect("ours: write"),
+            Self::PlainWriteBare(pool) => {
+                let mut conn = pool.get().await.expect("plain: checkout");
+                point_write(&mut conn, id).await.expect("plain: write")
+            }
+            _ => self.read(id).await.len(),
+        }
+    }
+
     async fn read(&self, id: i32) -> String {
         let item = match self {
             Self::Ours(db) => db
@@ -161,6 +229,7 @@ impl Contender {
                     .await
                     .expect("plain: read")
             }
+            _ => unreachable!("writes are not reads"),
         };
         item.payload
     }
@@ -279,7 +348,7 @@ async fn run(contender: &Contender, clients: usize, secs: f64, seed: u64) -> Run
                 while Instant::now() < deadline {
                     let id = rng.below(ROWS as u64) as i32 + 1;
                     let began = Instant::now();
-                    std::hint::black_box(contender.read(id).await);
+                    std::hint::black_box(contender.op(id).await);
                     hist.saturating_record(began.elapsed().as_nanos() as u64);
                     ops += 1;
                 }
@@ -339,12 +408,14 @@ fn plain_pool(
 }
 
 /// What one client count measured: totals per contender, and per round the
-/// ratios ours/B of throughput and of p50.
+/// ratios ours/B of throughput and of p50, and ours' transaction over W's
+/// throughput.
 struct Level {
     clients: usize,
     totals: Vec<Run>,
     round_rate_ratios: Vec<f64>,
     round_p50_ratios: Vec<f64>,
+    round_transaction_ratios: Vec<f64>,
 }
 
 /// The delay proxy needs Linux (`timerfd`).
@@ -383,9 +454,12 @@ fn main() {
     cluster.wait_for_replication().expect("replication");
     // The network: a delay proxy in front of each node, or loopback.
     let delayed = (delay_us > 0).then(|| cluster.delayed(delay).expect("the delay proxies"));
-    let replica_url = match &delayed {
-        Some(nodes) => nodes.replica_urls()[0].clone(),
-        None => cluster.replica_urls()[0].clone(),
+    let (writer_url, replica_url) = match &delayed {
+        Some(nodes) => (
+            nodes.writer_url().to_owned(),
+            nodes.replica_urls()[0].clone(),
+        ),
+        None => (cluster.writer_url(), cluster.replica_urls()[0].clone()),
     };
     let load_config = |clients: usize| match &delayed {
         Some(nodes) => nodes.load_config(clients),
@@ -407,14 +481,24 @@ fn main() {
                 .map_or(0, |t| t.as_millis());
             let db = ReplicaSet::connect(config).await.expect("connect");
             // The same server settings as ours.
-            let plain_url = format!("{replica_url}?options=-c%20statement_timeout%3D{timeout_ms}");
+            let options = format!("?options=-c%20statement_timeout%3D{timeout_ms}");
+            let plain_url = format!("{replica_url}{options}");
             let fast = plain_pool(&plain_url, clients, RecyclingMethod::Fast);
             let verified = plain_pool(&plain_url, clients, RecyclingMethod::Verified);
+            let writer = plain_pool(
+                &format!("{writer_url}{options}"),
+                clients,
+                RecyclingMethod::Fast,
+            );
             let contenders = [
-                Contender::Ours(db),
+                Contender::Ours(db.clone()),
                 Contender::PlainBare(fast.clone()),
                 Contender::PlainTx(fast),
                 Contender::PlainTx(verified),
+                Contender::OursTransaction(db.clone()),
+                Contender::PlainWriteTx(writer.clone()),
+                Contender::OursWrite(db),
+                Contender::PlainWriteBare(writer),
             ];
             for contender in &contenders {
                 run(contender, clients, 1.0, 0).await;
@@ -424,6 +508,7 @@ fn main() {
                 totals: (0..NAMES.len()).map(|_| Run::empty()).collect(),
                 round_rate_ratios: Vec::new(),
                 round_p50_ratios: Vec::new(),
+                round_transaction_ratios: Vec::new(),
             };
             for round in 0..rounds {
                 let mut order: [usize; NAMES.len()] = std::array::from_fn(|i| i);
@@ -455,6 +540,9 @@ fn main() {
                 );
                 level.round_rate_ratios.push(rate_ratio);
                 level.round_p50_ratios.push(p50_ratio);
+                level
+                    .round_transaction_ratios
+                    .push(runs[OURS_TRANSACTION].rate() / runs[W].rate());
             }
             levels.push(level);
         }
@@ -559,6 +647,17 @@ fn report(delay_us: u64, secs: f64, rounds: usize, dsl: bool, levels: &[Level]) 
                 String::new()
             }
         );
+        let (ours_tx, w) = (&level.totals[OURS_TRANSACTION], &level.totals[W]);
+        let (ours_write, v) = (&level.totals[OURS_WRITE], &level.totals[V]);
+        let tx_ratio = ours_tx.rate() / w.rate();
+        let write_ratio = ours_write.rate() / v.rate();
+        println!(
+            "{clients:>7} ours transaction/W: throughput {tx_ratio:.3} ({}), p50 {:.3}; \
+             ours write/V: throughput {write_ratio:.3}, p50 {:.3}",
+            spread(&level.round_transaction_ratios),
+            ours_tx.micros(0.5) / w.micros(0.5),
+            ours_write.micros(0.5) / v.micros(0.5),
+        );
         let mut entry = serde_json::json!({
             "clients": clients,
             "ratio_ours_over_b_p50": p50_ratio,
@@ -571,12 +670,18 @@ fn report(delay_us: u64, secs: f64, rounds: usize, dsl: bool, levels: &[Level]) 
             "p50_gap_in_round_trips": p50_gap_us / round_trip_us,
             "round_ratios_ours_over_b_p50": level.round_p50_ratios,
             "round_ratios_ours_over_b_throughput": level.round_rate_ratios,
+            "ratio_ours_transaction_over_w_throughput": tx_ratio,
+            "ratio_ours_transaction_over_w_p50": ours_tx.micros(0.5) / w.micros(0.5),
+            "round_ratios_ours_transaction_over_w_throughput": level.round_transaction_ratios,
+            "ratio_ours_write_over_v_throughput": write_ratio,
+            "ratio_ours_write_over_v_p50": ours_write.micros(0.5) / v.micros(0.5),
         });
         for (key, r) in KEYS.iter().zip(&level.totals) {
             entry[*key] = r.json();
         }
         json[format!("ratio_ours_over_b_p50_at_{clients}")] = p50_ratio.into();
         json[format!("ratio_ours_over_b_throughput_at_{clients}")] = rate_ratio.into();
+        json[format!("ratio_ours_transaction_over_w_throughput_at_{clients}")] = tx_ratio.into();
         json[format!("p50_gap_ours_minus_b_in_round_trips_at_{clients}")] =
             (p50_gap_us / round_trip_us).into();
         json_levels.push(entry);

@@ -8,9 +8,9 @@
 //! (`statement_timeout`, ours by default):
 //!
 //! - **ours**: `ReplicaSet::read` (one replica, so every read goes there):
-//!   `BEGIN TRANSACTION READ ONLY`, the query, and the end batch that resets
-//!   the session and rolls back (one round trip, as `COMMIT`); the `BEGIN` doubles
-//!   as the check that a pooled connection is alive, so no ping is sent;
+//!   the query alone, on a session read-only from its start; no ping
+//!   before reuse; the session reset follows the call, and nobody waits
+//!   for it;
 //! - **ours+token** (read-your-writes, the common case): the same read
 //!   through `db.session(&rw).read(..)`, `rw` a request's session holding
 //!   the token of a write made before the clock starts, replicated, and

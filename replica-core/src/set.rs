@@ -377,8 +377,8 @@ impl ReplicaSet {
     /// [`ReplicaSet::read`] in one `REPEATABLE READ READ ONLY` transaction,
     /// for a body whose statements must all see the same snapshot (a page
     /// and its total, say). It costs no round trip more: its `BEGIN` goes
-    /// ahead of the body's first statement and its `ROLLBACK` ahead of the
-    /// connection's next use.
+    /// ahead of the body's first statement, and the reset that follows the
+    /// call, not waited for, rolls it back.
     ///
     /// # Errors
     /// As [`ReplicaSet::read`].
