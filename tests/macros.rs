@@ -34,6 +34,7 @@ fn main() -> ExitCode {
         tests![
             read_only_methods_run_on_replicas_read_only,
             read_only_primary_runs_on_the_writer_read_only,
+            read_only_snapshot_runs_on_a_replica_in_one_snapshot,
             write_methods_run_on_the_writer_in_a_transaction,
             a_write_hidden_in_a_function_fails_at_run_time,
             early_return_and_question_mark_keep_working,
@@ -85,6 +86,21 @@ impl Db {
     #[read_only(primary)]
     async fn who_fresh(&self, conn: &mut AsyncPgConnection) -> QueryResult<Served> {
         diesel::sql_query(WHO_SERVED).get_result(conn).await
+    }
+
+    /// The isolation level, and whether two statements saw one transaction.
+    #[read_only(snapshot)]
+    async fn isolation(&self, conn: &mut AsyncPgConnection) -> QueryResult<(String, bool)> {
+        let started = || {
+            diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
+                "now()::text || '|' || current_setting('transaction_isolation')",
+            ))
+        };
+        let first: String = started().get_result(conn).await?;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let second: String = started().get_result(conn).await?;
+        let isolation = first.rsplit('|').next().unwrap_or_default().to_owned();
+        Ok((isolation, first == second))
     }
 
     #[write]
@@ -155,6 +171,13 @@ async fn read_only_primary_runs_on_the_writer_read_only(cluster: Arc<Cluster>) {
     assert_eq!(served.port, i32::from(cluster.primary().port()));
     assert!(!served.in_recovery);
     assert_eq!(served.read_only, "on");
+}
+
+async fn read_only_snapshot_runs_on_a_replica_in_one_snapshot(cluster: Arc<Cluster>) {
+    let db = Db::connect(cluster.config()).await.unwrap();
+    let (isolation, one_transaction) = db.isolation().await.unwrap();
+    assert_eq!(isolation, "repeatable read");
+    assert!(one_transaction, "two statements, one snapshot");
 }
 
 async fn write_methods_run_on_the_writer_in_a_transaction(cluster: Arc<Cluster>) {

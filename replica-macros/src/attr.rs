@@ -65,7 +65,8 @@ impl Args {
                         snapshot.span,
                         "`primary` and `snapshot` cannot be combined\n\n\
                          help: `#[read_only(snapshot)]` reads one snapshot on a replica; \
-                         for a consistent read of the latest writes, use `#[write]`",
+                         `#[read_only(primary)]` reads the latest writes on the writer, \
+                         each statement in a snapshot of its own",
                     ));
                 }
                 if !input.is_empty() {
