@@ -199,10 +199,8 @@ mod tests {
     fn replica_reads_send_nothing_but_the_reset() {
         let plan = Plan::new(Route::Read, false, None);
         assert!(plan.opening.is_none() && !plan.transaction);
-        assert_eq!(
-            (plan.on_ok, plan.on_err, plan.ends_with_the_reset()),
-            (None, None, None)
-        );
+        assert_eq!((plan.on_ok, plan.on_err), (None, None));
+        assert!(!plan.ends_with_the_reset());
     }
 
     #[test]
@@ -217,7 +215,7 @@ mod tests {
             ),
             "{opening}"
         );
-        assert_eq!(plan.ends_with_the_reset(), Some("ROLLBACK"));
+        assert!(plan.ends_with_the_reset());
     }
 
     #[test]
@@ -235,9 +233,9 @@ mod tests {
         for route in [Route::Read, Route::ReadFresh, Route::ReadSnapshot] {
             let plan = Plan::new(route, true, None);
             assert_eq!(plan.on_ok, Some(END_READ_ON_WRITER), "{route:?}");
-            assert!(plan.ends_with_the_reset().is_none());
+            assert!(!plan.ends_with_the_reset());
         }
         let plan = Plan::new(Route::ReadSnapshot, false, None);
-        assert_eq!(plan.ends_with_the_reset(), Some("ROLLBACK"));
+        assert!(plan.ends_with_the_reset());
     }
 }
