@@ -376,6 +376,13 @@ async fn a_tenant_not_yet_on_the_replicas_is_read_on_the_writer(cluster: Arc<Clu
     );
 }
 
+/// The owners of the rows of `items`, wherever the path finds it.
+async fn owners(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Vec<Owner>> {
+    diesel::sql_query("SELECT owner FROM items")
+        .load(conn)
+        .await
+}
+
 /// Polls `call` until it is ready or has been woken `polls` times, then
 /// drops it: a cancellation at whatever point it had reached.
 async fn dropped_after<F: std::future::Future>(call: F, polls: u64) -> Option<F::Output> {
@@ -434,49 +441,11 @@ async fn calls_dropped_mid_way_never_leave_a_tenant_behind(cluster: Arc<Cluster>
                     let owner = if kind < 2 { "public" } else { t.name() };
                     let call = async {
                         match kind {
-                            0 => {
-                                db.read_fresh(async |conn| {
-                                    diesel::sql_query("SELECT owner FROM items")
-                                        .load::<Owner>(conn)
-                                        .await
-                                })
-                                .await
-                            }
-                            1 => {
-                                db.read(async |conn| {
-                                    diesel::sql_query("SELECT owner FROM items")
-                                        .load::<Owner>(conn)
-                                        .await
-                                })
-                                .await
-                            }
-                            2 => {
-                                db.tenant(&t)
-                                    .transaction(async |conn| {
-                                        diesel::sql_query("SELECT owner FROM items")
-                                            .load::<Owner>(conn)
-                                            .await
-                                    })
-                                    .await
-                            }
-                            3 => {
-                                db.tenant(&t)
-                                    .read_snapshot(async |conn| {
-                                        diesel::sql_query("SELECT owner FROM items")
-                                            .load::<Owner>(conn)
-                                            .await
-                                    })
-                                    .await
-                            }
-                            _ => {
-                                db.tenant(&t)
-                                    .read(async |conn| {
-                                        diesel::sql_query("SELECT owner FROM items")
-                                            .load::<Owner>(conn)
-                                            .await
-                                    })
-                                    .await
-                            }
+                            0 => db.read_fresh(owners).await,
+                            1 => db.read(owners).await,
+                            2 => db.tenant(&t).transaction(owners).await,
+                            3 => db.tenant(&t).read_snapshot(owners).await,
+                            _ => db.tenant(&t).read(owners).await,
                         }
                     };
                     let outcome = match next() % 6 {

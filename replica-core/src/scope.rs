@@ -68,13 +68,7 @@ impl<'a> SessionScope<'a> {
             + Send,
         T: Send,
     {
-        let call = Call::new(Route::Read, None);
-        async move {
-            diesel_result(
-                self.set.read_call(call, Some(self.session), f).await,
-                Route::Read,
-            )
-        }
+        self.set.read_query(Route::Read, Some(self.session), f)
     }
 
     /// [`ReplicaSet::read_snapshot`], where the session's writes are
@@ -90,13 +84,8 @@ impl<'a> SessionScope<'a> {
             + Send,
         T: Send,
     {
-        let call = Call::new(Route::ReadSnapshot, None);
-        async move {
-            diesel_result(
-                self.set.read_call(call, Some(self.session), f).await,
-                Route::ReadSnapshot,
-            )
-        }
+        self.set
+            .read_query(Route::ReadSnapshot, Some(self.session), f)
     }
 
     /// [`ReplicaSet::write`], recording the write's token in the session.

@@ -370,8 +370,7 @@ impl ReplicaSet {
             + Send,
         T: Send,
     {
-        let call = Call::new(Route::Read, None);
-        async move { diesel_result(self.read_call(call, None, f).await, Route::Read) }
+        self.read_query(Route::Read, None, f)
     }
 
     /// [`ReplicaSet::read`] in one `REPEATABLE READ READ ONLY` transaction,
@@ -390,8 +389,7 @@ impl ReplicaSet {
             + Send,
         T: Send,
     {
-        let call = Call::new(Route::ReadSnapshot, None);
-        async move { diesel_result(self.read_call(call, None, f).await, Route::ReadSnapshot) }
+        self.read_query(Route::ReadSnapshot, None, f)
     }
 
     /// Runs `f` on the writer inside a `READ ONLY` transaction: a read that
@@ -578,6 +576,21 @@ impl ReplicaSet {
             }
             (writer, failed.failure)
         })
+    }
+
+    /// A read of `route` whose body returns diesel's `QueryResult`, with
+    /// retries; in `session` when given.
+    pub(crate) async fn read_query<T, F>(
+        &self,
+        route: Route,
+        session: Option<&ReadYourWrites>,
+        f: F,
+    ) -> Result<T, Error>
+    where
+        F: Body<T, DieselError> + Clone,
+    {
+        let call = Call::new(route, None);
+        diesel_result(self.read_call(call, session, f).await, route)
     }
 
     /// A body returning diesel's `QueryResult` on the writer, once.
