@@ -13,7 +13,8 @@
 #       queries, bare, in autocommit, on a plain diesel-async pool; pgpool
 #       decides where each runs.
 # Prints each round's JSON, where pgpool sent the reads (SHOW POOL_NODES),
-# and a summary: throughput, read p50/p99 and the ratios (a)/(b).
+# and a summary: throughput, read p50/p99 and the ratios (a)/(b), and the
+# CPU per operation of loadgen, the nodes and pgpool on each side.
 #
 # Installs Debian's pgpool2 with apt-get if `pgpool` is missing (needs
 # root). Everything it starts and writes (pgpool, the cluster, a temp dir)
@@ -249,13 +250,60 @@ run_b() {
   "$loadgen" --through "$through_url" "${load[@]}" "$@"
 }
 
-# One run of side $1 (a or b) as round $2, its JSON kept and printed.
+# Where the CPU goes, per run: the client (loadgen), the nodes (each
+# postmaster and its processes) and pgpool (its processes), in ms. Each
+# run's set-up (logins, the wait for the replicas) is in it too.
+hz=$(getconf CLK_TCK)
+node_pids=()
+for node in "$LOADGEN_PRIMARY" "${replicas[@]}"; do
+  pid=$(ss -ltnpH "sport = :${node##*:}" | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -n 1)
+  [ -n "$pid" ] || die "no server found listening on $node"
+  node_pids+=("$pid")
+done
+# CPU ms of the processes $@ and their children: /proc/PID/stat utime +
+# stime of each and of its live children, and cutime + cstime (children it
+# has reaped, such as the backends of closed connections).
+cpu_ms() {
+  local pid child stat ticks=0 f
+  for pid in "$@"; do
+    for child in "$pid" $(pgrep -P "$pid"); do
+      stat=$(cat "/proc/$child/stat" 2>/dev/null) || continue
+      # The fields after the command name, which is in parentheses.
+      read -r -a f <<<"${stat##*) }"
+      ticks=$((ticks + f[11] + f[12]))
+      if [ "$child" = "$pid" ]; then ticks=$((ticks + f[13] + f[14])); fi
+    done
+  done
+  echo $((ticks * 1000 / hz))
+}
+# CPU ms of this shell's finished children (loadgen, and the odd helper)
+# from the output of bash's `times` in file $1 (its second line, user and
+# system). `times` must run in this shell, not in a $(...) subshell, whose
+# children are its own.
+children_ms() {
+  tail -n 1 "$1" | awk '{
+    ms = 0
+    for (i = 1; i <= 2; i++) { split($i, t, /[ms]/); ms += (t[1] * 60 + t[2]) * 1000 }
+    printf "%d\n", ms
+  }'
+}
+
+# One run of side $1 (a or b) as round $2, its JSON kept and printed, its
+# CPU (client, nodes, pgpool, ms) in $tmp/SIDE.ROUND.cpu.
 run_side() {
-  local side=$1 round=$2 out=$tmp/$1.$2.json
+  local side=$1 round=$2 out=$tmp/$1.$2.json nodes pool
+  times >"$tmp/times.before"
+  nodes=$(cpu_ms "${node_pids[@]}")
+  pool=$(cpu_ms "$pgpool_pid")
   if ! "run_$side" >"$out" 2>"$tmp/$side.$round.log"; then
     cat "$tmp/$side.$round.log" >&2
     die "round $round, side ($side) failed"
   fi
+  # The backends of (a)'s closed connections end (and are reaped) now.
+  sleep 0.5
+  times >"$tmp/times.after"
+  echo "$(($(children_ms "$tmp/times.after") - $(children_ms "$tmp/times.before"))) \
+$(($(cpu_ms "${node_pids[@]}") - nodes)) $(($(cpu_ms "$pgpool_pid") - pool))" >"$tmp/$side.$round.cpu"
   grep -E '^loadgen: (through|writer|done)' "$tmp/$side.$round.log" | sed "s/^/  ($side) /" >&2 || true
   printf '(%s) round %s: %s\n' "$side" "$round" "$(cat "$out")"
 }
@@ -314,13 +362,14 @@ done
 for side in a b; do
   for ((r = 1; r <= rounds; r++)); do
     f=$tmp/$side.$r.json
-    echo "$(field reads_ok "$f") $(field writes_ok "$f") $(field duration_s "$f") $(field read_p50_us "$f") $(field read_p99_us "$f")"
+    echo "$(field reads_ok "$f") $(field writes_ok "$f") $(field duration_s "$f") $(field read_p50_us "$f") $(field read_p99_us "$f") $(cat "$tmp/$side.$r.cpu")"
   done >"$tmp/$side.rows"
 done
 awk '
   FNR == 1 { side++ }
   { ops[side] += $1 + $2; secs[side] += $3; p50[side] += $4; p99[side] += $5; n[side]++
-    rate[side, n[side]] = ($1 + $2) / $3 }
+    rate[side, n[side]] = ($1 + $2) / $3
+    client[side] += $6; nodes[side] += $7; pool[side] += $8 }
   END {
     for (s = 1; s <= 2; s++) { t[s] = ops[s] / secs[s]; m50[s] = p50[s] / n[s]; m99[s] = p99[s] / n[s] }
     printf "\n(a) library direct:  %.1f ops/s, read p50 %.0f µs, p99 %.0f µs (mean of %d rounds)\n", t[1], m50[1], m99[1], n[1]
@@ -328,4 +377,10 @@ awk '
     printf "throughput (a)/(b): %.3f  per round:", t[1] / t[2]
     for (r = 1; r <= n[1]; r++) printf " %.3f", rate[1, r] / rate[2, r]
     printf "\nread p50 (a)/(b):   %.3f\nread p99 (a)/(b):   %.3f\n", m50[1] / m50[2], m99[1] / m99[2]
+    printf "\nCPU per operation, µs (set-up included): client, nodes, pgpool = total; cores busy over the load\n"
+    for (s = 1; s <= 2; s++) {
+      c = client[s] * 1000 / ops[s]; d = nodes[s] * 1000 / ops[s]; p = pool[s] * 1000 / ops[s]
+      printf "(%s) %6.1f + %6.1f + %6.1f = %6.1f; %.2f + %.2f + %.2f cores\n", s == 1 ? "a" : "b", c, d, p, c + d + p,
+        client[s] / 1000 / secs[s], nodes[s] / 1000 / secs[s], pool[s] / 1000 / secs[s]
+    }
   }' "$tmp/a.rows" "$tmp/b.rows"
