@@ -1,5 +1,6 @@
 //! The command line: flags, their defaults and the checks between them.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -83,6 +84,32 @@ pub(crate) struct Args {
     /// operation scoped to a random one of them; 0: no tenants.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub(crate) tenants: u32,
+
+    /// Run the same reads and writes without the library: bare autocommit
+    /// queries on a plain diesel-async pool (Fast recycling, --concurrency
+    /// connections) to this one endpoint, as an application behind a
+    /// read/write-splitting proxy (such as pgpool-II) would; the URL is the
+    /// proxy's. Ignores DATABASE_*. Not with --local, the fault and failover
+    /// flags, --read-your-writes or --tenants.
+    #[arg(long, value_name = "URL")]
+    pub(crate) through: Option<String>,
+
+    /// With --local N: start the cluster, write its DATABASE_URL,
+    /// DATABASE_REPLICA_URLS and PGPASSWORD to this file (mode 0600, for a
+    /// shell's `source`), print its nodes as one JSON line, and keep it up
+    /// until SIGINT or SIGTERM; runs no load. For a script that runs
+    /// loadgen against it, and other clients beside it.
+    #[arg(
+        long,
+        value_name = "ENV_FILE",
+        requires = "local",
+        conflicts_with_all = [
+            "through", "duration", "concurrency", "read_ratio", "read_your_writes",
+            "kill_replica_at", "restart_replica_at", "fail_over_at", "promote_after_ms",
+            "timeline", "tenants",
+        ]
+    )]
+    pub(crate) hold_cluster: Option<PathBuf>,
 }
 
 /// The fraction of reads without `--read-ratio`.
@@ -100,6 +127,7 @@ impl Args {
     /// other, `--local` and `--duration`; `--read-your-writes` against the
     /// mix of operations and tenants.
     pub(crate) fn check(&self) -> Result<(), String> {
+        self.check_through()?;
         self.check_read_your_writes()?;
         self.check_failover()?;
         let (kill, restart) = (self.kill_replica_at, self.restart_replica_at);
@@ -147,6 +175,56 @@ impl Args {
                 self.duration
             )),
             _ => Ok(()),
+        }
+    }
+
+    /// Checks `--through` against the flags that need the library or a
+    /// cluster of loadgen's own.
+    fn check_through(&self) -> Result<(), String> {
+        if self.through.is_none() {
+            return Ok(());
+        }
+        let refused = [
+            (
+                self.local.map(|n| format!("--local {n}")),
+                "--through runs against the proxy you name, in front of nodes loadgen did not \
+                 start; start the cluster with --local N --hold-cluster FILE and put the proxy \
+                 in front of it",
+            ),
+            (
+                self.kill_replica_at
+                    .or(self.restart_replica_at)
+                    .map(|_| "--kill-replica-at / --restart-replica-at".to_owned()),
+                "fault injection acts on the cluster of --local, and loadgen does not know \
+                 the nodes behind a proxy",
+            ),
+            (
+                self.fail_over_at
+                    .map(|_| "--fail-over-at".to_owned())
+                    .or(self
+                        .promote_after_ms
+                        .map(|_| "--promote-after-ms".to_owned())),
+                "the failover acts on the cluster of --local, and loadgen does not know the \
+                 nodes behind a proxy",
+            ),
+            (
+                self.read_your_writes
+                    .then(|| "--read-your-writes".to_owned()),
+                "its tokens and the wait for a replica that holds a write are the library's; \
+                 a plain pool has neither",
+            ),
+            (
+                (self.tenants > 0).then(|| format!("--tenants {}", self.tenants)),
+                "tenant scoping is the library's; the plain pool runs on the untenanted \
+                 loadgen_items",
+            ),
+        ];
+        match refused
+            .into_iter()
+            .find_map(|(flag, why)| Some((flag?, why)))
+        {
+            Some((flag, why)) => Err(format!("--through cannot be combined with {flag}: {why}")),
+            None => Ok(()),
         }
     }
 
@@ -394,6 +472,72 @@ mod tests {
             error.contains("cannot be combined with --fail-over-at"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn through_takes_the_mix_concurrency_duration_and_timeline() {
+        let url = "postgres://u:p@127.0.0.1:9999/postgres";
+        let args = checked(&[
+            "--through",
+            url,
+            "--duration",
+            "5",
+            "--concurrency",
+            "32",
+            "--read-ratio",
+            "0.9",
+            "--timeline",
+        ])
+        .unwrap();
+        assert_eq!(args.through.as_deref(), Some(url));
+        assert_eq!(args.read_ratio(), 0.9);
+        assert!(args.faults().is_none() && args.failover().is_none());
+    }
+
+    #[test]
+    fn through_refuses_local_faults_failover_tokens_and_tenants() {
+        let url = "postgres://u:p@127.0.0.1:9999/postgres";
+        for (flags, named) in [
+            (&["--local", "2"][..], "--local 2"),
+            (&["--local", "2", "--kill-replica-at", "1"], "--local 2"),
+            (&["--kill-replica-at", "1"], "--kill-replica-at"),
+            (&["--fail-over-at", "1"], "--fail-over-at"),
+            (&["--promote-after-ms", "100"], "--promote-after-ms"),
+            (&["--read-your-writes"], "--read-your-writes"),
+            (&["--tenants", "3"], "--tenants 3"),
+        ] {
+            let mut all = vec!["--through", url];
+            all.extend_from_slice(flags);
+            let error = checked(&all).unwrap_err();
+            assert!(
+                error.contains(&format!("--through cannot be combined with {named}")),
+                "{flags:?}: {error}"
+            );
+        }
+        // `--tenants 0` is no tenants.
+        checked(&["--through", url, "--tenants", "0"]).unwrap();
+    }
+
+    #[test]
+    fn hold_cluster_needs_local_and_runs_no_load() {
+        let args = checked(&["--local", "2", "--hold-cluster", "/tmp/env"]).unwrap();
+        assert_eq!(args.hold_cluster, Some(PathBuf::from("/tmp/env")));
+        let error = checked(&["--hold-cluster", "/tmp/env"]).unwrap_err();
+        assert!(error.contains("--local"), "{error}");
+        for flags in [
+            &["--duration", "5"][..],
+            &["--concurrency", "4"],
+            &["--read-ratio", "0.5"],
+            &["--timeline"],
+            &["--tenants", "2"],
+            &["--kill-replica-at", "1"],
+            &["--through", "postgres://127.0.0.1/x"],
+        ] {
+            let mut all = vec!["--local", "2", "--hold-cluster", "/tmp/env"];
+            all.extend_from_slice(flags);
+            let error = checked(&all).unwrap_err();
+            assert!(error.contains("cannot be used with"), "{flags:?}: {error}");
+        }
     }
 
     #[test]

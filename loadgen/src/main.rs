@@ -1,7 +1,10 @@
 //! `loadgen`: a load generator for diesel-replica. It runs reads and writes
 //! through a `#[derive(ReplicatedRepo)]` repo against your cluster or a
 //! throwaway local one, and prints where each query ran, throughput, read
-//! latency and errors as one line of JSON.
+//! latency and errors as one line of JSON. With `--through URL` it runs the
+//! same queries without the library, on a plain pool to one endpoint (a
+//! read/write-splitting proxy's); with `--hold-cluster` it only holds a
+//! throwaway cluster up for other processes.
 //!
 //! Flags, configuration, output and examples: see `README.md` in this
 //! crate's directory (`loadgen/README.md`).
@@ -15,6 +18,7 @@ mod clock;
 mod error;
 mod failover;
 mod faults;
+mod hold;
 mod local;
 mod nodes;
 mod own_writes;
@@ -24,6 +28,7 @@ mod report;
 mod setup;
 mod stats;
 mod task;
+mod through;
 mod timeline;
 mod token_reads;
 mod workers;
@@ -62,6 +67,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    if let Some(env_file) = &args.hold_cluster {
+        // clap made --hold-cluster require --local.
+        return match hold::hold(args.local.unwrap_or_default(), env_file) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(fatal) => fail(fatal),
+        };
+    }
     // Owned here, outside `run`, so that the local cluster outlives the
     // runtime and its pools: the servers stop after every connection is gone.
     // The fault injection shares it, and is over before `run` returns.
@@ -71,14 +83,28 @@ fn main() -> ExitCode {
             println!("{summary}");
             ExitCode::SUCCESS
         }
-        Err(fatal) => {
-            eprintln!("loadgen: {}", fatal.message);
-            ExitCode::from(fatal.code)
-        }
+        Err(fatal) => fail(fatal),
     }
 }
 
+/// Tells why the run ended and exits with its status.
+fn fail(fatal: Fatal) -> ExitCode {
+    eprintln!("loadgen: {}", fatal.message);
+    ExitCode::from(fatal.code)
+}
+
+/// The multi-thread runtime the load runs on.
+fn runtime() -> Result<tokio::runtime::Runtime, Fatal> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Fatal::new(format!("cannot start the tokio runtime: {e}")))
+}
+
 fn run(args: &Args, cluster: &mut Option<Arc<Cluster>>) -> Result<Value, Fatal> {
+    if let Some(url) = &args.through {
+        return runtime()?.block_on(through::load(args, url));
+    }
     let concurrency = args.concurrency as usize;
     let config = match args.local {
         Some(replicas) => {
@@ -100,11 +126,7 @@ fn run(args: &Args, cluster: &mut Option<Arc<Cluster>>) -> Result<Value, Fatal> 
         }
         None => setup::env_config(concurrency)?,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Fatal::new(format!("cannot start the tokio runtime: {e}")))?;
-    runtime.block_on(load(args, config, cluster.clone()))
+    runtime()?.block_on(load(args, config, cluster.clone()))
 }
 
 /// Connects, prepares the table, runs the workers (and the faults, with

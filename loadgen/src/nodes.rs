@@ -29,7 +29,9 @@ struct Counts {
     total: (u64, u64),
 }
 
-/// What each node of the set counted since the start of the run.
+/// What each node of the set counted since the start of the run (nothing,
+/// by default: a run with no replica set, `--through`).
+#[derive(Default)]
 pub(crate) struct NodeTally {
     nodes: HashMap<NodeKey, Counts>,
     /// The largest replica lag the set reported during the run (its lag

@@ -56,10 +56,7 @@ impl Items {
         conn: &mut AsyncPgConnection,
         id: i64,
     ) -> diesel::QueryResult<ReadRow> {
-        diesel::sql_query(READ_ITEM)
-            .bind::<BigInt, _>(id)
-            .get_result(conn)
-            .await
+        read_item(conn, id).await
     }
 
     /// Rewrites one row, on the writer.
@@ -70,11 +67,7 @@ impl Items {
         id: i64,
         payload: &str,
     ) -> diesel::QueryResult<NodeRow> {
-        diesel::sql_query(WRITE_ITEM)
-            .bind::<Text, _>(payload)
-            .bind::<BigInt, _>(id)
-            .get_result(conn)
-            .await
+        write_item(conn, id, payload).await
     }
 
     /// Rewrites one row, on the writer, recording the write's token in
@@ -141,6 +134,31 @@ impl Items {
             .get_result(conn)
             .await
     }
+}
+
+/// The read of [`Items::item`] on `conn`, whatever it is connected to:
+/// also what `--through` runs, bare, on its plain pool.
+pub(crate) async fn read_item(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+) -> diesel::QueryResult<ReadRow> {
+    diesel::sql_query(READ_ITEM)
+        .bind::<BigInt, _>(id)
+        .get_result(conn)
+        .await
+}
+
+/// The write of [`Items::touch`] on `conn` (as [`read_item`]).
+pub(crate) async fn write_item(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+    payload: &str,
+) -> diesel::QueryResult<NodeRow> {
+    diesel::sql_query(WRITE_ITEM)
+        .bind::<Text, _>(payload)
+        .bind::<BigInt, _>(id)
+        .get_result(conn)
+        .await
 }
 
 /// The row a read returns.

@@ -6,9 +6,9 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Nullable};
-use diesel_async::RunQueryDsl;
+use diesel::{QueryResult, QueryableByName};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use diesel_replica::{Config, Error, Tenant};
 use replica_testkit::Cluster;
@@ -115,28 +115,41 @@ pub(crate) struct Ids {
 
 /// Creates and seeds `loadgen_items` on the writer and returns its ids.
 pub(crate) async fn prepare_table(db: &Items) -> Result<Ids, Fatal> {
-    let range = db
-        .replica_set()
-        .write(async |conn| {
-            diesel::sql_query(CREATE_TABLE).execute(conn).await?;
-            diesel::sql_query(SEED)
-                .bind::<BigInt, _>(SEED_ROWS)
-                .execute(conn)
-                .await?;
-            diesel::sql_query(ID_RANGE)
-                .get_result::<IdRange>(conn)
-                .await
-        })
+    let range =
+        db.replica_set().write(create_and_seed).await.map_err(|e| {
+            Fatal::new(format!("cannot prepare table loadgen_items: {}", Chain(&e)))
+        })?;
+    range.ids()
+}
+
+/// Creates `loadgen_items` if missing and seeds it if empty, on `conn`;
+/// returns its ids. Run on the writer: through the library's `write`
+/// (autocommit, on the writer alone), or through a proxy (`--through`) in
+/// one transaction, which a proxy keeps on the primary once it has written,
+/// so that the range's `SELECT` runs where the rows were made.
+pub(crate) async fn create_and_seed(conn: &mut AsyncPgConnection) -> QueryResult<IdRange> {
+    diesel::sql_query(CREATE_TABLE).execute(conn).await?;
+    diesel::sql_query(SEED)
+        .bind::<BigInt, _>(SEED_ROWS)
+        .execute(conn)
+        .await?;
+    diesel::sql_query(ID_RANGE)
+        .get_result::<IdRange>(conn)
         .await
-        .map_err(|e| Fatal::new(format!("cannot prepare table loadgen_items: {}", Chain(&e))))?;
-    match range {
-        IdRange {
-            lo: Some(lo),
-            hi: Some(hi),
-        } => Ok(Ids { lo, hi }),
-        _ => Err(Fatal::new(
-            "table loadgen_items is empty after seeding (was it emptied meanwhile?)",
-        )),
+}
+
+impl IdRange {
+    /// The ids of the untenanted table, which must not be empty.
+    pub(crate) fn ids(self) -> Result<Ids, Fatal> {
+        match self {
+            IdRange {
+                lo: Some(lo),
+                hi: Some(hi),
+            } => Ok(Ids { lo, hi }),
+            _ => Err(Fatal::new(
+                "table loadgen_items is empty after seeding (was it emptied meanwhile?)",
+            )),
+        }
     }
 }
 

@@ -21,9 +21,9 @@ use crate::stats::Stats;
 /// Counts shared with the progress line, bumped once per operation.
 #[derive(Default)]
 pub(crate) struct Live {
-    reads: AtomicU64,
-    writes: AtomicU64,
-    errors: AtomicU64,
+    pub(crate) reads: AtomicU64,
+    pub(crate) writes: AtomicU64,
+    pub(crate) errors: AtomicU64,
 }
 
 impl Live {

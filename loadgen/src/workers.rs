@@ -38,7 +38,7 @@ pub(crate) async fn progress(start: Instant, live: Arc<Live>) {
 
 /// Uniform in `ids.lo..=ids.hi` (`lo <= hi`), up to a negligible modulo
 /// bias.
-fn pick_id(rng: &mut Rng, ids: Ids) -> i64 {
+pub(crate) fn pick_id(rng: &mut Rng, ids: Ids) -> i64 {
     let span = ids.hi.abs_diff(ids.lo) + 1;
     ids.lo.wrapping_add(rng.below(span) as i64)
 }
@@ -177,6 +177,24 @@ pub(crate) fn spawn(
 }
 
 impl Running {
+    /// `workers` spawned elsewhere (`--through`, with no replica set), with
+    /// the progress line of `live`: the same join and merge.
+    pub(crate) fn of(
+        workers: Vec<tokio::task::JoinHandle<Stats>>,
+        live: Arc<Live>,
+        start: Instant,
+        timeline: bool,
+    ) -> Self {
+        Running {
+            workers,
+            progress: tokio::spawn(progress(start, live)),
+            start,
+            timeline,
+            failover: false,
+            read_your_writes: false,
+        }
+    }
+
     /// Waits for every worker and merges their counts; returns them with
     /// the run's length in seconds (operations still running at the
     /// deadline included).
