@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use diesel_async::RunQueryDsl;
 use diesel_replica::{Config, ReplicaSet};
-use replica_testkit::{Cluster, process_cpu_ns};
+use diesel_replica_testkit::{Cluster, process_cpu_ns};
 
 fn main() {
     let connects: usize = std::env::var("BENCH_CONNECTS")

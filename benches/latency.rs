@@ -6,8 +6,8 @@
 //! hosts of one data centre, rather than the tens of microseconds of
 //! loopback.
 //!
-//! One primary and one streaming replica of a throwaway `replica_testkit`
-//! cluster, each behind a `replica_testkit::DelayProxy` (a TCP proxy that
+//! One primary and one streaming replica of a throwaway `diesel_replica_testkit`
+//! cluster, each behind a `diesel_replica_testkit::DelayProxy` (a TCP proxy that
 //! holds every chunk for the delay, each way; the servers' own replication
 //! does not go through it). With `BENCH_DELAY_US=0` there is no proxy: the
 //! clients connect to the servers on loopback directly.
@@ -85,7 +85,7 @@ use diesel_async::pooled_connection::{
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_replica::ReplicaSet;
 use hdrhistogram::Histogram;
-use replica_testkit::{Cluster, NodeId, Rng};
+use diesel_replica_testkit::{Cluster, NodeId, Rng};
 
 const ROWS: i32 = 10_000;
 const QUERY: &str = "SELECT payload FROM bench_items WHERE id = $1";

@@ -4,7 +4,7 @@
 //!
 //! Contenders, all running `SELECT payload FROM bench_items WHERE id = $1`
 //! with a random id out of 10 000 rows, on the one replica of a throwaway
-//! `replica_testkit` cluster, all connected with the same server settings
+//! `diesel_replica_testkit` cluster, all connected with the same server settings
 //! (`statement_timeout`, ours by default):
 //!
 //! - **ours**: `ReplicaSet::read` (one replica, so every read goes there):
@@ -61,7 +61,7 @@ use diesel_async::pooled_connection::{
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_replica::{ReadYourWrites, ReplicaSet, WriteToken};
 use hdrhistogram::Histogram;
-use replica_testkit::{Cluster, NodeId, Rng};
+use diesel_replica_testkit::{Cluster, NodeId, Rng};
 use tracing::instrument::WithSubscriber;
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -229,7 +229,7 @@ async fn token_of_a_replicated_write(db: &ReplicaSet, lag_interval: Duration) ->
 /// `concurrency` tasks loop on the query for `secs`, each with its own
 /// random ids (a [`Rng`] seeded by `seed` and the task index).
 async fn run(contender: &Contender, concurrency: usize, secs: f64, seed: u64) -> Run {
-    let cpu = replica_testkit::process_cpu_ns();
+    let cpu = diesel_replica_testkit::process_cpu_ns();
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(secs);
     let tasks: Vec<_> = (0..concurrency as u64)
@@ -262,7 +262,7 @@ async fn run(contender: &Contender, concurrency: usize, secs: f64, seed: u64) ->
         total.hist.add(hist).expect("equal bounds");
     }
     total.secs = start.elapsed().as_secs_f64();
-    total.cpu_ns = replica_testkit::process_cpu_ns() - cpu;
+    total.cpu_ns = diesel_replica_testkit::process_cpu_ns() - cpu;
     total
 }
 

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_replica::{Config, ReplicaSet, ReplicatedRepo, read_only, write};
-use replica_testkit::{Cluster, Served, who_served};
+use diesel_replica_testkit::{Cluster, Served, who_served};
 
 // `table!` generates public items without docs.
 #[allow(missing_docs)]

@@ -49,7 +49,7 @@ use diesel_replica::{
     read_only, write,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use replica_testkit::Cluster;
+use diesel_replica_testkit::Cluster;
 use serde::{Deserialize, Serialize};
 use tower_http::trace::TraceLayer;
 

@@ -14,7 +14,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_replica::{
     Config, ReadYourWrites, ReplicaSet, ReplicatedRepo, WriteToken, read_only, write,
 };
-use replica_testkit::{Cluster, NodeId};
+use diesel_replica_testkit::{Cluster, NodeId};
 
 fn main() -> ExitCode {
     common::run_one_at_a_time(

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::report;
 use diesel_async::RunQueryDsl;
 use diesel_replica::{Config, DiscoverySource, ErrorKind, ReplicaSet};
-use replica_testkit::{Cluster, NodeId, who_served};
+use diesel_replica_testkit::{Cluster, NodeId, who_served};
 
 fn main() -> ExitCode {
     common::run_one_at_a_time(

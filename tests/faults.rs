@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::replica_ports;
 use diesel_async::RunQueryDsl;
 use diesel_replica::{Balance, Error, Health, ReplicaSet};
-use replica_testkit::{Cluster, NodeId, Served, WHO_SERVED, who_served};
+use diesel_replica_testkit::{Cluster, NodeId, Served, WHO_SERVED, who_served};
 
 const READERS: usize = 32;
 

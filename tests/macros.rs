@@ -11,7 +11,7 @@ use common::{closed_port, replica_ports};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_replica::{Config, Error, ReplicaSet, ReplicatedRepo, read_only, write};
-use replica_testkit::{Cluster, NodeId, Served, WHO_SERVED};
+use diesel_replica_testkit::{Cluster, NodeId, Served, WHO_SERVED};
 
 // `table!` generates public items without docs.
 #[allow(missing_docs)]

@@ -13,7 +13,7 @@ use common::{closed_port, replica_ports, report};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::RunQueryDsl;
 use diesel_replica::{Config, Error, ReplicaSet};
-use replica_testkit::{Cluster, NodeId, Served, WHO_SERVED, who_served};
+use diesel_replica_testkit::{Cluster, NodeId, Served, WHO_SERVED, who_served};
 
 const SETUP: &str = "CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL)";
 
@@ -82,7 +82,7 @@ async fn writes_land_on_the_writer(cluster: Arc<Cluster>) {
         .write(async |conn| {
             diesel::sql_query(concat!(
                 "INSERT INTO items (name) VALUES ('written') RETURNING ",
-                replica_testkit::server_columns!(),
+                diesel_replica_testkit::server_columns!(),
                 ", pg_is_in_recovery() AS in_recovery, 'off' AS read_only"
             ))
             .get_result::<Served>(conn)

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::closed_port;
-use replica_testkit::Cluster;
+use diesel_replica_testkit::Cluster;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

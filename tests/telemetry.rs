@@ -13,7 +13,7 @@ use diesel::sql_types::Integer;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_replica::{Balance, Config, ReadYourWrites, ReplicaSet, ReplicatedRepo, read_only};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use replica_testkit::{Cluster, NodeId};
+use diesel_replica_testkit::{Cluster, NodeId};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};

@@ -12,7 +12,7 @@ use diesel::sql_types::{Integer, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use diesel_replica::{Config, Error, ReplicaSet, ReplicatedRepo, Tenant, read_only, write};
-use replica_testkit::{Cluster, NodeId, Served, WHO_SERVED, who_served};
+use diesel_replica_testkit::{Cluster, NodeId, Served, WHO_SERVED, who_served};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("tests/migrations");
 

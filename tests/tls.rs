@@ -13,7 +13,7 @@ use diesel::QueryableByName;
 use diesel::sql_types::Bool;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_replica::{Config, Error, ReplicaSet};
-use replica_testkit::{Cluster, NodeId};
+use diesel_replica_testkit::{Cluster, NodeId};
 
 fn main() -> ExitCode {
     common::run_tls(

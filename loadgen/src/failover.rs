@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use replica_testkit::{Cluster, NodeId};
+use diesel_replica_testkit::{Cluster, NodeId};
 use serde_json::{Value, json};
 
 use crate::clock::{BUCKET_MS, UNSET, event_ms, ms_since, record_event};

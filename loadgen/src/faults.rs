@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use diesel_replica::Health;
-use replica_testkit::{Cluster, NodeId};
+use diesel_replica_testkit::{Cluster, NodeId};
 use serde_json::{Value, json};
 
 use crate::clock::{UNSET, event_ms, ms_since, record_event};

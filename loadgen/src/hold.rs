@@ -11,7 +11,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use replica_testkit::Cluster;
+use diesel_replica_testkit::Cluster;
 use serde_json::json;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -22,7 +22,7 @@ use crate::error::Fatal;
 pub(crate) fn hold(replicas: usize, env_file: &Path) -> Result<(), Fatal> {
     eprintln!(
         "loadgen: --hold-cluster: starting a throwaway local cluster (primary + {replicas} \
-         streaming replicas) with replica_testkit"
+         streaming replicas) with diesel_replica_testkit"
     );
     let cluster =
         Cluster::start(replicas).map_err(|e| Fatal::new(format!("cannot start it: {e}")))?;

@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
-use replica_testkit::Cluster;
+use diesel_replica_testkit::Cluster;
 
 /// Runs a blocking testkit call on the blocking pool.
 pub(crate) async fn blocking(
     cluster: &Arc<Cluster>,
-    call: impl FnOnce(&Cluster) -> Result<(), replica_testkit::Error> + Send + 'static,
+    call: impl FnOnce(&Cluster) -> Result<(), diesel_replica_testkit::Error> + Send + 'static,
 ) -> Result<(), String> {
     let cluster = cluster.clone();
     match tokio::task::spawn_blocking(move || call(&cluster)).await {

@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
 use diesel_replica::Config;
-use replica_testkit::Cluster;
+use diesel_replica_testkit::Cluster;
 use serde_json::Value;
 use tracing_subscriber::EnvFilter;
 
@@ -110,7 +110,7 @@ fn run(args: &Args, cluster: &mut Option<Arc<Cluster>>) -> Result<Value, Fatal> 
         Some(replicas) => {
             eprintln!(
                 "loadgen: --local {replicas}: starting a throwaway local cluster (primary + \
-                 {replicas} streaming replicas) with replica_testkit; it is removed on exit"
+                 {replicas} streaming replicas) with diesel_replica_testkit; it is removed on exit"
             );
             let local = cluster
                 .insert(Arc::new(Cluster::start(replicas).map_err(|e| {

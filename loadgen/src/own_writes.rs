@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use diesel_replica::ReadYourWrites;
-use replica_testkit::Rng;
+use diesel_replica_testkit::Rng;
 
 use crate::error::{Chain, Fatal};
 use crate::setup::Ids;

@@ -5,10 +5,10 @@ use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Bool, Integer, Nullable, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_replica::{ReadYourWrites, ReplicaSet, ReplicatedRepo, Tenant, read_only, write};
-use replica_testkit::server_columns;
+use diesel_replica_testkit::server_columns;
 
 // Each query returns the server that ran it, as the server sees it (see
-// `replica_testkit::server_columns!`): `host`, NULL over a unix socket, and
+// `diesel_replica_testkit::server_columns!`): `host`, NULL over a unix socket, and
 // `port`.
 
 /// Which node this is, as in the queries below.

@@ -11,7 +11,7 @@ use diesel::{QueryResult, QueryableByName};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use diesel_replica::{Config, Error, Tenant};
-use replica_testkit::Cluster;
+use diesel_replica_testkit::Cluster;
 
 use crate::args::Args;
 use crate::error::{Chain, Fatal};

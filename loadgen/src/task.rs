@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use diesel_replica::{Error, Tenant};
-use replica_testkit::Rng;
+use diesel_replica_testkit::Rng;
 
 use crate::clock::bucket;
 use crate::error::Chain;

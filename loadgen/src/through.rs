@@ -17,7 +17,7 @@ use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection};
-use replica_testkit::Rng;
+use diesel_replica_testkit::Rng;
 use serde_json::Value;
 
 use crate::args::Args;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use diesel_replica::Tenant;
-use replica_testkit::Rng;
+use diesel_replica_testkit::Rng;
 
 use crate::args::Args;
 use crate::error::Fatal;

@@ -23,14 +23,14 @@
 //! slower than loopback, for latency measurements on a machine without `netem`.
 //!
 //! ```no_run
-//! use replica_testkit::{Cluster, NodeId};
+//! use diesel_replica_testkit::{Cluster, NodeId};
 //!
 //! let cluster = Cluster::start(2)?;
 //! cluster.psql(NodeId::Primary, "CREATE TABLE t(x int); INSERT INTO t VALUES (1)")?;
 //! cluster.wait_for_replication()?;
 //! assert_eq!(cluster.psql(NodeId::Replica(0), "SELECT x FROM t")?, "1");
 //! println!("writer: {}, readers: {:?}", cluster.writer_url(), cluster.replica_urls());
-//! # Ok::<(), replica_testkit::Error>(())
+//! # Ok::<(), diesel_replica_testkit::Error>(())
 //! ```
 
 use std::io::Write;

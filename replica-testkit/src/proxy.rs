@@ -62,11 +62,11 @@ const READ_SIZE: usize = 64 * 1024;
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use replica_testkit::DelayProxy;
+/// use diesel_replica_testkit::DelayProxy;
 ///
 /// let proxy = DelayProxy::start("127.0.0.1:5432", Duration::from_micros(500))?;
 /// let url = format!("postgres://postgres:pw@127.0.0.1:{}/postgres", proxy.port());
-/// # Ok::<(), replica_testkit::Error>(())
+/// # Ok::<(), diesel_replica_testkit::Error>(())
 /// ```
 #[derive(Debug)]
 pub struct DelayProxy {

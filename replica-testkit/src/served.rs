@@ -16,7 +16,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 /// ```
 /// const READ: &str = concat!(
 ///     "SELECT payload, ",
-///     replica_testkit::server_columns!(),
+///     diesel_replica_testkit::server_columns!(),
 ///     " FROM items WHERE id = $1"
 /// );
 /// assert!(READ.contains("inet_server_port()"));

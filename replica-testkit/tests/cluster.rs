@@ -4,7 +4,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use replica_testkit::{Cluster, NodeId};
+use diesel_replica_testkit::{Cluster, NodeId};
 
 const R0: NodeId = NodeId::Replica(0);
 const R1: NodeId = NodeId::Replica(1);

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use replica_testkit::{Cluster, Error, NodeId};
+use diesel_replica_testkit::{Cluster, Error, NodeId};
 
 const NODES: [NodeId; 3] = [NodeId::Primary, NodeId::Replica(0), NodeId::Replica(1)];
 /// Which server the session is on, and whether it is encrypted.

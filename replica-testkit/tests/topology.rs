@@ -3,7 +3,7 @@
 
 use std::net::TcpStream;
 
-use replica_testkit::{Cluster, Error, NodeId};
+use diesel_replica_testkit::{Cluster, Error, NodeId};
 
 const R0: NodeId = NodeId::Replica(0);
 const R1: NodeId = NodeId::Replica(1);

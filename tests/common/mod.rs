@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use libtest_mimic::{Arguments, Trial};
-use replica_testkit::Cluster;
+use diesel_replica_testkit::Cluster;
 
 /// The future of one test.
 pub(crate) type TestFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -51,7 +51,7 @@ pub(crate) fn run_one_at_a_time(replicas: usize, setup: &str, tests: Vec<Test>) 
 
 fn run_with(
     args: Arguments,
-    start: fn(usize) -> Result<Cluster, replica_testkit::Error>,
+    start: fn(usize) -> Result<Cluster, diesel_replica_testkit::Error>,
     replicas: usize,
     setup: &str,
     tests: Vec<Test>,
@@ -60,7 +60,7 @@ fn run_with(
         let cluster =
             start(replicas).unwrap_or_else(|e| panic!("cannot start the test cluster: {e}"));
         cluster
-            .psql(replica_testkit::NodeId::Primary, setup)
+            .psql(diesel_replica_testkit::NodeId::Primary, setup)
             .unwrap_or_else(|e| panic!("setup failed: {e}"));
         cluster
             .wait_for_replication()
