@@ -33,27 +33,31 @@
 //! # Ok::<(), diesel_replica_testkit::Error>(())
 //! ```
 
-use std::io::Write;
 use std::net::{Ipv6Addr, TcpListener, ToSocketAddrs};
-use std::os::unix::fs::chown;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::process::{Command, ExitStatus};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
-use std::{env, fs, io, thread};
+use std::{fs, io, thread};
 
 use tempfile::TempDir;
 
+use crate::backend::{Driver, Shutdown};
+use crate::docker::Docker;
+use crate::local::Local;
 use crate::tls::TlsFiles;
 
+mod backend;
+mod docker;
 mod load;
+mod local;
 #[cfg(target_os = "linux")]
 mod proxy;
 mod served;
 mod tls;
 
+pub use backend::{BACKEND_VAR, Backend, DEFAULT_IMAGE, IMAGE_VAR};
+pub use docker::{LABEL as DOCKER_LABEL, OWNER_LABEL as DOCKER_OWNER_LABEL};
 pub use load::{Rng, process_cpu_ns};
 #[cfg(target_os = "linux")]
 pub use proxy::{DelayProxy, DelayedCluster};
@@ -63,8 +67,6 @@ pub use served::{Served, WHO_SERVED, who_served};
 const PASSWORD: &str = "testkit-s3cret-pw";
 /// How long [`Cluster::wait_for_replication`] waits before giving up.
 const REPLICATION_TIMEOUT: Duration = Duration::from_secs(30);
-/// The PostgreSQL programs the cluster runs.
-const BINARIES: [&str; 4] = ["initdb", "pg_ctl", "pg_basebackup", "psql"];
 /// `pg_hba.conf` of a TLS cluster: TCP only with TLS, on the loopback addresses.
 const TLS_HBA: &str = "\
 # replica-testkit: TCP connections only with TLS
@@ -79,7 +81,7 @@ hostssl replication  all   ::1/128       scram-sha-256
 const TAIL_LINES: usize = 20;
 /// Settings for every node (replicas inherit them from the primary's base backup).
 ///
-/// `listen_addresses` comes from [`Cluster::listen_addresses`].
+/// `listen_addresses` comes from the backend.
 const COMMON_CONF: &str = "
 max_connections = 200
 shared_buffers = 32MB
@@ -106,6 +108,58 @@ pub enum Error {
         binary: String,
         /// Where it was looked for.
         searched: String,
+    },
+    /// `DIESEL_REPLICA_TEST_BACKEND` names no backend.
+    #[error(
+        "{BACKEND_VAR}={value:?} names no backend: set it to `local` (this machine's \
+         PostgreSQL binaries) or `docker` (containers of {IMAGE_VAR}, default {DEFAULT_IMAGE}), \
+         or leave it unset to pick whichever is there"
+    )]
+    UnknownBackend {
+        /// The variable's value.
+        value: String,
+    },
+    /// Neither backend can run here.
+    #[error(
+        "cannot run PostgreSQL for the test cluster: there are no PostgreSQL server binaries \
+         here ({local}), and Docker is not usable ({docker}). Either install PostgreSQL's \
+         server binaries (Debian: `apt-get install postgresql`, or set PG_BIN to their \
+         directory), or start Docker and build an image with docker/build-image.sh, naming \
+         its tag in {IMAGE_VAR} (default: {DEFAULT_IMAGE})"
+    )]
+    NoBackend {
+        /// Why the local backend cannot run.
+        local: Box<Error>,
+        /// Why the Docker backend cannot run.
+        docker: Box<Error>,
+    },
+    /// The Docker engine does not answer `docker version`.
+    #[error("the Docker engine does not answer `docker version`: {source}")]
+    DockerUnavailable {
+        /// What `docker version` did.
+        #[source]
+        source: Box<Error>,
+    },
+    /// The Docker backend's image is not on this machine.
+    #[error(
+        "Docker image `{image}` is not here: build one with docker/build-image.sh and name its \
+         tag in {IMAGE_VAR}, or `docker pull {image}` where a registry can be reached"
+    )]
+    MissingImage {
+        /// The image named by `DIESEL_REPLICA_TEST_IMAGE` (or the default).
+        image: String,
+    },
+    /// The cluster's backend cannot do this.
+    #[error("cannot {action} {node} on the {backend} backend: {reason}")]
+    Unsupported {
+        /// What was asked, e.g. `partition`.
+        action: &'static str,
+        /// The node's name, e.g. `replica-0`.
+        node: String,
+        /// The cluster's backend.
+        backend: Backend,
+        /// Why not, and what would do it.
+        reason: &'static str,
     },
     /// Running as root, but there is no `postgres` user to run PostgreSQL as.
     #[error(
@@ -222,7 +276,8 @@ impl Node {
         self.port
     }
 
-    /// The node's data directory, which also holds its unix socket.
+    /// The node's data directory, which also holds its unix socket. On the Docker backend,
+    /// the path inside the node's container.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }
@@ -302,9 +357,8 @@ impl Topology {
 #[derive(Debug)]
 pub struct Cluster {
     topology: Mutex<Topology>,
-    bin: PathBuf,
-    /// uid and gid to run PostgreSQL commands as (the `postgres` user when we are root).
-    run_as: Option<(u32, u32)>,
+    /// Runs the servers: the local or the Docker backend.
+    driver: Box<dyn Driver>,
     /// The certificates of a TLS cluster.
     tls: Option<TlsFiles>,
     /// Whether the nodes also listen on ::1 (a TLS cluster where `localhost` resolves to ::1).
@@ -315,8 +369,11 @@ pub struct Cluster {
 impl Cluster {
     /// Starts a primary and `replicas` streaming replicas on free 127.0.0.1 ports in a fresh
     /// temp dir and waits until every replica has replayed the primary's latest write.
+    ///
+    /// The backend is [`Backend::select`]'s: this machine's binaries when it has them,
+    /// else Docker (see the crate docs).
     pub fn start(replicas: usize) -> Result<Cluster, Error> {
-        Cluster::start_with(replicas, false)
+        Cluster::start_with(Backend::select()?, replicas, false)
     }
 
     /// As [`Cluster::start`], but every node accepts TCP connections only over TLS.
@@ -338,20 +395,33 @@ impl Cluster {
     /// machine, so that a client connecting to `localhost` reaches the node whichever
     /// address it tries.
     pub fn start_tls(replicas: usize) -> Result<Cluster, Error> {
-        Cluster::start_with(replicas, true)
+        Cluster::start_with(Backend::select()?, replicas, true)
     }
 
-    fn start_with(replicas: usize, tls: bool) -> Result<Cluster, Error> {
-        let bin = find_bin_dir()?;
-        let run_as = run_as_user()?;
+    /// As [`Cluster::start`], on `backend` rather than the one [`Backend::select`] picks.
+    pub fn start_on(backend: Backend, replicas: usize) -> Result<Cluster, Error> {
+        Cluster::start_with(backend, replicas, false)
+    }
+
+    /// As [`Cluster::start_tls`], on `backend` rather than the one [`Backend::select`]
+    /// picks.
+    pub fn start_tls_on(backend: Backend, replicas: usize) -> Result<Cluster, Error> {
+        Cluster::start_with(backend, replicas, true)
+    }
+
+    fn start_with(backend: Backend, replicas: usize, tls: bool) -> Result<Cluster, Error> {
         let dir = tempfile::Builder::new()
             .prefix("replica-testkit-")
             .tempdir()
             .map_err(io_err("creating the temp dir"))?;
         let ipv6 = tls && localhost_is_ipv6();
+        let driver: Box<dyn Driver> = match backend {
+            Backend::Local => Box::new(Local::new(dir.path())?),
+            Backend::Docker => Box::new(Docker::new(dir.path(), ipv6)?),
+        };
         let ports = free_ports(replicas + 1, ipv6)?;
         let primary = Slot {
-            node: Node::new(dir.path(), "primary".into(), ports[0]),
+            node: Node::new(driver.root(), "primary".into(), ports[0]),
             state: State::Member,
             upstream: None,
         };
@@ -360,31 +430,28 @@ impl Cluster {
                 primary: NodeId::Primary,
                 slots: vec![primary],
             }),
-            bin,
-            run_as,
+            driver,
             tls: None,
             ipv6,
             dir,
         };
-        cluster.chown(cluster.dir.path())?;
         if tls {
-            let files = TlsFiles::generate(cluster.dir.path())?;
-            for path in [
-                &files.ca,
-                &files.wrong_ca,
-                &files.server_cert,
-                &files.server_key,
-            ] {
-                cluster.chown(path)?;
-            }
-            cluster.tls = Some(files);
+            cluster.tls = Some(TlsFiles::generate(cluster.dir.path())?);
         }
-        cluster.init_primary()?;
+        let primary = cluster.node(NodeId::Primary);
+        cluster
+            .driver
+            .init_primary(&primary, cluster.tls.as_ref(), ipv6)?;
         for &port in &ports[1..] {
             cluster.create_replica(port)?;
         }
         cluster.wait_for_replication()?;
         Ok(cluster)
+    }
+
+    /// The backend the cluster runs on.
+    pub fn backend(&self) -> Backend {
+        self.driver.backend()
     }
 
     /// The current primary: the node started as primary until a [`Cluster::promote`], then
@@ -426,8 +493,11 @@ impl Cluster {
     }
 
     /// The directory holding the PostgreSQL binaries in use (for running e.g. psql or pgbench).
+    ///
+    /// On the Docker backend, the servers run the image's binaries: this is the directory
+    /// of this machine's binaries (or of its psql) if it has any, else an empty path.
     pub fn bin_dir(&self) -> &Path {
-        &self.bin
+        self.driver.bin_dir()
     }
 
     /// The password of the `postgres` role used in the URLs.
@@ -489,14 +559,17 @@ impl Cluster {
         }
     }
 
-    /// Fast shutdown (`pg_ctl stop -m fast`).
+    /// Fast shutdown (`pg_ctl stop -m fast`; on Docker, `docker stop`, whose signal is
+    /// SIGINT, the same fast shutdown).
     pub fn stop(&self, id: NodeId) -> Result<(), Error> {
-        self.pg_ctl(id, &["stop", "-m", "fast"])
+        self.driver.stop(&self.node(id), Shutdown::Fast)
     }
 
-    /// Immediate shutdown (`pg_ctl stop -m immediate`): the crash-like kill.
+    /// Immediate shutdown (`pg_ctl stop -m immediate`): the crash-like kill. On Docker,
+    /// `docker kill` (SIGKILL to the postmaster, which takes every process of the
+    /// container with it).
     pub fn kill(&self, id: NodeId) -> Result<(), Error> {
-        self.pg_ctl(id, &["stop", "-m", "immediate"])
+        self.driver.stop(&self.node(id), Shutdown::Immediate)
     }
 
     /// Starts a stopped or killed node again on the same port and waits until it accepts
@@ -505,15 +578,15 @@ impl Cluster {
     /// Starting the former primary after a [`Cluster::promote`] makes a second primary:
     /// the testkit does not stop you.
     pub fn start_node(&self, id: NodeId) -> Result<(), Error> {
-        let log = {
+        let node = {
             let topology = self.topology();
             let slot = topology.slot(id);
             if slot.state == State::Removed {
                 return Err(refuse("start", slot, "it was removed"));
             }
-            slot.node.log.clone()
+            slot.node.clone()
         };
-        self.pg_ctl(id, &["start".as_ref(), "-l".as_ref(), log.as_os_str()])
+        self.driver.start(&node)
     }
 
     /// Fast shutdown, then start.
@@ -562,7 +635,7 @@ impl Cluster {
             slot.state = State::Removed;
             slot.node.clone()
         };
-        if node.data_dir.join("postmaster.pid").exists() {
+        if self.driver.is_running(&node) {
             self.stop(id)?;
         }
         Ok(())
@@ -580,8 +653,9 @@ impl Cluster {
     /// former primary until [`Cluster::repoint`]ed; until then only the promoted node is
     /// guaranteed usable.
     pub fn promote(&self, id: NodeId) -> Result<(), Error> {
-        let name = self.replica_for("promote", id)?.name;
-        self.pg_ctl(id, &["promote"])?;
+        let node = self.replica_for("promote", id)?;
+        let name = node.name.clone();
+        self.driver.promote(&node)?;
         let deadline = Instant::now() + REPLICATION_TIMEOUT;
         loop {
             let last = match self.psql(id, "SELECT pg_is_in_recovery()") {
@@ -613,30 +687,18 @@ impl Cluster {
     /// [`Error::Topology`], as are the current primary and a removed node.
     pub fn repoint(&self, id: NodeId) -> Result<(), Error> {
         let node = self.replica_for("repoint", id)?;
-        let (primary, primary_port) = {
+        let (primary, upstream) = {
             let topology = self.topology();
             let slot = topology.slot(id);
             if slot.upstream.is_none() {
                 return Err(refuse("repoint", slot, "it has been a primary"));
             }
-            (topology.primary, topology.slot(topology.primary).node.port)
+            (
+                topology.primary,
+                topology.slot(topology.primary).node.clone(),
+            )
         };
-        if node.data_dir.join("postmaster.pid").exists() {
-            self.stop(id)?;
-        }
-        let path = node.data_dir.join("postgresql.auto.conf");
-        let text =
-            fs::read_to_string(&path).map_err(io_err(format!("reading {}", path.display())))?;
-        let text = with_upstream_port(&text, primary_port).ok_or_else(|| Error::Io {
-            context: format!("rewriting {}", path.display()),
-            source: io::Error::new(
-                io::ErrorKind::InvalidData,
-                "no primary_conninfo with a port",
-            ),
-        })?;
-        // Written over the existing file, which keeps its owner.
-        fs::write(&path, text).map_err(io_err(format!("writing {}", path.display())))?;
-        self.start_node(id)?;
+        self.driver.repoint(&node, &upstream)?;
         self.topology().slot_mut(id).upstream = Some(primary);
         Ok(())
     }
@@ -653,12 +715,52 @@ impl Cluster {
             .map(drop)
     }
 
+    /// Freezes every process of the node: it keeps its sockets open and answers nothing
+    /// (a hung server). Local: SIGSTOP to the postmaster, then to each of its children.
+    /// Docker: `docker pause` (the cgroup freezer). [`Cluster::resume`] undoes it; the
+    /// cluster resumes a paused node before shutting it down when dropped.
+    pub fn pause(&self, id: NodeId) -> Result<(), Error> {
+        self.driver.pause(&self.node(id))
+    }
+
+    /// Thaws a node frozen by [`Cluster::pause`] (SIGCONT, or `docker unpause`).
+    pub fn resume(&self, id: NodeId) -> Result<(), Error> {
+        self.driver.resume(&self.node(id))
+    }
+
+    /// Cuts the node off the network: not one packet goes in or out of it, on any
+    /// connection (clients on this machine, and replication from or to the other nodes).
+    /// Its established connections hang: what is sent is never acknowledged, nothing
+    /// comes back, and no reset or FIN is seen either. A new connection from this machine
+    /// never gets an answer from the server: it is accepted by Docker's userland proxy
+    /// (which owns the published port on 127.0.0.1) and then hangs, so a client's connect
+    /// timeout fires; nothing is refused. The server itself keeps running, unaware.
+    ///
+    /// Docker backend only: two `iptables` DROP rules (input and output on every
+    /// interface but the loopback) inside the container's network namespace, entered
+    /// with `nsenter`; so it needs root, `nsenter` and `iptables` on this machine. (A
+    /// `docker network disconnect` is no partition: Docker then stops the port's proxy,
+    /// and the client's connections are closed and refused at once.) The rules go with
+    /// the container: a restart of the node heals it. On the local backend this is an
+    /// [`Error::Unsupported`].
+    pub fn partition(&self, id: NodeId) -> Result<(), Error> {
+        self.driver.partition(&self.node(id))
+    }
+
+    /// Undoes [`Cluster::partition`]: packets flow again, and the hung connections go on
+    /// where they stopped (unless a side gave up on them meanwhile). Healing a node that
+    /// is not partitioned does nothing. Docker backend only, like `partition`.
+    pub fn heal(&self, id: NodeId) -> Result<(), Error> {
+        self.driver.heal(&self.node(id))
+    }
+
     /// Waits (up to 30 s) until every running, unpaused replica that follows the current
     /// primary ([`Cluster::primary_id`]) has replayed the primary's current WAL LSN.
     ///
     /// The primary first commits a tiny WAL record with `synchronous_commit = on`, which
     /// writes out earlier asynchronous commits so that `pg_current_wal_lsn()` covers them.
-    /// A replica counts as running while its `postmaster.pid` exists. Removed replicas,
+    /// A replica counts as running while its `postmaster.pid` exists (on Docker: while its
+    /// container runs). Removed replicas,
     /// and after a [`Cluster::promote`] the replicas not yet [`Cluster::repoint`]ed, are
     /// skipped.
     pub fn wait_for_replication(&self) -> Result<(), Error> {
@@ -671,8 +773,8 @@ impl Cluster {
                 .collect();
             (topology.primary, replicas)
         };
-        let out = self.run_psql(
-            primary,
+        let out = self.driver.psql(
+            &self.node(primary),
             &[
                 "SET synchronous_commit = on",
                 "SELECT pg_logical_emit_message(true, 'replica-testkit', 'flush')",
@@ -686,7 +788,7 @@ impl Cluster {
         );
         let deadline = Instant::now() + REPLICATION_TIMEOUT;
         for (id, node) in replicas {
-            while node.data_dir.join("postmaster.pid").exists() {
+            while self.driver.is_running(&node) {
                 let last = match self.psql(id, &check) {
                     Ok(out) if out.starts_with("t|") => break,
                     Ok(out) => format!("replayed up to {}", out.trim_start_matches("f|")),
@@ -708,7 +810,7 @@ impl Cluster {
     /// Several `;`-separated statements run in one transaction and only the last one's
     /// rows are printed; columns are separated by `|`, rows by newlines.
     pub fn psql(&self, id: NodeId, sql: &str) -> Result<String, Error> {
-        self.run_psql(id, &[sql])
+        self.driver.psql(&self.node(id), &[sql])
     }
 
     /// Runs SQL with this cluster's psql as a TCP client: `psql -X -A -t -q -v ON_ERROR_STOP=1
@@ -718,23 +820,22 @@ impl Cluster {
     /// `conninfo` is a libpq connection string or URL and says everything about the
     /// connection (`host=localhost port=5432 user=postgres dbname=postgres sslmode=...`):
     /// the `PG*` variables of this process's environment are removed, and no password
-    /// file is read. psql runs as this process's user, so it can read the CA files.
+    /// file is read. psql runs as this process's user, so it can read the CA files. (On
+    /// the Docker backend without a psql here, the image's psql runs in a throwaway
+    /// container on this machine's network, with the temp dir mounted at its path.)
     ///
     /// On failure the error is an [`Error::Command`] whose output is psql's stderr (such as
     /// libpq's connection error). The password is never in the error: it travels in the
     /// environment, any `password=` in `conninfo` is shown as `***`, and any occurrence of
     /// the password in the output is replaced by `***`.
     pub fn psql_tcp(&self, conninfo: &str, password: &str, sql: &str) -> Result<String, Error> {
-        let mut cmd = Command::new(self.bin.join("psql"));
-        for (name, _) in env::vars_os() {
-            if name.to_string_lossy().starts_with("PG") {
-                cmd.env_remove(name);
-            }
-        }
+        let passfile = self.dir.path().join("no-such-passfile");
+        let mut cmd = self.driver.psql_client(&[
+            ("PGPASSWORD", password),
+            ("PGPASSFILE", &passfile.to_string_lossy()),
+            ("PGCONNECT_TIMEOUT", "10"),
+        ]);
         cmd.current_dir(self.dir.path())
-            .env("PGPASSWORD", password)
-            .env("PGPASSFILE", self.dir.path().join("no-such-passfile"))
-            .env("PGCONNECT_TIMEOUT", "10")
             .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
             .arg(conninfo)
             .args(["-c", sql]);
@@ -775,143 +876,47 @@ impl Cluster {
             quote_literal(password)?
         );
         let node = self.primary();
-        let mut cmd = self.command("psql");
-        cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(&node.data_dir)
-            .args(["-p", &node.port.to_string(), "-U", "postgres"])
-            .args(["-d", "postgres", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
         let command = format!(
             "psql -h {} -p {} (ALTER ROLE {} PASSWORD ***)",
             node.data_dir.display(),
             node.port,
             quote_ident(role)
         );
-        let mut child = cmd
-            .spawn()
-            .map_err(io_err(format!("running `{command}`")))?;
-        let written = child
-            .stdin
-            .take()
-            .map(|mut stdin| stdin.write_all(sql.as_bytes()))
-            .unwrap_or(Ok(()));
-        let out = child
-            .wait_with_output()
-            .map_err(io_err(format!("running `{command}`")))?;
-        if !out.status.success() {
-            return Err(Error::Command {
-                command,
-                status: out.status,
-                output: redact(&tail(&String::from_utf8_lossy(&out.stderr)), password),
-            });
-        }
-        written.map_err(io_err(format!("writing to `{command}`")))
+        self.driver.psql_stdin(&node, &sql, &command, password)
     }
 
-    /// PID of the node's postmaster (first line of `postmaster.pid`).
+    /// PID of the node's postmaster (first line of `postmaster.pid`). On Docker, the PID
+    /// in this machine's PID namespace of the container's main process, which is the
+    /// postmaster: signals sent to it from here reach the server.
     pub fn postmaster_pid(&self, id: NodeId) -> Result<u32, Error> {
-        let path = self.node(id).data_dir.join("postmaster.pid");
-        let context = || format!("reading the PID in {}", path.display());
-        let text = fs::read_to_string(&path).map_err(io_err(context()))?;
-        text.lines()
-            .next()
-            .and_then(|line| line.trim().parse().ok())
-            .ok_or_else(|| Error::Io {
-                context: context(),
-                source: io::Error::new(io::ErrorKind::InvalidData, "no PID on the first line"),
-            })
-    }
-
-    fn init_primary(&self) -> Result<(), Error> {
-        let primary = self.node(NodeId::Primary);
-        let pwfile = self.dir.path().join("pwfile");
-        fs::write(&pwfile, PASSWORD).map_err(io_err("writing the password file"))?;
-        self.chown(&pwfile)?;
-        let initdb = run(
-            self.command("initdb")
-                .arg("-D")
-                .arg(&primary.data_dir)
-                .args([
-                    "-U",
-                    "postgres",
-                    "--auth-local=trust",
-                    "--auth-host=scram-sha-256",
-                ])
-                .args(["--no-sync", "-E", "UTF8", "--locale=C", "--pwfile"])
-                .arg(&pwfile),
-            None,
-        );
-        let removed = fs::remove_file(&pwfile).map_err(io_err("removing the password file"));
-        initdb?;
-        removed?;
-        let mut conf = format!(
-            "listen_addresses = '{}'\n{COMMON_CONF}",
-            self.listen_addresses()
-        );
-        if let Some(tls) = &self.tls {
-            conf += &tls.server_conf();
-            let hba = primary.data_dir.join("pg_hba.conf");
-            // Written over the file initdb made, which keeps its owner.
-            fs::write(&hba, TLS_HBA).map_err(io_err(format!("writing {}", hba.display())))?;
-        }
-        append_conf(&primary, &conf)?;
-        self.start_node(NodeId::Primary)
+        self.driver.postmaster_pid(&self.node(id))
     }
 
     /// Makes, starts and lists a replica of the current primary on `port`.
     fn create_replica(&self, port: u16) -> Result<NodeId, Error> {
         // Registered before it exists, so that Drop stops it if anything below fails.
-        let (id, node, primary_port) = {
+        let (id, node, upstream) = {
             let mut topology = self.topology();
             let id = NodeId::from_index(topology.slots.len());
             let NodeId::Replica(i) = id else {
                 unreachable!("slot 0 is the first primary")
             };
-            let node = Node::new(self.dir.path(), format!("replica-{i}"), port);
+            let node = Node::new(self.driver.root(), format!("replica-{i}"), port);
             let primary = topology.primary;
-            let primary_port = topology.slot(primary).node.port;
+            let upstream = topology.slot(primary).node.clone();
             topology.slots.push(Slot {
                 node: node.clone(),
                 state: State::Creating,
                 upstream: Some(primary),
             });
-            (id, node, primary_port)
+            (id, node, upstream)
         };
-        let made = self.make_replica(id, &node, primary_port);
+        let made = self.driver.make_replica(&node, &upstream, self.is_tls());
         self.topology().slot_mut(id).state = match made {
             Ok(()) => State::Member,
             Err(_) => State::Removed,
         };
         made.map(|()| id)
-    }
-
-    fn make_replica(&self, id: NodeId, node: &Node, primary_port: u16) -> Result<(), Error> {
-        // The replica streams over TLS too: `-R` writes this into its `primary_conninfo`.
-        let ssl = if self.is_tls() {
-            " sslmode=require"
-        } else {
-            ""
-        };
-        run(
-            self.command("pg_basebackup")
-                .env("PGPASSWORD", PASSWORD)
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &primary_port.to_string(),
-                    "-U",
-                    "postgres",
-                ])
-                .args(["-d", &format!("application_name={}{ssl}", node.name), "-D"])
-                .arg(&node.data_dir)
-                .args(["-R", "-X", "stream", "--checkpoint=fast", "--no-sync"]),
-            None,
-        )?;
-        append_conf(node, "")?;
-        self.start_node(id)
     }
 
     /// A free port (see [`free_ports`]) that no node of the cluster has ever had, so that
@@ -949,63 +954,6 @@ impl Cluster {
         // a single assignment or push.
         self.topology.lock().unwrap_or_else(PoisonError::into_inner)
     }
-
-    /// `127.0.0.1`, and `::1` too where `localhost` resolves to it on a TLS cluster.
-    fn listen_addresses(&self) -> &'static str {
-        if self.ipv6 {
-            "127.0.0.1,::1"
-        } else {
-            "127.0.0.1"
-        }
-    }
-
-    fn pg_ctl<S: AsRef<std::ffi::OsStr>>(&self, id: NodeId, args: &[S]) -> Result<(), Error> {
-        let node = self.node(id);
-        let mut cmd = self.command("pg_ctl");
-        cmd.arg("-D").arg(&node.data_dir).arg("-w").args(args);
-        run(&mut cmd, Some(&node.log)).map(drop)
-    }
-
-    fn run_psql(&self, id: NodeId, sqls: &[&str]) -> Result<String, Error> {
-        let node = self.node(id);
-        let mut cmd = self.command("psql");
-        cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(&node.data_dir)
-            .args([
-                "-p",
-                &node.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-            ]);
-        for sql in sqls {
-            cmd.args(["-c", sql]);
-        }
-        run(&mut cmd, None)
-    }
-
-    /// A command for one of the PostgreSQL binaries, run as the right user.
-    fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new(self.bin.join(program));
-        cmd.current_dir(self.dir.path())
-            .env("PGCONNECT_TIMEOUT", "10");
-        if let Some((uid, gid)) = self.run_as {
-            // libpq (pg_basebackup, and the replicas' WAL receivers, which inherit it from
-            // pg_ctl) looks for client certificates in $HOME/.postgresql and fails when it
-            // may not look into root's home; the temp dir has no `.postgresql`.
-            cmd.uid(uid).gid(gid).env("HOME", self.dir.path());
-        }
-        cmd
-    }
-
-    fn chown(&self, path: &Path) -> Result<(), Error> {
-        match self.run_as {
-            Some((uid, gid)) => chown(path, Some(uid), Some(gid))
-                .map_err(io_err(format!("chowning {} to postgres", path.display()))),
-            None => Ok(()),
-        }
-    }
 }
 
 impl Drop for Cluster {
@@ -1014,22 +962,12 @@ impl Drop for Cluster {
             .topology
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner);
-        // Newest first, so that the first primary goes last.
-        let data_dirs: Vec<PathBuf> = topology
+        let nodes: Vec<Node> = topology
             .slots
             .iter()
-            .rev()
-            .map(|slot| slot.node.data_dir.clone())
+            .map(|slot| slot.node.clone())
             .collect();
-        for data_dir in data_dirs {
-            let mut cmd = self.command("pg_ctl");
-            let _ = cmd
-                .arg("stop")
-                .arg("-D")
-                .arg(&data_dir)
-                .args(["-m", "immediate", "-w"])
-                .output();
-        }
+        self.driver.teardown(&nodes);
     }
 }
 
@@ -1045,6 +983,13 @@ fn refuse(action: &'static str, slot: &Slot, reason: &'static str) -> Error {
 /// `postgresql.auto.conf` text with the `port` of its `primary_conninfo` set to `port`;
 /// `None` if it has no `primary_conninfo` line with a `port=` key.
 fn with_upstream_port(conf: &str, port: u16) -> Option<String> {
+    with_upstream(conf, None, port)
+}
+
+/// `postgresql.auto.conf` text with the `port` of its `primary_conninfo` set to `port`, and
+/// its `host` to `host` if given; `None` if it has no `primary_conninfo` line with a
+/// `port=` key.
+fn with_upstream(conf: &str, host: Option<&str>, port: u16) -> Option<String> {
     let mut found = false;
     let lines: Vec<String> = conf
         .lines()
@@ -1053,36 +998,24 @@ fn with_upstream_port(conf: &str, port: u16) -> Option<String> {
                 return line.to_owned();
             }
             line.split(' ')
-                .map(|word| match word.strip_prefix("port=") {
-                    Some(old) => {
+                .map(|word| {
+                    if let Some(old) = word.strip_prefix("port=") {
                         found = true;
                         // The last key of the value keeps its closing quote.
                         let rest = old.trim_start_matches(|c: char| c.is_ascii_digit());
                         format!("port={port}{rest}")
+                    } else if let (Some(old), Some(host)) = (word.strip_prefix("host="), host) {
+                        let rest = old.trim_start_matches(|c: char| c != '\'');
+                        format!("host={host}{rest}")
+                    } else {
+                        word.to_owned()
                     }
-                    None => word.to_owned(),
                 })
                 .collect::<Vec<_>>()
                 .join(" ")
         })
         .collect();
     found.then(|| lines.join("\n") + "\n")
-}
-
-/// Appends the node's own settings (after `extra`) to its `postgresql.conf`; later lines win.
-fn append_conf(node: &Node, extra: &str) -> Result<(), Error> {
-    let path = node.data_dir.join("postgresql.conf");
-    let socket_dir = node.data_dir.display().to_string().replace('\'', "''");
-    let conf = format!(
-        "\n# replica-testkit\n{extra}port = {}\nunix_socket_directories = '{socket_dir}'\n",
-        node.port
-    );
-    let context = format!("appending to {}", path.display());
-    let mut file = fs::OpenOptions::new()
-        .append(true)
-        .open(&path)
-        .map_err(io_err(&context))?;
-    file.write_all(conf.as_bytes()).map_err(io_err(context))
 }
 
 /// Whether `localhost` resolves to ::1 here (it need not: many hosts files map it to
@@ -1256,71 +1189,6 @@ fn free_ports(n: usize, ipv6: bool) -> Result<Vec<u16>, Error> {
         ports.push(port);
     }
     Ok(ports)
-}
-
-/// `PG_BIN`, else the newest `/usr/lib/postgresql/*/bin`, else `pg_config --bindir`, else the
-/// first `PATH` entry holding `initdb`; it must contain every program in [`BINARIES`].
-fn find_bin_dir() -> Result<PathBuf, Error> {
-    let dir = match env::var_os("PG_BIN") {
-        Some(dir) => PathBuf::from(dir),
-        None => versioned_bin_dir()
-            .or_else(pg_config_bin_dir)
-            .or_else(path_bin_dir)
-            .ok_or_else(|| Error::MissingBinary {
-                binary: "initdb".into(),
-                searched: "/usr/lib/postgresql/*/bin, `pg_config --bindir` and PATH".into(),
-            })?,
-    };
-    match BINARIES.iter().find(|binary| !dir.join(binary).is_file()) {
-        Some(binary) => Err(Error::MissingBinary {
-            binary: (*binary).into(),
-            searched: dir.display().to_string(),
-        }),
-        None => Ok(dir),
-    }
-}
-
-fn versioned_bin_dir() -> Option<PathBuf> {
-    fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            let version: Vec<u32> = entry
-                .file_name()
-                .to_str()?
-                .split('.')
-                .map(|part| part.parse().ok())
-                .collect::<Option<_>>()?;
-            let bin = entry.path().join("bin");
-            bin.join("initdb").is_file().then_some((version, bin))
-        })
-        .max()
-        .map(|(_, bin)| bin)
-}
-
-fn pg_config_bin_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(run(Command::new("pg_config").arg("--bindir"), None).ok()?);
-    dir.join("initdb").is_file().then_some(dir)
-}
-
-fn path_bin_dir() -> Option<PathBuf> {
-    env::split_paths(&env::var_os("PATH")?).find(|dir| dir.join("initdb").is_file())
-}
-
-/// `None` when not root; the `postgres` user's uid and gid when root.
-fn run_as_user() -> Result<Option<(u32, u32)>, Error> {
-    if run(Command::new("id").arg("-u"), None)? != "0" {
-        return Ok(None);
-    }
-    let passwd = fs::read_to_string("/etc/passwd").map_err(io_err("reading /etc/passwd"))?;
-    let user = passwd.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split(':').collect();
-        match fields[..] {
-            ["postgres", _, uid, gid, ..] => Some((uid.parse().ok()?, gid.parse().ok()?)),
-            _ => None,
-        }
-    });
-    user.map(Some).ok_or(Error::NoPostgresUser)
 }
 
 #[cfg(test)]

@@ -1,0 +1,148 @@
+//! Which way a [`Cluster`](crate::Cluster) runs PostgreSQL ([`Backend`]), how it is chosen
+//! (`DIESEL_REPLICA_TEST_BACKEND`, else what the machine has), and the [`Driver`] trait that
+//! each backend's module implements.
+
+use std::fmt;
+use std::path::Path;
+use std::process::Command;
+
+use crate::tls::TlsFiles;
+use crate::{Error, Node, docker, local};
+
+/// Forces a backend: `local` or `docker`. Unset or empty: chosen by [`Backend::select`].
+pub const BACKEND_VAR: &str = "DIESEL_REPLICA_TEST_BACKEND";
+/// The image the Docker backend runs (default [`DEFAULT_IMAGE`]).
+pub const IMAGE_VAR: &str = "DIESEL_REPLICA_TEST_IMAGE";
+/// The image the Docker backend runs when [`IMAGE_VAR`] is unset: the official image.
+pub const DEFAULT_IMAGE: &str = "postgres:15";
+
+/// How a cluster's PostgreSQL servers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Processes of the machine's own PostgreSQL binaries, in a temporary directory.
+    Local,
+    /// One Docker container per node, on a private Docker network of the cluster.
+    Docker,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Local => "local",
+            Backend::Docker => "docker",
+        })
+    }
+}
+
+impl Backend {
+    /// The backend [`Cluster::start`](crate::Cluster::start) uses here and now.
+    ///
+    /// `DIESEL_REPLICA_TEST_BACKEND=local` or `docker` forces one (an unusable forced
+    /// backend is its own error); any other non-empty value is an
+    /// [`Error::UnknownBackend`]. Otherwise: `local` when the machine has PostgreSQL's
+    /// server binaries (see [`Error::MissingBinary`]), else `docker` when the Docker
+    /// engine answers `docker version`, else [`Error::NoBackend`], which says how to get
+    /// either.
+    pub fn select() -> Result<Backend, Error> {
+        match std::env::var(BACKEND_VAR).unwrap_or_default().trim() {
+            "" => {}
+            "local" => return local::check().map(|()| Backend::Local),
+            "docker" => return docker::engine_answers().map(|()| Backend::Docker),
+            other => {
+                return Err(Error::UnknownBackend {
+                    value: other.to_owned(),
+                });
+            }
+        }
+        let local = match local::check() {
+            Ok(()) => return Ok(Backend::Local),
+            Err(err) => err,
+        };
+        match docker::engine_answers() {
+            Ok(()) => Ok(Backend::Docker),
+            Err(docker) => Err(Error::NoBackend {
+                local: Box::new(local),
+                docker: Box::new(docker),
+            }),
+        }
+    }
+}
+
+/// How a node stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shutdown {
+    /// Clients are disconnected and the server shuts down cleanly.
+    Fast,
+    /// A crash: no clean shutdown, recovery at the next start.
+    Immediate,
+}
+
+/// What a backend does to the nodes of one cluster. The [`Cluster`](crate::Cluster) keeps
+/// the topology and decides; a driver only runs, stops and talks to servers.
+///
+/// Every method takes the node's fixed facts ([`Node`]); the nodes a driver was asked to
+/// make are the ones it tears down in [`Driver::teardown`].
+pub(crate) trait Driver: fmt::Debug + Send + Sync {
+    /// Which backend this is.
+    fn backend(&self) -> Backend;
+
+    /// Where data directories go: a node `name` has its data in `root/name`.
+    fn root(&self) -> &Path;
+
+    /// The machine's PostgreSQL binaries (see [`Cluster::bin_dir`](crate::Cluster::bin_dir)).
+    fn bin_dir(&self) -> &Path;
+
+    /// Makes the first primary (initdb with the testkit's password, the common settings,
+    /// TLS if `tls`) and starts it.
+    fn init_primary(&self, node: &Node, tls: Option<&TlsFiles>, ipv6: bool) -> Result<(), Error>;
+
+    /// Makes `node` a streaming replica of the running `upstream` (`pg_basebackup -R`) and
+    /// starts it.
+    fn make_replica(&self, node: &Node, upstream: &Node, tls: bool) -> Result<(), Error>;
+
+    /// Starts a made node and waits until it accepts connections.
+    fn start(&self, node: &Node) -> Result<(), Error>;
+
+    /// Stops a running node.
+    fn stop(&self, node: &Node, how: Shutdown) -> Result<(), Error>;
+
+    /// Whether the node's server runs (also while paused).
+    fn is_running(&self, node: &Node) -> bool;
+
+    /// `pg_ctl promote -w` on a replica.
+    fn promote(&self, node: &Node) -> Result<(), Error>;
+
+    /// Points a replica's `primary_conninfo` at `upstream` and leaves it running.
+    fn repoint(&self, node: &Node, upstream: &Node) -> Result<(), Error>;
+
+    /// A psql on the node itself (unix socket, superuser), `-c` for each of `sqls`.
+    fn psql(&self, node: &Node, sqls: &[&str]) -> Result<String, Error>;
+
+    /// A psql on the node itself that reads `script` from stdin (`-f -`); `shown` is the
+    /// command as errors show it, and `secret` is hidden from its output.
+    fn psql_stdin(&self, node: &Node, script: &str, shown: &str, secret: &str)
+    -> Result<(), Error>;
+
+    /// A psql to run as a TCP client of the cluster from this machine, with every option
+    /// still to add; `env` is set in its environment (and no other `PG*` variable).
+    fn psql_client(&self, env: &[(&str, &str)]) -> Command;
+
+    /// The PID, in this machine's PID namespace, of the node's postmaster.
+    fn postmaster_pid(&self, node: &Node) -> Result<u32, Error>;
+
+    /// Freezes every process of the node (they keep their sockets; nothing answers).
+    fn pause(&self, node: &Node) -> Result<(), Error>;
+
+    /// Undoes [`Driver::pause`].
+    fn resume(&self, node: &Node) -> Result<(), Error>;
+
+    /// Cuts the node off the network: no packet in or out.
+    fn partition(&self, node: &Node) -> Result<(), Error>;
+
+    /// Undoes [`Driver::partition`].
+    fn heal(&self, node: &Node) -> Result<(), Error>;
+
+    /// Stops every node for good and removes whatever the driver made outside the
+    /// cluster's temp dir; errors are ignored (this runs in `drop`).
+    fn teardown(&mut self, nodes: &[Node]);
+}
