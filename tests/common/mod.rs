@@ -8,10 +8,10 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use diesel_replica_testkit::Cluster;
-use libtest_mimic::{Arguments, Trial};
+use diesel_replica_testkit::{Backend, Cluster};
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
 /// The future of one test.
 pub(crate) type TestFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -56,29 +56,13 @@ fn run_with(
     setup: &str,
     tests: Vec<Test>,
 ) -> ExitCode {
-    let cluster = (!args.list).then(|| {
-        let cluster =
-            start(replicas).unwrap_or_else(|e| panic!("cannot start the test cluster: {e}"));
-        cluster
-            .psql(diesel_replica_testkit::NodeId::Primary, setup)
-            .unwrap_or_else(|e| panic!("setup failed: {e}"));
-        cluster
-            .wait_for_replication()
-            .unwrap_or_else(|e| panic!("replicas did not catch up: {e}"));
-        Arc::new(cluster)
-    });
+    let cluster = (!args.list).then(|| start_cluster(start, replicas, setup));
     let trials = tests
         .into_iter()
         .map(|(name, test)| {
             let cluster = cluster.clone();
             Trial::test(name, move || {
-                let cluster = cluster.expect("the cluster runs unless listing");
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .expect("a tokio runtime")
-                    .block_on(test(cluster));
+                block_on(test(cluster.expect("the cluster runs unless listing")));
                 Ok(())
             })
         })
@@ -86,6 +70,93 @@ fn run_with(
     let conclusion = libtest_mimic::run(&args, trials);
     drop(cluster);
     conclusion.exit_code()
+}
+
+/// A check that runs after the cluster is gone: its name and the check.
+pub(crate) type AfterCheck = (&'static str, fn() -> Result<(), String>);
+
+/// As [`run_one_at_a_time`], on the Docker backend only (for tests that need what only
+/// Docker can do, such as a partition). With any other backend no cluster starts and
+/// every test is reported as ignored, with the reason. After the tests, the cluster is
+/// dropped and each of `after` runs, as one more test each.
+pub(crate) fn run_on_docker_one_at_a_time(
+    replicas: usize,
+    setup: &str,
+    tests: Vec<Test>,
+    after: Vec<AfterCheck>,
+) -> ExitCode {
+    let mut args = Arguments::from_args();
+    args.test_threads = Some(1);
+    let skip = match Backend::select() {
+        Ok(Backend::Docker) => None,
+        Ok(backend) => Some(format!(
+            "needs the Docker backend (DIESEL_REPLICA_TEST_BACKEND=docker); this run's is \
+             {backend}"
+        )),
+        Err(e) => panic!("cannot choose a backend for the test cluster: {e}"),
+    };
+    let cluster =
+        (!args.list && skip.is_none()).then(|| start_cluster(Cluster::start, replicas, setup));
+    let shared = Arc::new(Mutex::new(cluster));
+    let mut trials: Vec<Trial> = tests
+        .into_iter()
+        .map(|(name, test)| {
+            let (shared, skip) = (shared.clone(), skip.clone());
+            Trial::ignorable_test(name, move || {
+                if let Some(reason) = skip {
+                    return Ok(Completion::ignored_with(reason));
+                }
+                let cluster = shared.lock().unwrap().clone();
+                let cluster = cluster.ok_or("the cluster is gone")?;
+                block_on(test(cluster));
+                Ok(Completion::Completed)
+            })
+        })
+        .collect();
+    trials.extend(after.into_iter().map(|(name, check)| {
+        let (shared, skip) = (shared.clone(), skip.clone());
+        Trial::ignorable_test(name, move || {
+            if let Some(reason) = skip {
+                return Ok(Completion::ignored_with(reason));
+            }
+            if let Some(cluster) = shared.lock().unwrap().take() {
+                Arc::try_unwrap(cluster)
+                    .map_err(|_| Failed::from("a test still holds the cluster"))?;
+            }
+            check()
+                .map(|()| Completion::Completed)
+                .map_err(Failed::from)
+        })
+    }));
+    let conclusion = libtest_mimic::run(&args, trials);
+    drop(shared);
+    conclusion.exit_code()
+}
+
+/// Starts the shared cluster, runs `setup` on it and waits for the replicas.
+fn start_cluster(
+    start: fn(usize) -> Result<Cluster, diesel_replica_testkit::Error>,
+    replicas: usize,
+    setup: &str,
+) -> Arc<Cluster> {
+    let cluster = start(replicas).unwrap_or_else(|e| panic!("cannot start the test cluster: {e}"));
+    cluster
+        .psql(diesel_replica_testkit::NodeId::Primary, setup)
+        .unwrap_or_else(|e| panic!("setup failed: {e}"));
+    cluster
+        .wait_for_replication()
+        .unwrap_or_else(|e| panic!("replicas did not catch up: {e}"));
+    Arc::new(cluster)
+}
+
+/// Runs a test's future on a fresh two-thread runtime.
+fn block_on(test: TestFuture) {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(test);
 }
 
 /// Wraps an async test function for [`run`].

@@ -1,0 +1,382 @@
+//! Network partitions under load, on the Docker backend only (elsewhere these tests are
+//! reported as ignored, with the reason): a node is cut off the network
+//! (`Cluster::partition`: no packet in or out, its connections hang, new connections get
+//! no answer) while tasks read, or write, and is healed again. One test at a time: they
+//! share the nodes. The last test checks that the cluster, once dropped, left no
+//! container, network or volume behind.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{ErrorKind as IoErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, ExitCode};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{replica_ports, report};
+use diesel_async::RunQueryDsl;
+use diesel_replica::{Config, ErrorKind, Health, ReplicaSet};
+use diesel_replica_testkit::{Cluster, DOCKER_LABEL, NodeId, who_served};
+
+const READERS: usize = 32;
+/// The statement timeout the tests set on every pool. The client gives an attempt this
+/// plus half a second (the library's grace) before it counts the node as hung.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The library's grace past the statement timeout (README, "Failures and balancing").
+const GRACE: Duration = Duration::from_millis(500);
+/// Slack for the shared machine (scheduling, the Docker proxy).
+const SLACK: Duration = Duration::from_secs(1);
+
+fn main() -> ExitCode {
+    common::run_on_docker_one_at_a_time(
+        2,
+        "CREATE TABLE t (x int)",
+        tests![
+            a_partitioned_replica_costs_no_reads_and_is_readmitted_after_heal,
+            a_partitioned_writer_fails_writes_clearly_and_reads_go_on,
+        ],
+        vec![(
+            "nothing_labelled_remains_after_the_cluster_is_dropped",
+            nothing_labelled_remains,
+        )],
+    )
+}
+
+/// A configuration of the cluster for `READERS` tasks, with [`STATEMENT_TIMEOUT`] on the
+/// writer and the replicas.
+fn config(cluster: &Cluster) -> Config {
+    let mut config = cluster.load_config(READERS);
+    config.writer_pool.statement_timeout = Some(STATEMENT_TIMEOUT);
+    config.replica_pool.statement_timeout = Some(STATEMENT_TIMEOUT);
+    config
+}
+
+/// The longest one read may take, from the configuration: each attempt is bounded by the
+/// statement timeout plus the grace (the attempt timeout, which covers the checkout and
+/// so a connect to a node that does not answer: the connect timeout, 5 s by default, is
+/// longer and never fires first), and a read makes at most `read_retries + 1` attempts
+/// (the last one may be on the writer). Plus [`SLACK`]. With the testkit's
+/// `load_config` and a 1 s statement timeout: 3 x 1.5 s + 1 s = 5.5 s.
+fn read_bound(config: &Config) -> Duration {
+    let attempt = config.replica_pool.statement_timeout.expect("set") + GRACE;
+    assert!(
+        config
+            .replica_pool
+            .connect_timeout
+            .is_none_or(|c| c >= attempt),
+        "the bound assumes the attempt timeout bounds connecting"
+    );
+    attempt * (config.health.read_retries + 1) + SLACK
+}
+
+/// What continuous readers saw.
+#[derive(Default, Debug)]
+struct Load {
+    ok: u64,
+    errors: Vec<String>,
+    by_port: HashMap<i32, u64>,
+    slowest: Duration,
+}
+
+/// `READERS` tasks reading which server answers, until `until`.
+async fn read_until(db: &ReplicaSet, until: Instant) -> Load {
+    let tasks: Vec<_> = (0..READERS)
+        .map(|_| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let mut load = Load::default();
+                while Instant::now() < until {
+                    let started = Instant::now();
+                    let result = db.read(who_served).await;
+                    load.slowest = load.slowest.max(started.elapsed());
+                    match result {
+                        Ok(served) => {
+                            load.ok += 1;
+                            *load.by_port.entry(served.port).or_default() += 1;
+                        }
+                        Err(error) => load.errors.push(report(&error)),
+                    }
+                }
+                load
+            })
+        })
+        .collect();
+    let mut total = Load::default();
+    for task in tasks {
+        let load = task.await.expect("a reader task");
+        total.ok += load.ok;
+        total.errors.extend(load.errors);
+        total.slowest = total.slowest.max(load.slowest);
+        for (port, n) in load.by_port {
+            *total.by_port.entry(port).or_default() += n;
+        }
+    }
+    total
+}
+
+/// Runs blocking cluster work off the runtime's threads.
+async fn on_cluster<T: Send + 'static>(
+    cluster: &Arc<Cluster>,
+    work: impl FnOnce(&Cluster) -> T + Send + 'static,
+) -> T {
+    let cluster = cluster.clone();
+    tokio::task::spawn_blocking(move || work(&cluster))
+        .await
+        .expect("cluster work")
+}
+
+/// Waits (bounded) until replica `index` of `db` has `health`.
+async fn until_health(db: &ReplicaSet, index: usize, health: Health) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while db.status().replicas[index].health != health {
+        assert!(
+            Instant::now() < deadline,
+            "replica-{index} never became {health:?}: {:?}",
+            db.status().replicas[index]
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `n` reads one after another, counted by the port that served them.
+async fn spread(db: &ReplicaSet, n: usize) -> HashMap<i32, u64> {
+    let mut by_port = HashMap::new();
+    for _ in 0..n {
+        let served = db.read(who_served).await.unwrap();
+        *by_port.entry(served.port).or_default() += 1;
+    }
+    by_port
+}
+
+/// Heals a partitioned node even when the test fails midway.
+struct Heal(Arc<Cluster>, NodeId);
+
+impl Drop for Heal {
+    fn drop(&mut self) {
+        let _ = self.0.heal(self.1);
+    }
+}
+
+/// PostgreSQL's SSLRequest: the smallest message a server answers (with `N` or `S`).
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+/// What sending an SSLRequest on `stream` got within `wait`: `Ok(byte)` for an answer,
+/// `Err(kind)` for none (`WouldBlock`/`TimedOut` when nothing came; an EOF is
+/// `UnexpectedEof`).
+fn ask(stream: &mut TcpStream, wait: Duration) -> Result<u8, IoErrorKind> {
+    stream.set_read_timeout(Some(wait)).unwrap();
+    stream.write_all(&SSL_REQUEST).map_err(|e| e.kind())?;
+    let mut answer = [0u8; 1];
+    match stream.read(&mut answer) {
+        Ok(0) => Err(IoErrorKind::UnexpectedEof),
+        Ok(_) => Ok(answer[0]),
+        Err(e) => Err(e.kind()),
+    }
+}
+
+/// Whether `result` is "nothing came back in time" (not an answer, not an EOF or reset).
+fn hung(result: Result<u8, IoErrorKind>) -> bool {
+    matches!(result, Err(IoErrorKind::WouldBlock | IoErrorKind::TimedOut))
+}
+
+async fn a_partitioned_replica_costs_no_reads_and_is_readmitted_after_heal(cluster: Arc<Cluster>) {
+    let config = config(&cluster);
+    let bound = read_bound(&config);
+    let db = ReplicaSet::connect(config).await.unwrap();
+    let cut = NodeId::Replica(1);
+    let cut_port = replica_ports(&cluster)[1];
+    let address = ("127.0.0.1", cluster.node(cut).port());
+    let mut before = TcpStream::connect(address).unwrap();
+
+    let load = tokio::spawn({
+        let db = db.clone();
+        async move { read_until(&db, Instant::now() + Duration::from_secs(6)).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let heal = Heal(cluster.clone(), cut);
+    on_cluster(&cluster, move |c| c.partition(cut))
+        .await
+        .unwrap();
+    until_health(&db, 1, Health::Ejected).await;
+
+    // What a client sees of the partitioned node: a connection from before the partition
+    // hangs, and so does a new one (neither is answered, closed nor refused).
+    let wait = Duration::from_millis(1500);
+    assert!(
+        hung(ask(&mut before, wait)),
+        "a connection from before the partition hangs"
+    );
+    let mut after = TcpStream::connect_timeout(&address.into_addr(), wait)
+        .expect("the published port is not refused");
+    assert!(
+        hung(ask(&mut after, wait)),
+        "a new connection is not answered"
+    );
+
+    let load = load.await.unwrap();
+    assert!(
+        load.errors.is_empty(),
+        "{} failed reads: {:?}",
+        load.errors.len(),
+        &load.errors[..load.errors.len().min(5)]
+    );
+    assert!(
+        load.slowest <= bound,
+        "a read took {:?}, past the bound {bound:?}",
+        load.slowest
+    );
+    assert!(
+        load.by_port.get(&cut_port).copied().unwrap_or(0) > 0,
+        "the replica served reads before the partition: {load:?}"
+    );
+    let status = db.status();
+    assert_eq!(
+        status.replicas[1].health,
+        Health::Ejected,
+        "{:?}",
+        status.replicas[1]
+    );
+    assert!(status.replicas[1].ejections >= 1);
+
+    drop(heal);
+    until_health(&db, 1, Health::Up).await;
+    let after_heal = spread(&db, 40).await;
+    assert!(
+        after_heal.get(&cut_port).copied().unwrap_or(0) > 0,
+        "the healed replica serves reads again: {after_heal:?}"
+    );
+    assert_eq!(
+        ask(&mut TcpStream::connect(address).unwrap(), wait),
+        Ok(b'N')
+    );
+    eprintln!(
+        "replica partition: {} reads, slowest {:?} (bound {bound:?})",
+        load.ok, load.slowest
+    );
+    on_cluster(&cluster, |c| c.wait_for_replication())
+        .await
+        .unwrap();
+}
+
+async fn a_partitioned_writer_fails_writes_clearly_and_reads_go_on(cluster: Arc<Cluster>) {
+    let config = config(&cluster);
+    // Writes are never retried: one attempt, bounded by the statement timeout plus the
+    // grace (which also bounds connecting, as for reads).
+    let write_bound = STATEMENT_TIMEOUT + GRACE + SLACK;
+    let read_bound = read_bound(&config);
+    let db = ReplicaSet::connect(config).await.unwrap();
+    let insert = async |conn: &mut diesel_async::AsyncPgConnection| {
+        diesel::sql_query("INSERT INTO t VALUES (1)")
+            .execute(conn)
+            .await
+    };
+    assert_eq!(db.write(insert).await.unwrap(), 1);
+    let writer = NodeId::Primary;
+    let writer_address = format!("127.0.0.1:{}", cluster.node(writer).port());
+
+    let heal = Heal(cluster.clone(), writer);
+    on_cluster(&cluster, move |c| c.partition(writer))
+        .await
+        .unwrap();
+    // The first write finds the pooled connection hung; the next ones open new
+    // connections, which are never answered. Either way the attempt timeout ends the
+    // write: `ErrorKind::Timeout`, "writer (127.0.0.1:PORT) did not answer within 1.5s".
+    let mut took_all = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let err = db.write(insert).await.unwrap_err();
+        let took = started.elapsed();
+        let text = err.to_string();
+        assert!(
+            took <= write_bound,
+            "a write took {took:?}, past the bound {write_bound:?}: {text}"
+        );
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err:?}");
+        assert_eq!(
+            text,
+            format!(
+                "writer ({writer_address}) did not answer within {:?}",
+                STATEMENT_TIMEOUT + GRACE
+            ),
+            "the error names the writer"
+        );
+        took_all.push(took);
+    }
+    eprintln!("writer partition: writes failed with Timeout after {took_all:?}");
+
+    let started = Instant::now();
+    let reads = spread(&db, 20).await;
+    assert!(
+        reads
+            .keys()
+            .all(|port| replica_ports(&cluster).contains(port)),
+        "{reads:?}"
+    );
+    assert!(started.elapsed() <= read_bound * 20);
+
+    drop(heal);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match db.write(insert).await {
+            Ok(n) => {
+                assert_eq!(n, 1);
+                break;
+            }
+            Err(err) => assert!(
+                Instant::now() < deadline,
+                "writes did not resume after the heal: {err}"
+            ),
+        }
+    }
+    on_cluster(&cluster, |c| c.wait_for_replication())
+        .await
+        .unwrap();
+}
+
+/// The lines `docker ARGS` prints, or an error saying what failed.
+fn docker_lines(args: &[&str]) -> Result<Vec<String>, String> {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .map_err(|e| format!("docker {args:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect())
+}
+
+/// No container, network or volume with the testkit's label is left.
+fn nothing_labelled_remains() -> Result<(), String> {
+    let filter = format!("label={DOCKER_LABEL}");
+    for (kind, name) in [
+        (&["ps", "-a"][..], "{{.Names}}"),
+        (&["network", "ls"], "{{.Name}}"),
+        (&["volume", "ls"], "{{.Name}}"),
+    ] {
+        let mut args = kind.to_vec();
+        args.extend(["--filter", &filter, "--format", name]);
+        let left = docker_lines(&args)?;
+        if !left.is_empty() {
+            return Err(format!("docker {} still lists {left:?}", kind.join(" ")));
+        }
+    }
+    Ok(())
+}
+
+/// `(host, port)` as a socket address.
+trait IntoAddr {
+    fn into_addr(self) -> std::net::SocketAddr;
+}
+
+impl IntoAddr for (&str, u16) {
+    fn into_addr(self) -> std::net::SocketAddr {
+        format!("{}:{}", self.0, self.1).parse().unwrap()
+    }
+}
