@@ -44,15 +44,10 @@ impl Backend {
     /// engine answers `docker version`, else [`Error::NoBackend`], which says how to get
     /// either.
     pub fn select() -> Result<Backend, Error> {
-        match std::env::var(BACKEND_VAR).unwrap_or_default().trim() {
-            "" => {}
-            "local" => return local::check().map(|()| Backend::Local),
-            "docker" => return docker::engine_answers().map(|()| Backend::Docker),
-            other => {
-                return Err(Error::UnknownBackend {
-                    value: other.to_owned(),
-                });
-            }
+        match Backend::forced(&std::env::var(BACKEND_VAR).unwrap_or_default())? {
+            Some(Backend::Local) => return local::check().map(|()| Backend::Local),
+            Some(Backend::Docker) => return docker::engine_answers().map(|()| Backend::Docker),
+            None => {}
         }
         let local = match local::check() {
             Ok(()) => return Ok(Backend::Local),
@@ -63,6 +58,20 @@ impl Backend {
             Err(docker) => Err(Error::NoBackend {
                 local: Box::new(local),
                 docker: Box::new(docker),
+            }),
+        }
+    }
+}
+
+impl Backend {
+    /// The backend a value of [`BACKEND_VAR`] forces: `None` for an empty value.
+    fn forced(value: &str) -> Result<Option<Backend>, Error> {
+        match value.trim() {
+            "" => Ok(None),
+            "local" => Ok(Some(Backend::Local)),
+            "docker" => Ok(Some(Backend::Docker)),
+            other => Err(Error::UnknownBackend {
+                value: other.to_owned(),
             }),
         }
     }
@@ -85,6 +94,11 @@ pub(crate) enum Shutdown {
 pub(crate) trait Driver: fmt::Debug + Send + Sync {
     /// Which backend this is.
     fn backend(&self) -> Backend;
+
+    /// The cluster's id on Docker (the value of its containers' label); `None` elsewhere.
+    fn docker_id(&self) -> Option<&str> {
+        None
+    }
 
     /// Where data directories go: a node `name` has its data in `root/name`.
     fn root(&self) -> &Path;
@@ -145,4 +159,25 @@ pub(crate) trait Driver: fmt::Debug + Send + Sync {
     /// Stops every node for good and removes whatever the driver made outside the
     /// cluster's temp dir; errors are ignored (this runs in `drop`).
     fn teardown(&mut self, nodes: &[Node]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_variable_forces_local_or_docker_and_refuses_anything_else() {
+        assert_eq!(Backend::forced("").unwrap(), None);
+        assert_eq!(Backend::forced(" docker ").unwrap(), Some(Backend::Docker));
+        assert_eq!(Backend::forced("local").unwrap(), Some(Backend::Local));
+        let err = Backend::forced("podman").unwrap_err();
+        assert!(matches!(err, Error::UnknownBackend { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("DIESEL_REPLICA_TEST_BACKEND=\"podman\" names no backend")
+                && text.contains("`local`")
+                && text.contains("`docker`"),
+            "{text}"
+        );
+    }
 }

@@ -308,6 +308,10 @@ impl Driver for Docker {
         Backend::Docker
     }
 
+    fn docker_id(&self) -> Option<&str> {
+        Some(&self.id)
+    }
+
     fn root(&self) -> &Path {
         Path::new(HOME)
     }

@@ -454,6 +454,14 @@ impl Cluster {
         self.driver.backend()
     }
 
+    /// On the Docker backend, the cluster's id: the value of the [`DOCKER_LABEL`] that its
+    /// containers and network carry (`docker ps --filter label=diesel-replica-testkit=ID`),
+    /// and part of their names (`drt-ID` for the network, `drt-ID-NODE` for a node's
+    /// container). `None` on the local backend.
+    pub fn docker_id(&self) -> Option<&str> {
+        self.driver.docker_id()
+    }
+
     /// The current primary: the node started as primary until a [`Cluster::promote`], then
     /// the promoted one.
     pub fn primary(&self) -> Node {
