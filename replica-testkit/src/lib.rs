@@ -1,9 +1,54 @@
-//! A throwaway local PostgreSQL replication cluster for diesel-replica's tests,
-//! examples and benchmarks: one primary plus N streaming replicas, started from
-//! the machine's PostgreSQL binaries in a fresh temporary directory.
+//! A throwaway PostgreSQL replication cluster for diesel-replica's tests, examples and
+//! benchmarks: one primary plus N streaming replicas, run from the machine's PostgreSQL
+//! binaries in a fresh temporary directory, or in Docker containers (see
+//! [Backends](#backends)).
 //!
-//! Everything is synchronous (plain [`std::process::Command`]). When running as
-//! root, every PostgreSQL command runs as the `postgres` user.
+//! Everything is synchronous (plain [`std::process::Command`]). When running as root,
+//! every local PostgreSQL command runs as the `postgres` user.
+//!
+//! # Backends
+//!
+//! [`Cluster::start`] picks one ([`Backend::select`]):
+//!
+//! - **local**, when this machine has PostgreSQL's server binaries (`PG_BIN`, else the
+//!   newest `/usr/lib/postgresql/*/bin`, `pg_config --bindir` or `PATH`): one server
+//!   process per node, data directories, sockets and logs in the temp dir.
+//! - **docker**, otherwise, when the Docker engine answers `docker version`: one container
+//!   per node, of the image named by `DIESEL_REPLICA_TEST_IMAGE` (default `postgres:15`,
+//!   the official image; `docker/build-image.sh` builds one from Debian's packages where
+//!   no registry can be reached), on a private Docker network of the cluster. The image's
+//!   entrypoint never runs: each container runs a small `sh` script as `postgres` that
+//!   makes the data directory on first start (initdb with the same settings as the local
+//!   backend for the primary, `pg_basebackup -R` from the upstream's container over the
+//!   network for a replica) and then `exec`s the postmaster. Each node's port is
+//!   published on 127.0.0.1 (`-p 127.0.0.1:PORT:PORT`, a free port the testkit picks;
+//!   the server listens on the same number inside, so `inet_server_port()` agrees), so
+//!   URLs, [`Cluster::config`] and tests are the same on both backends. psql
+//!   ([`Cluster::psql`]) runs in the node's container (`docker exec`).
+//!
+//! `DIESEL_REPLICA_TEST_BACKEND=local` or `docker` forces one; anything else is an
+//! [`Error::UnknownBackend`]. With neither, [`Error::NoBackend`] says how to get one.
+//!
+//! Every public method works on both, with these differences:
+//!
+//! | | local | docker |
+//! |---|---|---|
+//! | [`Cluster::kill`] | `pg_ctl stop -m immediate` | `docker kill` (SIGKILL) |
+//! | [`Cluster::stop`] | `pg_ctl stop -m fast` | `docker stop` (SIGINT: fast shutdown) |
+//! | [`Cluster::pause`] | SIGSTOP to the postmaster and its children | `docker pause` |
+//! | [`Cluster::partition`] | [`Error::Unsupported`] | iptables DROP in the container's network namespace (needs root) |
+//! | [`Cluster::postmaster_pid`] | from `postmaster.pid` | the container's main process, as this machine sees it |
+//! | [`Node::data_dir`] | in the temp dir | in the container |
+//! | [`Cluster::bin_dir`] | the binaries in use | this machine's binaries or psql, if any |
+//!
+//! Every container and network of a Docker cluster carries the label [`DOCKER_LABEL`],
+//! whose value is the cluster's id ([`Cluster::docker_id`]), and [`DOCKER_OWNER_LABEL`]
+//! (`host/pid/start time` of the process that made it). Dropping the cluster removes them
+//! (also when a test panics: the unwinding drops it); a process that died without
+//! dropping its cluster leaves them, and the next Docker cluster started on this machine
+//! removes whatever a dead owner left. To remove everything by hand:
+//! `docker rm -f -v $(docker ps -aq --filter label=diesel-replica-testkit)` and
+//! `docker network rm $(docker network ls -q --filter label=diesel-replica-testkit)`.
 //!
 //! [`Cluster::start_tls`] starts a cluster that accepts TCP connections only over TLS, with
 //! a certificate for `localhost` signed by a fresh CA ([`Cluster::ca_cert_path`]).
