@@ -487,9 +487,23 @@ impl Cluster {
         cluster
             .driver
             .init_primary(&primary, cluster.tls.as_ref(), ipv6)?;
-        for &port in &ports[1..] {
-            cluster.create_replica(port)?;
-        }
+        // The replicas are made side by side: on Docker, most of a replica's making is
+        // waiting for the engine and the container.
+        let cluster_ref = &cluster;
+        thread::scope(|scope| {
+            let makers: Vec<_> = ports[1..]
+                .iter()
+                .map(|&port| scope.spawn(move || cluster_ref.create_replica(port)))
+                .collect();
+            makers
+                .into_iter()
+                .map(|maker| {
+                    maker
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect::<Result<Vec<NodeId>, Error>>()
+        })?;
         cluster.wait_for_replication()?;
         Ok(cluster)
     }

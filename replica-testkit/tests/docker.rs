@@ -83,17 +83,23 @@ fn docker(args: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// The containers (`ps -a`) or networks (`network ls`) labelled with the cluster id `id`.
+/// The containers (`ps -a`), volumes (`volume ls`) or networks (`network ls`) labelled
+/// with the cluster id `id`.
 fn labelled(kind: &[&str], id: &str) -> Vec<String> {
     let mut args = kind.to_vec();
     let filter = format!("label={DOCKER_LABEL}={id}");
-    args.extend(["--filter", &filter, "--format", "{{.ID}}"]);
+    args.extend(["--filter", &filter, "--format", "{{.Name}}"]);
+    if kind[0] == "ps" {
+        args.pop();
+        args.push("{{.Names}}");
+    }
     docker(&args)
 }
 
 fn assert_nothing_left(id: &str) {
-    assert_eq!(labelled(&["ps", "-a"], id), Vec::<String>::new());
-    assert_eq!(labelled(&["network", "ls"], id), Vec::<String>::new());
+    for kind in [&["ps", "-a"][..], &["volume", "ls"], &["network", "ls"]] {
+        assert_eq!(labelled(kind, id), Vec::<String>::new(), "{kind:?}");
+    }
 }
 
 fn a_cluster_is_labelled_containers_on_its_own_network() {
@@ -130,7 +136,13 @@ fn a_cluster_is_labelled_containers_on_its_own_network() {
             "{name}"
         );
     }
-    assert_eq!(labelled(&["network", "ls"], &id).len(), 1);
+    assert_eq!(labelled(&["network", "ls"], &id), [network.clone()]);
+    let mut volumes = labelled(&["volume", "ls"], &id);
+    volumes.sort();
+    assert_eq!(
+        volumes,
+        ["primary", "replica-0", "replica-1"].map(|node| format!("{network}-{node}"))
+    );
     // The replicas stream from the primary over the network, by name.
     let streaming = cluster
         .psql(
@@ -285,7 +297,16 @@ fn what_a_dead_process_left_goes_at_the_next_start() {
         ]
         .concat(),
     );
+    docker(
+        &[
+            &["volume", "create"][..],
+            &labels,
+            &[&format!("{network}-primary")],
+        ]
+        .concat(),
+    );
     assert_eq!(labelled(&["ps", "-a"], &id).len(), 1);
+    assert_eq!(labelled(&["volume", "ls"], &id).len(), 1);
 
     let cluster = Cluster::start(0).unwrap();
     assert_nothing_left(&id);
