@@ -4,7 +4,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use diesel_replica_testkit::{Cluster, NodeId};
+use diesel_replica_testkit::{Cluster, DOCKER_LABEL, NodeId};
 
 const R0: NodeId = NodeId::Replica(0);
 const R1: NodeId = NodeId::Replica(1);
@@ -106,6 +106,18 @@ fn cluster_lifecycle() {
         .replace(cluster.password(), "wrong-password");
     assert_eq!(psql_url(&wrong), (false, String::new()));
 
+    if let Some(id) = cluster.docker_id() {
+        // On Docker the data directories are in the containers' volumes, which go with
+        // the cluster (tests/docker.rs checks the rest).
+        let filter = format!("label={DOCKER_LABEL}={id}");
+        drop(cluster);
+        let out = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &filter])
+            .output()
+            .unwrap();
+        assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+        return;
+    }
     let data_dir = cluster.primary().data_dir().to_owned();
     let root = data_dir.parent().unwrap().to_owned();
     drop(cluster);

@@ -136,7 +136,10 @@ fn a_cluster_is_labelled_containers_on_its_own_network() {
             "{name}"
         );
     }
-    assert_eq!(labelled(&["network", "ls"], &id), std::slice::from_ref(&network));
+    assert_eq!(
+        labelled(&["network", "ls"], &id),
+        std::slice::from_ref(&network)
+    );
     let mut volumes = labelled(&["volume", "ls"], &id);
     volumes.sort();
     assert_eq!(

@@ -58,10 +58,19 @@ fn accessors_name_the_pem_files_and_urls_verify_full_to_localhost(cluster: &Clus
     assert!(cluster.is_tls());
     let ca = cluster.ca_cert_path().unwrap();
     let wrong = cluster.wrong_ca_cert_path().unwrap();
-    let primary = cluster.primary();
-    let root = primary.data_dir().parent().unwrap();
+    // In the temp dir, which also holds the data directories on the local backend.
+    let root = ca.parent().unwrap();
+    assert!(
+        root.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("replica-testkit-")
+    );
     assert_eq!(ca, root.join("ca.crt"));
     assert_eq!(wrong, root.join("wrong-ca.crt"));
+    if cluster.docker_id().is_none() {
+        assert_eq!(root, cluster.primary().data_dir().parent().unwrap());
+    }
     for path in [ca, wrong] {
         let pem = std::fs::read_to_string(path).unwrap();
         assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
@@ -197,15 +206,15 @@ fn set_password_changes_tcp_logins_on_primary_and_replicas(cluster: &Cluster) {
         );
     }
     // Never in the server log either.
-    let log = cluster.primary().data_dir().with_extension("log");
-    assert!(!read(&log).contains("zq9"));
+    let log = || server_log(cluster);
+    assert!(!log().contains("zq9"));
 
     // Unknown roles fail without showing the password.
     let err = cluster.set_password("no_such_role", new).unwrap_err();
     let text = format!("{err} {err:?}");
     assert!(text.contains("does not exist"), "{text}");
     assert!(!text.contains("zq9"), "{text}");
-    assert!(!read(&log).contains("zq9"));
+    assert!(!log().contains("zq9"));
 
     // Back to the testkit's password, which the URLs carry.
     cluster.set_password("postgres", old).unwrap();
@@ -230,6 +239,20 @@ fn an_added_replica_streams_over_tls_and_takes_verify_full(cluster: &Cluster) {
         .psql_tcp(&cluster.url(id), cluster.password(), SSL_QUERY)
         .unwrap();
     assert_eq!(out, "t|t");
+}
+
+/// The primary's server log: its log file, or on Docker its container's log.
+fn server_log(cluster: &Cluster) -> String {
+    let Some(id) = cluster.docker_id() else {
+        return read(&cluster.primary().data_dir().with_extension("log"));
+    };
+    let container = format!("drt-{id}-{}", cluster.primary().name());
+    let out = std::process::Command::new("docker")
+        .args(["logs", &container])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
 fn read(path: &Path) -> String {
