@@ -84,8 +84,8 @@ use diesel_async::pooled_connection::{
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_replica::ReplicaSet;
-use hdrhistogram::Histogram;
 use diesel_replica_testkit::{Cluster, NodeId, Rng};
+use hdrhistogram::Histogram;
 
 const ROWS: i32 = 10_000;
 const QUERY: &str = "SELECT payload FROM bench_items WHERE id = $1";

@@ -60,8 +60,8 @@ use diesel_async::pooled_connection::{
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_replica::{ReadYourWrites, ReplicaSet, WriteToken};
-use hdrhistogram::Histogram;
 use diesel_replica_testkit::{Cluster, NodeId, Rng};
+use hdrhistogram::Histogram;
 use tracing::instrument::WithSubscriber;
 use tracing_subscriber::layer::SubscriberExt;
 

@@ -48,8 +48,8 @@ use diesel_replica::{
     Config, Error, ErrorKind, ReadYourWrites, ReplicaSet, ReplicatedRepo, Status, Tenant,
     read_only, write,
 };
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use diesel_replica_testkit::Cluster;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
 use tower_http::trace::TraceLayer;
 

@@ -10,8 +10,8 @@ use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use libtest_mimic::{Arguments, Trial};
 use diesel_replica_testkit::Cluster;
+use libtest_mimic::{Arguments, Trial};
 
 /// The future of one test.
 pub(crate) type TestFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
