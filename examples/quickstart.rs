@@ -151,6 +151,17 @@ async fn main() -> Result<(), Box<dyn Error>> {
         println!("  port {} ({}): {body:?}", served.port, role(&served));
     }
 
+    // Least-in-flight balancing (the default) sends a read to the less
+    // busy of two replicas: of two reads at once, one goes to each.
+    let ((_, first), (_, second)) = tokio::try_join!(notes.body(id), notes.body(id))?;
+    println!(
+        "two at once: ports {} ({}) and {} ({})",
+        first.port,
+        role(&first),
+        second.port,
+        role(&second)
+    );
+
     let (body, served) = notes.fresh_body(id).await?;
     println!(
         "\n#[read_only(primary)] read: port {} ({}): {body:?}",

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Builds a local image with PostgreSQL 15 from Debian bookworm's packages,
+# for an engine that cannot pull one (no registry): a minimal root
+# filesystem made by mmdebstrap, then `docker import`. It holds initdb,
+# pg_ctl, postgres, pg_basebackup, psql and pg_isready on PATH, and a
+# `postgres` user whose home is /var/lib/postgresql.
+#
+#   docker/build-image.sh [--rebuild]
+#
+# Prints the image's tag as the last line of stdout; progress goes to
+# stderr. A tag that already exists, built by this version of the script,
+# is printed without building again, unless --rebuild is given.
+set -euo pipefail
+
+tag=diesel-replica/postgres:15-bookworm
+rebuild=false
+for arg in "$@"; do
+  case "$arg" in
+    --rebuild) rebuild=true ;;
+    *) echo "usage: $0 [--rebuild]" >&2; exit 2 ;;
+  esac
+done
+
+# The image is labelled with this script's hash: one built by another
+# version of the script is built again.
+script=$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)
+old=$(docker image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
+built_by=$(docker image inspect --format '{{index .Config.Labels "diesel-replica.build-script"}}' "$tag" 2>/dev/null || true)
+if [ -n "$old" ] && [ "$rebuild" = false ]; then
+  if [ "$built_by" = "$script" ]; then
+    echo "$tag exists ($old); --rebuild builds it again" >&2
+    echo "$tag"
+    exit 0
+  fi
+  echo "$tag was built by another version of this script: building it again" >&2
+fi
+
+if ! command -v mmdebstrap >/dev/null; then
+  echo "== installing mmdebstrap" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update >&2
+  apt-get install -y --no-install-recommends mmdebstrap >&2
+fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+echo "== building $tag with mmdebstrap (bookworm, postgresql-15)" >&2
+started=$SECONDS
+# The essential hook runs before postgresql-15 is configured: with
+# create_main_cluster = false its postinst creates no cluster, so the
+# image holds no data directory of its own. Documentation, man pages and
+# translations are left out; package lists are removed by mmdebstrap's
+# cleanup. The customize hooks make the data directory the compose
+# scripts use and the socket directory PostgreSQL's defaults use, which
+# the cleanup would remove with the rest of /run (adduser's lock goes).
+# shellcheck disable=SC2016 # "$1" is the hooks' own: the root directory.
+mmdebstrap \
+  --variant=essential \
+  --include=postgresql-15 \
+  --dpkgopt='path-exclude=/usr/share/man/*' \
+  --dpkgopt='path-exclude=/usr/share/locale/*' \
+  --dpkgopt='path-include=/usr/share/locale/locale.alias' \
+  --dpkgopt='path-exclude=/usr/share/doc/*' \
+  --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+  --essential-hook='mkdir -p "$1/etc/postgresql-common" && echo "create_main_cluster = false" > "$1/etc/postgresql-common/createcluster.conf"' \
+  --customize-hook='chroot "$1" install -d -o postgres -g postgres -m 0700 /var/lib/postgresql/data' \
+  --customize-hook='chroot "$1" install -d -o postgres -g postgres -m 2775 /run/postgresql' \
+  --customize-hook='rm -f "$1/run/adduser"' \
+  --skip=cleanup/run \
+  bookworm "$work/rootfs.tar" </dev/null >&2
+
+# The binaries on PATH, PGDATA as in the official image, and the postgres
+# user by default. (This engine's import takes no STOPSIGNAL:
+# docker-compose.yml sets SIGINT, a fast shutdown.)
+docker import \
+  --change 'ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+  --change 'ENV PGDATA=/var/lib/postgresql/data' \
+  --change 'ENV LANG=C.UTF-8' \
+  --change 'USER postgres' \
+  --change 'WORKDIR /var/lib/postgresql' \
+  --change 'CMD ["bash"]' \
+  --change "LABEL diesel-replica.build-script=$script" \
+  "$work/rootfs.tar" "$tag" >&2
+
+# A rebuild leaves the previous image untagged: remove it unless a
+# container still uses it.
+new=$(docker image inspect --format '{{.Id}}' "$tag")
+if [ -n "$old" ] && [ "$old" != "$new" ]; then
+  docker image rm "$old" >/dev/null 2>&1 || true
+fi
+size=$(docker image inspect --format '{{.Size}}' "$tag")
+echo "== built $tag in $((SECONDS - started)) s, $((size / 1000000)) MB" >&2
+echo "$tag"
