@@ -31,6 +31,10 @@ use crate::local::{self, client_env, run_with_stdin};
 use crate::tls::TlsFiles;
 use crate::{COMMON_CONF, Error, Node, PASSWORD, io_err, run, tail, with_upstream};
 
+mod partition;
+
+use partition::Partitions;
+
 /// Label of every container and network the testkit makes; its value is the cluster's id.
 pub const LABEL: &str = "diesel-replica-testkit";
 /// Label naming the process that made a container or network: `host/pid/start time`.
@@ -100,13 +104,6 @@ hostssl all          all   ::/0         scram-sha-256
 hostssl replication  all   0.0.0.0/0    scram-sha-256
 hostssl replication  all   ::/0         scram-sha-256
 ";
-/// The rules that cut a node off, put into its container's network namespace: every
-/// packet in or out on an interface but the loopback is dropped (not rejected).
-const PARTITION_RULES: [[&str; 5]; 2] = [
-    ["INPUT", "!", "-i", "lo", "DROP"],
-    ["OUTPUT", "!", "-o", "lo", "DROP"],
-];
-
 /// Whether the Docker engine answers `docker version` (within 20 s).
 pub(crate) fn engine_answers() -> Result<(), Error> {
     let mut cmd = docker();
@@ -134,6 +131,8 @@ pub(crate) struct Docker {
     bin: PathBuf,
     /// Publish on ::1 too (a TLS cluster where `localhost` resolves to ::1).
     ipv6: bool,
+    /// The nodes cut off by [`Driver::partition`].
+    partitions: Partitions,
 }
 
 impl Docker {
@@ -154,11 +153,13 @@ impl Docker {
         }
         remove_orphans();
         let id = cluster_id();
+        let owner = owner();
         let cluster = Docker {
             network: format!("drt-{id}"),
+            partitions: Partitions::new(&id, &owner),
             id,
             image,
-            owner: owner(),
+            owner,
             dir: dir.to_owned(),
             bin: local::find_bin_dir()
                 .ok()
@@ -274,44 +275,6 @@ impl Docker {
             },
             other => other,
         }
-    }
-
-    /// Runs `iptables -w ACTION CHAIN ...` for each partition rule in the node's network
-    /// namespace, with this machine's `nsenter` and `iptables`.
-    fn partition_rules(&self, node: &Node, action: &str) -> Result<(), Error> {
-        let pid = self.postmaster_pid(node)?.to_string();
-        for [chain, not, dir, iface, target] in PARTITION_RULES {
-            let rule = |action: &str| {
-                let mut cmd = Command::new("nsenter");
-                cmd.args(["-t", &pid, "-n", "iptables", "-w", action, chain])
-                    .args([not, dir, iface, "-j", target]);
-                cmd
-            };
-            let present = rule("-C")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|status| status.success());
-            // Inserting twice would need healing twice; deleting a missing rule fails.
-            if present == (action == "-D") {
-                run(&mut rule(action), None).map_err(|err| match err {
-                    Error::Command {
-                        command,
-                        status,
-                        output,
-                    } => Error::Command {
-                        command,
-                        status,
-                        output: format!(
-                            "{output}\n(partitioning a node runs iptables in its container's \
-                             network namespace: it needs root, nsenter and iptables here)"
-                        ),
-                    },
-                    other => other,
-                })?;
-            }
-        }
-        Ok(())
     }
 }
 
@@ -501,15 +464,17 @@ impl Driver for Docker {
     }
 
     fn partition(&self, node: &Node) -> Result<(), Error> {
-        self.partition_rules(node, "-I")
+        self.partitions.cut(self.postmaster_pid(node)?, node.port)
     }
 
     fn heal(&self, node: &Node) -> Result<(), Error> {
-        self.partition_rules(node, "-D")
+        let pid = self.postmaster_pid(node).ok();
+        self.partitions.heal(pid, node.port)
     }
 
     fn teardown(&mut self, _nodes: &[Node]) {
         remove_labelled(&format!("{LABEL}={}", self.id), |_| true);
+        self.partitions.heal_all();
     }
 }
 
@@ -693,10 +658,11 @@ fn owner_is_gone(owner: &str) -> bool {
     host == hostname() && start_time(pid).as_deref() != Some(started)
 }
 
-/// Removes the containers (with their anonymous volumes), volumes and networks that
-/// testkit processes now gone left behind.
+/// Removes the containers (with their anonymous volumes), volumes, networks and
+/// partition rules that testkit processes now gone left behind.
 fn remove_orphans() {
     remove_labelled(LABEL, owner_is_gone);
+    partition::remove_orphan_rules(owner_is_gone);
 }
 
 /// Removes the containers, then the volumes and the networks, that carry `filter` (a `--filter label=`

@@ -36,18 +36,20 @@
 //! | [`Cluster::kill`] | `pg_ctl stop -m immediate` | `docker kill` (SIGKILL) |
 //! | [`Cluster::stop`] | `pg_ctl stop -m fast` | `docker stop` (SIGINT: fast shutdown) |
 //! | [`Cluster::pause`] | SIGSTOP to the postmaster and its children | `docker pause` |
-//! | [`Cluster::partition`] | [`Error::Unsupported`] | iptables DROP in the container's network namespace (needs root) |
+//! | [`Cluster::partition`] | [`Error::Unsupported`] | iptables DROP in the container's network namespace and for its port on this machine's loopback (needs root) |
 //! | [`Cluster::postmaster_pid`] | from `postmaster.pid` | the container's main process, as this machine sees it |
 //! | [`Node::data_dir`] | in the temp dir | in the container |
 //! | [`Cluster::bin_dir`] | the binaries in use | this machine's binaries or psql, if any |
 //!
-//! Every container and network of a Docker cluster carries the label [`DOCKER_LABEL`],
+//! Every container, volume and network of a Docker cluster carries the label [`DOCKER_LABEL`],
 //! whose value is the cluster's id ([`Cluster::docker_id`]), and [`DOCKER_OWNER_LABEL`]
 //! (`host/pid/start time` of the process that made it). Dropping the cluster removes them
 //! (also when a test panics: the unwinding drops it); a process that died without
 //! dropping its cluster leaves them, and the next Docker cluster started on this machine
-//! removes whatever a dead owner left. To remove everything by hand:
+//! removes whatever a dead owner left, and the loopback DROP rules of its partitions
+//! (which carry the same id and owner in their comment). To remove everything by hand:
 //! `docker rm -f -v $(docker ps -aq --filter label=diesel-replica-testkit)` and
+//! `docker volume rm $(docker volume ls -q --filter label=diesel-replica-testkit)` and
 //! `docker network rm $(docker network ls -q --filter label=diesel-replica-testkit)`.
 //!
 //! [`Cluster::start_tls`] starts a cluster that accepts TCP connections only over TLS, with
@@ -799,16 +801,20 @@ impl Cluster {
     /// connection (clients on this machine, and replication from or to the other nodes).
     /// Its established connections hang: what is sent is never acknowledged, nothing
     /// comes back, and no reset or FIN is seen either. A new connection from this machine
-    /// never gets an answer from the server: it is accepted by Docker's userland proxy
-    /// (which owns the published port on 127.0.0.1) and then hangs, so a client's connect
-    /// timeout fires; nothing is refused. The server itself keeps running, unaware.
+    /// gets no answer to its SYN: its connect times out; nothing is refused. The server
+    /// itself keeps running, unaware.
     ///
-    /// Docker backend only: two `iptables` DROP rules (input and output on every
-    /// interface but the loopback) inside the container's network namespace, entered
-    /// with `nsenter`; so it needs root, `nsenter` and `iptables` on this machine. (A
-    /// `docker network disconnect` is no partition: Docker then stops the port's proxy,
-    /// and the client's connections are closed and refused at once.) The rules go with
-    /// the container: a restart of the node heals it. On the local backend this is an
+    /// Docker backend only: iptables DROP rules inside the container's network namespace
+    /// (entered with `nsenter`: input and output on every interface but the loopback) and
+    /// in this machine's `INPUT` chain for the loopback packets to and from the node's
+    /// published port (otherwise Docker's userland proxy, which owns that port, would
+    /// still accept new connections and only then hang). So it needs root, `nsenter` and
+    /// `iptables` on this machine. (A `docker network disconnect` is no partition: Docker
+    /// then stops the port's proxy, and the client's connections are closed, and new
+    /// ones refused, at once.) The rules on this machine carry a comment naming the
+    /// cluster; they go with a heal, when the cluster drops, and, if its process died,
+    /// with the next Docker cluster's start. A restart of the node heals it inside its
+    /// container, not on this machine. On the local backend this is an
     /// [`Error::Unsupported`].
     pub fn partition(&self, id: NodeId) -> Result<(), Error> {
         self.driver.partition(&self.node(id))
