@@ -16,9 +16,10 @@
 //! Each node's home (`/var/lib/postgresql`, which holds its data directory) is a Docker
 //! volume of its own.
 //!
-//! Every container, volume and network carries the label [`LABEL`] (value: the cluster's id) and
-//! [`OWNER_LABEL`] (`host/pid/start time` of the process that made it): they go when the
-//! cluster is dropped, and a later cluster removes those whose owner has died.
+//! Every container, volume and network carries the label [`LABEL`] (value: the cluster's
+//! id) and [`OWNER_LABEL`] (`host/pid/start time` of the process that made it): they go
+//! when the cluster is dropped, and a later cluster removes those whose owner has died.
+//! Partitions are the `partition` module's.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -35,9 +36,11 @@ mod partition;
 
 use partition::Partitions;
 
-/// Label of every container and network the testkit makes; its value is the cluster's id.
+/// Label of every container, volume and network the testkit makes; its value is the
+/// cluster's id.
 pub const LABEL: &str = "diesel-replica-testkit";
-/// Label naming the process that made a container or network: `host/pid/start time`.
+/// Label naming the process that made a container, volume or network:
+/// `host/pid/start time`.
 pub const OWNER_LABEL: &str = "diesel-replica-testkit.owner";
 /// The `postgres` user's home in the image, where the data directories go.
 const HOME: &str = "/var/lib/postgresql";
@@ -104,6 +107,7 @@ hostssl all          all   ::/0         scram-sha-256
 hostssl replication  all   0.0.0.0/0    scram-sha-256
 hostssl replication  all   ::/0         scram-sha-256
 ";
+
 /// Whether the Docker engine answers `docker version` (within 20 s).
 pub(crate) fn engine_answers() -> Result<(), Error> {
     let mut cmd = docker();
@@ -115,7 +119,7 @@ pub(crate) fn engine_answers() -> Result<(), Error> {
         })
 }
 
-/// The containers of one cluster and its network.
+/// The containers, volumes and network of one cluster.
 #[derive(Debug)]
 pub(crate) struct Docker {
     /// The cluster's id: the value of [`LABEL`], and part of every name.
@@ -336,14 +340,9 @@ impl Driver for Docker {
         match how {
             // SIGINT, the container's stop signal: a fast shutdown.
             Shutdown::Fast => run(docker().args(["stop", &name]), None).map(drop),
+            // SIGKILL to the postmaster; `docker wait` returns once the container has
+            // stopped, so that a start right after finds it stopped.
             Shutdown::Immediate => {
-                if !self.is_running(node) {
-                    return Err(Error::Topology {
-                        action: "kill",
-                        node: node.name.clone(),
-                        reason: "it is not running",
-                    });
-                }
                 run(docker().args(["kill", &name]), None)?;
                 run(docker().args(["wait", &name]), None).map(drop)
             }
