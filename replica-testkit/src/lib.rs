@@ -384,9 +384,12 @@ impl Topology {
     }
 }
 
-/// A primary plus streaming replicas in a temporary directory.
+/// A primary plus streaming replicas in a temporary directory (or, on the Docker backend,
+/// in containers: see the crate docs).
 ///
-/// Dropping it shuts every node down (immediate mode) and deletes the directory.
+/// Dropping it shuts every node down (immediate mode) and deletes the directory; on
+/// Docker it removes the cluster's containers, volumes and network, and the rules of its
+/// partitions.
 ///
 /// # Changing the topology
 ///
@@ -418,7 +421,8 @@ impl Cluster {
     /// temp dir and waits until every replica has replayed the primary's latest write.
     ///
     /// The backend is [`Backend::select`]'s: this machine's binaries when it has them,
-    /// else Docker (see the crate docs).
+    /// else Docker (see the crate docs). The replicas are made side by side, each on a
+    /// thread of its own.
     pub fn start(replicas: usize) -> Result<Cluster, Error> {
         Cluster::start_with(Backend::select()?, replicas, false)
     }
