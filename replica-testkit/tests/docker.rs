@@ -2,7 +2,7 @@
 //! (kill, pause, partition), and clean-up after a drop, after a panic, and of what a dead
 //! process left. These run when the backend is Docker (`DIESEL_REPLICA_TEST_BACKEND=docker`,
 //! or no local binaries); elsewhere they are reported as ignored, with the reason, and
-//! only the local backend's refusal to partition is checked.
+//! only the local backend's pause and its refusal to partition are checked.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -57,12 +57,12 @@ fn main() -> ExitCode {
         })
         .collect();
     trials.push(Trial::ignorable_test(
-        "the_local_backend_refuses_to_partition",
+        "the_local_backend_pauses_and_refuses_to_partition",
         move || {
             if backend != Backend::Local {
                 return Ok(Completion::ignored_with("checks the local backend"));
             }
-            the_local_backend_refuses_to_partition();
+            the_local_backend_pauses_and_refuses_to_partition();
             Ok(Completion::Completed)
         },
     ));
@@ -368,8 +368,15 @@ fn what_a_dead_process_left_goes_at_the_next_start() {
     assert_nothing_left(&live);
 }
 
-fn the_local_backend_refuses_to_partition() {
+fn the_local_backend_pauses_and_refuses_to_partition() {
     let cluster = Cluster::start(0).unwrap();
+    // Paused (SIGSTOP), the server holds its port and answers nothing until resumed.
+    let mut stream = TcpStream::connect(addr(&cluster, NodeId::Primary)).unwrap();
+    cluster.pause(NodeId::Primary).unwrap();
+    assert!(hung(ask(&mut stream, Duration::from_millis(500))));
+    cluster.resume(NodeId::Primary).unwrap();
+    assert_eq!(ask(&mut stream, Duration::from_secs(5)), Ok(b'N'));
+
     let err = cluster.partition(NodeId::Primary).unwrap_err();
     assert!(matches!(err, Error::Unsupported { .. }), "{err:?}");
     let text = err.to_string();
