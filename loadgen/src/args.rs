@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::plan::{FailoverPlan, FaultPlan};
+use crate::plan::{FailoverPlan, Fault, FaultPlan};
 
 /// Load generator for diesel-replica: runs reads and writes through a
 /// ReplicaSet and reports where each ran, throughput and read latency.
@@ -62,6 +62,13 @@ pub(crate) struct Args {
     /// seconds into the run (later than the kill).
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub(crate) restart_replica_at: Option<Duration>,
+
+    /// What --kill-replica-at and --restart-replica-at do to replica 0:
+    /// `kill` (immediate shutdown, then start it again) or `partition` (cut
+    /// it off the network, no packets in or out, then reconnect it; needs
+    /// the testkit's Docker backend, DIESEL_REPLICA_TEST_BACKEND=docker).
+    #[arg(long, value_enum, default_value_t = Fault::Kill, requires = "kill_replica_at")]
+    pub(crate) fault: Fault,
 
     /// With --local: kill the primary (immediate shutdown) this many seconds
     /// into the run and promote replica 0, which discovery (candidate hosts)
@@ -327,6 +334,7 @@ impl Args {
     /// The faults to inject, if any (after [`Args::check`]).
     pub(crate) fn faults(&self) -> Option<FaultPlan> {
         Some(FaultPlan {
+            fault: self.fault,
             kill_at: self.kill_replica_at?,
             restart_at: self.restart_replica_at,
         })

@@ -1,6 +1,8 @@
 //! Fault injection with `--kill-replica-at` and `--restart-replica-at`:
-//! the kill and restart timeline of replica 0 of the local cluster, and
-//! the watch on its health.
+//! the kill and restart timeline of replica 0 of the local cluster (or,
+//! with `--fault partition`, its cut off the network and reconnection;
+//! the JSON's `kill_*` and `restart_*` fields then time those), and the
+//! watch on its health.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::clock::{UNSET, event_ms, ms_since, record_event};
 use crate::local::blocking;
-use crate::plan::FaultPlan;
+use crate::plan::{Fault, FaultPlan};
 use crate::repo::Items;
 
 /// How often the health of the replica under `--kill-replica-at` is looked at.
@@ -34,10 +36,11 @@ pub(crate) struct FaultClock {
     restarted: AtomicU64,
     readmitted: AtomicU64,
     first_read_after_restart: AtomicU64,
+    fault: Fault,
 }
 
 impl FaultClock {
-    pub(crate) fn new(start: Instant, address: &str) -> Result<Self, String> {
+    pub(crate) fn new(start: Instant, address: &str, fault: Fault) -> Result<Self, String> {
         let (host, port) = address
             .rsplit_once(':')
             .and_then(|(host, port)| Some((host, port.parse().ok()?)))
@@ -55,6 +58,7 @@ impl FaultClock {
             restarted: unset(),
             readmitted: unset(),
             first_read_after_restart: unset(),
+            fault,
         })
     }
 
@@ -94,6 +98,7 @@ impl FaultClock {
         let restarted = event_ms(&self.restarted);
         let first_read = event_ms(&self.first_read_after_restart);
         json!({
+            "fault": self.fault.as_str(),
             "replica": self.address,
             "kill_issued_at_ms": event_ms(&self.kill_issued),
             "killed_at_ms": event_ms(&self.killed),
@@ -118,30 +123,54 @@ pub(crate) async fn inject_faults(
 ) -> Result<(), String> {
     let replica = NodeId::Replica(0);
     let address = clock.address.clone();
+    let partition = plan.fault == Fault::Partition;
     tokio::time::sleep_until((clock.start + plan.kill_at).into()).await;
+    let what = if partition {
+        "cutting it off the network"
+    } else {
+        "immediate shutdown"
+    };
     clock.record(
         &clock.kill_issued,
-        format_args!("killing replica-0 ({address}): immediate shutdown"),
+        format_args!("{}ing replica-0 ({address}): {what}", plan.fault.as_str()),
     );
-    blocking(&cluster, move |cluster| cluster.kill(replica))
-        .await
-        .map_err(|e| format!("cannot kill replica-0 ({address}): {e}"))?;
-    clock.record(&clock.killed, "replica-0 is down (pg_ctl stop returned)");
+    blocking(&cluster, move |cluster| match partition {
+        true => cluster.partition(replica),
+        false => cluster.kill(replica),
+    })
+    .await
+    .map_err(|e| format!("cannot {} replica-0 ({address}): {e}", plan.fault.as_str()))?;
+    clock.record(
+        &clock.killed,
+        if partition {
+            "replica-0 is cut off (no packets in or out)"
+        } else {
+            "replica-0 is down (pg_ctl stop returned)"
+        },
+    );
     let Some(restart_at) = plan.restart_at else {
         return Ok(());
     };
     tokio::time::sleep_until((clock.start + restart_at).into()).await;
+    let (again, back) = if partition {
+        ("reconnecting", "replica-0 is on the network again")
+    } else {
+        (
+            "restarting",
+            "replica-0 accepts connections again (pg_ctl start returned)",
+        )
+    };
     clock.record(
         &clock.restart_issued,
-        format_args!("restarting replica-0 ({address})"),
+        format_args!("{again} replica-0 ({address})"),
     );
-    blocking(&cluster, move |cluster| cluster.start_node(replica))
-        .await
-        .map_err(|e| format!("cannot restart replica-0 ({address}): {e}"))?;
-    clock.record(
-        &clock.restarted,
-        "replica-0 accepts connections again (pg_ctl start returned)",
-    );
+    blocking(&cluster, move |cluster| match partition {
+        true => cluster.heal(replica),
+        false => cluster.start_node(replica),
+    })
+    .await
+    .map_err(|e| format!("{again} replica-0 ({address}) failed: {e}"))?;
+    clock.record(&clock.restarted, back);
     Ok(())
 }
 

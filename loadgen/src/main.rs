@@ -162,8 +162,8 @@ async fn load(args: &Args, config: Config, cluster: Option<Arc<Cluster>>) -> Res
     let start = Instant::now();
     let deadline = start + Duration::from_secs(args.duration);
     let clock = match &faults {
-        Some((_, address)) => Some(Arc::new(
-            FaultClock::new(start, address).map_err(Fatal::new)?,
+        Some(((plan, _), address)) => Some(Arc::new(
+            FaultClock::new(start, address, plan.fault).map_err(Fatal::new)?,
         )),
         None => None,
     };
