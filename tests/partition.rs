@@ -7,19 +7,18 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::io::{ErrorKind as IoErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, ExitCode};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{replica_ports, report};
+use common::load::{READERS, on_cluster, read_until, spread, until_health};
+use common::replica_ports;
 use diesel_async::RunQueryDsl;
 use diesel_replica::{Config, ErrorKind, Health, ReplicaSet};
-use diesel_replica_testkit::{Cluster, DOCKER_LABEL, NodeId, who_served};
+use diesel_replica_testkit::{Cluster, DOCKER_LABEL, NodeId};
 
-const READERS: usize = 32;
 /// The statement timeout the tests set on every pool. The client gives an attempt this
 /// plus half a second (the library's grace) before it counts the node as hung.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -68,85 +67,6 @@ fn read_bound(config: &Config) -> Duration {
         "the bound assumes the attempt timeout bounds connecting"
     );
     attempt * (config.health.read_retries + 1) + SLACK
-}
-
-/// What continuous readers saw.
-#[derive(Default, Debug)]
-struct Load {
-    ok: u64,
-    errors: Vec<String>,
-    by_port: HashMap<i32, u64>,
-    slowest: Duration,
-}
-
-/// `READERS` tasks reading which server answers, until `until`.
-async fn read_until(db: &ReplicaSet, until: Instant) -> Load {
-    let tasks: Vec<_> = (0..READERS)
-        .map(|_| {
-            let db = db.clone();
-            tokio::spawn(async move {
-                let mut load = Load::default();
-                while Instant::now() < until {
-                    let started = Instant::now();
-                    let result = db.read(who_served).await;
-                    load.slowest = load.slowest.max(started.elapsed());
-                    match result {
-                        Ok(served) => {
-                            load.ok += 1;
-                            *load.by_port.entry(served.port).or_default() += 1;
-                        }
-                        Err(error) => load.errors.push(report(&error)),
-                    }
-                }
-                load
-            })
-        })
-        .collect();
-    let mut total = Load::default();
-    for task in tasks {
-        let load = task.await.expect("a reader task");
-        total.ok += load.ok;
-        total.errors.extend(load.errors);
-        total.slowest = total.slowest.max(load.slowest);
-        for (port, n) in load.by_port {
-            *total.by_port.entry(port).or_default() += n;
-        }
-    }
-    total
-}
-
-/// Runs blocking cluster work off the runtime's threads.
-async fn on_cluster<T: Send + 'static>(
-    cluster: &Arc<Cluster>,
-    work: impl FnOnce(&Cluster) -> T + Send + 'static,
-) -> T {
-    let cluster = cluster.clone();
-    tokio::task::spawn_blocking(move || work(&cluster))
-        .await
-        .expect("cluster work")
-}
-
-/// Waits (bounded) until replica `index` of `db` has `health`.
-async fn until_health(db: &ReplicaSet, index: usize, health: Health) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while db.status().replicas[index].health != health {
-        assert!(
-            Instant::now() < deadline,
-            "replica-{index} never became {health:?}: {:?}",
-            db.status().replicas[index]
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// `n` reads one after another, counted by the port that served them.
-async fn spread(db: &ReplicaSet, n: usize) -> HashMap<i32, u64> {
-    let mut by_port = HashMap::new();
-    for _ in 0..n {
-        let served = db.read(who_served).await.unwrap();
-        *by_port.entry(served.port).or_default() += 1;
-    }
-    by_port
 }
 
 /// Heals a partitioned node even when the test fails midway.

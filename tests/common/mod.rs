@@ -5,6 +5,8 @@
 //! and stopped and removed after them (a `static` would never be dropped).
 #![allow(dead_code, reason = "each test binary uses a part of this module")]
 
+pub(crate) mod load;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::process::ExitCode;
