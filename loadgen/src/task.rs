@@ -33,6 +33,43 @@ impl Live {
         let get = |counter| AtomicU64::load(counter, Ordering::Relaxed);
         (get(&self.reads), get(&self.writes), get(&self.errors))
     }
+
+    /// Counts a successful read served by `node` that took `took` and
+    /// ended at `done`, the run having started at `start`.
+    pub(crate) fn read_ok(
+        &self,
+        stats: &mut Stats,
+        start: Instant,
+        node: &NodeRow,
+        took: Duration,
+        done: Instant,
+    ) {
+        stats
+            .read_latency_us
+            .saturating_record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+        stats.reads_ok += 1;
+        stats.per_node.entry(node.key()).or_default().0 += 1;
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        if let Some(timeline) = &mut stats.timeline {
+            timeline.read(bucket(start, done), node.host.as_deref(), node.port);
+        }
+    }
+
+    /// Counts a successful write served by `node` that ended at `done`.
+    pub(crate) fn write_ok(
+        &self,
+        stats: &mut Stats,
+        start: Instant,
+        node: &NodeRow,
+        done: Instant,
+    ) {
+        stats.writes_ok += 1;
+        stats.per_node.entry(node.key()).or_default().1 += 1;
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        if let Some(timeline) = &mut stats.timeline {
+            timeline.write(bucket(start, done));
+        }
+    }
 }
 
 /// What one worker task owns.
@@ -79,15 +116,7 @@ impl Worker {
     /// Counts a successful read served by `node` that took `took` and
     /// ended at `done`.
     pub(crate) fn read_ok(&self, stats: &mut Stats, node: &NodeRow, took: Duration, done: Instant) {
-        stats
-            .read_latency_us
-            .saturating_record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
-        stats.reads_ok += 1;
-        stats.per_node.entry(node.key()).or_default().0 += 1;
-        self.live.reads.fetch_add(1, Ordering::Relaxed);
-        if let Some(timeline) = &mut stats.timeline {
-            timeline.read(bucket(self.start, done), node.host.as_deref(), node.port);
-        }
+        self.live.read_ok(stats, self.start, node, took, done);
         if let Some(faults) = &self.faults {
             faults.saw_read(node.host.as_deref(), node.port, done);
         }
@@ -95,12 +124,7 @@ impl Worker {
 
     /// Counts a successful write served by `node` that ended at `done`.
     pub(crate) fn write_ok(&self, stats: &mut Stats, node: &NodeRow, done: Instant) {
-        stats.writes_ok += 1;
-        stats.per_node.entry(node.key()).or_default().1 += 1;
-        self.live.writes.fetch_add(1, Ordering::Relaxed);
-        if let Some(timeline) = &mut stats.timeline {
-            timeline.write(bucket(self.start, done));
-        }
+        self.live.write_ok(stats, self.start, node, done);
         if let Some(timeline) = &mut stats.failover {
             timeline.write_ok(bucket(self.start, done));
         }

@@ -257,15 +257,7 @@ async fn worker(mut t: Task, timeline: bool) -> Stats {
             match result {
                 Ok(node) => {
                     let took = done.duration_since(started);
-                    stats
-                        .read_latency_us
-                        .saturating_record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
-                    stats.reads_ok += 1;
-                    stats.per_node.entry(node.key()).or_default().0 += 1;
-                    t.live.reads.fetch_add(1, Ordering::Relaxed);
-                    if let Some(timeline) = &mut stats.timeline {
-                        timeline.read(bucket(t.start, done), node.host.as_deref(), node.port);
-                    }
+                    t.live.read_ok(&mut stats, t.start, &node, took, done);
                 }
                 Err(failure) => {
                     stats.reads_err += 1;
@@ -283,14 +275,7 @@ async fn worker(mut t: Task, timeline: bool) -> Stats {
             };
             let done = Instant::now();
             match result {
-                Ok(node) => {
-                    stats.writes_ok += 1;
-                    stats.per_node.entry(node.key()).or_default().1 += 1;
-                    t.live.writes.fetch_add(1, Ordering::Relaxed);
-                    if let Some(timeline) = &mut stats.timeline {
-                        timeline.write(bucket(t.start, done));
-                    }
-                }
+                Ok(node) => t.live.write_ok(&mut stats, t.start, &node, done),
                 Err(failure) => {
                     stats.writes_err += 1;
                     count_failure(&mut stats, &t, &failure, done);
