@@ -129,13 +129,32 @@ pub(crate) trait Driver: fmt::Debug + Send + Sync {
     /// Points a replica's `primary_conninfo` at `upstream` and leaves it running.
     fn repoint(&self, node: &Node, upstream: &Node) -> Result<(), Error>;
 
+    /// A command that runs `psql` where the node runs (its container, on Docker), with
+    /// stdin passed on when `stdin`, and no argument of psql's yet.
+    fn psql_program(&self, node: &Node, stdin: bool) -> Command;
+
     /// A psql on the node itself (unix socket, superuser), `-c` for each of `sqls`.
-    fn psql(&self, node: &Node, sqls: &[&str]) -> Result<String, Error>;
+    fn psql(&self, node: &Node, sqls: &[&str]) -> Result<String, Error> {
+        let mut cmd = superuser_psql(self.psql_program(node, false), node);
+        for sql in sqls {
+            cmd.args(["-c", sql]);
+        }
+        crate::run(&mut cmd, None)
+    }
 
     /// A psql on the node itself that reads `script` from stdin (`-f -`); `shown` is the
     /// command as errors show it, and `secret` is hidden from its output.
-    fn psql_stdin(&self, node: &Node, script: &str, shown: &str, secret: &str)
-    -> Result<(), Error>;
+    fn psql_stdin(
+        &self,
+        node: &Node,
+        script: &str,
+        shown: &str,
+        secret: &str,
+    ) -> Result<(), Error> {
+        let mut cmd = superuser_psql(self.psql_program(node, true), node);
+        cmd.args(["-f", "-"]);
+        local::run_with_stdin(&mut cmd, script, shown, secret)
+    }
 
     /// A psql to run as a TCP client of the cluster from this machine, with every option
     /// still to add; `env` is set in its environment (and no other `PG*` variable).
@@ -159,6 +178,23 @@ pub(crate) trait Driver: fmt::Debug + Send + Sync {
     /// Stops every node for good and removes whatever the driver made outside the
     /// cluster's temp dir; errors are ignored (this runs in `drop`).
     fn teardown(&mut self, nodes: &[Node]);
+}
+
+/// `psql`, as `program` runs it, on the node's unix socket as superuser, quiet and
+/// unaligned, stopping at the first error: every option but the SQL.
+fn superuser_psql(mut program: Command, node: &Node) -> Command {
+    program
+        .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+        .arg(&node.data_dir)
+        .args([
+            "-p",
+            &node.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ]);
+    program
 }
 
 #[cfg(test)]

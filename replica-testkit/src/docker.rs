@@ -391,24 +391,14 @@ impl Driver for Docker {
         self.start(node)
     }
 
-    fn psql(&self, node: &Node, sqls: &[&str]) -> Result<String, Error> {
-        let mut cmd = self.psql_command(node, false);
-        for sql in sqls {
-            cmd.args(["-c", sql]);
+    fn psql_program(&self, node: &Node, stdin: bool) -> Command {
+        let mut cmd = docker();
+        cmd.arg("exec");
+        if stdin {
+            cmd.arg("-i");
         }
-        run(&mut cmd, None)
-    }
-
-    fn psql_stdin(
-        &self,
-        node: &Node,
-        script: &str,
-        shown: &str,
-        secret: &str,
-    ) -> Result<(), Error> {
-        let mut cmd = self.psql_command(node, true);
-        cmd.args(["-f", "-"]);
-        run_with_stdin(&mut cmd, script, shown, secret)
+        cmd.arg(self.container(node)).arg("psql");
+        cmd
     }
 
     fn psql_client(&self, env: &[(&str, &str)]) -> Command {
@@ -477,37 +467,7 @@ impl Driver for Docker {
     }
 }
 
-impl Docker {
-    /// psql in the node's container on its unix socket, as superuser (`-i`: with stdin).
-    fn psql_command(&self, node: &Node, stdin: bool) -> Command {
-        let mut cmd = docker();
-        cmd.arg("exec");
-        if stdin {
-            cmd.arg("-i");
-        }
-        cmd.arg(self.container(node))
-            .args([
-                "psql",
-                "-X",
-                "-A",
-                "-t",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-            ])
-            .arg(&node.data_dir)
-            .args([
-                "-p",
-                &node.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-            ]);
-        cmd
-    }
-}
+impl Docker {}
 
 /// The node's own `postgresql.conf` lines: its port (the published one) and socket dir.
 fn own_conf(node: &Node) -> String {

@@ -52,22 +52,6 @@ impl Local {
         run(&mut cmd, Some(&node.log)).map(drop)
     }
 
-    /// psql on the node's unix socket, as superuser, with every option but the SQL.
-    fn psql_command(&self, node: &Node) -> Command {
-        let mut cmd = self.command("psql");
-        cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(&node.data_dir)
-            .args([
-                "-p",
-                &node.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-            ]);
-        cmd
-    }
-
     /// A command for one of the PostgreSQL binaries, run as the right user.
     fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(self.bin.join(program));
@@ -227,24 +211,8 @@ impl Driver for Local {
         self.start(node)
     }
 
-    fn psql(&self, node: &Node, sqls: &[&str]) -> Result<String, Error> {
-        let mut cmd = self.psql_command(node);
-        for sql in sqls {
-            cmd.args(["-c", sql]);
-        }
-        run(&mut cmd, None)
-    }
-
-    fn psql_stdin(
-        &self,
-        node: &Node,
-        script: &str,
-        shown: &str,
-        secret: &str,
-    ) -> Result<(), Error> {
-        let mut cmd = self.psql_command(node);
-        cmd.args(["-f", "-"]);
-        run_with_stdin(&mut cmd, script, shown, secret)
+    fn psql_program(&self, _node: &Node, _stdin: bool) -> Command {
+        self.command("psql")
     }
 
     fn psql_client(&self, env: &[(&str, &str)]) -> Command {
