@@ -1,10 +1,10 @@
 //! Faults under load against a real primary and two streaming replicas:
-//! nodes are killed (immediate shutdown), stopped (SIGSTOP) and restarted,
+//! nodes are killed (immediate shutdown), paused (every process frozen) and restarted,
 //! while tasks read continuously. One test at a time: they share the nodes.
 
 mod common;
 
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -83,33 +83,15 @@ async fn a_killed_replica_costs_no_reads_and_is_readmitted_after_restart(cluster
     );
 }
 
-/// Sends a signal to a node's postmaster, then to every process it
-/// started. Backends may exit meanwhile, so only the postmaster's signal
-/// must land.
-fn signal_node(cluster: &Cluster, id: NodeId, signal: &str) {
-    let pid = cluster.postmaster_pid(id).unwrap().to_string();
-    let status = Command::new("kill")
-        .args([signal, &pid])
-        .status()
-        .expect("kill runs");
-    assert!(status.success(), "kill {signal} {pid}");
-    let children = Command::new("pgrep")
-        .args(["-P", &pid])
-        .output()
-        .expect("pgrep runs");
-    let children = String::from_utf8_lossy(&children.stdout);
-    let children: Vec<&str> = children.split_whitespace().collect();
-    if !children.is_empty() {
-        let _ = Command::new("kill").arg(signal).args(&children).status();
-    }
-}
-
-/// Resumes a stopped node even when the test fails midway.
+/// Resumes a paused node even when the test fails midway.
 struct Resume(Arc<Cluster>, NodeId);
 
 impl Drop for Resume {
     fn drop(&mut self) {
-        signal_node(&self.0, self.1, "-CONT");
+        // Unwinding already: a second panic would abort the binary.
+        if let Err(error) = self.0.resume(self.1) {
+            eprintln!("resuming {:?}: {error}", self.1);
+        }
     }
 }
 
@@ -125,7 +107,9 @@ async fn a_hung_replica_costs_no_reads_and_no_read_waits_past_the_bound(cluster:
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
     let resume = Resume(cluster.clone(), NodeId::Replica(1));
-    on_cluster(&cluster, |c| signal_node(c, NodeId::Replica(1), "-STOP")).await;
+    on_cluster(&cluster, |c| c.pause(NodeId::Replica(1)))
+        .await
+        .unwrap();
     until_health(&db, 1, Health::Ejected).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     drop(resume);

@@ -104,19 +104,37 @@ pub(crate) async fn attempt<T, E>(
 ) -> Result<T, Failed<E>> {
     let _in_flight = InFlight::enter(&node.in_flight);
     let stopwatch = Stopwatch::start();
-    let result = match node.attempt_timeout {
-        None => run(node, call, f).await,
-        Some(after) => tokio::time::timeout(after, run(node, call, f))
-            .await
-            .unwrap_or_else(|_| {
-                Err(Failed {
-                    failure: Failure::Routing(Error::Timeout {
-                        node: node.label.clone(),
-                        after,
-                    }),
-                    node_down: true,
-                })
+    let bounded = async {
+        match node.attempt_timeout {
+            None => run(node, call, f).await,
+            Some(after) => tokio::time::timeout(after, run(node, call, f))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Failed {
+                        failure: Failure::Routing(Error::Timeout {
+                            node: node.label.clone(),
+                            after,
+                        }),
+                        node_down: true,
+                    })
+                }),
+        }
+    };
+    // Only replicas are ejected; a read on one may go elsewhere.
+    let result = if node.role == Role::Replica && call.route.is_read_only() {
+        node.health.unless_ejected(bounded).await
+    } else {
+        Some(bounded.await)
+    };
+    let Some(result) = result else {
+        node.metrics
+            .operation(call.route, false, stopwatch.elapsed());
+        return Err(Failed {
+            failure: Failure::Routing(Error::Ejected {
+                node: node.label.clone(),
             }),
+            node_down: true,
+        });
     };
     node.metrics
         .operation(call.route, result.is_ok(), stopwatch.elapsed());
@@ -296,7 +314,7 @@ impl Ended<'_> {
                 // tries again on a new one.
                 let broken = match plan.on_err {
                     Some(on_err) => end(conn, on_err).await.is_err(),
-                    None => PoolableConnection::is_broken(conn),
+                    None => session_ended(conn, route).await,
                 };
                 if broken {
                     let stale = reused && route.reads_on_replicas();
@@ -330,6 +348,26 @@ impl Ended<'_> {
             }
         }
     }
+}
+
+/// Whether the session ended under a body that failed, when the call has
+/// no end of its own to tell (an autocommit read or write).
+///
+/// A server that ends a session (its postmaster died, an administrator
+/// terminated it) sends its reason and then closes the socket, so a body
+/// may fail with that reason before the client has seen the close. A read,
+/// which may go elsewhere, spends a round trip on its error path to know:
+/// an empty query fails only when the connection is gone, also in a failed
+/// transaction. A write is not tried again, so it does not wait to know.
+async fn session_ended(conn: &mut AsyncPgConnection, route: Route) -> bool {
+    if PoolableConnection::is_broken(conn) {
+        return true;
+    }
+    if route.is_read_only() {
+        let _ = SimpleAsyncConnection::batch_execute(conn, "").await;
+        return PoolableConnection::is_broken(conn);
+    }
+    false
 }
 
 /// Stores the write's token position in `sink`, when one is wanted.
