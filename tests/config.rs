@@ -531,7 +531,7 @@ fn defaults_of_health_and_balance() {
     assert_eq!(config.health.eject_after, 2);
     assert_eq!(config.health.read_retries, 2);
     assert_eq!(config.health.probe_interval, Duration::from_millis(200));
-    assert_eq!(config.health.probe_max_interval, Duration::from_secs(1));
+    assert_eq!(config.health.probe_max_interval, Duration::from_millis(500));
     assert!(config.health.reads_fall_back_to_writer);
     assert_eq!(
         config.replica_pool.statement_timeout,

@@ -101,8 +101,15 @@ fn hung(result: Result<u8, IoErrorKind>) -> bool {
 }
 
 async fn a_partitioned_replica_costs_no_reads_and_is_readmitted_after_heal(cluster: Arc<Cluster>) {
-    let config = config(&cluster);
-    let bound = read_bound(&config);
+    // The defaults (statement timeout 10 s, connect timeout 5 s): what ends the wait on a
+    // cut-off replica is its ejection, not a timeout.
+    let config = cluster.load_config(READERS);
+    let connect_timeout = config.replica_pool.connect_timeout.expect("set by default");
+    let statement_timeout = config
+        .replica_pool
+        .statement_timeout
+        .expect("set by default");
+    let probe_max_interval = config.health.probe_max_interval;
     let db = ReplicaSet::connect(config).await.unwrap();
     let cut = NodeId::Replica(1);
     let cut_port = replica_ports(&cluster)[1];
@@ -115,10 +122,16 @@ async fn a_partitioned_replica_costs_no_reads_and_is_readmitted_after_heal(clust
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
     let heal = Heal(cluster.clone(), cut);
+    let cut_at = Instant::now();
     on_cluster(&cluster, move |c| c.partition(cut))
         .await
         .unwrap();
     until_health(&db, 1, Health::Ejected).await;
+    let ejected_after = cut_at.elapsed();
+    assert!(
+        ejected_after <= connect_timeout,
+        "ejected {ejected_after:?} after the cut, past the connect timeout {connect_timeout:?}"
+    );
 
     // What a client sees of the partitioned node: a connection from before the partition
     // hangs (nothing answers, nothing closes it), and a new one's connect times out (it
@@ -142,9 +155,12 @@ async fn a_partitioned_replica_costs_no_reads_and_is_readmitted_after_heal(clust
         load.errors.len(),
         &load.errors[..load.errors.len().min(5)]
     );
+    // A read waiting on the cut replica goes elsewhere when it is ejected: none waits
+    // out its statement timeout.
+    let bound = ejected_after + SLACK;
     assert!(
-        load.slowest <= bound,
-        "a read took {:?}, past the bound {bound:?}",
+        load.slowest <= bound && bound < statement_timeout,
+        "a read took {:?}, past the ejection {ejected_after:?} and slack {SLACK:?}",
         load.slowest
     );
     assert!(
@@ -161,7 +177,14 @@ async fn a_partitioned_replica_costs_no_reads_and_is_readmitted_after_heal(clust
     assert!(status.replicas[1].ejections >= 1);
 
     drop(heal);
+    let healed_at = Instant::now();
     until_health(&db, 1, Health::Up).await;
+    let readmitted_after = healed_at.elapsed();
+    assert!(
+        readmitted_after <= probe_max_interval + SLACK,
+        "re-admitted {readmitted_after:?} after the heal, past the probe interval \
+         {probe_max_interval:?} and slack {SLACK:?}"
+    );
     let after_heal = spread(&db, 40).await;
     assert!(
         after_heal.get(&cut_port).copied().unwrap_or(0) > 0,
@@ -172,7 +195,8 @@ async fn a_partitioned_replica_costs_no_reads_and_is_readmitted_after_heal(clust
         Ok(b'N')
     );
     eprintln!(
-        "replica partition: {} reads, slowest {:?} (bound {bound:?})",
+        "replica partition: ejected {ejected_after:?} after the cut, re-admitted \
+         {readmitted_after:?} after the heal; {} reads, slowest {:?}",
         load.ok, load.slowest
     );
     on_cluster(&cluster, |c| c.wait_for_replication())

@@ -155,9 +155,10 @@ pub struct HealthConfig {
     /// Serde: `probe_interval_ms`.
     #[serde(rename = "probe_interval_ms", with = "millis_required")]
     pub probe_interval: Duration,
-    /// Longest wait between two probes, at least `probe_interval`.
-    /// Default: 1 s. Serde:
-    /// `probe_max_interval_ms`.
+    /// Longest wait between two probes, at least `probe_interval`. Probes
+    /// start on this schedule whether or not the last one has ended, so it
+    /// bounds the time from a replica answering again to its re-admission.
+    /// Default: 500 ms. Serde: `probe_max_interval_ms`.
     #[serde(rename = "probe_max_interval_ms", with = "millis_required")]
     pub probe_max_interval: Duration,
     /// How many times a read that failed with a connection-class error is
@@ -174,7 +175,7 @@ impl Default for HealthConfig {
         Self {
             eject_after: 2,
             probe_interval: Duration::from_millis(200),
-            probe_max_interval: Duration::from_secs(1),
+            probe_max_interval: Duration::from_millis(500),
             read_retries: 2,
             reads_fall_back_to_writer: true,
         }

@@ -48,7 +48,8 @@ struct Recovery {
 async fn in_recovery(url: &DatabaseUrl, probes: &Probes) -> Result<bool, String> {
     let rows = probes
         .query::<Recovery>(url, "SELECT pg_catalog.pg_is_in_recovery() AS in_recovery")
-        .await?;
+        .await
+        .map_err(String::from)?;
     rows.first()
         .map(|row| row.in_recovery)
         .ok_or_else(|| "no answer to pg_is_in_recovery()".to_owned())
@@ -99,7 +100,7 @@ pub(crate) async fn survey_aurora(
     for url in nodes {
         match probes.query::<Instance>(url, AURORA_STATUS).await {
             Ok(rows) => return instances(&rows, endpoints, unreachable),
-            Err(e) => unreachable.push((url.clone(), e)),
+            Err(e) => unreachable.push((url.clone(), e.into())),
         }
     }
     let why: Vec<String> = unreachable

@@ -215,6 +215,16 @@ pub enum Error {
         /// The bound that expired.
         after: std::time::Duration,
     },
+    /// The replica a read waited on was ejected meanwhile: it had stopped
+    /// answering (the other reads on it failed, or the lag monitor got no
+    /// answer). The read goes elsewhere at once, without waiting out its
+    /// own timeout; this is what it returns only when nowhere else could
+    /// serve it.
+    #[error("{node} was ejected while a read waited on it")]
+    Ejected {
+        /// The replica, as `replica (host:port)`.
+        node: String,
+    },
     /// No replica could serve a read, and reads may not fall back to the
     /// writer (`reads_fall_back_to_writer = false`).
     #[error(
@@ -352,6 +362,8 @@ pub enum ErrorKind {
     Checkout,
     /// [`Error::Timeout`]: a node did not answer.
     Timeout,
+    /// [`Error::Ejected`].
+    Ejected,
     /// [`Error::NoReplicaAvailable`].
     NoReplicaAvailable,
     /// [`Error::WriterUnavailable`].
@@ -380,6 +392,7 @@ impl ErrorKind {
             Self::CheckoutTimeout => "checkout_timeout",
             Self::Checkout => "checkout",
             Self::Timeout => "timeout",
+            Self::Ejected => "ejected",
             Self::NoReplicaAvailable => "no_replica_available",
             Self::WriterUnavailable => "writer_unavailable",
             Self::ReadOnlyViolation => "read_only_violation",
@@ -400,6 +413,7 @@ impl ErrorKind {
             Self::CheckoutTimeout
                 | Self::Checkout
                 | Self::Timeout
+                | Self::Ejected
                 | Self::NoReplicaAvailable
                 | Self::WriterUnavailable
         )
@@ -420,6 +434,7 @@ impl Error {
             Self::Checkout { .. } if self.is_timeout() => ErrorKind::CheckoutTimeout,
             Self::Checkout { .. } => ErrorKind::Checkout,
             Self::Timeout { .. } => ErrorKind::Timeout,
+            Self::Ejected { .. } => ErrorKind::Ejected,
             Self::NoReplicaAvailable { .. } => ErrorKind::NoReplicaAvailable,
             Self::WriterUnavailable { .. } => ErrorKind::WriterUnavailable,
             Self::ReadOnlyViolation { .. } => ErrorKind::ReadOnlyViolation,

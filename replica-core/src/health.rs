@@ -5,6 +5,9 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio::sync::Notify;
 use tracing::instrument::WithSubscriber;
 
 use crate::config::HealthConfig;
@@ -41,6 +44,8 @@ pub(crate) struct Tracker {
     /// Only replicas are ejected: the writer has no stand-in.
     ejectable: bool,
     ejected: AtomicBool,
+    /// Wakes the attempts in flight on the node when it is ejected.
+    ejection: Notify,
     failures: AtomicU32,
     ejections: AtomicU64,
     retried: AtomicU64,
@@ -53,6 +58,7 @@ impl Tracker {
             policy,
             ejectable,
             ejected: AtomicBool::new(false),
+            ejection: Notify::new(),
             failures: AtomicU32::new(0),
             ejections: AtomicU64::new(0),
             retried: AtomicU64::new(0),
@@ -90,6 +96,7 @@ impl Tracker {
             && !health.ejected.swap(true, Ordering::AcqRel)
         {
             health.ejections.fetch_add(1, Ordering::Relaxed);
+            health.ejection.notify_waiters();
             node.drop_idle();
             tracing::warn!(node = %node.label(), %reason, "replica ejected: reads go elsewhere until a probe succeeds");
             tokio::spawn(
@@ -97,6 +104,25 @@ impl Tracker {
             );
         }
         *health.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+    }
+
+    /// Runs `f` unless the node is ejected first: `None` then, at once,
+    /// also when it was ejected before `f` began. A read waiting on a node
+    /// that stopped answering goes elsewhere when the node is ejected,
+    /// without waiting out its own timeout.
+    pub(crate) async fn unless_ejected<F: Future>(&self, f: F) -> Option<F::Output> {
+        let ejected = self.ejection.notified();
+        tokio::pin!(ejected);
+        // Listening before looking: an ejection in between is not missed.
+        ejected.as_mut().enable();
+        if !self.is_up() {
+            return None;
+        }
+        tokio::select! {
+            biased;
+            output = f => Some(output),
+            () = ejected => None,
+        }
     }
 
     /// Counts a failed attempt on the node that a read retried elsewhere.
@@ -127,18 +153,31 @@ impl Tracker {
 /// Probes an ejected node with a real query, waiting longer between probes
 /// while it stays down, and re-admits it when one succeeds. Ends when the
 /// node is dropped (it left the replica set).
+///
+/// A probe starts every interval whether or not the last one ended: one
+/// whose connect hangs (the node is cut off, and its SYN was lost) does
+/// not hold back the next, so a node that comes back is re-admitted within
+/// one interval of it answering again.
 async fn probe<N: Probed>(node: Weak<N>, policy: Arc<HealthConfig>) {
+    let mut probes = FuturesUnordered::new();
     let mut wait = policy.probe_interval;
+    let mut next = tokio::time::Instant::now() + wait;
     loop {
-        tokio::time::sleep(wait).await;
-        let Some(node) = node.upgrade() else { return };
-        if node.probe().await {
-            let health = node.health();
-            health.failures.store(0, Ordering::Relaxed);
-            health.ejected.store(false, Ordering::Release);
-            tracing::info!(node = %node.label(), "replica re-admitted: a probe query succeeded");
-            return;
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {
+                let Some(node) = node.upgrade() else { return };
+                probes.push(async move { node.probe().await.then_some(node) });
+                wait = (wait * 2).min(policy.probe_max_interval);
+                next += wait;
+            }
+            Some(answered) = probes.next() => {
+                let Some(node) = answered else { continue };
+                let health = node.health();
+                health.failures.store(0, Ordering::Relaxed);
+                health.ejected.store(false, Ordering::Release);
+                tracing::info!(node = %node.label(), "replica re-admitted: a probe query succeeded");
+                return;
+            }
         }
-        wait = (wait * 2).min(policy.probe_max_interval);
     }
 }

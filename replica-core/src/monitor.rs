@@ -9,9 +9,10 @@ use diesel::sql_types::{BigInt, Nullable, Text};
 
 use crate::config::ConsistencyConfig;
 use crate::discovery::AuroraEndpoints;
+use crate::health::Tracker;
 use crate::lag::Sample;
-use crate::node::{Node, NodeId};
-use crate::probes::Probes;
+use crate::node::{Node, NodeId, Role};
+use crate::probes::{Probes, Unanswered};
 use crate::topology::Topology;
 
 /// How lag is measured.
@@ -170,8 +171,12 @@ async fn sample_aurora(
 }
 
 /// Runs `sql` on the monitor's connection to `node`; `None` when that
-/// fails (logged at debug: health, not the monitor, reports nodes down).
-async fn ask<R>(node: &Node, sql: &'static str, probes: &Probes) -> Option<Vec<R>>
+/// fails (logged at debug). A replica that gave no answer within the
+/// monitor's timeout counts a failure in its health, as a read that got
+/// none would: a replica cut off the network is ejected within a few
+/// samples, before any read's own timeout fires. An answer, even an
+/// error, counts nothing: the reads' successes reset the count.
+async fn ask<R>(node: &Arc<Node>, sql: &'static str, probes: &Probes) -> Option<Vec<R>>
 where
     R: QueryableByName<diesel::pg::Pg> + Send + 'static,
 {
@@ -179,6 +184,11 @@ where
         Ok(rows) => Some(rows),
         Err(error) => {
             tracing::debug!(node = %node.label, %error, "lag sample failed");
+            if let Unanswered::Silent(reason) = error
+                && node.role == Role::Replica
+            {
+                Tracker::record_failure(node, format!("lag sample: {reason}"));
+            }
             None
         }
     }

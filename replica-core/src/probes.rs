@@ -2,6 +2,7 @@
 //! outside the pools: one per node, opened when first needed and kept for
 //! the next question while it works.
 
+use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -9,11 +10,36 @@ use diesel::QueryableByName;
 use diesel::pg::Pg;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::AsyncPgConnection;
+use diesel_async::pooled_connection::PoolableConnection;
 
 use crate::connector::Connector;
 use crate::credentials::CredentialsProvider;
 use crate::error::error_chain;
 use crate::url::DatabaseUrl;
+
+/// Why a question got no rows.
+#[derive(Debug)]
+pub(crate) enum Unanswered {
+    /// The node answered, with an error: it is up.
+    Refused(String),
+    /// No connection, or no answer within the timeout: the node is down,
+    /// hung or cut off.
+    Silent(String),
+}
+
+impl fmt::Display for Unanswered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Refused(reason) | Self::Silent(reason) => f.write_str(reason),
+        }
+    }
+}
+
+impl From<Unanswered> for String {
+    fn from(unanswered: Unanswered) -> Self {
+        unanswered.to_string()
+    }
+}
 
 /// One task's connections.
 pub(crate) struct Probes {
@@ -64,19 +90,20 @@ impl Probes {
         &self,
         url: &DatabaseUrl,
         sql: &'static str,
-    ) -> Result<Vec<R>, String>
+    ) -> Result<Vec<R>, Unanswered>
     where
         R: QueryableByName<Pg> + Send + 'static,
     {
         use diesel_async::RunQueryDsl;
 
-        let (connector, idle) = self.take(url)?;
+        let (connector, idle) = self.take(url).map_err(Unanswered::Refused)?;
         let timeout = self.timeout;
         let mut conn = match idle {
             Some(conn) => conn,
             None => tokio::time::timeout(timeout, connector.open())
                 .await
-                .unwrap_or_else(|_| Err(format!("no connection within {timeout:?}")))?,
+                .unwrap_or_else(|_| Err(format!("no connection within {timeout:?}")))
+                .map_err(Unanswered::Silent)?,
         };
         match tokio::time::timeout(timeout, diesel::sql_query(sql).load::<R>(&mut conn)).await {
             Ok(Ok(rows)) => {
@@ -84,13 +111,17 @@ impl Probes {
                 Ok(rows)
             }
             Ok(Err(error)) => {
-                if matches!(&error, DieselError::DatabaseError(kind, _) if *kind != DatabaseErrorKind::ClosedConnection)
-                {
+                let reason = error_chain(&error);
+                let answered = matches!(&error, DieselError::DatabaseError(kind, _) if *kind != DatabaseErrorKind::ClosedConnection)
+                    && !PoolableConnection::is_broken(&mut conn);
+                if answered {
                     self.put_back(url, conn);
+                    Err(Unanswered::Refused(reason))
+                } else {
+                    Err(Unanswered::Silent(reason))
                 }
-                Err(error_chain(&error))
             }
-            Err(_) => Err(format!("no answer within {timeout:?}")),
+            Err(_) => Err(Unanswered::Silent(format!("no answer within {timeout:?}"))),
         }
     }
 
