@@ -118,7 +118,7 @@ impl Worker {
     pub(crate) fn read_ok(&self, stats: &mut Stats, node: &NodeRow, took: Duration, done: Instant) {
         self.live.read_ok(stats, self.start, node, took, done);
         if let Some(faults) = &self.faults {
-            faults.saw_read(node.host.as_deref(), node.port, done);
+            faults.saw_read(node.port, done);
         }
     }
 
