@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         tests![
             a_killed_replica_costs_no_reads_and_is_readmitted_after_restart,
             a_hung_replica_costs_no_reads_and_no_read_waits_past_the_bound,
+            a_hung_replica_is_ejected_by_the_lag_monitor_and_its_reads_go_elsewhere,
             with_every_replica_down_reads_use_the_writer_or_fail_clearly,
             with_the_writer_down_writes_fail_clearly_and_reads_go_on,
             an_sql_error_on_a_replica_is_returned_once,
@@ -95,10 +96,12 @@ impl Drop for Resume {
     }
 }
 
+/// With the lag monitor off, only the reads' own timeouts find a hung replica.
 async fn a_hung_replica_costs_no_reads_and_no_read_waits_past_the_bound(cluster: Arc<Cluster>) {
     let mut config = cluster.load_config(READERS);
     let statement_timeout = Duration::from_secs(1);
     config.replica_pool.statement_timeout = Some(statement_timeout);
+    config.consistency.lag_interval = Duration::ZERO;
     let retries = config.health.read_retries;
     let db = ReplicaSet::connect(config).await.unwrap();
     let load = tokio::spawn({
@@ -132,6 +135,61 @@ async fn a_hung_replica_costs_no_reads_and_no_read_waits_past_the_bound(cluster:
     );
     until_health(&db, 1, Health::Up).await;
     assert!(db.status().replicas[1].ejections >= 1);
+}
+
+/// With the defaults (statement timeout 10 s), the lag monitor's unanswered samples
+/// eject a hung replica, and the reads waiting on it go elsewhere at once.
+async fn a_hung_replica_is_ejected_by_the_lag_monitor_and_its_reads_go_elsewhere(
+    cluster: Arc<Cluster>,
+) {
+    let config = cluster.load_config(READERS);
+    let connect_timeout = config.replica_pool.connect_timeout.expect("set by default");
+    let statement_timeout = config
+        .replica_pool
+        .statement_timeout
+        .expect("set by default");
+    let db = ReplicaSet::connect(config).await.unwrap();
+    let load = tokio::spawn({
+        let db = db.clone();
+        async move { read_until(&db, Instant::now() + Duration::from_secs(4)).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let resume = Resume(cluster.clone(), NodeId::Replica(1));
+    let paused_at = Instant::now();
+    on_cluster(&cluster, |c| c.pause(NodeId::Replica(1)))
+        .await
+        .unwrap();
+    until_health(&db, 1, Health::Ejected).await;
+    let ejected_after = paused_at.elapsed();
+    let load = load.await.unwrap();
+    drop(resume);
+    assert!(
+        load.errors.is_empty(),
+        "{} failed reads: {:?}",
+        load.errors.len(),
+        &load.errors[..load.errors.len().min(5)]
+    );
+    assert!(
+        ejected_after <= connect_timeout,
+        "ejected {ejected_after:?} after the pause, past the connect timeout {connect_timeout:?}"
+    );
+    let last_error = db.status().replicas[1]
+        .last_error
+        .clone()
+        .unwrap_or_default();
+    assert!(last_error.starts_with("lag sample"), "{last_error}");
+    // One second of slack for the shared machine.
+    let bound = ejected_after + Duration::from_secs(1);
+    assert!(
+        load.slowest <= bound && bound < statement_timeout,
+        "a read took {:?}, past the ejection {ejected_after:?} and a second",
+        load.slowest
+    );
+    until_health(&db, 1, Health::Up).await;
+    eprintln!(
+        "hung replica: ejected {ejected_after:?} after the pause; slowest read {:?}",
+        load.slowest
+    );
 }
 
 async fn with_every_replica_down_reads_use_the_writer_or_fail_clearly(cluster: Arc<Cluster>) {

@@ -19,8 +19,10 @@ use diesel_async::RunQueryDsl;
 use diesel_replica::{Config, ErrorKind, Health, ReplicaSet};
 use diesel_replica_testkit::{Cluster, DOCKER_LABEL, NodeId};
 
-/// The statement timeout the tests set on every pool. The client gives an attempt this
-/// plus half a second (the library's grace) before it counts the node as hung.
+/// The statement timeout the writer's test sets on both pools, so that its writes fail
+/// fast. The client gives an attempt this plus half a second (the library's grace)
+/// before it counts the node as hung. The replica's test keeps the defaults: what ends
+/// the wait on a cut-off replica there is its ejection.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The library's grace past the statement timeout (README, "Failures and balancing").
 const GRACE: Duration = Duration::from_millis(500);
