@@ -13,7 +13,7 @@ use std::process::{Command, ExitCode};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::load::{READERS, on_cluster, read_until, spread, until_health};
+use common::load::{READERS, SLACK, ejected_within, on_cluster, reading_for, spread, until_health};
 use common::replica_ports;
 use diesel_async::RunQueryDsl;
 use diesel_replica::{Config, ErrorKind, Health, ReplicaSet};
@@ -26,8 +26,6 @@ use diesel_replica_testkit::{Cluster, DOCKER_LABEL, NodeId};
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The library's grace past the statement timeout (README, "Failures and balancing").
 const GRACE: Duration = Duration::from_millis(500);
-/// Slack for the shared machine (scheduling, the Docker proxy).
-const SLACK: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     common::run_on_docker_one_at_a_time(
@@ -118,22 +116,14 @@ async fn a_partitioned_replica_costs_no_reads_and_is_readmitted_after_heal(clust
     let address = ("127.0.0.1", cluster.node(cut).port());
     let mut before = TcpStream::connect(address).unwrap();
 
-    let load = tokio::spawn({
-        let db = db.clone();
-        async move { read_until(&db, Instant::now() + Duration::from_secs(6)).await }
-    });
+    let load = reading_for(&db, Duration::from_secs(6));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let heal = Heal(cluster.clone(), cut);
     let cut_at = Instant::now();
     on_cluster(&cluster, move |c| c.partition(cut))
         .await
         .unwrap();
-    until_health(&db, 1, Health::Ejected).await;
-    let ejected_after = cut_at.elapsed();
-    assert!(
-        ejected_after <= connect_timeout,
-        "ejected {ejected_after:?} after the cut, past the connect timeout {connect_timeout:?}"
-    );
+    let ejected_after = ejected_within(&db, 1, cut_at, connect_timeout).await;
 
     // What a client sees of the partitioned node: a connection from before the partition
     // hangs (nothing answers, nothing closes it), and a new one's connect times out (it
@@ -151,20 +141,10 @@ async fn a_partitioned_replica_costs_no_reads_and_is_readmitted_after_heal(clust
     );
 
     let load = load.await.unwrap();
-    assert!(
-        load.errors.is_empty(),
-        "{} failed reads: {:?}",
-        load.errors.len(),
-        &load.errors[..load.errors.len().min(5)]
-    );
+    load.assert_no_failed_reads();
     // A read waiting on the cut replica goes elsewhere when it is ejected: none waits
     // out its statement timeout.
-    let bound = ejected_after + SLACK;
-    assert!(
-        load.slowest <= bound && bound < statement_timeout,
-        "a read took {:?}, past the ejection {ejected_after:?} and slack {SLACK:?}",
-        load.slowest
-    );
+    load.assert_ended_by_ejection(ejected_after, statement_timeout);
     assert!(
         load.by_port.get(&cut_port).copied().unwrap_or(0) > 0,
         "the replica served reads before the partition: {load:?}"

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use diesel_replica::{Health, ReplicaSet};
 use diesel_replica_testkit::{Cluster, who_served};
+use tokio::task::JoinHandle;
 
 use super::report;
 
@@ -22,8 +23,47 @@ pub(crate) struct Load {
     pub(crate) slowest: Duration,
 }
 
+/// Slack for the shared machine in the bounds the tests check (scheduling, Docker's
+/// proxy).
+pub(crate) const SLACK: Duration = Duration::from_secs(1);
+
+impl Load {
+    /// Panics unless every read succeeded.
+    pub(crate) fn assert_no_failed_reads(&self) {
+        assert!(
+            self.errors.is_empty(),
+            "{} failed reads: {:?}",
+            self.errors.len(),
+            &self.errors[..self.errors.len().min(5)]
+        );
+    }
+
+    /// Panics unless the reads that waited on a replica ejected `ejected_after` a fault
+    /// ended with its ejection: none took longer than that plus [`SLACK`], which is
+    /// itself short of the `statement_timeout` they would otherwise have waited out.
+    pub(crate) fn assert_ended_by_ejection(
+        &self,
+        ejected_after: Duration,
+        statement_timeout: Duration,
+    ) {
+        let bound = ejected_after + SLACK;
+        assert!(
+            self.slowest <= bound && bound < statement_timeout,
+            "a read took {:?}, past the ejection {ejected_after:?} and slack {SLACK:?}",
+            self.slowest
+        );
+    }
+}
+
+/// Starts `READERS` tasks reading which server answers, for `how_long` from now.
+pub(crate) fn reading_for(db: &ReplicaSet, how_long: Duration) -> JoinHandle<Load> {
+    let db = db.clone();
+    let until = Instant::now() + how_long;
+    tokio::spawn(async move { read_until(&db, until).await })
+}
+
 /// `READERS` tasks reading which server answers, until `until`.
-pub(crate) async fn read_until(db: &ReplicaSet, until: Instant) -> Load {
+async fn read_until(db: &ReplicaSet, until: Instant) -> Load {
     let tasks: Vec<_> = (0..READERS)
         .map(|_| {
             let db = db.clone();
@@ -67,6 +107,23 @@ pub(crate) async fn on_cluster<T: Send + 'static>(
     tokio::task::spawn_blocking(move || work(&cluster))
         .await
         .expect("cluster work")
+}
+
+/// Waits until replica `index` of `db` is ejected, and returns the time since `fault`;
+/// panics if that is past `limit`.
+pub(crate) async fn ejected_within(
+    db: &ReplicaSet,
+    index: usize,
+    fault: Instant,
+    limit: Duration,
+) -> Duration {
+    until_health(db, index, Health::Ejected).await;
+    let ejected_after = fault.elapsed();
+    assert!(
+        ejected_after <= limit,
+        "replica-{index} was ejected {ejected_after:?} after the fault, past {limit:?}"
+    );
+    ejected_after
 }
 
 /// Waits (bounded) until replica `index` of `db` has `health`.
