@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::load::{READERS, ejected_within, on_cluster, reading_for, spread, until_health};
+use common::load::{
+    READERS, Timeouts, ejected_within, on_cluster, reading_for, spread, until_health,
+};
 use common::replica_ports;
 use diesel_async::RunQueryDsl;
 use diesel_replica::{Balance, Error, Health, ReplicaSet};
@@ -127,11 +129,7 @@ async fn a_hung_replica_is_ejected_by_the_lag_monitor_and_its_reads_go_elsewhere
     cluster: Arc<Cluster>,
 ) {
     let config = cluster.load_config(READERS);
-    let connect_timeout = config.replica_pool.connect_timeout.expect("set by default");
-    let statement_timeout = config
-        .replica_pool
-        .statement_timeout
-        .expect("set by default");
+    let timeouts = Timeouts::of(&config);
     let db = ReplicaSet::connect(config).await.unwrap();
     let load = reading_for(&db, Duration::from_secs(4));
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -140,7 +138,7 @@ async fn a_hung_replica_is_ejected_by_the_lag_monitor_and_its_reads_go_elsewhere
     on_cluster(&cluster, |c| c.pause(NodeId::Replica(1)))
         .await
         .unwrap();
-    let ejected_after = ejected_within(&db, 1, paused_at, connect_timeout).await;
+    let ejected_after = ejected_within(&db, 1, paused_at, timeouts.connect).await;
     let load = load.await.unwrap();
     drop(resume);
     load.assert_no_failed_reads();
@@ -149,7 +147,7 @@ async fn a_hung_replica_is_ejected_by_the_lag_monitor_and_its_reads_go_elsewhere
         .clone()
         .unwrap_or_default();
     assert!(last_error.starts_with("lag sample"), "{last_error}");
-    load.assert_ended_by_ejection(ejected_after, statement_timeout);
+    load.assert_ended_by_ejection(ejected_after, timeouts.statement);
     until_health(&db, 1, Health::Up).await;
     eprintln!(
         "hung replica: ejected {ejected_after:?} after the pause; slowest read {:?}",

@@ -13,7 +13,9 @@ use std::process::{Command, ExitCode};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::load::{READERS, SLACK, ejected_within, on_cluster, reading_for, spread, until_health};
+use common::load::{
+    READERS, SLACK, Timeouts, ejected_within, on_cluster, reading_for, spread, until_health,
+};
 use common::replica_ports;
 use diesel_async::RunQueryDsl;
 use diesel_replica::{Config, ErrorKind, Health, ReplicaSet};
@@ -104,11 +106,7 @@ async fn a_partitioned_replica_costs_no_reads_and_is_readmitted_after_heal(clust
     // The defaults (statement timeout 10 s, connect timeout 5 s): what ends the wait on a
     // cut-off replica is its ejection, not a timeout.
     let config = cluster.load_config(READERS);
-    let connect_timeout = config.replica_pool.connect_timeout.expect("set by default");
-    let statement_timeout = config
-        .replica_pool
-        .statement_timeout
-        .expect("set by default");
+    let timeouts = Timeouts::of(&config);
     let probe_max_interval = config.health.probe_max_interval;
     let db = ReplicaSet::connect(config).await.unwrap();
     let cut = NodeId::Replica(1);
@@ -123,7 +121,7 @@ async fn a_partitioned_replica_costs_no_reads_and_is_readmitted_after_heal(clust
     on_cluster(&cluster, move |c| c.partition(cut))
         .await
         .unwrap();
-    let ejected_after = ejected_within(&db, 1, cut_at, connect_timeout).await;
+    let ejected_after = ejected_within(&db, 1, cut_at, timeouts.connect).await;
 
     // What a client sees of the partitioned node: a connection from before the partition
     // hangs (nothing answers, nothing closes it), and a new one's connect times out (it
@@ -144,7 +142,7 @@ async fn a_partitioned_replica_costs_no_reads_and_is_readmitted_after_heal(clust
     load.assert_no_failed_reads();
     // A read waiting on the cut replica goes elsewhere when it is ejected: none waits
     // out its statement timeout.
-    load.assert_ended_by_ejection(ejected_after, statement_timeout);
+    load.assert_ended_by_ejection(ejected_after, timeouts.statement);
     assert!(
         load.by_port.get(&cut_port).copied().unwrap_or(0) > 0,
         "the replica served reads before the partition: {load:?}"

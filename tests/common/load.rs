@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use diesel_replica::{Health, ReplicaSet};
+use diesel_replica::{Config, Health, ReplicaSet};
 use diesel_replica_testkit::{Cluster, who_served};
 use tokio::task::JoinHandle;
 
@@ -26,6 +26,23 @@ pub(crate) struct Load {
 /// Slack for the shared machine in the bounds the tests check (scheduling, Docker's
 /// proxy).
 pub(crate) const SLACK: Duration = Duration::from_secs(1);
+
+/// The replica pool's connect and statement timeouts, which the testkit's configurations
+/// leave at the library's defaults (5 s and 10 s).
+pub(crate) struct Timeouts {
+    pub(crate) connect: Duration,
+    pub(crate) statement: Duration,
+}
+
+impl Timeouts {
+    pub(crate) fn of(config: &Config) -> Self {
+        let pool = &config.replica_pool;
+        Self {
+            connect: pool.connect_timeout.expect("a connect timeout"),
+            statement: pool.statement_timeout.expect("a statement timeout"),
+        }
+    }
+}
 
 impl Load {
     /// Panics unless every read succeeded.
