@@ -146,8 +146,9 @@ impl fmt::Display for DiscoverySource {
 #[non_exhaustive]
 pub struct HealthConfig {
     /// Consecutive connection-class failures (connect, checkout, broken
-    /// connection, timeout) after which a replica is ejected: no read is sent
-    /// to it until a probe succeeds. At least 1. Default: 2.
+    /// connection, timeout, a lag sample with no answer) after which a
+    /// replica is ejected: no read is sent to it until a probe succeeds, and
+    /// the reads waiting on it go elsewhere. At least 1. Default: 2.
     pub eject_after: u32,
     /// First wait before probing an ejected replica; the wait doubles while
     /// it stays down, up to `probe_max_interval`. At least 10 ms.
