@@ -14,7 +14,7 @@ use common::load::{
 };
 use common::replica_ports;
 use diesel_async::RunQueryDsl;
-use diesel_replica::{Balance, Error, Health, ReplicaSet};
+use diesel_replica::{Balance, Credentials, Error, Health, Login, LoginFuture, ReplicaSet};
 use diesel_replica_testkit::{Cluster, NodeId, Served, WHO_SERVED, who_served};
 
 fn main() -> ExitCode {
@@ -25,6 +25,7 @@ fn main() -> ExitCode {
             a_killed_replica_costs_no_reads_and_is_readmitted_after_restart,
             a_hung_replica_costs_no_reads_and_no_read_waits_past_the_bound,
             a_hung_replica_is_ejected_by_the_lag_monitor_and_its_reads_go_elsewhere,
+            a_replica_the_lag_monitor_never_reached_is_not_ejected,
             with_every_replica_down_reads_use_the_writer_or_fail_clearly,
             with_the_writer_down_writes_fail_clearly_and_reads_go_on,
             an_sql_error_on_a_replica_is_returned_once,
@@ -153,6 +154,54 @@ async fn a_hung_replica_is_ejected_by_the_lag_monitor_and_its_reads_go_elsewhere
         "hung replica: ejected {ejected_after:?} after the pause; slowest read {:?}",
         load.slowest
     );
+}
+
+/// How long [`SlowLogin`] takes: past the lag monitor's 500 ms timeout, within the
+/// pools' 5 s connect timeout.
+const SLOW_LOGIN: Duration = Duration::from_millis(700);
+
+/// The cluster's login, given after [`SLOW_LOGIN`] for every new connection to a replica
+/// (a provider that fetches a secret each time) and at once for the writer, whose
+/// position the lag monitor must have before it samples the replicas.
+struct SlowLogin {
+    password: String,
+    /// `:port/` of the writer's `host:port/database`.
+    writer: String,
+}
+
+impl Credentials for SlowLogin {
+    fn login<'a>(&'a self, node: &'a str, _refresh: bool) -> LoginFuture<'a> {
+        Box::pin(async move {
+            if !node.contains(&self.writer) {
+                tokio::time::sleep(SLOW_LOGIN).await;
+            }
+            Ok(Login::new("postgres", self.password.clone()))
+        })
+    }
+}
+
+/// The lag monitor never gets a connection within its timeout, because logging in takes
+/// longer: that is no sign of failing replicas, and an idle set ejects none of them.
+async fn a_replica_the_lag_monitor_never_reached_is_not_ejected(cluster: Arc<Cluster>) {
+    let config = cluster.config().with_credentials(SlowLogin {
+        password: cluster.password().to_owned(),
+        writer: format!(":{}/", cluster.primary().port()),
+    });
+    let db = ReplicaSet::connect(config).await.unwrap();
+    // Six samples, each timed out while connecting.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for replica in &db.status().replicas {
+        assert_eq!(
+            (
+                replica.health,
+                replica.ejections,
+                replica.consecutive_failures
+            ),
+            (Health::Up, 0, 0),
+            "{replica:?}"
+        );
+    }
+    assert!(db.read(who_served).await.unwrap().in_recovery);
 }
 
 async fn with_every_replica_down_reads_use_the_writer_or_fail_clearly(cluster: Arc<Cluster>) {

@@ -171,11 +171,13 @@ async fn sample_aurora(
 }
 
 /// Runs `sql` on the monitor's connection to `node`; `None` when that
-/// fails (logged at debug). A replica that gave no answer within the
-/// monitor's timeout counts a failure in its health, as a read that got
-/// none would: a replica cut off the network is ejected within a few
-/// samples, before any read's own timeout fires. An answer, even an
-/// error, counts nothing: the reads' successes reset the count.
+/// fails (logged at debug). A replica that answered the monitor before and
+/// now gives no answer within its timeout counts a failure in its health,
+/// as a read that got none would: a replica cut off the network is ejected
+/// within a few samples, before any read's own timeout fires. An answer,
+/// even an error, counts nothing, and neither does a replica the monitor
+/// never reached (a first connection slowed by a credentials provider is
+/// no sign of a failing node); the reads' successes reset the count.
 async fn ask<R>(node: &Arc<Node>, sql: &'static str, probes: &Probes) -> Option<Vec<R>>
 where
     R: QueryableByName<diesel::pg::Pg> + Send + 'static,
@@ -186,6 +188,7 @@ where
             tracing::debug!(node = %node.label, %error, "lag sample failed");
             if let Unanswered::Silent(reason) = error
                 && node.role == Role::Replica
+                && probes.has_answered(&node.url)
             {
                 Tracker::record_failure(node, format!("lag sample: {reason}"));
             }

@@ -15,6 +15,7 @@ use diesel_async::pooled_connection::PoolableConnection;
 use crate::connector::Connector;
 use crate::credentials::CredentialsProvider;
 use crate::error::error_chain;
+use crate::node::NodeId;
 use crate::url::DatabaseUrl;
 
 /// Why a question got no rows.
@@ -56,6 +57,8 @@ struct Probe {
     url: DatabaseUrl,
     connector: Arc<Connector>,
     idle: Option<AsyncPgConnection>,
+    /// Whether the node has answered a question of this task's.
+    answered: bool,
 }
 
 impl Probes {
@@ -145,19 +148,31 @@ impl Probes {
             &self.application_name,
             Some(self.timeout),
             self.credentials.as_ref(),
-            url.address(),
+            NodeId::of(url).to_string(),
             Some(self.timeout),
         )?);
         nodes.push(Probe {
             url: url.clone(),
             connector: Arc::clone(&connector),
             idle: None,
+            answered: false,
         });
         Ok((connector, None))
     }
 
+    /// Whether the node `url` names has answered a question since it was
+    /// first asked (and not forgotten by [`Probes::keep_only`] since): a
+    /// node that stops answering, not one that was never reached.
+    pub(crate) fn has_answered(&self, url: &DatabaseUrl) -> bool {
+        self.lock()
+            .iter()
+            .any(|probe| probe.url == *url && probe.answered)
+    }
+
+    /// Keeps the connection of a node that answered, for the next question.
     fn put_back(&self, url: &DatabaseUrl, conn: AsyncPgConnection) {
         if let Some(probe) = self.lock().iter_mut().find(|probe| probe.url == *url) {
+            probe.answered = true;
             probe.idle.get_or_insert(conn);
         }
     }
