@@ -34,6 +34,7 @@ fn main() -> ExitCode {
             weighted_three_to_one_spreads_three_to_one,
             least_in_flight_prefers_the_idle_replica_when_one_is_slow,
             a_stale_pooled_connection_is_replaced_and_the_read_succeeds,
+            a_write_on_an_ended_session_fails_as_unavailable,
         ],
     )
 }
@@ -255,7 +256,12 @@ async fn with_the_writer_down_writes_fail_clearly_and_reads_go_on(cluster: Arc<C
         .await
         .unwrap();
     let err = db.write(insert).await.unwrap_err();
-    assert!(matches!(err, Error::Checkout { .. }), "{err:?}");
+    // Connecting is refused; or, when the pool handed out a connection whose close the
+    // client had not yet seen, the write's own statement finds it gone.
+    assert!(
+        matches!(err, Error::Checkout { .. } | Error::ConnectionLost { .. }),
+        "{err:?}"
+    );
     let text = err.to_string();
     assert!(
         text.starts_with(&format!(
@@ -443,6 +449,50 @@ async fn a_stale_pooled_connection_is_replaced_and_the_read_succeeds(cluster: Ar
     assert_eq!(
         status.retried, 1,
         "the stale connection cost one retry: {status:?}"
+    );
+}
+
+/// A write whose pooled connection the server ended learns it only from its own
+/// statement (through a delay proxy, the server's goodbye comes as that statement's
+/// answer): it fails as the node's failure, `ConnectionLost`, not as its query's.
+async fn a_write_on_an_ended_session_fails_as_unavailable(cluster: Arc<Cluster>) {
+    let delayed = cluster.delayed(Duration::from_millis(200)).unwrap();
+    let mut config = diesel_replica::Config::new(delayed.writer_url()).unwrap();
+    config.writer_pool.max_size = 1;
+    let db = ReplicaSet::connect(config).await.unwrap();
+    let writer = cluster.primary_id();
+    for transaction in [false, true] {
+        let pid = db.write(backend_pid).await.unwrap();
+        cluster
+            .psql(writer, &format!("SELECT pg_terminate_backend({pid})"))
+            .unwrap();
+        let insert = async |conn: &mut diesel_async::AsyncPgConnection| {
+            diesel::sql_query("INSERT INTO t VALUES (2)")
+                .execute(conn)
+                .await
+        };
+        let err = if transaction {
+            db.transaction(insert).await.unwrap_err()
+        } else {
+            db.write(insert).await.unwrap_err()
+        };
+        assert!(
+            matches!(err, Error::ConnectionLost { .. }),
+            "transaction {transaction}: {err:?}"
+        );
+        assert!(err.kind().is_unavailable());
+        assert!(err.to_string().starts_with("writer (127.0.0.1:"), "{err}");
+    }
+    assert_eq!(
+        db.write(async |conn| {
+            diesel::sql_query("INSERT INTO t VALUES (2)")
+                .execute(conn)
+                .await
+        })
+        .await
+        .unwrap(),
+        1,
+        "the next write runs on a new connection"
     );
 }
 

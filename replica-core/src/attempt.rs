@@ -16,7 +16,7 @@ use diesel_async::pooled_connection::deadpool::{Object, PoolError};
 use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
 
 use crate::consistency::WriteToken;
-use crate::error::{Error, error_chain};
+use crate::error::{Error, ErrorKind, error_chain};
 use crate::health::Tracker;
 use crate::instrument::Watch;
 use crate::metrics::Stopwatch;
@@ -37,6 +37,10 @@ pub(crate) struct Failed<E> {
 pub(crate) enum Failure<E> {
     Routing(Error),
     Body(E),
+    /// The connection broke under the body: the node failed, not the
+    /// statement. Nothing of a transaction was committed (its `COMMIT` was
+    /// never sent); an autocommit statement may or may not have run.
+    Lost(E),
     /// A read's connection, which had served before, broke under the body:
     /// it was stale (its server went away since it was pooled), and the
     /// read may run again on a new connection of the same node.
@@ -64,6 +68,10 @@ impl Failure<DieselError> {
         match self {
             Self::Routing(error) => error,
             Self::Body(error) | Self::Stale(error) => node.query_error(route, error),
+            Self::Lost(error) => Error::ConnectionLost {
+                node: node.label.clone(),
+                error,
+            },
             Self::NotReplayed => not_replayed(node),
         }
     }
@@ -77,6 +85,7 @@ impl<E> Failure<E> {
         match self {
             Self::Routing(error) => error.kind().as_str(),
             Self::Body(_) => "query",
+            Self::Lost(_) => ErrorKind::ConnectionLost.as_str(),
             Self::Stale(_) => "stale_connection",
             Self::NotReplayed => "not_replayed",
         }
@@ -89,7 +98,7 @@ impl<E: From<Error>> Failure<E> {
     pub(crate) fn into_own(self, node: &Node) -> E {
         match self {
             Self::Routing(error) => E::from(error),
-            Self::Body(error) | Self::Stale(error) => error,
+            Self::Body(error) | Self::Lost(error) | Self::Stale(error) => error,
             Self::NotReplayed => E::from(not_replayed(node)),
         }
     }
@@ -147,7 +156,7 @@ pub(crate) async fn attempt<T, E>(
         }) => {
             let reason = match failure {
                 Failure::Routing(error) => error_chain(error),
-                Failure::Body(_) | Failure::Stale(_) | Failure::NotReplayed => {
+                Failure::Body(_) | Failure::Lost(_) | Failure::Stale(_) | Failure::NotReplayed => {
                     "the connection broke during the query".to_owned()
                 }
             };
@@ -314,7 +323,7 @@ impl Ended<'_> {
                 // tries again on a new one.
                 let broken = match plan.on_err {
                     Some(on_err) => end(conn, on_err).await.is_err(),
-                    None => session_ended(conn, route).await,
+                    None => session_ended(conn).await,
                 };
                 if broken {
                     let stale = reused && route.reads_on_replicas();
@@ -325,7 +334,7 @@ impl Ended<'_> {
                         failure: if stale {
                             Failure::Stale(error)
                         } else {
-                            Failure::Body(error)
+                            Failure::Lost(error)
                         },
                         node_down: !stale,
                     });
@@ -355,19 +364,16 @@ impl Ended<'_> {
 ///
 /// A server that ends a session (its postmaster died, an administrator
 /// terminated it) sends its reason and then closes the socket, so a body
-/// may fail with that reason before the client has seen the close. A read,
-/// which may go elsewhere, spends a round trip on its error path to know:
-/// an empty query fails only when the connection is gone, also in a failed
-/// transaction. A write is not tried again, so it does not wait to know.
-async fn session_ended(conn: &mut AsyncPgConnection, route: Route) -> bool {
+/// may fail with that reason before the client has seen the close. The
+/// error path spends a round trip to know: an empty query fails only when
+/// the connection is gone, also in a failed transaction. A read then goes
+/// elsewhere, and any call says the node failed rather than its statement.
+async fn session_ended(conn: &mut AsyncPgConnection) -> bool {
     if PoolableConnection::is_broken(conn) {
         return true;
     }
-    if route.is_read_only() {
-        let _ = SimpleAsyncConnection::batch_execute(conn, "").await;
-        return PoolableConnection::is_broken(conn);
-    }
-    false
+    let _ = SimpleAsyncConnection::batch_execute(conn, "").await;
+    PoolableConnection::is_broken(conn)
 }
 
 /// Stores the write's token position in `sink`, when one is wanted.

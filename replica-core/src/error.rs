@@ -215,6 +215,19 @@ pub enum Error {
         /// The bound that expired.
         after: std::time::Duration,
     },
+    /// The connection broke during the call: the node failed (it died, was
+    /// shut down or ended the session), not the statement. Nothing of a
+    /// transaction was committed: its `COMMIT` was never sent. An autocommit
+    /// `write` may or may not have run. A read that gets this went
+    /// elsewhere first, as far as its retries allowed.
+    #[error("{node} unavailable: the connection was lost during the call")]
+    ConnectionLost {
+        /// The node, as `role (host:port)`.
+        node: String,
+        /// Diesel's error, as the body saw it.
+        #[source]
+        error: DieselError,
+    },
     /// The replica a read waited on was ejected meanwhile: it had stopped
     /// answering (the other reads on it failed, or the lag monitor got no
     /// answer). The read goes elsewhere at once, without waiting out its
@@ -362,6 +375,8 @@ pub enum ErrorKind {
     Checkout,
     /// [`Error::Timeout`]: a node did not answer.
     Timeout,
+    /// [`Error::ConnectionLost`].
+    ConnectionLost,
     /// [`Error::Ejected`].
     Ejected,
     /// [`Error::NoReplicaAvailable`].
@@ -392,6 +407,7 @@ impl ErrorKind {
             Self::CheckoutTimeout => "checkout_timeout",
             Self::Checkout => "checkout",
             Self::Timeout => "timeout",
+            Self::ConnectionLost => "connection_lost",
             Self::Ejected => "ejected",
             Self::NoReplicaAvailable => "no_replica_available",
             Self::WriterUnavailable => "writer_unavailable",
@@ -413,6 +429,7 @@ impl ErrorKind {
             Self::CheckoutTimeout
                 | Self::Checkout
                 | Self::Timeout
+                | Self::ConnectionLost
                 | Self::Ejected
                 | Self::NoReplicaAvailable
                 | Self::WriterUnavailable
@@ -434,6 +451,7 @@ impl Error {
             Self::Checkout { .. } if self.is_timeout() => ErrorKind::CheckoutTimeout,
             Self::Checkout { .. } => ErrorKind::Checkout,
             Self::Timeout { .. } => ErrorKind::Timeout,
+            Self::ConnectionLost { .. } => ErrorKind::ConnectionLost,
             Self::Ejected { .. } => ErrorKind::Ejected,
             Self::NoReplicaAvailable { .. } => ErrorKind::NoReplicaAvailable,
             Self::WriterUnavailable { .. } => ErrorKind::WriterUnavailable,
