@@ -1,13 +1,14 @@
-//! Which way a [`Cluster`](crate::Cluster) runs PostgreSQL ([`Backend`]), how it is chosen
-//! (`DIESEL_REPLICA_TEST_BACKEND`, else what the machine has), and the [`Driver`] trait that
-//! each backend's module implements.
+//! Which way a [`Cluster`](crate::Cluster) runs PostgreSQL ([`Backend`]), the variable that
+//! forces one (`DIESEL_REPLICA_TEST_BACKEND`), and the [`Driver`] trait that each backend's
+//! module implements. Choosing one by what the machine has ([`Backend::select`]) asks both
+//! modules, so it lives in the crate root, above them.
 
 use std::fmt;
 use std::path::Path;
 use std::process::Command;
 
 use crate::tls::TlsFiles;
-use crate::{Error, Node, docker, local};
+use crate::{Error, Node};
 
 /// Forces a backend: `local` or `docker`. Unset or empty: chosen by [`Backend::select`].
 pub const BACKEND_VAR: &str = "DIESEL_REPLICA_TEST_BACKEND";
@@ -35,37 +36,8 @@ impl fmt::Display for Backend {
 }
 
 impl Backend {
-    /// The backend [`Cluster::start`](crate::Cluster::start) uses here and now.
-    ///
-    /// `DIESEL_REPLICA_TEST_BACKEND=local` or `docker` forces one (an unusable forced
-    /// backend is its own error); any other non-empty value is an
-    /// [`Error::UnknownBackend`]. Otherwise: `local` when the machine has PostgreSQL's
-    /// server binaries (see [`Error::MissingBinary`]), else `docker` when the Docker
-    /// engine answers `docker version`, else [`Error::NoBackend`], which says how to get
-    /// either.
-    pub fn select() -> Result<Backend, Error> {
-        match Backend::forced(&std::env::var(BACKEND_VAR).unwrap_or_default())? {
-            Some(Backend::Local) => return local::check().map(|()| Backend::Local),
-            Some(Backend::Docker) => return docker::engine_answers().map(|()| Backend::Docker),
-            None => {}
-        }
-        let local = match local::check() {
-            Ok(()) => return Ok(Backend::Local),
-            Err(err) => err,
-        };
-        match docker::engine_answers() {
-            Ok(()) => Ok(Backend::Docker),
-            Err(docker) => Err(Error::NoBackend {
-                local: Box::new(local),
-                docker: Box::new(docker),
-            }),
-        }
-    }
-}
-
-impl Backend {
     /// The backend a value of [`BACKEND_VAR`] forces: `None` for an empty value.
-    fn forced(value: &str) -> Result<Option<Backend>, Error> {
+    pub(crate) fn forced(value: &str) -> Result<Option<Backend>, Error> {
         match value.trim() {
             "" => Ok(None),
             "local" => Ok(Some(Backend::Local)),
@@ -153,7 +125,7 @@ pub(crate) trait Driver: fmt::Debug + Send + Sync {
     ) -> Result<(), Error> {
         let mut cmd = superuser_psql(self.psql_program(node, true), node);
         cmd.args(["-f", "-"]);
-        local::run_with_stdin(&mut cmd, script, shown, secret)
+        crate::run_with_stdin(&mut cmd, script, shown, secret)
     }
 
     /// A psql to run as a TCP client of the cluster from this machine, with every option

@@ -28,9 +28,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use std::{env, fs, io, thread};
 
 use crate::backend::{Backend, DEFAULT_IMAGE, Driver, IMAGE_VAR, Shutdown};
-use crate::local::{self, client_env, run_with_stdin};
+use crate::local::{self, client_env};
 use crate::tls::TlsFiles;
-use crate::{COMMON_CONF, Error, Node, PASSWORD, io_err, run, tail, with_upstream};
+use crate::{COMMON_CONF, Error, Node, PASSWORD, io_err, run, run_with_stdin, tail, with_upstream};
 
 mod partition;
 

@@ -82,7 +82,7 @@
 
 use std::net::{Ipv6Addr, TcpListener, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use std::{fs, io, thread};
@@ -1033,6 +1033,35 @@ impl Cluster {
     }
 }
 
+impl Backend {
+    /// The backend [`Cluster::start`](crate::Cluster::start) uses here and now.
+    ///
+    /// `DIESEL_REPLICA_TEST_BACKEND=local` or `docker` forces one (an unusable forced
+    /// backend is its own error); any other non-empty value is an
+    /// [`Error::UnknownBackend`]. Otherwise: `local` when the machine has PostgreSQL's
+    /// server binaries (see [`Error::MissingBinary`]), else `docker` when the Docker
+    /// engine answers `docker version`, else [`Error::NoBackend`], which says how to get
+    /// either.
+    pub fn select() -> Result<Backend, Error> {
+        match Backend::forced(&std::env::var(BACKEND_VAR).unwrap_or_default())? {
+            Some(Backend::Local) => return local::check().map(|()| Backend::Local),
+            Some(Backend::Docker) => return docker::engine_answers().map(|()| Backend::Docker),
+            None => {}
+        }
+        let local = match local::check() {
+            Ok(()) => return Ok(Backend::Local),
+            Err(err) => err,
+        };
+        match docker::engine_answers() {
+            Ok(()) => Ok(Backend::Docker),
+            Err(docker) => Err(Error::NoBackend {
+                local: Box::new(local),
+                docker: Box::new(docker),
+            }),
+        }
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         let topology = self
@@ -1225,6 +1254,32 @@ fn run(cmd: &mut Command, log: Option<&Path>) -> Result<String, Error> {
         status: out.status,
         output,
     })
+}
+
+/// Runs `cmd` with `input` on its stdin; errors show `shown` as the command and `***` for
+/// `secret` in the output.
+fn run_with_stdin(cmd: &mut Command, input: &str, shown: &str, secret: &str) -> Result<(), Error> {
+    use std::io::Write;
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(io_err(format!("running `{shown}`")))?;
+    let written = child
+        .stdin
+        .take()
+        .map(|mut stdin| stdin.write_all(input.as_bytes()))
+        .unwrap_or(Ok(()));
+    let out = child
+        .wait_with_output()
+        .map_err(io_err(format!("running `{shown}`")))?;
+    if !out.status.success() {
+        return Err(Error::Command {
+            command: shown.to_owned(),
+            status: out.status,
+            output: redact(&tail(&String::from_utf8_lossy(&out.stderr)), secret),
+        });
+    }
+    written.map_err(io_err(format!("writing to `{shown}`")))
 }
 
 fn tail(text: &str) -> String {

@@ -10,9 +10,7 @@ use std::{env, fs, io};
 
 use crate::backend::{Backend, Driver, Shutdown};
 use crate::tls::TlsFiles;
-use crate::{
-    COMMON_CONF, Error, Node, PASSWORD, TLS_HBA, io_err, redact, run, tail, with_upstream_port,
-};
+use crate::{COMMON_CONF, Error, Node, PASSWORD, TLS_HBA, io_err, run, with_upstream_port};
 
 /// The PostgreSQL programs the cluster runs.
 const BINARIES: [&str; 4] = ["initdb", "pg_ctl", "pg_basebackup", "psql"];
@@ -286,37 +284,6 @@ pub(crate) fn client_env(cmd: &mut Command, env: &[(&str, &str)]) {
         }
     }
     cmd.envs(env.iter().copied());
-}
-
-/// Runs `cmd` with `input` on its stdin; errors show `shown` as the command and `***` for
-/// `secret` in the output.
-pub(crate) fn run_with_stdin(
-    cmd: &mut Command,
-    input: &str,
-    shown: &str,
-    secret: &str,
-) -> Result<(), Error> {
-    use std::io::Write;
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(io_err(format!("running `{shown}`")))?;
-    let written = child
-        .stdin
-        .take()
-        .map(|mut stdin| stdin.write_all(input.as_bytes()))
-        .unwrap_or(Ok(()));
-    let out = child
-        .wait_with_output()
-        .map_err(io_err(format!("running `{shown}`")))?;
-    if !out.status.success() {
-        return Err(Error::Command {
-            command: shown.to_owned(),
-            status: out.status,
-            output: redact(&tail(&String::from_utf8_lossy(&out.stderr)), secret),
-        });
-    }
-    written.map_err(io_err(format!("writing to `{shown}`")))
 }
 
 /// The processes whose parent is `pid` (from `/proc/*/stat`).
