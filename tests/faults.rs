@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::load::{
-    READERS, Timeouts, ejected_within, on_cluster, reading_for, spread, until_health,
+    READERS, Timeouts, assert_ejected, ejected_within, on_cluster, reading_for, spread,
+    until_health,
 };
 use common::replica_ports;
 use diesel_async::RunQueryDsl;
@@ -55,19 +56,9 @@ async fn a_killed_replica_costs_no_reads_and_is_readmitted_after_restart(cluster
         load.by_port[&killed_port] > 0,
         "the replica served reads before it died: {load:?}"
     );
-    let status = db.status();
-    assert_eq!(
-        status.replicas[1].health,
-        Health::Ejected,
-        "{:?}",
-        status.replicas[1]
-    );
-    assert!(status.replicas[1].ejections >= 1);
-    assert!(status.replicas[1].last_error.is_some());
-    assert_eq!(
-        status.replicas[1].in_flight, 0,
-        "reads still sent to the dead replica"
-    );
+    let status = assert_ejected(&db, 1);
+    assert!(status.last_error.is_some());
+    assert_eq!(status.in_flight, 0, "reads still sent to the dead replica");
 
     on_cluster(&cluster, |c| c.start_node(NodeId::Replica(1)))
         .await

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::load::{
-    READERS, SLACK, Timeouts, ejected_within, on_cluster, reading_for, spread, until_health,
+    READERS, SLACK, Timeouts, assert_ejected, ejected_within, on_cluster, reading_for, spread,
+    until_health,
 };
 use common::replica_ports;
 use diesel_async::RunQueryDsl;
@@ -147,14 +148,7 @@ async fn a_partitioned_replica_costs_no_reads_and_is_readmitted_after_heal(clust
         load.by_port.get(&cut_port).copied().unwrap_or(0) > 0,
         "the replica served reads before the partition: {load:?}"
     );
-    let status = db.status();
-    assert_eq!(
-        status.replicas[1].health,
-        Health::Ejected,
-        "{:?}",
-        status.replicas[1]
-    );
-    assert!(status.replicas[1].ejections >= 1);
+    assert_ejected(&db, 1);
 
     drop(heal);
     let healed_at = Instant::now();

@@ -30,7 +30,10 @@ use std::{env, fs, io, thread};
 use crate::backend::{Backend, DEFAULT_IMAGE, Driver, IMAGE_VAR, Shutdown};
 use crate::local::{self, client_env};
 use crate::tls::TlsFiles;
-use crate::{COMMON_CONF, Error, Node, PASSWORD, io_err, run, run_with_stdin, tail, with_upstream};
+use crate::{
+    COMMON_CONF, Error, Node, PASSWORD, io_err, run, run_with_stdin, tail, with_output,
+    with_upstream,
+};
 
 mod partition;
 
@@ -263,22 +266,14 @@ impl Docker {
                     + &String::from_utf8_lossy(&out.stderr)
             })
             .unwrap_or_default();
-        match err {
-            Error::Command {
-                command,
-                status,
-                output,
-            } => Error::Command {
-                command,
-                status,
-                output: format!(
-                    "{output}\n--- last lines of the log of container {} ---\n{}",
-                    self.container(node),
-                    tail(&logs)
-                ),
-            },
-            other => other,
-        }
+        with_output(
+            err,
+            &format!(
+                "--- last lines of the log of container {} ---\n{}",
+                self.container(node),
+                tail(&logs)
+            ),
+        )
     }
 }
 

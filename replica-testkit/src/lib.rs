@@ -1282,6 +1282,23 @@ fn run_with_stdin(cmd: &mut Command, input: &str, shown: &str, secret: &str) -> 
     written.map_err(io_err(format!("writing to `{shown}`")))
 }
 
+/// `err` with `more` appended to its output when it is an [`Error::Command`] (the tail of a
+/// log, a hint); any other error as it is.
+fn with_output(err: Error, more: &str) -> Error {
+    match err {
+        Error::Command {
+            command,
+            status,
+            output,
+        } => Error::Command {
+            command,
+            status,
+            output: format!("{output}\n{more}"),
+        },
+        other => other,
+    }
+}
+
 fn tail(text: &str) -> String {
     let lines: Vec<&str> = text.trim_end().lines().collect();
     lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use diesel_replica::{Config, Health, ReplicaSet};
+use diesel_replica::{Config, Health, NodeStatus, ReplicaSet};
 use diesel_replica_testkit::{Cluster, who_served};
 use tokio::task::JoinHandle;
 
@@ -141,6 +141,15 @@ pub(crate) async fn ejected_within(
         "replica-{index} was ejected {ejected_after:?} after the fault, past {limit:?}"
     );
     ejected_after
+}
+
+/// Panics unless replica `index` of `db` is ejected now (and so was ejected at least
+/// once); returns its status for further checks.
+pub(crate) fn assert_ejected(db: &ReplicaSet, index: usize) -> NodeStatus {
+    let status = db.status().replicas.swap_remove(index);
+    assert_eq!(status.health, Health::Ejected, "{status:?}");
+    assert!(status.ejections >= 1, "{status:?}");
+    status
 }
 
 /// Waits (bounded) until replica `index` of `db` has `health`.

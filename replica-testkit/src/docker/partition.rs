@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, PoisonError};
 
-use crate::{Error, run};
+use crate::{Error, run, with_output};
 
 /// The rules put into a node's network namespace: chain, then the match and target.
 const NODE_RULES: [[&str; 6]; 2] = [
@@ -178,23 +178,13 @@ fn ensure<S: AsRef<str>>(base: Command, rule: &[S], present: bool) -> Result<(),
         return Ok(());
     }
     let action = if present { "-I" } else { "-D" };
-    run(&mut with(action), None)
-        .map(drop)
-        .map_err(|err| match err {
-            Error::Command {
-                command,
-                status,
-                output,
-            } => Error::Command {
-                command,
-                status,
-                output: format!(
-                    "{output}\n(a partition drops packets with iptables, here and in the node's \
-                 network namespace: it needs root, nsenter and iptables on this machine)"
-                ),
-            },
-            other => other,
-        })
+    run(&mut with(action), None).map(drop).map_err(|err| {
+        with_output(
+            err,
+            "(a partition drops packets with iptables, here and in the node's network \
+                 namespace: it needs root, nsenter and iptables on this machine)",
+        )
+    })
 }
 
 #[cfg(test)]
