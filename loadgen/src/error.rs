@@ -1,5 +1,11 @@
-//! How failures are told: a [`Fatal`] error that ends the run, and the
-//! [`Chain`] of an error's causes for a message.
+//! How failures are told: a [`Fatal`] error that ends the run, the
+//! [`Chain`] of an error's causes for a message, and the first failure of
+//! each kind on stderr ([`print_first`]).
+
+use std::collections::HashSet;
+use std::fmt::Display;
+use std::sync::Mutex;
+use std::time::Instant;
 
 /// A failure that ends the run before or instead of the JSON summary.
 pub(crate) struct Fatal {
@@ -30,5 +36,23 @@ impl std::fmt::Display for Chain<'_> {
             source = next.source();
         }
         Ok(())
+    }
+}
+
+/// Prints `loadgen: t=..s first {what}` on stderr, `done` since `start`, the
+/// first time any task reports `kind` to `seen`. Only failures get here, so
+/// the lock is off the hot path.
+pub(crate) fn print_first(
+    seen: &Mutex<HashSet<&'static str>>,
+    kind: &'static str,
+    start: Instant,
+    done: Instant,
+    what: impl Display,
+) {
+    if seen.lock().map_or(true, |mut printed| printed.insert(kind)) {
+        eprintln!(
+            "loadgen: t={:.3}s first {what}",
+            done.saturating_duration_since(start).as_secs_f64()
+        );
     }
 }

@@ -11,7 +11,7 @@ use diesel_replica::{Error, Tenant};
 use diesel_replica_testkit::Rng;
 
 use crate::clock::bucket;
-use crate::error::Chain;
+use crate::error::{Chain, print_first};
 use crate::failover::FailoverClock;
 use crate::faults::FaultClock;
 use crate::repo::{Items, NodeRow};
@@ -153,18 +153,15 @@ pub(crate) fn check_owner(
         return;
     }
     stats.cross_tenant_violations += 1;
-    // Only violations get here, so the lock is off the hot path.
-    let first = w
-        .first_errors
-        .lock()
-        .map_or(true, |mut printed| printed.insert("cross_tenant_violation"));
-    if first {
-        eprintln!(
-            "loadgen: t={:.3}s first cross-tenant violation: a {op} scoped to {tenant} \
-             returned row {id} of {owner}",
-            done.saturating_duration_since(w.start).as_secs_f64()
-        );
-    }
+    print_first(
+        &w.first_errors,
+        "cross_tenant_violation",
+        w.start,
+        done,
+        format_args!(
+            "cross-tenant violation: a {op} scoped to {tenant} returned row {id} of {owner}"
+        ),
+    );
 }
 
 /// Counts a failed operation that ended at `done`, and prints it if it is
@@ -182,16 +179,11 @@ pub(crate) fn record_error(stats: &mut Stats, w: &Worker, error: &Error, op: Op,
             Op::Write => timeline.write_err(bucket(w.start, done), kind),
         }
     }
-    // Only failed operations get here, so the lock is off the hot path.
-    let first = w
-        .first_errors
-        .lock()
-        .map_or(true, |mut printed| printed.insert(kind));
-    if first {
-        eprintln!(
-            "loadgen: t={:.3}s first {kind} error: {}",
-            done.saturating_duration_since(w.start).as_secs_f64(),
-            Chain(error)
-        );
-    }
+    print_first(
+        &w.first_errors,
+        kind,
+        w.start,
+        done,
+        format_args!("{kind} error: {}", Chain(error)),
+    );
 }

@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use crate::args::Args;
 use crate::clock::bucket;
-use crate::error::{Chain, Fatal};
+use crate::error::{Chain, Fatal, print_first};
 use crate::nodes::NodeTally;
 use crate::repo::{NodeRow, read_item, write_item};
 use crate::report;
@@ -295,18 +295,13 @@ fn count_failure(stats: &mut Stats, t: &Task, failure: &Failure, done: Instant) 
     if let Some(timeline) = &mut stats.timeline {
         timeline.error(bucket(t.start, done));
     }
-    // Only failed operations get here, so the lock is off the hot path.
-    let first = t
-        .first_errors
-        .lock()
-        .map_or(true, |mut printed| printed.insert(kind));
-    if first {
-        eprintln!(
-            "loadgen: t={:.3}s first {kind} error: {}",
-            done.saturating_duration_since(t.start).as_secs_f64(),
-            Chain(failure.error())
-        );
-    }
+    print_first(
+        &t.first_errors,
+        kind,
+        t.start,
+        done,
+        format_args!("{kind} error: {}", Chain(failure.error())),
+    );
 }
 
 #[cfg(test)]
