@@ -278,13 +278,22 @@ fn check_unambiguous(rest: &str) -> Result<(), UrlProblem> {
     Ok(())
 }
 
-/// Splits `host`, `host:port`, `[v6]` or `[v6]:port`.
+/// Splits `host`, `host:port`, `[v6]` or `[v6]:port`; an absolute path is
+/// a unix socket directory, as libpq reads a host, and takes no port.
 fn split_address(address: &str) -> Result<(&str, Option<u16>), UrlProblem> {
     let address = address.trim();
     if address.contains('@') {
         return Err(UrlProblem::Address(
             "a replica address takes no user name or password: replicas use the writer's credentials",
         ));
+    }
+    if address.starts_with('/') {
+        if address.contains(|c: char| c.is_whitespace() || matches!(c, ',' | '?' | ':')) {
+            return Err(UrlProblem::Address(
+                "a socket directory holds no spaces, commas, `?` or `:` (its port is the writer's)",
+            ));
+        }
+        return Ok((address, None));
     }
     if address.contains(['/', '?']) {
         return Err(UrlProblem::Address(
@@ -466,6 +475,18 @@ mod tests {
     }
 
     #[test]
+    fn an_absolute_path_is_a_socket_directory() {
+        let writer = DatabaseUrl::parse("postgres://app:pw@writer:6543/main").unwrap();
+        let replica = writer.with_address("/run/aurora/app-db-2").unwrap();
+        assert_eq!(replica.host(), "/run/aurora/app-db-2");
+        assert_eq!(replica.address(), "/run/aurora/app-db-2:6543");
+        assert!(matches!(
+            replica.config.get_hosts(),
+            [Host::Unix(path)] if path == std::path::Path::new("/run/aurora/app-db-2")
+        ));
+    }
+
+    #[test]
     fn bad_replica_addresses_get_one_reason() {
         for (input, reason) in [
             (":5433", "it names no host"),
@@ -475,6 +496,8 @@ mod tests {
             ("host:x", "not a number from 1 to 65535"),
             ("::1", "in brackets"),
             ("a b", "no spaces"),
+            ("/run/pg:5433", "its port is the writer's"),
+            ("/run/my pg", "no spaces"),
         ] {
             let problem = DatabaseUrl::parse("postgres://app@w/db")
                 .unwrap()
