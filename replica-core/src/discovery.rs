@@ -1,11 +1,14 @@
 //! Finding the nodes while running, on connections of discovery's own:
 //! candidate hosts each asked `SELECT pg_is_in_recovery()`, or Aurora's
-//! `aurora_replica_status()`.
+//! `aurora_replica_status()`; and what a survey could not use, said loudly.
+
+use std::time::{Duration, Instant};
 
 use diesel::QueryableByName;
-use diesel::sql_types::{Bool, Text};
+use diesel::sql_types::Bool;
 use futures_util::future::join_all;
 
+use crate::aurora::{self, Endpoints, RejectedRow, View};
 use crate::probes::Probes;
 use crate::url::DatabaseUrl;
 
@@ -18,6 +21,8 @@ pub(crate) struct Survey {
     pub(crate) replicas: Vec<DatabaseUrl>,
     /// The nodes that did not answer, with why.
     pub(crate) unreachable: Vec<(DatabaseUrl, String)>,
+    /// What the survey could not use.
+    pub(crate) report: DiscoveryStatus,
 }
 
 /// Asks every candidate at once whether it is in recovery.
@@ -27,6 +32,7 @@ pub(crate) async fn survey_hosts(candidates: &[DatabaseUrl], probes: &Probes) ->
         writers: Vec::new(),
         replicas: Vec::new(),
         unreachable: Vec::new(),
+        report: DiscoveryStatus::default(),
     };
     for (url, answer) in candidates.iter().zip(answers) {
         match answer {
@@ -55,84 +61,156 @@ async fn in_recovery(url: &DatabaseUrl, probes: &Probes) -> Result<bool, String>
         .ok_or_else(|| "no answer to pg_is_in_recovery()".to_owned())
 }
 
-/// One instance in `aurora_replica_status()`.
-#[derive(QueryableByName)]
-struct Instance {
-    #[diesel(sql_type = Text)]
-    server_id: String,
-    #[diesel(sql_type = Bool)]
-    writer: bool,
-}
-
-/// How an Aurora `server_id` becomes a node: the host pattern, `?`
-/// standing for the id, with the port, credentials, database and TLS
-/// settings of the writer's configured URL.
-pub(crate) struct AuroraEndpoints {
-    pub(crate) pattern: String,
-    pub(crate) template: DatabaseUrl,
-}
-
-impl AuroraEndpoints {
-    /// The node of instance `server_id`.
-    pub(crate) fn url(&self, server_id: &str) -> Result<DatabaseUrl, String> {
-        self.template
-            .with_address(&self.pattern.replace('?', server_id.trim()))
-            .map_err(|problem| format!("instance `{server_id}`: {problem}"))
-    }
-}
-
-/// Instances updated in the last 5 minutes, the writer's row marked.
-const AURORA_STATUS: &str = "SELECT server_id::text AS server_id, \
-     session_id = 'MASTER_SESSION_ID' AS writer FROM aurora_replica_status() \
-     WHERE last_update_timestamp > now() - interval '5 minutes'";
-
 /// Asks `aurora_replica_status()` of the first of `nodes` that answers
-/// (the writer first), and makes each instance a node with `endpoints`;
-/// the nodes asked before are the
-/// survey's unreachable ones. `Err` when no node answered or the answer is
-/// unusable: the nodes then stay as they were.
+/// (the writer first), and makes each instance it keeps a node with
+/// `endpoints`; the nodes asked before are the survey's unreachable ones.
+/// When the view names no writer, the configured endpoint is asked whether
+/// it is one: writes never fail on the view alone. `Err` when no node
+/// answered or the view names no instance that can be used: the nodes then
+/// stay as they were, and the report says why.
 pub(crate) async fn survey_aurora(
     nodes: &[DatabaseUrl],
-    endpoints: &AuroraEndpoints,
+    endpoints: &Endpoints,
     probes: &Probes,
-) -> Result<Survey, String> {
+) -> Result<Survey, DiscoveryStatus> {
     let mut unreachable = Vec::new();
     for url in nodes {
-        match probes.query::<Instance>(url, AURORA_STATUS).await {
-            Ok(rows) => return instances(&rows, endpoints, unreachable),
-            Err(e) => unreachable.push((url.clone(), e.into())),
+        match probes.query::<aurora::Row>(url, aurora::STATUS).await {
+            Ok(rows) => {
+                let view = View::read(rows, endpoints);
+                return from_view(view, endpoints, probes, unreachable).await;
+            }
+            Err(e) => unreachable.push((url.clone(), String::from(e))),
         }
     }
     let why: Vec<String> = unreachable
         .iter()
         .map(|(url, e)| format!("{}: {e}", url.address()))
         .collect();
-    Err(format!(
-        "no node answered aurora_replica_status(): {}",
-        why.join("; ")
-    ))
+    Err(DiscoveryStatus {
+        failed: Some(format!(
+            "no node answered aurora_replica_status(): {}",
+            why.join("; ")
+        )),
+        ..DiscoveryStatus::default()
+    })
 }
 
-fn instances(
-    rows: &[Instance],
-    endpoints: &AuroraEndpoints,
+async fn from_view(
+    view: View,
+    endpoints: &Endpoints,
+    probes: &Probes,
     unreachable: Vec<(DatabaseUrl, String)>,
-) -> Result<Survey, String> {
-    if rows.is_empty() {
-        return Err("aurora_replica_status() lists no instance updated in 5 minutes".into());
-    }
+) -> Result<Survey, DiscoveryStatus> {
     let mut survey = Survey {
         writers: Vec::new(),
         replicas: Vec::new(),
         unreachable,
+        report: DiscoveryStatus {
+            rejected: view.rejected,
+            ..DiscoveryStatus::default()
+        },
     };
-    for row in rows {
-        let url = endpoints.url(&row.server_id)?;
-        if row.writer {
-            survey.writers.push(url);
+    if view.instances.is_empty() {
+        survey.report.failed =
+            Some("aurora_replica_status() names no instance that can be used".into());
+        return Err(survey.report);
+    }
+    for instance in view.instances {
+        if instance.writer {
+            survey.writers.push(instance.url);
         } else {
-            survey.replicas.push(url);
+            survey.replicas.push(instance.url);
+        }
+    }
+    if survey.writers.is_empty() {
+        survey.report.writer_not_in_view = true;
+        let endpoint = &endpoints.template;
+        match in_recovery(endpoint, probes).await {
+            Ok(false) => survey.writers.push(endpoint.clone()),
+            Ok(true) => {}
+            Err(why) => survey.unreachable.push((endpoint.clone(), why)),
         }
     }
     Ok(survey)
+}
+
+/// What discovery's last survey could not use, in
+/// [`Status::discovery`](crate::Status::discovery). Empty while it used
+/// everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct DiscoveryStatus {
+    /// Aurora: the rows of `aurora_replica_status()` the last survey did
+    /// not use, each with the rule that rejected it.
+    pub rejected: Vec<RejectedRow>,
+    /// Aurora: the last survey's view named no writer. The writer is then
+    /// the configured endpoint (`DATABASE_URL`) if it answers as one; if
+    /// it does not, writes fail with
+    /// [`Error::WriterUnavailable`](crate::Error::WriterUnavailable).
+    pub writer_not_in_view: bool,
+    /// Why the last survey changed nothing: no node answered, or Aurora's
+    /// view names no instance that can be used. The nodes stay as they
+    /// were.
+    pub failed: Option<String>,
+}
+
+impl DiscoveryStatus {
+    /// Whether the last survey used everything it was given.
+    pub fn is_clean(&self) -> bool {
+        self.rejected.is_empty() && !self.writer_not_in_view && self.failed.is_none()
+    }
+}
+
+/// The problems, `; ` between them: empty when clean.
+impl std::fmt::Display for DiscoveryStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut problems: Vec<String> = Vec::new();
+        if let Some(failed) = &self.failed {
+            problems.push(format!("{failed}; the nodes stay as they were"));
+        }
+        if self.writer_not_in_view {
+            problems.push(
+                "aurora_replica_status() names no writer: the writer is the configured endpoint if it answers as one".into(),
+            );
+        }
+        problems.extend(
+            self.rejected
+                .iter()
+                .map(|row| format!("row rejected: {row}")),
+        );
+        f.write_str(&problems.join("; "))
+    }
+}
+
+/// How often a problem that lasts is said again.
+const REPEAT_AFTER: Duration = Duration::from_secs(600);
+
+/// Discovery's problems, logged at WARN when one is new and again every
+/// [`REPEAT_AFTER`] while it lasts, however often the surveys meet it.
+#[derive(Default)]
+pub(crate) struct Warnings {
+    last: Option<(String, Instant)>,
+}
+
+impl Warnings {
+    /// Logs `problem` unless it is the one logged last, less than
+    /// [`REPEAT_AFTER`] ago.
+    pub(crate) fn warn(&mut self, problem: String) {
+        let due = self
+            .last
+            .as_ref()
+            .is_none_or(|(last, at)| *last != problem || at.elapsed() >= REPEAT_AFTER);
+        if due {
+            tracing::warn!("discovery: {problem}");
+            self.last = Some((problem, Instant::now()));
+        }
+    }
+
+    /// Logs at INFO that the last problem is over, if there was one.
+    pub(crate) fn clear(&mut self) {
+        if let Some((problem, _)) = self.last.take() {
+            tracing::info!(%problem, "discovery: the problem is over");
+        }
+    }
 }

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod attempt;
+mod aurora;
 mod balance;
 mod config;
 mod connector;
@@ -36,6 +37,7 @@ mod url;
 #[path = "private.rs"]
 pub mod __private;
 
+pub use crate::aurora::{RejectedRow, Rule};
 pub use crate::balance::Balance;
 pub use crate::config::{
     Config, ConsistencyConfig, Discovery, DiscoverySource, HealthConfig, PoolConfig,
@@ -44,6 +46,7 @@ pub use crate::consistency::{ReadYourWrites, TokenError, WriteToken};
 pub use crate::credentials::{
     Credentials, CredentialsError, CredentialsProvider, Login, LoginFuture, Password, SecretFile,
 };
+pub use crate::discovery::DiscoveryStatus;
 pub use crate::error::{CheckoutError, ConfigError, Error, ErrorKind};
 pub use crate::health::Health;
 pub use crate::node::{NodeId, NodeStatus, Role};

@@ -16,13 +16,19 @@
 //! | `diesel_replica.ejections` | counter | `db.client.connection.pool.name` |
 //! | `diesel_replica.writer_fallbacks` | counter | `reason` (`no_replica`, `not_replayed`) |
 //! | `diesel_replica.node.up` | gauge, 1 or 0 | `db.client.connection.pool.name`, `diesel_replica.role` |
+//! | `diesel_replica.discovery.rejected_rows` | gauge | `rule` (`stale`, `no_server_id`, `no_endpoint`) |
+//! | `diesel_replica.discovery.writer_not_in_view` | gauge, 1 or 0 | |
+//! | `diesel_replica.discovery.failed` | gauge, 1 or 0 | |
 //!
 //! The pool name is the node's identity, `host:port/database`. The gauges,
 //! and the retry and ejection counters, are brought up to date every
-//! second by a task of the set's; the others as things happen.
+//! second by a task of the set's; the discovery gauges after each survey
+//! (see [`DiscoveryStatus`](crate::DiscoveryStatus)); the others as things
+//! happen.
 
 use std::time::Duration;
 
+use crate::discovery::DiscoveryStatus;
 use crate::route::Route;
 
 /// Why a read went to the writer.
@@ -65,6 +71,30 @@ impl Stopwatch {
         #[cfg(not(feature = "metrics"))]
         Duration::ZERO
     }
+}
+
+/// What discovery's last survey could not use.
+pub(crate) fn discovery(report: &DiscoveryStatus) {
+    #[cfg(feature = "metrics")]
+    {
+        use crate::aurora::Rule;
+
+        let flag = |on: bool| if on { 1.0 } else { 0.0 };
+        for rule in Rule::ALL {
+            let rows = report
+                .rejected
+                .iter()
+                .filter(|row| row.rule == rule)
+                .count();
+            metrics::gauge!("diesel_replica.discovery.rejected_rows", "rule" => rule.as_str())
+                .set(rows as f64);
+        }
+        metrics::gauge!("diesel_replica.discovery.writer_not_in_view")
+            .set(flag(report.writer_not_in_view));
+        metrics::gauge!("diesel_replica.discovery.failed").set(flag(report.failed.is_some()));
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = report;
 }
 
 /// A read went to the writer.

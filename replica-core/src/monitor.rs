@@ -5,10 +5,10 @@
 use std::sync::Arc;
 
 use diesel::QueryableByName;
-use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel::sql_types::{BigInt, Nullable};
 
+use crate::aurora::{self, Endpoints, View};
 use crate::config::ConsistencyConfig;
-use crate::discovery::AuroraEndpoints;
 use crate::health::Tracker;
 use crate::lag::Sample;
 use crate::node::{Node, NodeId, Role};
@@ -20,7 +20,7 @@ pub(crate) enum Source {
     /// WAL positions, on PostgreSQL.
     Wal,
     /// `aurora_replica_status()`, its `server_id`s made nodes by these.
-    Aurora(Arc<AuroraEndpoints>),
+    Aurora(Arc<Endpoints>),
 }
 
 /// The writer's WAL position, as bytes.
@@ -41,15 +41,6 @@ struct ReplicaPosition {
     since_replay_ms: Option<i64>,
 }
 
-/// One Aurora replica's reported lag.
-#[derive(QueryableByName)]
-struct AuroraLag {
-    #[diesel(sql_type = Text)]
-    server_id: String,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    lag_ms: Option<i64>,
-}
-
 const WRITER_POSITION: &str =
     "SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), '0/0')::int8 AS lsn";
 
@@ -58,11 +49,6 @@ const REPLICA_POSITION: &str = "SELECT \
      pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_last_wal_receive_lsn(), '0/0')::int8 AS received, \
      (extract(epoch FROM pg_catalog.now() - pg_catalog.pg_last_xact_replay_timestamp()) \
      * 1000)::int8 AS since_replay_ms";
-
-const AURORA_LAG: &str = "SELECT server_id::text AS server_id, \
-     replica_lag_in_msec::int8 AS lag_ms FROM aurora_replica_status() \
-     WHERE session_id <> 'MASTER_SESSION_ID' \
-     AND last_update_timestamp > now() - interval '5 minutes'";
 
 /// Samples every replica of `topology` once and records what it finds,
 /// logging each replica that falls behind the limits or catches up.
@@ -141,33 +127,32 @@ async fn sample_wal(topology: &Topology, probes: &Probes) -> Vec<(usize, Sample)
     samples
 }
 
+/// Each replica's lag as the writer's view reports it, read by the same
+/// rules as discovery's: a replica whose lag is NULL gets a sample of no
+/// known lag (it qualifies for no token), never 0.
 async fn sample_aurora(
     topology: &Topology,
-    endpoints: &AuroraEndpoints,
+    endpoints: &Endpoints,
     probes: &Probes,
 ) -> Vec<(usize, Sample)> {
-    let Some(rows) = ask::<AuroraLag>(&topology.writer, AURORA_LAG, probes).await else {
+    let Some(rows) = ask::<aurora::Row>(&topology.writer, aurora::STATUS, probes).await else {
         return Vec::new();
     };
-    let mut samples = Vec::new();
-    for row in rows {
-        let Ok(url) = endpoints.url(&row.server_id) else {
-            continue;
-        };
-        let id = NodeId::of(&url);
-        if let Some(i) = topology.replicas.iter().position(|node| node.id == id) {
-            let lag_ms = row.lag_ms.and_then(|v| u64::try_from(v).ok());
-            samples.push((
-                i,
-                Sample {
-                    replayed: None,
-                    lag_ms,
-                    lag_bytes: None,
-                },
-            ));
-        }
-    }
-    samples
+    View::read(rows, endpoints)
+        .instances
+        .into_iter()
+        .filter(|instance| !instance.writer)
+        .filter_map(|instance| {
+            let id = NodeId::of(&instance.url);
+            let i = topology.replicas.iter().position(|node| node.id == id)?;
+            let sample = Sample {
+                replayed: None,
+                lag_ms: instance.lag_ms,
+                lag_bytes: None,
+            };
+            Some((i, sample))
+        })
+        .collect()
 }
 
 /// Runs `sql` on the monitor's connection to `node`; `None` when that

@@ -16,9 +16,10 @@ use tracing::Instrument;
 use tracing::instrument::WithSubscriber;
 
 use crate::attempt::{self, Failure, attempt};
+use crate::aurora;
 use crate::config::{Config, ConsistencyConfig, Discovery, DiscoverySource, HealthConfig};
 use crate::consistency::{ReadYourWrites, WriteToken};
-use crate::discovery::{self, AuroraEndpoints};
+use crate::discovery::{self, DiscoveryStatus, Warnings};
 use crate::error::{ConfigError, Error, error_chain};
 use crate::metrics;
 use crate::monitor;
@@ -74,6 +75,8 @@ struct Inner {
     /// Becomes true once discovery's first survey is over (at once without
     /// discovery).
     surveyed: tokio::sync::watch::Sender<bool>,
+    /// What discovery's last survey could not use.
+    discovery: std::sync::Mutex<DiscoveryStatus>,
 }
 
 /// Time between two surveys while no writer is known.
@@ -184,11 +187,12 @@ impl ReplicaSet {
                 wake: Arc::new(Notify::new()),
                 source: config.discovery.source(),
                 surveyed: tokio::sync::watch::Sender::new(false),
+                discovery: std::sync::Mutex::default(),
             }),
         };
         // Aurora's view serves discovery and the lag monitor alike.
         let aurora = match &config.discovery {
-            Discovery::Aurora { host_pattern, .. } => Some(Arc::new(AuroraEndpoints {
+            Discovery::Aurora { host_pattern, .. } => Some(Arc::new(aurora::Endpoints {
                 pattern: host_pattern.clone(),
                 template: config.writer.clone(),
             })),
@@ -473,9 +477,31 @@ impl ReplicaSet {
             writer_available,
             generation: topology.generation,
             source: self.inner.source,
+            discovery: self.discovery_status(),
             writer,
             replicas,
         }
+    }
+
+    fn discovery_status(&self) -> DiscoveryStatus {
+        let status = self.inner.discovery.lock();
+        status.unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Keeps what discovery's last survey could not use, for status and
+    /// metrics, and says it (see [`Warnings`]).
+    fn record_survey(&self, report: DiscoveryStatus, warnings: &mut Warnings) {
+        metrics::discovery(&report);
+        if report.is_clean() {
+            warnings.clear();
+        } else {
+            warnings.warn(report.to_string());
+        }
+        *self
+            .inner
+            .discovery
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = report;
     }
 
     /// Runs a read on the replicas (then the writer), with retries; with a
@@ -628,7 +654,7 @@ enum Source {
     /// Candidate hosts, each asked whether it is in recovery.
     Hosts(Vec<DatabaseUrl>),
     /// `aurora_replica_status()`, its instances made nodes by these.
-    Aurora(Arc<AuroraEndpoints>),
+    Aurora(Arc<aurora::Endpoints>),
 }
 
 /// Keeps the nodes what `source` says they are, surveying at once, then
@@ -650,6 +676,7 @@ async fn watch(inner: std::sync::Weak<Inner>, source: Source, interval: Duration
         None => return,
     };
     let mut announced_unavailable = false;
+    let mut warnings = Warnings::default();
     let mut first = true;
     loop {
         if !std::mem::take(&mut first) {
@@ -676,16 +703,17 @@ async fn watch(inner: std::sync::Weak<Inner>, source: Source, interval: Duration
                     .chain(&current.replicas)
                     .map(|node| node.url.clone())
                     .collect();
-                probes.keep_only(&nodes);
+                probes.keep_only(nodes.iter().chain([&endpoints.template]));
                 match discovery::survey_aurora(&nodes, endpoints, &probes).await {
                     Ok(survey) => survey,
-                    Err(why) => {
-                        tracing::warn!(%why, "discovery found nothing usable; the nodes stay as they were");
+                    Err(report) => {
+                        set.record_survey(report, &mut warnings);
                         continue;
                     }
                 }
             }
         };
+        set.record_survey(std::mem::take(&mut survey.report), &mut warnings);
         // A writer that did not answer is no writer, whoever names it.
         survey.writers.retain(|writer| {
             let id = NodeId::of(writer);
@@ -835,6 +863,10 @@ pub struct Status {
     pub generation: u64,
     /// Where the nodes come from.
     pub source: DiscoverySource,
+    /// What discovery's last survey could not use: rejected rows of
+    /// Aurora's view, a view that named no writer, a survey that changed
+    /// nothing. Empty without discovery.
+    pub discovery: DiscoveryStatus,
     /// The writer.
     pub writer: NodeStatus,
     /// The replicas, in configuration order.

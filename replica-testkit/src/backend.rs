@@ -4,7 +4,7 @@
 //! modules, so it lives in the crate root, above them.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::tls::TlsFiles;
@@ -77,6 +77,10 @@ pub(crate) trait Driver: fmt::Debug + Send + Sync {
 
     /// The machine's PostgreSQL binaries (see [`Cluster::bin_dir`](crate::Cluster::bin_dir)).
     fn bin_dir(&self) -> &Path;
+
+    /// A directory on this machine that holds the node's unix socket (see
+    /// [`Cluster::socket_dir`](crate::Cluster::socket_dir)).
+    fn socket_dir(&self, node: &Node) -> PathBuf;
 
     /// Makes the first primary (initdb with the testkit's password, the common settings,
     /// TLS if `tls`) and starts it.

@@ -21,6 +21,7 @@
 //! when the cluster is dropped, and a later cluster removes those whose owner has died.
 //! Partitions are the `partition` module's.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -49,6 +50,9 @@ pub const OWNER_LABEL: &str = "diesel-replica-testkit.owner";
 const HOME: &str = "/var/lib/postgresql";
 /// How long a node may take to accept connections after its container starts.
 const READY_TIMEOUT_STEPS: u32 = 1200;
+/// Where a node's second socket directory, [`Driver::socket_dir`] on this machine, is
+/// mounted in its container.
+const SOCKET_MOUNT: &str = "/run/testkit-socket";
 /// How long `docker version` may take to answer.
 const ENGINE_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -212,10 +216,17 @@ impl Docker {
              volume-label={OWNER_LABEL}={}",
             self.id, self.owner
         );
+        // The node's socket is also in a directory of this machine's, for clients here
+        // (the container's `postgres` makes it: anyone may write the directory).
+        let sockets = self.socket_dir(node);
+        fs::create_dir_all(&sockets)
+            .and_then(|()| fs::set_permissions(&sockets, fs::Permissions::from_mode(0o777)))
+            .map_err(io_err(format!("making {}", sockets.display())))?;
+        let socket_mount = format!("type=bind,src={},dst={SOCKET_MOUNT}", sockets.display());
         cmd.args(["create", "--name", &name, "--hostname", &node.name])
             .args(["--network", &self.network, "--network-alias", &node.name])
             .args(self.labels())
-            .args(["--mount", &volume])
+            .args(["--mount", &volume, "--mount", &socket_mount])
             .args(["-p", &format!("127.0.0.1:{port}:{port}")]);
         if self.ipv6 {
             cmd.args(["-p", &format!("[::1]:{port}:{port}")]);
@@ -292,6 +303,10 @@ impl Driver for Docker {
 
     fn bin_dir(&self) -> &Path {
         &self.bin
+    }
+
+    fn socket_dir(&self, node: &Node) -> PathBuf {
+        self.dir.join("sockets").join(&node.name)
     }
 
     fn init_primary(&self, node: &Node, tls: Option<&TlsFiles>, _ipv6: bool) -> Result<(), Error> {
@@ -464,11 +479,12 @@ impl Driver for Docker {
 
 impl Docker {}
 
-/// The node's own `postgresql.conf` lines: its port (the published one) and socket dir.
+/// The node's own `postgresql.conf` lines: its port (the published one) and socket
+/// directories (its data directory, and the one mounted from this machine).
 fn own_conf(node: &Node) -> String {
     let socket_dir = node.data_dir.display().to_string().replace('\'', "''");
     format!(
-        "port = {}\nunix_socket_directories = '{socket_dir}'\n",
+        "port = {}\nunix_socket_directories = '{socket_dir}, {SOCKET_MOUNT}'\n",
         node.port
     )
 }
@@ -477,7 +493,6 @@ fn own_conf(node: &Node) -> String {
 /// container's `postgres` user can read them once copied in (root owns what `docker cp`
 /// copies); the entrypoint puts them into the data directory with mode 0600.
 fn stage_tls(files: &TlsFiles, dir: &Path) -> Result<(), Error> {
-    use std::os::unix::fs::PermissionsExt;
     fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
     for (from, name) in [
         (&files.server_cert, "server.crt"),

@@ -565,6 +565,14 @@ impl Cluster {
         self.topology().slot(id).node.clone()
     }
 
+    /// A directory on this machine that holds the node's unix socket, `.s.PGSQL.PORT`
+    /// (`PORT` being [`Node::port`]): its data directory on the local backend, a directory
+    /// of the cluster's temp dir mounted into its container on Docker. Connections there
+    /// are trusted, as `postgres` or any role.
+    pub fn socket_dir(&self, id: NodeId) -> PathBuf {
+        self.driver.socket_dir(&self.node(id))
+    }
+
     /// The directory holding the PostgreSQL binaries in use (for running e.g. psql or pgbench).
     ///
     /// On the Docker backend, the servers run the image's binaries: this is the directory

@@ -101,6 +101,10 @@ impl Driver for Local {
         &self.bin
     }
 
+    fn socket_dir(&self, node: &Node) -> PathBuf {
+        node.data_dir.clone()
+    }
+
     fn init_primary(&self, node: &Node, tls: Option<&TlsFiles>, ipv6: bool) -> Result<(), Error> {
         if let Some(files) = tls {
             for path in [
