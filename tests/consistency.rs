@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::aurora::{Aurora, FORMS, Form};
 use diesel::QueryableByName;
 use diesel::sql_types::{Bool, Integer, Nullable};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -511,74 +512,72 @@ async fn session_writes_are_seen_whatever_the_body_sets(cluster: Arc<Cluster>) {
 }
 
 async fn aurora_lag_and_tokens_go_by_reported_time(cluster: Arc<Cluster>) {
-    let primary = port(&cluster, NodeId::Primary);
-    let (lagging, fine) = (
-        port(&cluster, NodeId::Replica(0)),
-        port(&cluster, NodeId::Replica(1)),
-    );
-    cluster
-        .psql(NodeId::Primary, common::AURORA_EMULATION)
+    for (k, form) in (40..).zip(FORMS) {
+        aurora_lag_by_reported_time(&cluster, form, k).await;
+    }
+}
+
+/// Reported lag, in Aurora's `form`, with key `k` for the writes.
+async fn aurora_lag_by_reported_time(cluster: &Cluster, form: Form, k: i32) {
+    let (lagging, fine) = (NodeId::Replica(0), NodeId::Replica(1));
+    let aurora = Aurora::install(cluster, form).await;
+    aurora.insert(&[
+        (NodeId::Primary, "MASTER_SESSION_ID", 0.0),
+        (lagging, "a", 5000.0),
+        (fine, "b", 600.0),
+    ]);
+    let mut vars = aurora.vars();
+    vars.push(("DATABASE_LAG_INTERVAL_MS", "100".to_owned()));
+    vars.push(("DATABASE_MAX_REPLICA_LAG_MS", "1000".to_owned()));
+    let db = ReplicaSet::connect(Config::from_vars(None, vars).unwrap())
+        .await
         .unwrap();
-    cluster
-        .psql(
-            NodeId::Primary,
-            &format!(
-                "INSERT INTO aurora_topology (server_id, session_id, replica_lag_in_msec) VALUES \
-                 ('{primary}', 'MASTER_SESSION_ID', 0), ('{lagging}', 'a', 5000), \
-                 ('{fine}', 'b', 600)"
-            ),
-        )
-        .unwrap();
-    cluster.wait_for_replication().unwrap();
-    let config = Config::from_vars(
-        None,
-        [
-            ("DATABASE_URL", cluster.writer_url()),
-            ("DATABASE_DISCOVERY", "aurora".to_owned()),
-            ("DATABASE_AURORA_HOST_PATTERN", "127.0.0.1:?".to_owned()),
-            ("DATABASE_LAG_INTERVAL_MS", "100".to_owned()),
-            ("DATABASE_MAX_REPLICA_LAG_MS", "1000".to_owned()),
-        ],
-    )
-    .unwrap();
-    let db = ReplicaSet::connect(config).await.unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let status = db.status();
-    let lag_of = |port: i32| {
+    let lag_of = |id: NodeId| {
+        let status = db.status();
         status
             .replicas
             .iter()
-            .find(|r| r.address.ends_with(&format!(":{port}")))
+            .find(|r| r.address == aurora.address(id))
             .map(|r| (r.lag, r.behind))
-            .unwrap()
+            .unwrap_or_else(|| panic!("{form:?}: no {id:?} in {status:?}"))
     };
     assert_eq!(lag_of(lagging), (Some(Duration::from_millis(5000)), true));
     assert_eq!(lag_of(fine), (Some(Duration::from_millis(600)), false));
+    let (lagging_port, fine_port) = (port(cluster, lagging), port(cluster, fine));
     for _ in 0..20 {
-        let read = get(&db, &ReadYourWrites::new(), 4).await;
+        let read = get(&db, &ReadYourWrites::new(), k).await;
         assert_eq!(
-            read.port, fine,
+            read.port, fine_port,
             "the replica reported 5 s behind gets no reads"
         );
     }
     // Just after a write, no replica is 600 ms ahead of it: the writer.
     let rw = ReadYourWrites::new();
-    put(&db, &rw, 4, 4).await;
-    let read = get(&db, &rw, 4).await;
+    put(&db, &rw, k, k).await;
+    let read = get(&db, &rw, k).await;
     assert!(!read.in_recovery, "{read:?}");
-    assert_eq!(read.v, Some(4));
+    assert_eq!(read.v, Some(k));
     // Later, the replica whose lag is less than the time since does.
     cluster.wait_for_replication().unwrap();
     tokio::time::sleep(Duration::from_millis(900)).await;
-    let read = get(&db, &rw, 4).await;
-    assert_eq!((read.port, read.v), (fine, Some(4)));
+    let read = get(&db, &rw, k).await;
+    assert_eq!((read.port, read.v), (fine_port, Some(k)));
     // A time from the future never qualifies a replica.
     let future = ReadYourWrites::resume(Some("0/0@99999999999999")).unwrap();
-    assert!(!get(&db, &future, 4).await.in_recovery);
-    cluster
-        .psql(
-            NodeId::Primary,
-            "DROP FUNCTION aurora_replica_status(); DROP TABLE aurora_topology",
-        )
-        .unwrap();
+    assert!(!get(&db, &future, k).await.in_recovery);
+    // A lag Aurora does not know (NULL) is no lag known: the replica is
+    // not held behind the limit, and never serves a read that must see a
+    // write.
+    aurora.drive(&format!(
+        "UPDATE aurora_topology SET replica_lag_in_msec = NULL WHERE server_id = '{}'",
+        aurora.instance(lagging)
+    ));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(lag_of(lagging), (None, false), "{form:?}");
+    for _ in 0..20 {
+        let read = get(&db, &rw, k).await;
+        assert_ne!(read.port, lagging_port, "{form:?}: {read:?}");
+        assert_eq!(read.v, Some(k));
+    }
 }

@@ -1,7 +1,8 @@
 //! Writer failover on a real primary and two streaming replicas: the
 //! primary is killed and a replica promoted while 32 readers and a writer
 //! run, found by candidate-hosts discovery and by Aurora discovery (over
-//! an emulated `aurora_replica_status()`). Each test adds its own two
+//! an emulated `aurora_replica_status()`, in the forms of Aurora before and
+//! since 13.9). Each test adds its own two
 //! replicas to whichever node is the primary when it starts.
 
 mod common;
@@ -11,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::aurora::{Aurora, FORMS, Form};
 use common::report;
 use diesel_async::RunQueryDsl;
 use diesel_replica::{Config, DiscoverySource, ErrorKind, ReplicaSet};
@@ -198,56 +200,49 @@ async fn a_promoted_replica_becomes_the_writer_and_reads_never_fail(cluster: Arc
 }
 
 async fn aurora_discovery_follows_the_writer_aurora_names(cluster: Arc<Cluster>) {
-    let (primary, first, second) = primary_and_two_replicas(&cluster);
-    let port = |id| cluster.node(id).port();
-    cluster.psql(primary, common::AURORA_EMULATION).unwrap();
-    cluster
-        .psql(
-            primary,
-            &format!(
-                "INSERT INTO aurora_topology (server_id, session_id) VALUES \
-                 ('{}', 'MASTER_SESSION_ID'), ('{}', 'a1'), ('{}', 'a2')",
-                port(primary),
-                port(first),
-                port(second)
-            ),
-        )
+    for form in FORMS {
+        aurora_follows_the_writer(&cluster, form).await;
+    }
+}
+
+async fn aurora_follows_the_writer(cluster: &Cluster, form: Form) {
+    let (primary, first, second) = primary_and_two_replicas(cluster);
+    let aurora = Aurora::install(cluster, form).await;
+    aurora.insert(&[
+        (primary, "MASTER_SESSION_ID", 0.0),
+        (first, "a1", 0.0),
+        (second, "a2", 0.0),
+    ]);
+    let mut vars = aurora.vars();
+    // The default: only a failing writer makes discovery look sooner.
+    vars.push(("DATABASE_DISCOVERY_INTERVAL_MS", "30000".to_owned()));
+    vars.push(("DATABASE_CONNECT_TIMEOUT_MS", "1000".to_owned()));
+    let db = ReplicaSet::connect(Config::from_vars(None, vars).unwrap())
+        .await
         .unwrap();
-    cluster.wait_for_replication().unwrap();
-    let config = Config::from_vars(
-        None,
-        [
-            ("DATABASE_URL", cluster.writer_url()),
-            ("DATABASE_DISCOVERY", "aurora".to_owned()),
-            ("DATABASE_AURORA_HOST_PATTERN", "127.0.0.1:?".to_owned()),
-            // The default: only a failing writer makes discovery look
-            // sooner.
-            ("DATABASE_DISCOVERY_INTERVAL_MS", "30000".to_owned()),
-            ("DATABASE_CONNECT_TIMEOUT_MS", "1000".to_owned()),
-        ],
-    )
-    .unwrap();
-    let db = ReplicaSet::connect(config).await.unwrap();
     assert_eq!(
         db.replica_count(),
         2,
-        "the replicas are discovered at start"
+        "{form:?}: the replicas are discovered at start"
     );
     assert_eq!(db.status().source, DiscoverySource::Aurora);
+    assert_eq!(db.status().writer.address, aurora.address(primary));
 
     let load = Load::start(&db);
-    let (kill_issued, killed) = load.kill_after_a_while(&cluster, primary).await;
+    let (kill_issued, killed) = load.kill_after_a_while(cluster, primary).await;
     // While the replicas still name the dead writer, writes fail fast.
-    assert_eq!(db.status().writer.address, address(&cluster, primary));
+    assert_eq!(db.status().writer.address, aurora.address(primary));
     cluster.promote(first).unwrap();
+    // The new writer's view: its own row has no timestamp in the current
+    // form, and the dead writer's row is gone.
     cluster
         .psql(
             first,
             &format!(
                 "UPDATE aurora_topology SET session_id = 'MASTER_SESSION_ID' \
                  WHERE server_id = '{}'; DELETE FROM aurora_topology WHERE server_id = '{}'",
-                port(first),
-                port(primary)
+                aurora.instance(first),
+                aurora.instance(primary)
             ),
         )
         .unwrap();
@@ -255,14 +250,15 @@ async fn aurora_discovery_follows_the_writer_aurora_names(cluster: Arc<Cluster>)
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (first_write, failed) = load.finish(kill_issued, killed, named).await;
     println!(
-        "aurora: killed at {killed} ms, new writer named at {named} ms, first write after \
-         at {first_write} ms ({} ms after); {failed} writes failed",
+        "aurora ({form:?}): killed at {killed} ms, new writer named at {named} ms, first \
+         write after at {first_write} ms ({} ms after); {failed} writes failed",
         first_write - named,
     );
     let status = db.status();
-    assert_eq!(status.writer.address, address(&cluster, first));
+    assert_eq!(status.writer.address, aurora.address(first));
     let replicas: Vec<_> = status.replicas.iter().map(|r| r.address.clone()).collect();
-    assert_eq!(replicas, [address(&cluster, second)]);
+    assert_eq!(replicas, [aurora.address(second)]);
+    assert!(status.discovery.is_clean(), "{status:?}");
 }
 
 /// A read runs its body alone on a replica, with no `READ ONLY`

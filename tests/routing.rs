@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
+use common::aurora::{Aurora, FORMS, Form};
 use common::{closed_port, replica_ports, report};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::RunQueryDsl;
-use diesel_replica::{Config, Error, ReplicaSet};
+use diesel_replica::{Config, Error, ReplicaSet, Rule};
 use diesel_replica_testkit::{Cluster, NodeId, Served, WHO_SERVED, who_served};
 
 const SETUP: &str = "CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL)";
@@ -51,6 +52,7 @@ fn main() -> ExitCode {
             replicas_added_and_removed_while_reading_fail_no_read,
             candidate_hosts_discovery_finds_the_writer_and_the_replicas,
             aurora_discovery_follows_aurora_replica_status,
+            aurora_writes_go_to_the_endpoint_when_the_view_names_no_writer,
         ],
     )
 }
@@ -1017,114 +1019,210 @@ async fn candidate_hosts_discovery_finds_the_writer_and_the_replicas(cluster: Ar
 }
 
 async fn aurora_discovery_follows_aurora_replica_status(cluster: Arc<Cluster>) {
+    for form in FORMS {
+        aurora_discovery_follows(&cluster, form).await;
+    }
+}
+
+async fn aurora_discovery_follows(cluster: &Cluster, form: Form) {
+    let [first, second, third] = cluster.replica_ids()[..] else {
+        panic!("three replicas")
+    };
+    let aurora = Aurora::install(cluster, form).await;
+    // After the wait for the emulation, which may move this task to
+    // another thread: the set's tasks take the subscriber of the thread
+    // that builds it.
     let captured = common::Captured::default();
     let subscriber = captured.subscriber(tracing_subscriber::filter::LevelFilter::INFO);
     let _guard = tracing_subscriber::util::SubscriberInitExt::set_default(subscriber);
-    let primary = cluster.primary().port();
-    let replicas = replica_ports(&cluster);
-    cluster
-        .psql(NodeId::Primary, common::AURORA_EMULATION)
-        .unwrap();
-    let drive = |sql: String| {
-        cluster.psql(NodeId::Primary, &sql).unwrap();
-        cluster.wait_for_replication().unwrap();
-    };
-    drive(format!(
-        "INSERT INTO aurora_topology (server_id, session_id) VALUES \
-         ('{primary}', 'MASTER_SESSION_ID'), ('{}', 'a1'), ('{}', 'a2'), ('{}', 'a3')",
-        replicas[0], replicas[1], replicas[2]
-    ));
+    aurora.insert(&[
+        (NodeId::Primary, "MASTER_SESSION_ID", 0.0),
+        (first, "a1", 0.0),
+        (second, "a2", 0.0),
+        (third, "a3", 0.0),
+    ]);
     // An instance not updated for 10 minutes is gone, whatever it says.
-    drive(format!(
+    aurora.drive(&format!(
         "UPDATE aurora_topology SET last_update_timestamp = now() - interval '10 minutes' \
          WHERE server_id = '{}'",
-        replicas[2]
+        aurora.instance(third)
     ));
-    let config = Config::from_vars(
-        None,
-        [
-            ("DATABASE_URL", cluster.writer_url()),
-            ("DATABASE_DISCOVERY", "aurora".to_owned()),
-            // Instance ids are the test nodes' ports.
-            ("DATABASE_AURORA_HOST_PATTERN", "127.0.0.1:?".to_owned()),
-            ("DATABASE_DISCOVERY_INTERVAL_MS", "100".to_owned()),
-        ],
-    )
-    .unwrap();
-    let db = ReplicaSet::connect(config).await.unwrap();
-    let ports_now = || -> Vec<i32> {
-        let mut ports: Vec<i32> = db
-            .status()
+    let mut vars = aurora.vars();
+    vars.push(("DATABASE_DISCOVERY_INTERVAL_MS", "100".to_owned()));
+    let db = ReplicaSet::connect(Config::from_vars(None, vars).unwrap())
+        .await
+        .unwrap();
+    let nodes_now = || -> Vec<NodeId> {
+        let status = db.status();
+        let mut nodes: Vec<NodeId> = status
             .replicas
             .iter()
-            .map(|r| r.address.rsplit(':').next().unwrap().parse().unwrap())
+            .map(|r| aurora.node_at(&r.address).expect(&r.address))
             .collect();
-        ports.sort_unstable();
-        ports
+        nodes.sort_by_key(|id| format!("{id:?}"));
+        nodes
     };
-    let wait_for = async |mut expected: Vec<i32>| {
-        expected.sort_unstable();
+    let wait_for = async |expected: Vec<NodeId>| {
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        while ports_now() != expected {
+        while nodes_now() != expected {
             assert!(
                 std::time::Instant::now() < deadline,
-                "{:?} != {expected:?}",
-                ports_now()
+                "{form:?}: {:?} != {expected:?}",
+                nodes_now()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
-    wait_for(vec![replicas[0], replicas[1]]).await;
-    drive(format!(
+    wait_for(vec![first, second]).await;
+    let status = db.status();
+    assert_eq!(
+        status.writer.address,
+        aurora.address(NodeId::Primary),
+        "{form:?}: the writer's own row names it, whatever its timestamp"
+    );
+    assert!(status.healthy && status.writer_available, "{status:?}");
+    let rejected: Vec<_> = status
+        .discovery
+        .rejected
+        .iter()
+        .map(|row| (row.server_id.clone(), row.rule))
+        .collect();
+    assert_eq!(
+        rejected,
+        [(aurora.instance(third), Rule::Stale)],
+        "{form:?}"
+    );
+    assert!(!status.discovery.writer_not_in_view);
+    assert!(
+        captured.text().contains(&format!(
+            "row rejected: `{}`: a replica's row not updated for over 300 s",
+            aurora.instance(third)
+        )),
+        "{}",
+        captured.text()
+    );
+    db.write(async |conn| {
+        diesel::sql_query("INSERT INTO items (name) VALUES ('aurora')")
+            .execute(conn)
+            .await
+    })
+    .await
+    .unwrap();
+
+    aurora.drive(&format!(
         "DELETE FROM aurora_topology WHERE server_id = '{}'",
-        replicas[0]
+        aurora.instance(first)
     ));
-    wait_for(vec![replicas[1]]).await;
-    drive(format!(
+    wait_for(vec![second]).await;
+    aurora.drive(&format!(
         "UPDATE aurora_topology SET last_update_timestamp = now() WHERE server_id = '{}'",
-        replicas[2]
+        aurora.instance(third)
     ));
-    wait_for(vec![replicas[1], replicas[2]]).await;
+    wait_for(vec![second, third]).await;
     for _ in 0..6 {
         assert!(db.read(who_served).await.unwrap().in_recovery);
     }
-    // Garbage keeps the last good topology.
+    assert!(db.status().discovery.is_clean(), "{:?}", db.status());
+    // Garbage keeps the last good topology, and says so.
     let generation = db.status().generation;
-    drive("UPDATE aurora_topology SET server_id = server_id || '/x'".to_owned());
+    aurora.drive("UPDATE aurora_topology SET server_id = server_id || ' x'");
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(db.status().generation, generation);
-    let mut expected = vec![replicas[1], replicas[2]];
-    expected.sort_unstable();
-    assert_eq!(ports_now(), expected);
+    let status = db.status();
+    assert_eq!(status.generation, generation);
+    assert_eq!(nodes_now(), [second, third]);
+    assert!(status.discovery.failed.is_some(), "{status:?}");
+    assert_eq!(status.discovery.rejected.len(), 3, "{status:?}");
+    assert!(
+        status
+            .discovery
+            .rejected
+            .iter()
+            .all(|row| row.rule == Rule::NoEndpoint && row.server_id.ends_with(" x")),
+        "{status:?}"
+    );
+    let warned = |text: &str| captured.text().lines().filter(|l| l.contains(text)).count();
+    assert_eq!(
+        warned("names no instance that can be used"),
+        1,
+        "said once, not at every survey: {}",
+        captured.text()
+    );
 
     // Aurora names another writer (here a standby, which only this set
     // believes): each role change is logged once, with the node.
-    drive(format!(
-        "UPDATE aurora_topology SET server_id = split_part(server_id, '/', 1); \
-         UPDATE aurora_topology SET session_id = CASE server_id WHEN '{primary}' THEN 'a0' \
+    aurora.drive(&format!(
+        "UPDATE aurora_topology SET server_id = split_part(server_id, ' ', 1); \
+         UPDATE aurora_topology SET session_id = CASE server_id WHEN '{}' THEN 'a0' \
          WHEN '{}' THEN 'MASTER_SESSION_ID' ELSE session_id END",
-        replicas[1]
+        aurora.instance(NodeId::Primary),
+        aurora.instance(second)
     ));
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    while db.status().writer.address != format!("127.0.0.1:{}", replicas[1]) {
+    while db.status().writer.address != aurora.address(second) {
         assert!(std::time::Instant::now() < deadline, "{:?}", db.status());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let log = captured.text();
-    let lines = |event: &str, port: i32| {
+    let lines = |event: &str, id: NodeId| {
         log.lines()
-            .filter(|line| line.contains(event) && line.contains(&format!("127.0.0.1:{port}")))
+            .filter(|line| line.contains(event) && line.contains(&aurora.address(id)))
             .count()
     };
-    assert_eq!(lines("node promoted", replicas[1]), 1, "{log}");
-    assert_eq!(lines("node demoted", primary.into()), 1, "{log}");
-    cluster
-        .psql(
-            NodeId::Primary,
-            "DROP FUNCTION aurora_replica_status(); DROP TABLE aurora_topology",
-        )
-        .unwrap();
+    assert_eq!(lines("node promoted", second), 1, "{log}");
+    assert_eq!(lines("node demoted", NodeId::Primary), 1, "{log}");
+    assert!(log.contains("discovery: the problem is over"), "{log}");
+}
+
+/// Aurora's view may name no writer (a row it lost, a rule it broke): the
+/// cluster endpoint is then asked, and writes go there while it answers
+/// as a writer. Only when no node answers as one do writes fail.
+async fn aurora_writes_go_to_the_endpoint_when_the_view_names_no_writer(cluster: Arc<Cluster>) {
+    let [first, second, _] = cluster.replica_ids()[..] else {
+        panic!("three replicas")
+    };
+    for form in FORMS {
+        let aurora = Aurora::install(&cluster, form).await;
+        aurora.insert(&[
+            (NodeId::Primary, "MASTER_SESSION_ID", 0.0),
+            (first, "a1", 0.0),
+            (second, "a2", 0.0),
+        ]);
+        // The writer's row is gone from the view.
+        aurora.drive(&format!(
+            "DELETE FROM aurora_topology WHERE server_id = '{}'",
+            aurora.instance(NodeId::Primary)
+        ));
+        let mut vars = aurora.vars();
+        vars.push(("DATABASE_DISCOVERY_INTERVAL_MS", "100".to_owned()));
+        let db = ReplicaSet::connect(Config::from_vars(None, vars.clone()).unwrap())
+            .await
+            .unwrap();
+        let status = db.status();
+        assert!(status.writer_available && status.healthy, "{status:?}");
+        assert!(status.discovery.writer_not_in_view, "{status:?}");
+        assert_eq!(
+            status.writer.address,
+            format!("127.0.0.1:{}", cluster.primary().port())
+        );
+        assert_eq!(status.replicas.len(), 2, "{status:?}");
+        let served = db.write(who_served).await.unwrap();
+        assert!(!served.in_recovery, "{form:?}: {served:?}");
+        assert!(db.read(who_served).await.unwrap().in_recovery);
+
+        // An endpoint that answers as a standby is no writer: writes fail.
+        // (`connect` would refuse it as the writer it warms up.)
+        vars[0].1 = cluster.url(first);
+        let db = ReplicaSet::new(Config::from_vars(None, vars).unwrap()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while db.status().writer_available {
+            assert!(std::time::Instant::now() < deadline, "{:?}", db.status());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(db.status().discovery.writer_not_in_view);
+        let err = db.write(who_served).await.unwrap_err();
+        assert!(matches!(err, Error::WriterUnavailable { .. }), "{err:?}");
+    }
 }
 
 /// A plain read sends its statements alone, each its own transaction; a

@@ -5,6 +5,7 @@
 //! and stopped and removed after them (a `static` would never be dropped).
 #![allow(dead_code, reason = "each test binary uses a part of this module")]
 
+pub(crate) mod aurora;
 pub(crate) mod load;
 
 use std::future::Future;
@@ -233,16 +234,3 @@ impl std::io::Write for Captured {
         Ok(())
     }
 }
-
-/// Aurora's `aurora_replica_status()`, emulated on a PostgreSQL primary
-/// (and replicated): a function with Aurora's columns over a table the
-/// tests drive. Replaces any earlier emulation.
-pub(crate) const AURORA_EMULATION: &str = "DROP FUNCTION IF EXISTS aurora_replica_status(); \
-     DROP TABLE IF EXISTS aurora_topology; \
-     CREATE TABLE aurora_topology (server_id text PRIMARY KEY, \
-     session_id text NOT NULL, replica_lag_in_msec float8 NOT NULL DEFAULT 0, \
-     last_update_timestamp timestamptz NOT NULL DEFAULT now()); \
-     CREATE FUNCTION aurora_replica_status() RETURNS TABLE (server_id text, session_id text, \
-     replica_lag_in_msec float8, last_update_timestamp timestamptz) LANGUAGE sql \
-     AS 'SELECT server_id, session_id, replica_lag_in_msec, last_update_timestamp \
-     FROM aurora_topology'";
