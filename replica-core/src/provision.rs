@@ -145,7 +145,8 @@ fn provision<M: MigrationSource<Pg>>(
     let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(conn);
     conn.transaction(|conn| {
         let missing: Missing = diesel::sql_query(
-            "SELECT pg_advisory_xact_lock(hashtext('diesel-replica provision ' || $1)) IS NOT NULL \
+            "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('diesel-replica provision ' || $1)) \
+             IS NOT NULL \
              AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1) AS missing",
         )
         .bind::<Text, _>(tenant.name())
