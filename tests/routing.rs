@@ -1108,6 +1108,17 @@ async fn aurora_discovery_follows(cluster: &Cluster, form: Form) {
     })
     .await
     .unwrap();
+    // The WAL-position functions fail for the application, as on Aurora.
+    for sql in [
+        "SELECT pg_catalog.pg_last_wal_replay_lsn()",
+        "SELECT pg_last_wal_replay_lsn()",
+    ] {
+        let err = db
+            .read(async |conn| diesel::sql_query(sql).execute(conn).await)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), diesel_replica::ErrorKind::Query, "{sql}: {err}");
+    }
 
     aurora.drive(&format!(
         "DELETE FROM aurora_topology WHERE server_id = '{}'",

@@ -1,6 +1,7 @@
 //! Aurora on a real cluster: `aurora_replica_status()` emulated on the
 //! primary (and replicated), instance ids that are names as Aurora's are,
-//! and an endpoint of its own for each instance.
+//! an endpoint of its own for each instance, and an application role for
+//! which the WAL-position functions fail, as they do on Aurora.
 //!
 //! Each instance's endpoint is a socket directory named after it,
 //! `DIR/<instance id>`, holding a link to its node's socket, so that
@@ -25,6 +26,25 @@ pub(crate) enum Form {
 
 pub(crate) const FORMS: [Form; 2] = [Form::Current, Form::Before13_9];
 
+/// The application's role while Aurora is emulated, and its password.
+const ROLE: &str = "aurora_app";
+const ROLE_PASSWORD: &str = "aurora-app-pw";
+
+/// The WAL-position functions Aurora does not support ("Function
+/// pg_last_wal_replay_lsn() is currently not supported for Aurora",
+/// SQLSTATE 0A000). For [`ROLE`] they are revoked (`pg_catalog.` calls
+/// fail with 42501) and shadowed on its search path by functions that
+/// raise 0A000 (unqualified calls).
+const WAL_FUNCTIONS: [(&str, &str); 7] = [
+    ("pg_current_wal_lsn", "pg_lsn"),
+    ("pg_current_wal_insert_lsn", "pg_lsn"),
+    ("pg_current_wal_flush_lsn", "pg_lsn"),
+    ("pg_last_wal_receive_lsn", "pg_lsn"),
+    ("pg_last_wal_replay_lsn", "pg_lsn"),
+    ("pg_last_xact_replay_timestamp", "timestamptz"),
+    ("pg_is_wal_replay_paused", "bool"),
+];
+
 /// Held by the emulation in use: the tests of a binary share one
 /// `aurora_topology`, so those that emulate Aurora take turns.
 static IN_USE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -38,7 +58,7 @@ pub(crate) struct Aurora<'c> {
     dir: PathBuf,
     /// The cluster endpoint's port, which the host pattern keeps.
     port: u16,
-    /// The cluster endpoint: the writer's URL when installed.
+    /// The cluster endpoint: the writer's URL when installed, as [`ROLE`].
     endpoint: String,
 }
 
@@ -55,8 +75,8 @@ impl<'c> Aurora<'c> {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
-        let endpoint = cluster.writer_url();
         let port = cluster.primary().port();
+        let endpoint = format!("postgres://{ROLE}:{ROLE_PASSWORD}@127.0.0.1:{port}/postgres");
         let aurora = Self {
             _turn: turn,
             cluster,
@@ -80,6 +100,25 @@ impl<'c> Aurora<'c> {
             Form::Current => "t.port = current_setting('port')::int",
             Form::Before13_9 => "false",
         };
+        let mut role = format!(
+            "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{ROLE}') \
+             THEN CREATE ROLE {ROLE} LOGIN; END IF; END$$; \
+             ALTER ROLE {ROLE} PASSWORD '{ROLE_PASSWORD}'; \
+             GRANT ALL ON ALL TABLES IN SCHEMA public TO {ROLE}; \
+             GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {ROLE}; \
+             CREATE SCHEMA IF NOT EXISTS aurora_shadow; \
+             GRANT USAGE ON SCHEMA aurora_shadow TO {ROLE}; \
+             ALTER ROLE {ROLE} SET search_path = aurora_shadow, pg_catalog, public; "
+        );
+        for (function, returns) in WAL_FUNCTIONS {
+            role += &format!(
+                "REVOKE EXECUTE ON FUNCTION pg_catalog.{function}() FROM PUBLIC; \
+                 CREATE OR REPLACE FUNCTION aurora_shadow.{function}() RETURNS {returns} \
+                 LANGUAGE plpgsql AS $$BEGIN RAISE EXCEPTION \
+                 'Function {function}() is currently not supported for Aurora' \
+                 USING ERRCODE = '0A000'; END$$; "
+            );
+        }
         aurora.drive(&format!(
             "DROP FUNCTION IF EXISTS aurora_replica_status(); \
              DROP TABLE IF EXISTS aurora_topology; \
@@ -92,6 +131,8 @@ impl<'c> Aurora<'c> {
              CASE WHEN {answering} THEN NULL ELSE t.last_update_timestamp END \
              FROM aurora_topology t$$"
         ));
+        // After the table, so that the role may read it.
+        aurora.drive(&role);
         aurora
     }
 
@@ -121,7 +162,8 @@ impl<'c> Aurora<'c> {
     }
 
     /// The configuration's variables: the cluster endpoint as
-    /// `DATABASE_URL`, Aurora discovery, and the host pattern.
+    /// `DATABASE_URL` (as the application's role), Aurora discovery, and
+    /// the host pattern.
     pub(crate) fn vars(&self) -> Vec<(&'static str, String)> {
         vec![
             ("DATABASE_URL", self.endpoint.clone()),
@@ -168,10 +210,18 @@ impl<'c> Aurora<'c> {
 impl Drop for Aurora<'_> {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+        let grants: String = WAL_FUNCTIONS
+            .iter()
+            .map(|(function, _)| {
+                format!("GRANT EXECUTE ON FUNCTION pg_catalog.{function}() TO PUBLIC; ")
+            })
+            .collect();
         let _ = self.cluster.psql(
             self.cluster.primary_id(),
-            "DROP FUNCTION IF EXISTS aurora_replica_status(); \
-             DROP TABLE IF EXISTS aurora_topology",
+            &format!(
+                "DROP FUNCTION IF EXISTS aurora_replica_status(); \
+                 DROP TABLE IF EXISTS aurora_topology; {grants}"
+            ),
         );
     }
 }
