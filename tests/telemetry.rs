@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::aurora::{Aurora, Form};
 use diesel::QueryableByName;
 use diesel::sql_types::Integer;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
             a_retried_read_is_one_call_span_over_two_attempt_spans,
             metrics_name_every_node_and_count_retries_ejections_and_fallbacks,
             the_status_serializes_every_field,
+            what_aurora_discovery_cannot_use_is_in_gauges_and_the_status,
         ],
     )
 }
@@ -338,6 +340,7 @@ async fn the_status_serializes_every_field(cluster: Arc<Cluster>) {
         "writer_available",
         "generation",
         "source",
+        "discovery",
         "writer",
         "replicas",
     ] {
@@ -375,4 +378,115 @@ async fn the_status_serializes_every_field(cluster: Arc<Cluster>) {
     assert_eq!(replicas[0]["role"], "replica");
     let text = status.to_string();
     assert!(!text.contains(cluster.password()), "{text}");
+}
+
+/// The discovery gauges set since the last snapshot, by name (and rule):
+/// `stale`, `no_server_id`, `no_endpoint`, `writer_not_in_view`, `failed`.
+/// A snapshot takes the values: the next one holds only what was set
+/// after it.
+fn discovery_gauges() -> BTreeMap<String, f64> {
+    metrics()
+        .into_iter()
+        .filter_map(|(name, labels, value)| {
+            let name = name.strip_prefix("diesel_replica.discovery.")?;
+            let key = labels
+                .get("rule")
+                .cloned()
+                .unwrap_or_else(|| name.to_owned());
+            match value {
+                DebugValue::Gauge(g) => Some((key, g.into_inner())),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Waits (up to 2 s) until the gauges a survey sets are `expected`.
+async fn wait_for_gauges(expected: &[(&str, f64)]) {
+    let expected: BTreeMap<String, f64> = expected
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), *v))
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        // Longer than the survey interval: each snapshot sees a survey.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let seen = discovery_gauges();
+        if seen == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{seen:?} != {expected:?}"
+        );
+    }
+}
+
+async fn what_aurora_discovery_cannot_use_is_in_gauges_and_the_status(cluster: Arc<Cluster>) {
+    let aurora = Aurora::install(&cluster, Form::Current).await;
+    aurora.insert(&[
+        (NodeId::Primary, "MASTER_SESSION_ID", 0.0),
+        (NodeId::Replica(0), "a", 0.0),
+        (NodeId::Replica(1), "b", 0.0),
+    ]);
+    aurora.drive(&format!(
+        "UPDATE aurora_topology SET last_update_timestamp = now() - interval '1 hour' \
+         WHERE server_id = '{}'; \
+         INSERT INTO aurora_topology (server_id, session_id) VALUES ('no such/instance', 'c')",
+        aurora.instance(NodeId::Replica(1))
+    ));
+    let mut vars = aurora.vars();
+    vars.push(("DATABASE_DISCOVERY_INTERVAL_MS", "100".to_owned()));
+    let db = ReplicaSet::connect(Config::from_vars(None, vars).unwrap())
+        .await
+        .unwrap();
+    wait_for_gauges(&[
+        ("stale", 1.0),
+        ("no_endpoint", 1.0),
+        ("no_server_id", 0.0),
+        ("writer_not_in_view", 0.0),
+        ("failed", 0.0),
+    ])
+    .await;
+    let status = serde_json::to_value(db.status()).unwrap();
+    let rows = status["discovery"]["rejected"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{status:#}");
+    assert_eq!(rows[0]["server_id"], aurora.instance(NodeId::Replica(1)));
+    assert_eq!(rows[0]["rule"], "stale");
+    assert_eq!(rows[1]["server_id"], "no such/instance");
+    assert_eq!(rows[1]["rule"], "no_endpoint");
+    assert_eq!(status["discovery"]["writer_not_in_view"], false);
+    assert_eq!(status["discovery"]["failed"], serde_json::Value::Null);
+
+    // The view loses its writer's row: the gauge says so until it is back.
+    aurora.drive(&format!(
+        "DELETE FROM aurora_topology WHERE server_id = '{}'",
+        aurora.instance(NodeId::Primary)
+    ));
+    wait_for_gauges(&[
+        ("stale", 1.0),
+        ("no_endpoint", 1.0),
+        ("no_server_id", 0.0),
+        ("writer_not_in_view", 1.0),
+        ("failed", 0.0),
+    ])
+    .await;
+    assert!(db.status().writer_available);
+    aurora.drive(&format!(
+        "DELETE FROM aurora_topology WHERE server_id = 'no such/instance'; \
+         UPDATE aurora_topology SET last_update_timestamp = now(); \
+         INSERT INTO aurora_topology (server_id, port, session_id) VALUES ('{}', {}, \
+         'MASTER_SESSION_ID')",
+        aurora.instance(NodeId::Primary),
+        cluster.primary().port()
+    ));
+    wait_for_gauges(&[
+        ("stale", 0.0),
+        ("no_endpoint", 0.0),
+        ("no_server_id", 0.0),
+        ("writer_not_in_view", 0.0),
+        ("failed", 0.0),
+    ])
+    .await;
+    assert!(db.status().discovery.is_clean(), "{:?}", db.status());
 }
