@@ -136,7 +136,7 @@ pub struct RejectedRow {
 }
 
 impl RejectedRow {
-    fn new(server_id: &str, rule: Rule, detail: String) -> Self {
+    pub(crate) fn new(server_id: &str, rule: Rule, detail: String) -> Self {
         let server_id = match server_id.char_indices().nth(ID_EXCERPT) {
             Some((end, _)) => format!("{}...", &server_id[..end]),
             None => server_id.to_owned(),

@@ -162,6 +162,10 @@ impl DiscoveryStatus {
     }
 }
 
+/// How many rejected rows a message names (Aurora has at most 16
+/// instances; a view of thousands of rows is named by its count).
+const SAID_ROWS: usize = 16;
+
 /// The problems, `; ` between them: empty when clean.
 impl std::fmt::Display for DiscoveryStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -177,8 +181,17 @@ impl std::fmt::Display for DiscoveryStatus {
         problems.extend(
             self.rejected
                 .iter()
+                .take(SAID_ROWS)
                 .map(|row| format!("row rejected: {row}")),
         );
+        if let Some(more) = self
+            .rejected
+            .len()
+            .checked_sub(SAID_ROWS)
+            .filter(|&n| n > 0)
+        {
+            problems.push(format!("{more} more rows rejected"));
+        }
         f.write_str(&problems.join("; "))
     }
 }
@@ -212,5 +225,25 @@ impl Warnings {
         if let Some((problem, _)) = self.last.take() {
             tracing::info!(%problem, "discovery: the problem is over");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aurora::Rule;
+
+    #[test]
+    fn a_report_names_at_most_16_rows() {
+        let row = |i: usize| RejectedRow::new(&format!("instance-{i}"), Rule::Stale, String::new());
+        let report = DiscoveryStatus {
+            rejected: (0..1000).map(row).collect(),
+            ..DiscoveryStatus::default()
+        };
+        let text = report.to_string();
+        assert!(text.contains("`instance-15`"), "{text}");
+        assert!(!text.contains("`instance-16`"), "{text}");
+        assert!(text.ends_with("; 984 more rows rejected"), "{text}");
+        assert_eq!(DiscoveryStatus::default().to_string(), "");
     }
 }
