@@ -24,6 +24,7 @@ fn main() -> ExitCode {
             reads_and_writes_run_encrypted_on_every_node,
             failures_say_which_node_which_mode_and_why,
             a_password_rotated_under_load_costs_callers_nothing,
+            a_dropped_call_is_cancelled_over_tls,
         ],
     )
 }
@@ -349,4 +350,33 @@ async fn a_password_rotated_under_load_costs_callers_nothing(cluster: Arc<Cluste
         !log.contains(old) && !log.contains(new),
         "a password in the log"
     );
+}
+
+/// The cancel request of a dropped call goes over TLS as its connection
+/// does: the server takes it, and nothing of the call runs on.
+async fn a_dropped_call_is_cancelled_over_tls(cluster: Arc<Cluster>) {
+    const APP: &str = "cancel-over-tls";
+    let mut config = Config::new(&cluster.writer_url()).unwrap();
+    assert!(config.writer.to_string().contains("sslmode=verify-full"));
+    config.writer_pool.max_size = 1;
+    config.application_name = APP.to_owned();
+    let db = ReplicaSet::connect(config).await.unwrap();
+    for _ in 0..5 {
+        let slow =
+            db.write(async |conn| diesel::sql_query("SELECT pg_sleep(5)").execute(conn).await);
+        let timed_out = tokio::time::timeout(Duration::from_millis(100), slow).await;
+        assert!(timed_out.is_err(), "the slow call should have been dropped");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let running = cluster
+        .psql(
+            NodeId::Primary,
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{APP}' \
+                 AND state = 'active' AND query LIKE '%pg_sleep(5)%'"
+            ),
+        )
+        .unwrap();
+    assert_eq!(running, "0", "a dropped call still runs 200 ms later");
+    assert!(db.write(session).await.unwrap().ssl);
 }

@@ -194,7 +194,10 @@ async fn run<T, E>(node: &Node, call: Call<'_>, f: impl Body<T, E>) -> Result<T,
             });
         }
     };
-    let mut in_use = InUse(Some(conn));
+    let mut in_use = InUse {
+        conn: Some(conn),
+        node,
+    };
     let call = Ended {
         node,
         route,
@@ -204,27 +207,37 @@ async fn run<T, E>(node: &Node, call: Call<'_>, f: impl Body<T, E>) -> Result<T,
         reused,
     };
     let result = call.run(in_use.conn(), f).await;
-    if !matches!(
-        result,
+    match &result {
+        // Its server went away: nothing runs there to cancel.
         Err(Failed {
             failure: Failure::Stale(_),
             ..
-        })
-    ) {
-        in_use.release(&plan);
+        }) => in_use.close(),
+        _ => in_use.release(&plan),
     }
     result
 }
 
 /// A connection in use by a call. Dropped before [`InUse::release`] (the
-/// call was cancelled or timed out, or its connection went stale), it is
-/// taken out of its pool and closed: a statement of the call may still be
-/// running on it, which the next user would wait behind.
-struct InUse(Option<Object<AsyncPgConnection>>);
+/// call was cancelled or timed out, or its connection went stale), what
+/// the call may still run on it is cancelled, and the connection returns
+/// to its pool only once the server is idle on it (see the cancel
+/// module).
+struct InUse<'a> {
+    conn: Option<Object<AsyncPgConnection>>,
+    node: &'a Node,
+}
 
-impl InUse {
+impl InUse<'_> {
     fn conn(&mut self) -> &mut Object<AsyncPgConnection> {
-        self.0.as_mut().expect("released only once, at the end")
+        self.conn.as_mut().expect("released only once, at the end")
+    }
+
+    /// Takes the connection out of its pool and closes it.
+    fn close(mut self) {
+        if let Some(conn) = self.conn.take() {
+            drop(Object::take(conn));
+        }
     }
 
     /// Sends the session reset (see the session module), which ends a
@@ -232,7 +245,7 @@ impl InUse {
     /// connection back to its pool, with the reset on its way: the next
     /// user's statements follow it. A connection found closed is dropped.
     fn release(mut self, plan: &Plan) {
-        let Some(mut conn) = self.0.take() else {
+        let Some(mut conn) = self.conn.take() else {
             return;
         };
         let failed = Watch::take_failed(&mut conn);
@@ -243,10 +256,10 @@ impl InUse {
     }
 }
 
-impl Drop for InUse {
+impl Drop for InUse<'_> {
     fn drop(&mut self) {
-        if let Some(conn) = self.0.take() {
-            drop(Object::take(conn));
+        if let Some(conn) = self.conn.take() {
+            self.node.canceller.cancel(conn, &self.node.label);
         }
     }
 }

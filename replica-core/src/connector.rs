@@ -18,6 +18,7 @@ use diesel_async::pooled_connection::{
 use tokio_postgres::config::SslMode as WireSslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use crate::cancel::Canceller;
 use crate::config::PoolConfig;
 use crate::credentials::{Credentials, CredentialsProvider};
 use crate::error::error_chain;
@@ -26,7 +27,8 @@ use crate::metrics::{self, Stopwatch};
 use crate::tls::SslMode;
 use crate::url::DatabaseUrl;
 
-/// A pool of connections to the node `url` names, with its TLS settings.
+/// A pool of connections to the node `url` names, with its TLS settings,
+/// and what cancels their statements.
 ///
 /// Idle connections are recycled without a round trip (diesel-async's
 /// `Fast`: a connection whose socket closed is discarded); the statements
@@ -43,7 +45,7 @@ pub(crate) fn pool(
     credentials: Option<&CredentialsProvider>,
     node: String,
     writer: bool,
-) -> Result<Pool<AsyncPgConnection>, String> {
+) -> Result<(Pool<AsyncPgConnection>, Canceller), String> {
     let mut connector = Connector::new(
         url,
         application_name,
@@ -70,6 +72,9 @@ pub(crate) fn pool(
             + " -c default_transaction_read_only=on";
         connector.config.options(options.trim_start());
     }
+    let canceller = Canceller {
+        tls: connector.tls.clone(),
+    };
     let mut manager_config = ManagerConfig::default();
     manager_config.recycling_method = RecyclingMethod::Fast;
     manager_config.custom_setup = setup(connector);
@@ -104,7 +109,7 @@ pub(crate) fn pool(
     {
         runtime.spawn(sweep(pool.clone(), expiry));
     }
-    Ok(pool)
+    Ok((pool, canceller))
 }
 
 /// When a pooled connection is closed instead of reused.

@@ -8,6 +8,7 @@
 mod attempt;
 mod aurora;
 mod balance;
+mod cancel;
 mod config;
 mod connector;
 mod consistency;

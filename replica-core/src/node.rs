@@ -14,6 +14,7 @@ use futures_util::future::try_join_all;
 use serde::{Serialize, Serializer};
 
 use crate::balance::Candidate;
+use crate::cancel::Canceller;
 use crate::config::{HealthConfig, PoolConfig};
 use crate::connector;
 use crate::credentials::CredentialsProvider;
@@ -94,6 +95,8 @@ pub(crate) struct Node {
     /// `name (host:port)`, as errors show the node.
     pub(crate) label: String,
     pub(crate) pool: Pool<AsyncPgConnection>,
+    /// Cancels what a dropped call left running on a connection.
+    pub(crate) canceller: Canceller,
     warm_up: usize,
     /// The client's bound on one attempt, past the server's own.
     pub(crate) attempt_timeout: Option<Duration>,
@@ -129,19 +132,21 @@ impl Node {
             credentials,
         } = spec;
         let id = NodeId::of(&url);
+        let (connections, canceller) = connector::pool(
+            &url,
+            pool,
+            application_name,
+            credentials,
+            id.to_string(),
+            role == Role::Writer,
+        )?;
         Ok(Self {
             id: id.clone(),
             role,
             label: format!("{name} ({})", url.address()),
             name,
-            pool: connector::pool(
-                &url,
-                pool,
-                application_name,
-                credentials,
-                id.to_string(),
-                role == Role::Writer,
-            )?,
+            pool: connections,
+            canceller,
             url,
             warm_up: pool.warm_up,
             attempt_timeout: pool.statement_timeout().map(|t| t + STATEMENT_GRACE),

@@ -1,0 +1,83 @@
+//! A call dropped while it holds a connection (the caller's timeout, a
+//! cancelled task, the attempt's own bound): whatever of it still runs on
+//! the server is cancelled, and the connection goes back to its pool only
+//! once the server is idle on it.
+//!
+//! Closing the socket would not do: the server notices a closed socket
+//! only when it next talks to the client, so a long statement runs on,
+//! and its backend stays, while the pool opens another connection in its
+//! place. Under load with client timeouts that buries a slow node.
+
+use std::time::Duration;
+
+use diesel_async::pooled_connection::deadpool::Object;
+use diesel_async::{
+    AnsiTransactionManager, AsyncPgConnection, SimpleAsyncConnection, TransactionManager,
+};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::instrument::Watch;
+use crate::session;
+
+/// How long the cancel request, then the reset behind it, may take before
+/// the connection is closed instead.
+const SETTLE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Sends PostgreSQL's cancel request for one node's connections, over TLS
+/// when they use it.
+#[derive(Clone)]
+pub(crate) struct Canceller {
+    pub(crate) tls: Option<MakeRustlsConnect>,
+}
+
+impl Canceller {
+    /// Cancels what `conn` runs, then resets its session and reads the
+    /// reply, on a task of its own: the connection returns to its pool
+    /// only if that all succeeds within [`SETTLE_LIMIT`], else it is
+    /// closed. Until then the pool counts it as in use, so the node never
+    /// holds more connections than the pool's maximum. Outside a Tokio
+    /// runtime, the connection is closed.
+    pub(crate) fn cancel(&self, conn: Object<AsyncPgConnection>, node: &str) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            drop(Object::take(conn));
+            return;
+        };
+        let canceller = self.clone();
+        let node = node.to_owned();
+        runtime.spawn(async move {
+            let mut conn = conn;
+            let settled = tokio::time::timeout(SETTLE_LIMIT, canceller.settle(&mut conn)).await;
+            match settled {
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => {
+                    tracing::debug!(%node, %why, "a dropped call's connection is closed");
+                    drop(Object::take(conn));
+                }
+                Err(_) => {
+                    tracing::debug!(%node, "a dropped call's connection did not settle in time: closed");
+                    drop(Object::take(conn));
+                }
+            }
+        });
+    }
+
+    /// Cancels what runs, then waits for the reset that follows it: the
+    /// reset's reply comes once the cancelled statement has ended.
+    async fn settle(&self, conn: &mut AsyncPgConnection) -> Result<(), String> {
+        let token = conn.cancel_token();
+        let cancelled = match &self.tls {
+            Some(tls) => token.cancel_query(tls.clone()).await,
+            None => token.cancel_query(tokio_postgres::NoTls).await,
+        };
+        cancelled.map_err(|e| format!("cancel request: {e}"))?;
+        // A cancel that arrives once the statement ended may still cancel
+        // the reset: that fails, and the connection is closed.
+        SimpleAsyncConnection::batch_execute(conn, session::reset(true))
+            .await
+            .map_err(|e| format!("reset: {e}"))?;
+        // The reset rolled back every transaction the call had begun.
+        *AnsiTransactionManager::transaction_manager_status_mut(conn) = Default::default();
+        Watch::take_failed(conn);
+        Ok(())
+    }
+}
