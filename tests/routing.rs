@@ -609,6 +609,27 @@ async fn session_state_a_read_leaves_is_gone_for_the_next_user(cluster: Arc<Clus
         .await
         .unwrap();
     assert_eq!(pid_after, pid, "the connection was reset, not replaced");
+    // A default isolation a hot standby refuses (every later statement of
+    // the session would fail "cannot use serializable mode in a hot
+    // standby"): the reset undoes it, and the connection serves on.
+    for body in [
+        "SET default_transaction_isolation = 'serializable'",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+    ] {
+        db.read(async |conn| batch(conn, body).await).await.unwrap();
+        for _ in 0..5 {
+            let after = db
+                .read(async |conn| text(conn, SESSION_STATE).await)
+                .await
+                .unwrap_or_else(|e| panic!("after {body}: {e}"));
+            assert_eq!(after, fresh, "after {body}");
+        }
+        let pid_after = db
+            .read(async |conn| text(conn, "pg_backend_pid()::text").await)
+            .await
+            .unwrap();
+        assert_eq!(pid_after, pid, "after {body}: reset, not replaced");
+    }
 }
 
 async fn session_state_a_write_leaves_is_gone_for_the_next_user(cluster: Arc<Cluster>) {

@@ -219,10 +219,9 @@ async fn run<T, E>(node: &Node, call: Call<'_>, f: impl Body<T, E>) -> Result<T,
 }
 
 /// A connection in use by a call. Dropped before [`InUse::release`] (the
-/// call was cancelled or timed out, or its connection went stale), what
-/// the call may still run on it is cancelled, and the connection returns
-/// to its pool only once the server is idle on it (see the cancel
-/// module).
+/// call was cancelled or timed out), what the call may still run on it is
+/// cancelled, and the connection returns to its pool only once the server
+/// is idle on it (see the cancel module).
 struct InUse<'a> {
     conn: Option<Object<AsyncPgConnection>>,
     node: &'a Node,

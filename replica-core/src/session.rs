@@ -11,7 +11,7 @@
 //! statements fail too). The reset is sent *after* the call, and not
 //! waited for either: the connection goes back to its pool with it on its
 //! way, and the next user's statements follow it. A call dropped before it
-//! ends closes its connection instead (see the attempt module).
+//! ends has what it runs cancelled first (see the cancel module).
 //!
 //! Only what must be known before the call returns is waited for: the
 //! `COMMIT` of a write, and the end of a read on the writer, which checks
@@ -27,23 +27,26 @@ use crate::route::Route;
 use crate::tenant::Scope;
 
 /// Ends a transaction the body left open (`BEGIN` only warns then; on an
-/// idle session the pair is silent), then undoes what a session keeps past
-/// a transaction: cursors, a changed session user or
+/// idle session the pair is silent), then, in a `READ COMMITTED`
+/// transaction of its own (whatever isolation the body made the session's
+/// default: a hot standby refuses a serializable one), undoes what a
+/// session keeps past a transaction: cursors, a changed session user or
 /// role, every `SET` (back to the startup values, which hold the statement
 /// timeout, the time zone and, on replicas, `default_transaction_read_only`),
 /// `LISTEN`s, session advisory locks, temporary tables and sequence state.
 /// It is `DISCARD ALL` without `DEALLOCATE ALL`, which would drop the
 /// statements diesel-async keeps prepared on the connection, and without
 /// `DISCARD PLANS`. Every statement runs on a hot standby.
-const RESET: &str = "BEGIN; ROLLBACK; CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; \
-     UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES";
+const RESET: &str = "BEGIN; ROLLBACK; BEGIN ISOLATION LEVEL READ COMMITTED; CLOSE ALL; \
+     SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; \
+     SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES; COMMIT";
 
 /// [`RESET`] after a statement of the call failed, whose session may be in
 /// a failed transaction, where only `ROLLBACK` runs (and warns when there
 /// is none); and after a call whose transaction the reset ends.
-const RESET_AFTER_FAILURE: &str = "ROLLBACK; CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; \
-     RESET ALL; UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; \
-     DISCARD SEQUENCES";
+const RESET_AFTER_FAILURE: &str = "ROLLBACK; BEGIN ISOLATION LEVEL READ COMMITTED; CLOSE ALL; \
+     SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; \
+     SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES; COMMIT";
 
 /// The reset to send after a call: with `rollback`, for a call whose
 /// transaction may be open or failed.
