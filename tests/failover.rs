@@ -301,6 +301,17 @@ async fn a_write_in_a_read_is_refused_wherever_the_read_runs(cluster: Arc<Cluste
     assert_eq!(served.port, i32::from(cluster.node(replica).port()));
     assert!(!served.in_recovery, "the read ran on the promoted replica");
     refused(db.read(insert).await, "on a promoted replica");
+    // Turning the session's guard off is not enough: the read's own
+    // transaction is READ ONLY too.
+    let unguarded = async |conn: &mut diesel_async::AsyncPgConnection| {
+        diesel::sql_query("SET default_transaction_read_only = off")
+            .execute(conn)
+            .await?;
+        diesel::sql_query("INSERT INTO events (at_ms) VALUES (-1)")
+            .execute(conn)
+            .await
+    };
+    refused(db.read(unguarded).await, "on a promoted replica, guard off");
     assert_eq!(written(replica), "0");
 
     let mut config = Config::new(&cluster.url(primary))

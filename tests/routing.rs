@@ -36,7 +36,7 @@ fn main() -> ExitCode {
             unreachable_replica_is_a_checkout_error_without_the_password,
             wrong_password_is_reported_without_the_password,
             a_dropped_read_is_cancelled_on_the_server,
-            a_read_is_one_transaction_per_statement_a_snapshot_read_is_one,
+            a_read_is_one_read_only_transaction_a_snapshot_read_repeatable_read,
             every_character_of_a_generated_password_connects,
             url_options_keep_the_statement_timeout,
             zero_statement_timeout_sets_no_limit_on_either_side,
@@ -695,14 +695,54 @@ async fn a_read_on_the_writer_cannot_be_made_read_write(cluster: Arc<Cluster>) {
         }
     }
     assert_eq!(count().unwrap(), before, "no row was written");
-    // A body that commits the transaction it was given and writes outside
-    // any: the write stands, and the read reports it.
+    // A body that ends the transaction it was given, by SQL, and then
+    // writes: the session is read-only too, so nothing is committed,
+    // whether the statements come in one message or apart, and whatever
+    // marker the body sets.
+    let mark = "SELECT set_config('diesel_replica.read_only', 'on', false)";
+    for end in ["COMMIT", "ROLLBACK", "COMMIT AND CHAIN", "END", "ABORT"] {
+        for body in [
+            format!("{end}; {insert}"),
+            format!("{end}; {mark}; {insert}"),
+            format!("{end}; BEGIN; {mark}; {insert}"),
+        ] {
+            let result = db.read(async |conn| batch(conn, &body).await).await;
+            assert!(
+                matches!(result, Err(Error::ReadOnlyViolation { .. })),
+                "{body}: {result:?}"
+            );
+        }
+        let apart = db
+            .read(async |conn| {
+                batch(conn, end).await?;
+                diesel::sql_query(insert).execute(conn).await
+            })
+            .await;
+        assert!(
+            matches!(apart, Err(Error::ReadOnlyViolation { .. })),
+            "{end}, then the insert: {apart:?}"
+        );
+    }
+    assert_eq!(count().unwrap(), before, "no row was written");
+    // Only a body that both ends the transaction and turns the session's
+    // guard off itself can write: the write stands, and the read reports
+    // it. Writes on the same connection then work as before.
     let escaped = db
-        .read(async |conn| batch(conn, &format!("COMMIT; {insert}")).await)
+        .read(async |conn| {
+            batch(conn, "COMMIT").await?;
+            batch(conn, "SET default_transaction_read_only = off").await?;
+            batch(conn, insert).await
+        })
         .await;
     assert!(
         matches!(escaped, Err(Error::ReadOnlyViolation { .. })),
         "{escaped:?}"
+    );
+    assert_ne!(count().unwrap(), before, "the body wrote, as it asked");
+    let served = db.write(who_served).await.unwrap();
+    assert_eq!(
+        served.read_only, "off",
+        "the writer's session is its own again"
     );
 }
 
@@ -1260,9 +1300,12 @@ async fn aurora_writes_go_to_the_endpoint_when_the_view_names_no_writer(cluster:
     }
 }
 
-/// A plain read sends its statements alone, each its own transaction; a
-/// snapshot read runs them in one `REPEATABLE READ READ ONLY` transaction.
-async fn a_read_is_one_transaction_per_statement_a_snapshot_read_is_one(cluster: Arc<Cluster>) {
+/// A read runs its statements in one `READ ONLY` transaction at `READ
+/// COMMITTED` (a snapshot per statement); a snapshot read in one at
+/// `REPEATABLE READ` (one snapshot for all).
+async fn a_read_is_one_read_only_transaction_a_snapshot_read_repeatable_read(
+    cluster: Arc<Cluster>,
+) {
     let db = connect(&cluster).await;
     let started = "pg_catalog.now()::text || ' ' || current_setting('transaction_isolation') \
          || ' ' || current_setting('transaction_read_only')";
@@ -1272,10 +1315,7 @@ async fn a_read_is_one_transaction_per_statement_a_snapshot_read_is_one(cluster:
         Ok((first, text(conn, started).await?))
     };
     let (first, second) = db.read(twice).await.unwrap();
-    assert_ne!(
-        first, second,
-        "two statements of a read share a transaction"
-    );
+    assert_eq!(first, second, "a read's statements are one transaction");
     assert!(first.ends_with(" read committed on"), "{first}");
     let (first, second) = db.read_snapshot(twice).await.unwrap();
     assert_eq!(

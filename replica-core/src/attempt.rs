@@ -507,7 +507,8 @@ async fn ready_connection(
 }
 
 /// Waits for the replica to replay the awaited write if asked, then sends
-/// the plan's opening (its `BEGIN`, the tenant's scope) ahead of the body.
+/// the plan's guard and opening (its `BEGIN`, the tenant's scope) ahead of
+/// the body.
 async fn prepare(
     conn: &mut AsyncPgConnection,
     plan: &Plan,
@@ -518,6 +519,9 @@ async fn prepare(
         // A failed check, in autocommit, leaves no failed transaction.
         Watch::take_failed(conn);
         waited?;
+    }
+    if let Some(guard) = plan.guard {
+        send_ahead(conn, guard)?;
     }
     if let Some(opening) = &plan.opening {
         send_ahead(conn, opening)?;

@@ -54,6 +54,14 @@ pub(crate) fn reset(rollback: bool) -> &'static str {
     if rollback { RESET_AFTER_FAILURE } else { RESET }
 }
 
+/// Makes the session of a read on the writer read-only by default, sent
+/// ahead of the read's transaction in a message of its own, so that it
+/// holds also after the body ends that transaction by SQL (`COMMIT`,
+/// `ROLLBACK`, `COMMIT AND CHAIN`): in the message of the `BEGIN`, a
+/// `ROLLBACK` would undo it. The reset's `RESET ALL` gives the writer's
+/// sessions their default back.
+const READ_ONLY_SESSION: &str = "SET default_transaction_read_only = on";
+
 /// Marks the transaction of a read on the writer as the read's own. The
 /// `SELECT` also takes the transaction's snapshot, after which PostgreSQL
 /// refuses `SET TRANSACTION READ WRITE`.
@@ -83,6 +91,9 @@ const COMMIT_FLUSHED: &str = "SELECT pg_catalog.set_config('synchronous_commit',
 /// reset, and how the call ends.
 #[derive(Clone, Debug)]
 pub(crate) struct Plan {
+    /// Sent ahead of `opening`, in a message of its own (see
+    /// [`READ_ONLY_SESSION`]).
+    pub(crate) guard: Option<&'static str>,
     /// Begins the transaction (when there is one) and sets the tenant's
     /// scope; sent ahead of the body, after the reset.
     pub(crate) opening: Option<Cow<'static, str>>,
@@ -100,13 +111,15 @@ pub(crate) struct Plan {
 impl Plan {
     /// The plan of `route` on a node, in `scope`.
     ///
-    /// - A read on a replica runs the body alone, autocommit: its session
-    ///   is read-only from the start (and a hot standby refuses writes
-    ///   anyway). A read in a tenant's scope, or of one snapshot, runs in a
-    ///   `READ ONLY` transaction (`REPEATABLE READ` for a snapshot) begun
-    ///   with the scope set and ended by a `ROLLBACK` nobody waits for.
-    /// - A read on the writer runs in a `READ ONLY` transaction, whose end
-    ///   checks that nothing was written.
+    /// - A read on a replica runs in a `READ ONLY` transaction
+    ///   (`REPEATABLE READ` for a snapshot), begun with the tenant's scope
+    ///   set, and ended by the `ROLLBACK` of the reset, which nobody waits
+    ///   for. Its session is read-only from the start too, so a body must
+    ///   both end that transaction and turn the session's guard off by SQL
+    ///   to write on a replica promoted since it was found.
+    /// - A read on the writer runs in a `READ ONLY` transaction, in a
+    ///   session made read-only by default for it, and its end checks that
+    ///   nothing was written.
     /// - A transaction ends with `COMMIT`, or `ROLLBACK` after an error.
     /// - An autocommit write runs the body alone.
     pub(crate) fn new(route: Route, on_writer: bool, scope: Option<&Scope<'_>>) -> Self {
@@ -121,13 +134,11 @@ impl Plan {
             Route::ReadSnapshot => {
                 Some("BEGIN TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY".to_owned())
             }
+            Route::Read | Route::ReadFresh => Some("BEGIN TRANSACTION READ ONLY".to_owned()),
             // The scope, set for the transaction, is gone with it.
-            Route::Read | Route::ReadFresh if scope.is_some() => {
-                Some("BEGIN TRANSACTION READ ONLY".to_owned())
-            }
             Route::Transaction | Route::Write if scope.is_some() => Some("BEGIN".to_owned()),
             Route::Transaction => Some("BEGIN".to_owned()),
-            Route::Read | Route::ReadFresh | Route::Write => None,
+            Route::Write => None,
         };
         let transaction = begin.is_some();
         let opening = match (begin, scope) {
@@ -141,7 +152,9 @@ impl Plan {
             // A read on a replica: see `ends_with_the_reset`.
             _ => (None, None),
         };
+        let guard = (route.is_read_only() && on_writer).then_some(READ_ONLY_SESSION);
         Self {
+            guard,
             opening,
             transaction,
             on_ok,
@@ -199,11 +212,12 @@ mod tests {
     use crate::Tenant;
 
     #[test]
-    fn replica_reads_send_nothing_but_the_reset() {
+    fn replica_reads_run_in_a_read_only_transaction_the_reset_ends() {
         let plan = Plan::new(Route::Read, false, None);
-        assert!(plan.opening.is_none() && !plan.transaction);
+        assert_eq!(plan.opening.as_deref(), Some("BEGIN TRANSACTION READ ONLY"));
+        assert!(plan.transaction && plan.guard.is_none());
         assert_eq!((plan.on_ok, plan.on_err), (None, None));
-        assert!(!plan.ends_with_the_reset());
+        assert!(plan.ends_with_the_reset());
     }
 
     #[test]
@@ -236,7 +250,11 @@ mod tests {
         for route in [Route::Read, Route::ReadFresh, Route::ReadSnapshot] {
             let plan = Plan::new(route, true, None);
             assert_eq!(plan.on_ok, Some(END_READ_ON_WRITER), "{route:?}");
+            assert_eq!(plan.guard, Some(READ_ONLY_SESSION));
             assert!(!plan.ends_with_the_reset());
+        }
+        for route in [Route::Write, Route::Transaction] {
+            assert_eq!(Plan::new(route, true, None).guard, None);
         }
         let plan = Plan::new(Route::ReadSnapshot, false, None);
         assert!(plan.ends_with_the_reset());
