@@ -98,6 +98,7 @@ mod backend;
 mod docker;
 mod load;
 mod local;
+mod pooler;
 #[cfg(target_os = "linux")]
 mod proxy;
 mod served;
@@ -107,6 +108,7 @@ pub use backend::{BACKEND_VAR, Backend, DEFAULT_IMAGE, IMAGE_VAR};
 pub use docker::{LABEL as DOCKER_LABEL, OWNER_LABEL as DOCKER_OWNER_LABEL};
 pub use load::{Rng, process_cpu_ns};
 #[cfg(target_os = "linux")]
+pub use pooler::{PGBOUNCER_VAR, PgBouncer};
 pub use proxy::{DelayProxy, DelayedCluster};
 pub use served::{Served, WHO_SERVED, who_served};
 
@@ -156,6 +158,12 @@ pub enum Error {
         /// Where it was looked for.
         searched: String,
     },
+    /// The `pgbouncer` program could not be found.
+    #[error(
+        "PgBouncer not found (looked for `pgbouncer` on PATH and in /usr/sbin); install the \
+         `pgbouncer` package or set {PGBOUNCER_VAR} to the program"
+    )]
+    MissingPgBouncer,
     /// `DIESEL_REPLICA_TEST_BACKEND` names no backend.
     #[error(
         "{BACKEND_VAR}={value:?} names no backend: set it to `local` (this machine's \

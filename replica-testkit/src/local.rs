@@ -374,7 +374,7 @@ fn path_bin_dir() -> Option<PathBuf> {
 }
 
 /// `None` when not root; the `postgres` user's uid and gid when root.
-fn run_as_user() -> Result<Option<(u32, u32)>, Error> {
+pub(crate) fn run_as_user() -> Result<Option<(u32, u32)>, Error> {
     if run(Command::new("id").arg("-u"), None)? != "0" {
         return Ok(None);
     }
