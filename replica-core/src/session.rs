@@ -30,22 +30,23 @@ use crate::tenant::Scope;
 /// idle session the pair is silent), then, in a `READ COMMITTED`
 /// transaction of its own (whatever isolation the body made the session's
 /// default: a hot standby refuses a serializable one), undoes what a
-/// session keeps past a transaction: cursors, a changed session user or
-/// role, every `SET` (back to the startup values, which hold the statement
-/// timeout, the time zone and, on replicas, `default_transaction_read_only`),
+/// session keeps past a transaction: a changed session user or role and
+/// every `SET` first (back to the startup values, which hold the statement
+/// timeout, the time zone and, on replicas, `default_transaction_read_only`;
+/// so that a timeout the body set cannot stop the rest), then cursors,
 /// `LISTEN`s, session advisory locks, temporary tables and sequence state.
 /// It is `DISCARD ALL` without `DEALLOCATE ALL`, which would drop the
 /// statements diesel-async keeps prepared on the connection, and without
 /// `DISCARD PLANS`. Every statement runs on a hot standby.
-const RESET: &str = "BEGIN; ROLLBACK; BEGIN ISOLATION LEVEL READ COMMITTED; CLOSE ALL; \
-     SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; \
+const RESET: &str = "BEGIN; ROLLBACK; BEGIN ISOLATION LEVEL READ COMMITTED; \
+     SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; \
      SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES; COMMIT";
 
 /// [`RESET`] after a statement of the call failed, whose session may be in
 /// a failed transaction, where only `ROLLBACK` runs (and warns when there
 /// is none); and after a call whose transaction the reset ends.
-const RESET_AFTER_FAILURE: &str = "ROLLBACK; BEGIN ISOLATION LEVEL READ COMMITTED; CLOSE ALL; \
-     SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; \
+const RESET_AFTER_FAILURE: &str = "ROLLBACK; BEGIN ISOLATION LEVEL READ COMMITTED; \
+     SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; \
      SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES; COMMIT";
 
 /// The reset to send after a call: with `rollback`, for a call whose
