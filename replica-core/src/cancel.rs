@@ -46,17 +46,12 @@ impl Canceller {
         let node = node.to_owned();
         runtime.spawn(async move {
             let mut conn = conn;
-            let settled = tokio::time::timeout(SETTLE_LIMIT, canceller.settle(&mut conn)).await;
-            match settled {
-                Ok(Ok(())) => {}
-                Ok(Err(why)) => {
-                    tracing::debug!(%node, %why, "a dropped call's connection is closed");
-                    drop(Object::take(conn));
-                }
-                Err(_) => {
-                    tracing::debug!(%node, "a dropped call's connection did not settle in time: closed");
-                    drop(Object::take(conn));
-                }
+            let settled = tokio::time::timeout(SETTLE_LIMIT, canceller.settle(&mut conn))
+                .await
+                .unwrap_or_else(|_| Err(format!("not settled within {SETTLE_LIMIT:?}")));
+            if let Err(why) = settled {
+                tracing::debug!(%node, %why, "a dropped call's connection is closed");
+                drop(Object::take(conn));
             }
         });
     }

@@ -26,6 +26,16 @@ use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager
 use crate::route::Route;
 use crate::tenant::Scope;
 
+/// What both resets run once no transaction of the call's is left: a
+/// macro, so that it splices into them with `concat!`.
+macro_rules! session_cleanup {
+    () => {
+        "BEGIN ISOLATION LEVEL READ COMMITTED; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; \
+         CLOSE ALL; UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; \
+         DISCARD SEQUENCES; COMMIT"
+    };
+}
+
 /// Ends a transaction the body left open (`BEGIN` only warns then; on an
 /// idle session the pair is silent), then, in a `READ COMMITTED`
 /// transaction of its own (whatever isolation the body made the session's
@@ -38,16 +48,12 @@ use crate::tenant::Scope;
 /// It is `DISCARD ALL` without `DEALLOCATE ALL`, which would drop the
 /// statements diesel-async keeps prepared on the connection, and without
 /// `DISCARD PLANS`. Every statement runs on a hot standby.
-const RESET: &str = "BEGIN; ROLLBACK; BEGIN ISOLATION LEVEL READ COMMITTED; \
-     SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; \
-     SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES; COMMIT";
+const RESET: &str = concat!("BEGIN; ROLLBACK; ", session_cleanup!());
 
 /// [`RESET`] after a statement of the call failed, whose session may be in
 /// a failed transaction, where only `ROLLBACK` runs (and warns when there
 /// is none); and after a call whose transaction the reset ends.
-const RESET_AFTER_FAILURE: &str = "ROLLBACK; BEGIN ISOLATION LEVEL READ COMMITTED; \
-     SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; \
-     SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES; COMMIT";
+const RESET_AFTER_FAILURE: &str = concat!("ROLLBACK; ", session_cleanup!());
 
 /// The reset to send after a call: with `rollback`, for a call whose
 /// transaction may be open or failed.
