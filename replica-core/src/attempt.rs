@@ -22,7 +22,7 @@ use crate::instrument::Watch;
 use crate::metrics::Stopwatch;
 use crate::node::{Node, Role};
 use crate::route::{Body, Call, ReplayWait, Route};
-use crate::session::{self, Plan};
+use crate::session::{self, Plan, Site};
 use crate::tenant::Scope;
 
 /// One failed attempt: what went wrong, and whether it says the node (not
@@ -175,7 +175,12 @@ async fn run<T, E>(node: &Node, call: Call<'_>, f: impl Body<T, E>) -> Result<T,
         token_lsn,
         ..
     } = call;
-    let mut plan = Plan::new(route, node.role == Role::Writer, scope);
+    let site = Site {
+        writer: node.role == Role::Writer,
+        pooler: node.pooler,
+        statement_timeout: node.statement_timeout,
+    };
+    let mut plan = Plan::new(route, site, scope);
     if token_lsn.is_some() {
         plan = plan.flushed(route);
     }
@@ -248,8 +253,9 @@ impl InUse<'_> {
             return;
         };
         let failed = Watch::take_failed(&mut conn);
-        let reset = session::reset(failed || plan.ends_with_the_reset());
-        if send_ahead(&conn, reset).is_err() {
+        if let Some(reset) = plan.reset(failed)
+            && send_ahead(&conn, reset).is_err()
+        {
             drop(Object::take(conn));
         }
     }
@@ -298,12 +304,12 @@ impl Ended<'_> {
         match result {
             Ok(value) => {
                 let Some(on_ok) = plan.on_ok else {
-                    record_token(conn, route, token_lsn).await;
+                    record_token(conn, node, route, token_lsn).await;
                     return Ok(value);
                 };
                 match end(conn, on_ok).await {
                     Ok(()) => {
-                        record_token(conn, route, token_lsn).await;
+                        record_token(conn, node, route, token_lsn).await;
                         Ok(value)
                     }
                     Err(
@@ -352,7 +358,7 @@ impl Ended<'_> {
                     });
                 }
                 if let Some(scope) = scope
-                    && !tenant_exists(conn, scope, plan).await
+                    && !tenant_exists(conn, node, scope, plan).await
                 {
                     return Err(Failed {
                         failure: Failure::Routing(Error::UnknownTenant {
@@ -389,9 +395,14 @@ async fn session_ended(conn: &mut AsyncPgConnection) -> bool {
 }
 
 /// Stores the write's token position in `sink`, when one is wanted.
-async fn record_token(conn: &mut AsyncPgConnection, route: Route, sink: Option<&AtomicU64>) {
+async fn record_token(
+    conn: &mut AsyncPgConnection,
+    node: &Node,
+    route: Route,
+    sink: Option<&AtomicU64>,
+) {
     if let Some(sink) = sink {
-        sink.store(token_position(conn, route).await, Ordering::Relaxed);
+        sink.store(token_position(conn, node, route).await, Ordering::Relaxed);
     }
 }
 
@@ -404,7 +415,7 @@ async fn record_token(conn: &mut AsyncPgConnection, route: Route, sink: Option<&
 /// the WAL writer flushes it (within `wal_writer_delay`, 200 ms by default).
 /// [`WriteToken::UNKNOWN_LSN`] when it cannot be had, so that reads after
 /// the write go to the writer.
-async fn token_position(conn: &mut AsyncPgConnection, route: Route) -> u64 {
+async fn token_position(conn: &AsyncPgConnection, node: &Node, route: Route) -> u64 {
     use diesel_async::RunQueryDsl;
 
     let position = match route {
@@ -413,10 +424,10 @@ async fn token_position(conn: &mut AsyncPgConnection, route: Route) -> u64 {
         }
         _ => "pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_insert_lsn(), '0/0')::int8",
     };
-    let lsn: QueryResult<i64> =
-        diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(position))
-            .get_result(conn)
-            .await;
+    let mut shared = conn;
+    let question = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(position))
+        .get_result(&mut shared);
+    let lsn: QueryResult<i64> = session::ask(conn, node.pooler, question).await;
     lsn.ok()
         .and_then(|lsn| u64::try_from(lsn).ok())
         .unwrap_or(WriteToken::UNKNOWN_LSN)
@@ -576,7 +587,7 @@ async fn wait_for_replay(
 /// A checked connection of `node`'s, taken out of its pool for good: its
 /// reset is waited for, and a stale one is replaced once.
 pub(crate) async fn dedicated_connection(node: &Node) -> Result<AsyncPgConnection, Error> {
-    let plan = Plan::new(Route::Write, true, None);
+    let plan = Plan::bare();
     let mut last = None;
     for _ in 0..2 {
         let (conn, _) = match ready_connection(node, Route::Write, &plan, None).await {
@@ -602,22 +613,34 @@ pub(crate) async fn dedicated_connection(node: &Node) -> Result<AsyncPgConnectio
 /// [`Scope::statement`]), and the failure is then the tenant's. The call's
 /// transaction, when it is not ended yet, is rolled back first. A check
 /// that cannot be made says yes: the body's own error stands.
-async fn tenant_exists(conn: &mut AsyncPgConnection, scope: &Scope<'_>, plan: &Plan) -> bool {
+async fn tenant_exists(
+    conn: &mut AsyncPgConnection,
+    node: &Node,
+    scope: &Scope<'_>,
+    plan: &Plan,
+) -> bool {
     use diesel::ExpressionMethods;
     use diesel::query_dsl::QueryDsl;
     use diesel_async::RunQueryDsl;
 
-    if plan.ends_with_the_reset() && send_ahead(conn, "ROLLBACK").is_err() {
+    if plan.ends_with_the_reset()
+        && SimpleAsyncConnection::batch_execute(conn, "ROLLBACK")
+            .await
+            .is_err()
+    {
         return true;
     }
 
     // A typed query: diesel-async keeps it prepared on the connection.
-    diesel::select(diesel::dsl::exists(
+    let conn: &AsyncPgConnection = conn;
+    let mut shared = conn;
+    let question = diesel::select(diesel::dsl::exists(
         pg_namespace::table.filter(pg_namespace::nspname.eq(scope.tenant.name())),
     ))
-    .get_result(conn)
-    .await
-    .unwrap_or(true)
+    .get_result(&mut shared);
+    session::ask(conn, node.pooler, question)
+        .await
+        .unwrap_or(true)
 }
 
 /// Ends a call with one batch of the plan, waited for. A connection whose

@@ -17,6 +17,7 @@ use diesel_async::{
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::instrument::Watch;
+use crate::pooler::Pooler;
 use crate::session;
 
 /// How long the cancel request, then the reset behind it, may take before
@@ -28,6 +29,7 @@ const SETTLE_LIMIT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub(crate) struct Canceller {
     pub(crate) tls: Option<MakeRustlsConnect>,
+    pub(crate) pooler: Pooler,
 }
 
 impl Canceller {
@@ -67,7 +69,7 @@ impl Canceller {
         cancelled.map_err(|e| format!("cancel request: {e}"))?;
         // A cancel that arrives once the statement ended may still cancel
         // the reset: that fails, and the connection is closed.
-        SimpleAsyncConnection::batch_execute(conn, session::reset(true))
+        SimpleAsyncConnection::batch_execute(conn, session::reset_after_cancel(self.pooler))
             .await
             .map_err(|e| format!("reset: {e}"))?;
         // The reset rolled back every transaction the call had begun.

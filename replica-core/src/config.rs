@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::balance::Balance;
 use crate::credentials::{Credentials, CredentialsProvider, SecretFile};
 use crate::error::ConfigError;
+use crate::pooler::Pooler;
 use crate::tenant::check_identifier;
 use crate::tls::TlsSettings;
 use crate::url::{DatabaseUrl, MAX_TIMEOUT_MS, UrlProblem, redact_address};
@@ -68,6 +69,9 @@ pub struct Config {
     /// How the nodes are found while running. Default:
     /// [`Discovery::Static`], the lists above.
     pub discovery: Discovery,
+    /// What the addresses reach: the servers, or a transaction-mode pooler
+    /// in front of each. Default: [`Pooler::None`].
+    pub pooler: Pooler,
 }
 
 /// How a replica set finds its nodes while running.
@@ -492,7 +496,18 @@ impl Config {
             })
             .collect::<Result<_, _>>()?;
         let shared_schemas = var("shared_schemas").map(|_| list("shared_schemas"));
+        let pooler = match var("pooler") {
+            None => None,
+            Some(name) => Some(
+                Pooler::parse(&name).ok_or_else(|| ConfigError::InvalidChoice {
+                    key: naming.key("pooler"),
+                    value: name,
+                    expected: "none or transaction",
+                })?,
+            ),
+        };
         Settings {
+            pooler,
             url: var("url"),
             secret_file: var("secret_file"),
             discovery: var("discovery"),
@@ -720,6 +735,7 @@ struct Settings {
     health: HealthConfig,
     consistency: ConsistencyConfig,
     shared_schemas: Option<Vec<String>>,
+    pooler: Option<Pooler>,
 }
 
 /// How a setting is named in errors: by environment variable or by field.
@@ -819,6 +835,7 @@ impl Naming {
             "max_lifetime" => "MAX_LIFETIME_MS",
             "idle_timeout" => "IDLE_TIMEOUT_MS",
             "balance" => "BALANCE",
+            "pooler" => "POOLER",
             "shared_schemas" => "SHARED_SCHEMAS",
             "replica_weights" => "REPLICA_WEIGHTS",
             "health.eject_after" => "EJECT_AFTER",
@@ -922,6 +939,7 @@ impl Settings {
             },
             credentials,
             discovery: Discovery::Static,
+            pooler: self.pooler.unwrap_or_default(),
         };
         let urls_key = naming.key("replica_urls");
         for (i, url) in self.replica_urls.iter().enumerate() {

@@ -4,17 +4,21 @@
 
 use std::sync::Arc;
 
+use std::future::Future;
 use std::hash::{Hash, Hasher};
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use deadpool::Runtime;
 use deadpool::managed::{Hook, HookError, Metrics};
 use diesel::ConnectionError;
-use diesel_async::AsyncPgConnection;
+use diesel::connection::CacheSize;
 use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod, SetupCallback,
 };
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use tokio_postgres::config::SslMode as WireSslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -24,6 +28,7 @@ use crate::credentials::{Credentials, CredentialsProvider};
 use crate::error::error_chain;
 use crate::instrument::Watch;
 use crate::metrics::{self, Stopwatch};
+use crate::pooler::Pooler;
 use crate::tls::SslMode;
 use crate::url::DatabaseUrl;
 
@@ -33,7 +38,8 @@ use crate::url::DatabaseUrl;
 /// Idle connections are recycled without a round trip (diesel-async's
 /// `Fast`: a connection whose socket closed is discarded); the statements
 /// of each use find the rest (see the attempt module). Replicas' sessions
-/// are read-only from the start.
+/// are read-only from the start, unless a pooler is in front (see
+/// [`Connector::new`]).
 ///
 /// # Errors
 /// The TLS settings cannot be used: a certificate file is missing or
@@ -45,6 +51,7 @@ pub(crate) fn pool(
     credentials: Option<&CredentialsProvider>,
     node: String,
     writer: bool,
+    pooler: Pooler,
 ) -> Result<(Pool<AsyncPgConnection>, Canceller), String> {
     let mut connector = Connector::new(
         url,
@@ -53,6 +60,7 @@ pub(crate) fn pool(
         credentials,
         node,
         config.connect_timeout,
+        pooler,
     )?;
     if writer {
         // A writer that turns out to be a standby (after a failover) is
@@ -60,10 +68,11 @@ pub(crate) fn pool(
         connector
             .config
             .target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
-    } else {
-        // A replica's sessions refuse writes from their start, so that
-        // reads need no `READ ONLY` transaction: also on a replica promoted
-        // since, before discovery sees it. `RESET ALL` goes back to it.
+    } else if !pooler.is_transaction() {
+        // A replica's sessions refuse writes from their start, as a second
+        // guard beside each read's `READ ONLY` transaction: a body must
+        // turn both off to write on a replica promoted since it was found.
+        // `RESET ALL` goes back to it.
         let options = connector
             .config
             .get_options()
@@ -74,6 +83,7 @@ pub(crate) fn pool(
     }
     let canceller = Canceller {
         tls: connector.tls.clone(),
+        pooler,
     };
     let mut manager_config = ManagerConfig::default();
     manager_config.recycling_method = RecyclingMethod::Fast;
@@ -177,12 +187,18 @@ pub(crate) struct Connector {
     node: String,
     /// How long logins refused during a password rotation are retried.
     budget: Duration,
+    pooler: Pooler,
 }
 
 /// How long refused logins are retried when connecting has no timeout.
 const UNBOUNDED_BUDGET: Duration = Duration::from_secs(60);
 
 impl Connector {
+    /// Opens connections to the node `url` names. Their sessions start
+    /// with `statement_timeout` and the time zone diesel-async sets, as
+    /// startup options; behind a transaction-mode pooler, which refuses
+    /// startup options, with neither: each call sets its timeout for its
+    /// own transaction (see the session module).
     pub(crate) fn new(
         url: &DatabaseUrl,
         application_name: &str,
@@ -190,14 +206,20 @@ impl Connector {
         credentials: Option<&CredentialsProvider>,
         node: String,
         connect_timeout: Option<Duration>,
+        pooler: Pooler,
     ) -> Result<Self, String> {
+        let config = match pooler {
+            Pooler::Transaction => url.connect_config(application_name, None, false),
+            _ => url.connect_config(application_name, statement_timeout, true),
+        };
         Ok(Self {
-            config: url.connect_config(application_name, statement_timeout),
+            config,
             mode: url.tls.mode(),
             tls: url.tls.client_config()?.map(MakeRustlsConnect::new),
             credentials: credentials.map(|provider| Arc::clone(&provider.0)),
             node,
             budget: connect_timeout.unwrap_or(UNBOUNDED_BUDGET),
+            pooler,
         })
     }
 }
@@ -227,7 +249,7 @@ impl Connector {
     /// password rotation the provider may lag the server by a while.
     pub(crate) async fn open(&self) -> Result<AsyncPgConnection, String> {
         let Some(provider) = &self.credentials else {
-            return connect(&self.config, self.mode, self.tls.clone())
+            return connect(&self.config, self.mode, self.tls.clone(), self.pooler)
                 .await
                 .map_err(|e| e.message);
         };
@@ -241,7 +263,7 @@ impl Connector {
                 .map_err(|e| error_chain(&e))?;
             let mut config = self.config.clone();
             config.user(&login.user).password(login.password.expose());
-            match connect(&config, self.mode, self.tls.clone()).await {
+            match connect(&config, self.mode, self.tls.clone(), self.pooler).await {
                 Ok(conn) => {
                     if refresh {
                         tracing::info!(node = %self.node, "connected with refreshed credentials");
@@ -299,9 +321,10 @@ async fn connect(
     config: &tokio_postgres::Config,
     mode: SslMode,
     tls: Option<MakeRustlsConnect>,
+    pooler: Pooler,
 ) -> Result<AsyncPgConnection, ConnectFailure> {
     let Some(tls) = tls.filter(|_| mode != SslMode::Disable) else {
-        return plain(config).await.map_err(|e| e.failure());
+        return plain(config, pooler).await.map_err(|e| e.failure());
     };
     let encrypted = |wire| {
         let mut config = config.clone();
@@ -311,14 +334,14 @@ async fn connect(
                 .connect(tls)
                 .await
                 .map_err(|e| ConnectFailure::of(&e))?;
-            AsyncPgConnection::try_from_client_and_connection(client, connection)
+            adopt(client, connection, pooler)
                 .await
                 .map_err(|e| ConnectFailure::setup(&e))
         }
     };
     match mode {
         // Plaintext first; TLS when the server refuses it.
-        SslMode::Allow => match plain(config).await {
+        SslMode::Allow => match plain(config, pooler).await {
             Ok(conn) => Ok(conn),
             Err(Refused::Server(_)) => encrypted(WireSslMode::Require).await,
             Err(e) => Err(e.failure()),
@@ -345,7 +368,10 @@ impl Refused {
     }
 }
 
-async fn plain(config: &tokio_postgres::Config) -> Result<AsyncPgConnection, Refused> {
+async fn plain(
+    config: &tokio_postgres::Config,
+    pooler: Pooler,
+) -> Result<AsyncPgConnection, Refused> {
     let mut config = config.clone();
     config.ssl_mode(WireSslMode::Disable);
     let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| {
@@ -355,7 +381,52 @@ async fn plain(config: &tokio_postgres::Config) -> Result<AsyncPgConnection, Ref
             Refused::Other(e)
         }
     })?;
-    AsyncPgConnection::try_from_client_and_connection(client, connection)
+    adopt(client, connection, pooler)
         .await
         .map_err(Refused::Setup)
+}
+
+/// diesel-async's connection over tokio-postgres' client and connection.
+///
+/// Behind a transaction-mode pooler, diesel-async's set-up statements (its
+/// session's time zone and client encoding, each prepared under a name,
+/// run and closed: statements the pooler tracks) run inside one
+/// transaction of ours, so that the pooler gives all of them one server
+/// connection; and the connection keeps no statement prepared past the
+/// use that prepared it, so none outlives the transaction it ran in. The
+/// `BEGIN` and `COMMIT` replies are read: a failure fails the connect.
+async fn adopt<S>(
+    client: tokio_postgres::Client,
+    mut connection: tokio_postgres::Connection<tokio_postgres::Socket, S>,
+    pooler: Pooler,
+) -> Result<AsyncPgConnection, ConnectionError>
+where
+    S: tokio_postgres::tls::TlsStream + Unpin + Send + 'static,
+{
+    if !pooler.is_transaction() {
+        return AsyncPgConnection::try_from_client_and_connection(client, connection).await;
+    }
+    {
+        // The connection is driven here until the `BEGIN` is answered,
+        // then handed to diesel-async, which drives it from then on.
+        let mut begin = std::pin::pin!(client.batch_execute("BEGIN"));
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(begun) = begin.as_mut().poll(cx) {
+                return Poll::Ready(begun.map_err(|e| error_chain(&e)));
+            }
+            match Pin::new(&mut connection).poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(())) => Poll::Ready(Err("the connection closed".to_owned())),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(error_chain(&e))),
+            }
+        })
+        .await
+        .map_err(ConnectionError::BadConnection)?;
+    }
+    let mut conn = AsyncPgConnection::try_from_client_and_connection(client, connection).await?;
+    SimpleAsyncConnection::batch_execute(&mut conn, "COMMIT")
+        .await
+        .map_err(ConnectionError::CouldntSetupConfiguration)?;
+    conn.set_prepared_statement_cache_size(CacheSize::Disabled);
+    Ok(conn)
 }

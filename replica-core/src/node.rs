@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use diesel::QueryResult;
 use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::deadpool::{Pool, PoolError};
 use futures_util::future::try_join_all;
@@ -22,6 +21,7 @@ use crate::error::Error;
 use crate::health::{Health, Probed, Tracker};
 use crate::lag::Lag;
 use crate::metrics::{NodeGauges, NodeMetrics};
+use crate::pooler::Pooler;
 use crate::route::Route;
 use crate::url::DatabaseUrl;
 
@@ -98,6 +98,8 @@ pub(crate) struct Node {
     /// Cancels what a dropped call left running on a connection.
     pub(crate) canceller: Canceller,
     warm_up: usize,
+    /// The server's bound on one statement.
+    pub(crate) statement_timeout: Option<Duration>,
     /// The client's bound on one attempt, past the server's own.
     pub(crate) attempt_timeout: Option<Duration>,
     pub(crate) health: Tracker,
@@ -105,6 +107,8 @@ pub(crate) struct Node {
     /// What is known of its replay progress (replicas).
     pub(crate) lag: Lag,
     pub(crate) metrics: NodeMetrics,
+    /// What its address reaches: the server, or a transaction-mode pooler.
+    pub(crate) pooler: Pooler,
 }
 
 /// How to build one node.
@@ -116,6 +120,7 @@ pub(crate) struct Spec<'a> {
     pub(crate) application_name: &'a str,
     pub(crate) health: &'a Arc<HealthConfig>,
     pub(crate) credentials: Option<&'a CredentialsProvider>,
+    pub(crate) pooler: Pooler,
 }
 
 impl Node {
@@ -130,6 +135,7 @@ impl Node {
             application_name,
             health,
             credentials,
+            pooler,
         } = spec;
         let id = NodeId::of(&url);
         let (connections, canceller) = connector::pool(
@@ -139,6 +145,7 @@ impl Node {
             credentials,
             id.to_string(),
             role == Role::Writer,
+            pooler,
         )?;
         Ok(Self {
             id: id.clone(),
@@ -149,11 +156,13 @@ impl Node {
             canceller,
             url,
             warm_up: pool.warm_up,
+            statement_timeout: pool.statement_timeout(),
             attempt_timeout: pool.statement_timeout().map(|t| t + STATEMENT_GRACE),
             health: Tracker::new(Arc::clone(health), role == Role::Replica),
             in_flight: AtomicUsize::new(0),
             lag: Lag::default(),
             metrics: NodeMetrics::new(id.as_str(), role.as_str()),
+            pooler,
         })
     }
 
@@ -238,18 +247,17 @@ impl Probed for Node {
     }
 
     async fn probe(&self) -> bool {
-        use diesel_async::RunQueryDsl;
+        use diesel_async::SimpleAsyncConnection;
 
+        // A simple query: nothing prepared, also behind a pooler.
         let check = async {
             let mut conn = self.pool.get().await.ok()?;
-            let one: QueryResult<i32> =
-                diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>("1"))
-                    .get_result(&mut *conn)
-                    .await;
-            one.ok()
+            SimpleAsyncConnection::batch_execute(&mut *conn, "SELECT 1")
+                .await
+                .ok()
         };
         let bound = self.attempt_timeout.unwrap_or(Duration::from_secs(10));
-        matches!(tokio::time::timeout(bound, check).await, Ok(Some(_)))
+        matches!(tokio::time::timeout(bound, check).await, Ok(Some(())))
     }
 }
 

@@ -16,6 +16,8 @@ use crate::connector::Connector;
 use crate::credentials::CredentialsProvider;
 use crate::error::error_chain;
 use crate::node::NodeId;
+use crate::pooler::Pooler;
+use crate::session;
 use crate::url::DatabaseUrl;
 
 /// Why a question got no rows.
@@ -48,6 +50,7 @@ pub(crate) struct Probes {
     credentials: Option<CredentialsProvider>,
     /// Bounds connecting and each query.
     timeout: Duration,
+    pooler: Pooler,
     nodes: Mutex<Vec<Probe>>,
 }
 
@@ -70,6 +73,7 @@ impl Probes {
         purpose: &str,
         credentials: Option<CredentialsProvider>,
         timeout: Duration,
+        pooler: Pooler,
     ) -> Self {
         let mut room = 63usize
             .saturating_sub(purpose.len() + 1)
@@ -81,6 +85,7 @@ impl Probes {
             application_name: format!("{}-{purpose}", &application_name[..room]),
             credentials,
             timeout,
+            pooler,
             nodes: Mutex::default(),
         }
     }
@@ -108,7 +113,13 @@ impl Probes {
                 .unwrap_or_else(|_| Err(format!("no connection within {timeout:?}")))
                 .map_err(Unanswered::Silent)?,
         };
-        match tokio::time::timeout(timeout, diesel::sql_query(sql).load::<R>(&mut conn)).await {
+        let asked = {
+            let shared: &AsyncPgConnection = &conn;
+            let mut reader = shared;
+            let question = diesel::sql_query(sql).load::<R>(&mut reader);
+            tokio::time::timeout(timeout, session::ask(shared, self.pooler, question)).await
+        };
+        match asked {
             Ok(Ok(rows)) => {
                 self.put_back(url, conn);
                 Ok(rows)
@@ -150,6 +161,7 @@ impl Probes {
             self.credentials.as_ref(),
             NodeId::of(url).to_string(),
             Some(self.timeout),
+            self.pooler,
         )?);
         nodes.push(Probe {
             url: url.clone(),
@@ -189,11 +201,17 @@ mod tests {
 
     #[test]
     fn names_keep_within_what_the_server_keeps_and_cut_on_a_character() {
-        let short = Probes::new("billing", "lag", None, Duration::from_secs(1));
+        let short = Probes::new("billing", "lag", None, Duration::from_secs(1), Pooler::None);
         assert_eq!(short.application_name, "billing-lag");
         // 31 two-byte characters and one byte: 63 bytes, the longest name.
         let long = format!("{}x", "é".repeat(31));
-        let probes = Probes::new(&long, "discovery", None, Duration::from_secs(1));
+        let probes = Probes::new(
+            &long,
+            "discovery",
+            None,
+            Duration::from_secs(1),
+            Pooler::None,
+        );
         assert!(
             probes.application_name.len() <= 63,
             "{}",

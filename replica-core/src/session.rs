@@ -18,11 +18,16 @@
 //! that nothing was written.
 
 use std::borrow::Cow;
+use std::future::Future;
+use std::time::Duration;
 
 use diesel::QueryResult;
 use diesel::connection::TransactionDepthChange;
-use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager};
+use diesel_async::{
+    AnsiTransactionManager, AsyncPgConnection, SimpleAsyncConnection, TransactionManager,
+};
 
+use crate::pooler::Pooler;
 use crate::route::Route;
 use crate::tenant::Scope;
 
@@ -57,8 +62,18 @@ const RESET_AFTER_FAILURE: &str = concat!("ROLLBACK; ", session_cleanup!());
 
 /// The reset to send after a call: with `rollback`, for a call whose
 /// transaction may be open or failed.
-pub(crate) fn reset(rollback: bool) -> &'static str {
+fn reset(rollback: bool) -> &'static str {
     if rollback { RESET_AFTER_FAILURE } else { RESET }
+}
+
+/// What ends whatever a dropped call left on its connection, once its
+/// statement is cancelled: the whole reset, or behind a pooler the
+/// `ROLLBACK` alone.
+pub(crate) fn reset_after_cancel(pooler: Pooler) -> &'static str {
+    match pooler {
+        Pooler::Transaction => "ROLLBACK",
+        _ => RESET_AFTER_FAILURE,
+    }
 }
 
 /// Makes the session of a read on the writer read-only by default, sent
@@ -94,6 +109,18 @@ const COMMIT_FLUSHED: &str = "SELECT pg_catalog.set_config('synchronous_commit',
      CASE pg_catalog.current_setting('synchronous_commit') WHEN 'off' THEN 'local' \
      ELSE pg_catalog.current_setting('synchronous_commit') END, true); COMMIT";
 
+/// What of the node a call runs on shapes its plan.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Site {
+    /// Whether the node is the writer.
+    pub(crate) writer: bool,
+    /// What the node's address reaches.
+    pub(crate) pooler: Pooler,
+    /// The statement timeout, which behind a pooler each call sets for its
+    /// own transaction (elsewhere it is a startup option).
+    pub(crate) statement_timeout: Option<Duration>,
+}
+
 /// How a routed body runs on one node: what is sent ahead of it after the
 /// reset, and how the call ends.
 #[derive(Clone, Debug)]
@@ -113,6 +140,7 @@ pub(crate) struct Plan {
     pub(crate) on_ok: Option<&'static str>,
     /// Ends the call after the body returned `Err`.
     pub(crate) on_err: Option<&'static str>,
+    pooler: Pooler,
 }
 
 impl Plan {
@@ -129,7 +157,19 @@ impl Plan {
     ///   nothing was written.
     /// - A transaction ends with `COMMIT`, or `ROLLBACK` after an error.
     /// - An autocommit write runs the body alone.
-    pub(crate) fn new(route: Route, on_writer: bool, scope: Option<&Scope<'_>>) -> Self {
+    ///
+    /// Behind a transaction-mode pooler, where nothing of a session
+    /// survives the transaction, an autocommit write runs in a transaction
+    /// too (its prepared statements live only inside one), each transaction
+    /// sets the statement timeout for itself, and a read on the writer has
+    /// no session guard: its transaction is all that is read-only.
+    pub(crate) fn new(route: Route, site: Site, scope: Option<&Scope<'_>>) -> Self {
+        let Site {
+            writer: on_writer,
+            pooler,
+            statement_timeout,
+        } = site;
+        let behind_pooler = pooler.is_transaction();
         let begin = match route {
             Route::Read | Route::ReadFresh if on_writer => {
                 Some("BEGIN TRANSACTION READ ONLY; ".to_owned() + MARK_READ)
@@ -145,13 +185,23 @@ impl Plan {
             // The scope, set for the transaction, is gone with it.
             Route::Transaction | Route::Write if scope.is_some() => Some("BEGIN".to_owned()),
             Route::Transaction => Some("BEGIN".to_owned()),
+            Route::Write if behind_pooler => Some("BEGIN".to_owned()),
             Route::Write => None,
         };
         let transaction = begin.is_some();
-        let opening = match (begin, scope) {
-            (Some(begin), Some(scope)) => Some(Cow::Owned(begin + "; " + &scope.statement())),
-            (begin, _) => begin.map(Cow::Owned),
-        };
+        let timeout = statement_timeout.filter(|_| behind_pooler).map(|timeout| {
+            format!(
+                "SELECT pg_catalog.set_config('statement_timeout', '{}', true)",
+                timeout.as_millis()
+            )
+        });
+        let opening = begin.map(|mut opening| {
+            for statement in [timeout, scope.map(Scope::statement)].into_iter().flatten() {
+                opening.push_str("; ");
+                opening.push_str(&statement);
+            }
+            Cow::Owned(opening)
+        });
         let (on_ok, on_err) = match route {
             _ if !transaction => (None, None),
             Route::Transaction | Route::Write => (Some("COMMIT"), Some("ROLLBACK")),
@@ -159,13 +209,40 @@ impl Plan {
             // A read on a replica: see `ends_with_the_reset`.
             _ => (None, None),
         };
-        let guard = (route.is_read_only() && on_writer).then_some(READ_ONLY_SESSION);
+        let guard =
+            (route.is_read_only() && on_writer && !behind_pooler).then_some(READ_ONLY_SESSION);
         Self {
             guard,
             opening,
             transaction,
             on_ok,
             on_err,
+            pooler,
+        }
+    }
+
+    /// What to send after the call, unread, as the connection goes back
+    /// to its pool (`failed`: a statement of the call failed, so its
+    /// transaction may be open and failed). Behind a pooler only a
+    /// `ROLLBACK`, and only when a transaction may be open: anything more
+    /// would be a session-level statement.
+    pub(crate) fn reset(&self, failed: bool) -> Option<&'static str> {
+        let rollback = failed || self.ends_with_the_reset();
+        match self.pooler {
+            Pooler::Transaction => rollback.then_some("ROLLBACK"),
+            _ => Some(reset(rollback)),
+        }
+    }
+
+    /// No plan: nothing sent ahead, no end of its own.
+    pub(crate) fn bare() -> Self {
+        Self {
+            guard: None,
+            opening: None,
+            transaction: false,
+            on_ok: None,
+            on_err: None,
+            pooler: Pooler::None,
         }
     }
 
@@ -186,6 +263,30 @@ impl Plan {
     pub(crate) fn ends_with_the_reset(&self) -> bool {
         self.transaction && self.on_ok.is_none()
     }
+}
+
+/// Asks one question of the library's own on `conn` (a typed query, which
+/// diesel-async prepares under a name), every reply read. Behind a
+/// transaction-mode pooler it runs in a `READ ONLY` transaction of its
+/// own, begun in the question's round trip and rolled back after: only a
+/// transaction keeps a statement's prepare and its use on one server
+/// connection of the pooler's.
+///
+/// `question` must not have been polled: it is sent after the `BEGIN`.
+pub(crate) async fn ask<R>(
+    conn: &AsyncPgConnection,
+    pooler: Pooler,
+    question: impl Future<Output = QueryResult<R>>,
+) -> QueryResult<R> {
+    if !pooler.is_transaction() {
+        return question.await;
+    }
+    let mut shared = conn;
+    let begin = SimpleAsyncConnection::batch_execute(&mut shared, "BEGIN TRANSACTION READ ONLY");
+    let (begun, answer) = futures_util::future::join(begin, question).await;
+    let mut shared = conn;
+    let ended = SimpleAsyncConnection::batch_execute(&mut shared, "ROLLBACK").await;
+    begun.and(answer).and_then(|answer| ended.map(|()| answer))
 }
 
 /// Tells diesel-async's transaction manager that the transaction sent
@@ -218,9 +319,24 @@ mod tests {
     use super::*;
     use crate::Tenant;
 
+    fn on(writer: bool) -> Site {
+        Site {
+            writer,
+            pooler: Pooler::None,
+            statement_timeout: Some(Duration::from_secs(10)),
+        }
+    }
+
+    fn behind_pooler(writer: bool) -> Site {
+        Site {
+            pooler: Pooler::Transaction,
+            ..on(writer)
+        }
+    }
+
     #[test]
     fn replica_reads_run_in_a_read_only_transaction_the_reset_ends() {
-        let plan = Plan::new(Route::Read, false, None);
+        let plan = Plan::new(Route::Read, on(false), None);
         assert_eq!(plan.opening.as_deref(), Some("BEGIN TRANSACTION READ ONLY"));
         assert!(plan.transaction && plan.guard.is_none());
         assert_eq!((plan.on_ok, plan.on_err), (None, None));
@@ -231,7 +347,7 @@ mod tests {
     fn scoped_replica_reads_begin_with_their_scope() {
         let tenant = Tenant::new("acme").unwrap();
         let scope = Scope::new(&tenant, &["shared".to_owned()]);
-        let plan = Plan::new(Route::Read, false, Some(&scope));
+        let plan = Plan::new(Route::Read, on(false), Some(&scope));
         let opening = plan.opening.as_deref().unwrap();
         assert!(
             opening.starts_with(
@@ -246,7 +362,7 @@ mod tests {
     fn transactions_scope_locally() {
         let tenant = Tenant::new("acme").unwrap();
         let scope = Scope::new(&tenant, &[]);
-        let plan = Plan::new(Route::Transaction, true, Some(&scope));
+        let plan = Plan::new(Route::Transaction, on(true), Some(&scope));
         let opening = plan.opening.unwrap();
         assert!(opening.starts_with("BEGIN; SELECT pg_catalog.set_config('search_path'"));
         assert_eq!(plan.on_ok, Some("COMMIT"));
@@ -255,15 +371,52 @@ mod tests {
     #[test]
     fn reads_on_the_writer_check_their_end() {
         for route in [Route::Read, Route::ReadFresh, Route::ReadSnapshot] {
-            let plan = Plan::new(route, true, None);
+            let plan = Plan::new(route, on(true), None);
             assert_eq!(plan.on_ok, Some(END_READ_ON_WRITER), "{route:?}");
             assert_eq!(plan.guard, Some(READ_ONLY_SESSION));
             assert!(!plan.ends_with_the_reset());
         }
         for route in [Route::Write, Route::Transaction] {
-            assert_eq!(Plan::new(route, true, None).guard, None);
+            assert_eq!(Plan::new(route, on(true), None).guard, None);
         }
-        let plan = Plan::new(Route::ReadSnapshot, false, None);
+        let plan = Plan::new(Route::ReadSnapshot, on(false), None);
         assert!(plan.ends_with_the_reset());
+    }
+
+    #[test]
+    fn behind_a_pooler_every_call_is_a_transaction_with_its_own_timeout() {
+        for route in [
+            Route::Read,
+            Route::ReadFresh,
+            Route::ReadSnapshot,
+            Route::Write,
+            Route::Transaction,
+        ] {
+            for writer in [true, false] {
+                let plan = Plan::new(route, behind_pooler(writer), None);
+                let opening = plan.opening.as_deref().unwrap();
+                assert!(plan.transaction, "{route:?}");
+                assert!(
+                    opening.contains("set_config('statement_timeout', '10000', true)"),
+                    "{opening}"
+                );
+                assert_eq!(plan.guard, None, "no session SET behind a pooler");
+                // Only a ROLLBACK ever follows, and only when a
+                // transaction may be open.
+                assert!(matches!(plan.reset(true), Some("ROLLBACK")));
+                let after_ok = plan.reset(false);
+                assert!(after_ok.is_none() || after_ok == Some("ROLLBACK"));
+            }
+        }
+        let write = Plan::new(Route::Write, behind_pooler(true), None);
+        assert_eq!(
+            (write.on_ok, write.on_err),
+            (Some("COMMIT"), Some("ROLLBACK"))
+        );
+        assert_eq!(write.reset(false), None);
+        // Without a pooler the timeout is the session's, set at connect.
+        let plan = Plan::new(Route::Read, on(false), None);
+        assert!(!plan.opening.clone().unwrap().contains("statement_timeout"));
+        assert!(plan.reset(false).unwrap().contains("RESET ALL"));
     }
 }

@@ -672,6 +672,7 @@ async fn watch(inner: std::sync::Weak<Inner>, source: Source, interval: Duration
             "discovery",
             inner.blueprint.credentials.clone(),
             SURVEY_TIMEOUT,
+            inner.blueprint.pooler,
         ),
         None => return,
     };
@@ -803,6 +804,7 @@ async fn monitor(inner: std::sync::Weak<Inner>, source: monitor::Source, interva
             "lag",
             inner.blueprint.credentials.clone(),
             interval.clamp(SURVEY_TIMEOUT / 4, SURVEY_TIMEOUT),
+            inner.blueprint.pooler,
         ),
         None => return,
     };

@@ -11,6 +11,7 @@ use crate::config::{Config, HealthConfig, PoolConfig};
 use crate::credentials::CredentialsProvider;
 use crate::error::ConfigError;
 use crate::node::{Node, NodeId, Role, Spec};
+use crate::pooler::Pooler;
 use crate::url::DatabaseUrl;
 
 pub(crate) struct Topology {
@@ -31,6 +32,7 @@ pub(crate) struct Blueprint {
     pub(crate) application_name: String,
     pub(crate) credentials: Option<CredentialsProvider>,
     pub(crate) balance: Balance,
+    pub(crate) pooler: Pooler,
 }
 
 impl Blueprint {
@@ -42,6 +44,7 @@ impl Blueprint {
             application_name: config.application_name.clone(),
             credentials: config.credentials.clone(),
             balance: config.balance,
+            pooler: config.pooler,
         }
     }
 
@@ -61,6 +64,7 @@ impl Blueprint {
             application_name: &self.application_name,
             health: &self.health,
             credentials: self.credentials.as_ref(),
+            pooler: self.pooler,
         })
         .map_err(|problem| ConfigError::InvalidTls { key, problem })
     }

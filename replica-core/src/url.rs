@@ -194,12 +194,14 @@ impl DatabaseUrl {
 
     /// The settings connections are opened with, password included. Never
     /// log them. `application_name` is added unless set; the statement
-    /// timeout and UTC time zone are appended to any `options` given, so
-    /// that they win over what the options say and survive `RESET ALL`.
+    /// timeout and (with `time_zone`) the UTC time zone are appended to any
+    /// `options` given, so that they win over what the options say and
+    /// survive `RESET ALL`. With neither, no `options` are added.
     pub(crate) fn connect_config(
         &self,
         application_name: &str,
         statement_timeout: Option<Duration>,
+        time_zone: bool,
     ) -> tokio_postgres::Config {
         let mut config = self.config.clone();
         if config.get_application_name().is_none() && !application_name.is_empty() {
@@ -211,8 +213,12 @@ impl DatabaseUrl {
         }
         // diesel-async sets this on each new connection; as a startup option
         // it is also what `RESET ALL` goes back to.
-        options.push_str(" -c TimeZone=UTC");
-        config.options(options.trim_start());
+        if time_zone {
+            options.push_str(" -c TimeZone=UTC");
+        }
+        if !options.trim().is_empty() {
+            config.options(options.trim_start());
+        }
         config
     }
 }
@@ -511,14 +517,14 @@ mod tests {
     #[test]
     fn connect_settings_merge_options() {
         let url = DatabaseUrl::parse("postgres://h/db?options=-c%20work_mem%3D64MB").unwrap();
-        let config = url.connect_config("svc", Some(Duration::from_secs(2)));
+        let config = url.connect_config("svc", Some(Duration::from_secs(2)), true);
         assert_eq!(
             config.get_options(),
             Some("-c work_mem=64MB -c statement_timeout=2000 -c TimeZone=UTC")
         );
         assert_eq!(config.get_application_name(), Some("svc"));
         let url = DatabaseUrl::parse("postgres://h/db?application_name=mine").unwrap();
-        let config = url.connect_config("svc", None);
+        let config = url.connect_config("svc", None, true);
         assert_eq!(config.get_application_name(), Some("mine"));
         assert_eq!(config.get_options(), Some("-c TimeZone=UTC"));
     }

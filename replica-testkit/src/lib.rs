@@ -336,6 +336,12 @@ impl Node {
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }
+
+    /// The server's log file on the local backend (`pg_ctl -l`); the Docker backend's
+    /// servers log to their containers' output instead.
+    pub fn log_file(&self) -> &Path {
+        &self.log
+    }
 }
 
 /// Where a node stands in the topology.
