@@ -69,6 +69,7 @@
 //! cargo bench --bench latency
 //! BENCH_DELAY_US=0 cargo bench --bench latency
 //! BENCH_QUERY=dsl cargo bench --bench latency
+//! BENCH_DELAY_US=0 BENCH_POOLER=pgbouncer cargo bench --bench latency
 //! BENCH_DELAY_US=500 BENCH_CLIENTS=1,8,32 BENCH_SECS=3 BENCH_ROUNDS=5 cargo bench --bench latency
 //! ```
 
@@ -83,8 +84,8 @@ use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use diesel_replica::ReplicaSet;
-use diesel_replica_testkit::{Cluster, NodeId, Rng};
+use diesel_replica::{Config, Pooler, ReplicaSet};
+use diesel_replica_testkit::{Cluster, NodeId, PgBouncer, Rng};
 use hdrhistogram::Histogram;
 
 const ROWS: i32 = 10_000;
@@ -437,6 +438,15 @@ fn main() {
     };
     DSL.store(dsl, Ordering::Relaxed);
     let delay = Duration::from_micros(delay_us);
+    let behind_pooler = match std::env::var("BENCH_POOLER").as_deref() {
+        Ok("pgbouncer") => true,
+        Ok("none") | Err(_) => false,
+        Ok(other) => panic!("BENCH_POOLER={other}: expected none or pgbouncer"),
+    };
+    assert!(
+        !behind_pooler || (delay_us == 0 && !dsl),
+        "BENCH_POOLER=pgbouncer runs on loopback with sql_query: set BENCH_DELAY_US=0"
+    );
 
     let cluster = Cluster::start(1).expect("start the cluster");
     cluster
@@ -474,14 +484,37 @@ fn main() {
     let levels: Vec<Level> = runtime.block_on(async {
         let mut levels = Vec::new();
         for &clients in &counts {
-            let config = load_config(clients);
+            // Behind PgBouncer: one in front of each node, with a server
+            // connection per client, and every contender through them.
+            let poolers = behind_pooler.then(|| {
+                [cluster.primary(), cluster.replicas()[0].clone()]
+                    .map(|node| PgBouncer::start(node.port(), clients).expect("PgBouncer"))
+            });
+            let (writer_url, replica_url) = match &poolers {
+                Some([writer, replica]) => (writer.url(), replica.url()),
+                None => (writer_url.clone(), replica_url.clone()),
+            };
+            let mut config = load_config(clients);
+            if poolers.is_some() {
+                let mut behind = Config::new(&writer_url)
+                    .and_then(|c| c.with_replica(&replica_url))
+                    .expect("the poolers' URLs");
+                behind.writer_pool = config.writer_pool.clone();
+                behind.replica_pool = config.replica_pool.clone();
+                behind.pooler = Pooler::Transaction;
+                config = behind;
+            }
             let timeout_ms = config
                 .replica_pool
                 .statement_timeout
                 .map_or(0, |t| t.as_millis());
             let db = ReplicaSet::connect(config).await.expect("connect");
-            // The same server settings as ours.
-            let options = format!("?options=-c%20statement_timeout%3D{timeout_ms}");
+            // The same server settings as ours (a pooler refuses options;
+            // behind one, each of ours sets its timeout per transaction).
+            let options = match behind_pooler {
+                false => format!("?options=-c%20statement_timeout%3D{timeout_ms}"),
+                true => String::new(),
+            };
             let plain_url = format!("{replica_url}{options}");
             let fast = plain_pool(&plain_url, clients, RecyclingMethod::Fast);
             let verified = plain_pool(&plain_url, clients, RecyclingMethod::Verified);
@@ -490,15 +523,28 @@ fn main() {
                 clients,
                 RecyclingMethod::Fast,
             );
+            // Behind PgBouncer 1.18 a plain pool's statement, prepared in
+            // one exchange and run in the next, needs a transaction to stay
+            // on one server connection: B and V are then F's and W's forms.
+            let (bare_read, bare_write) = match behind_pooler {
+                false => (
+                    Contender::PlainBare(fast.clone()),
+                    Contender::PlainWriteBare(writer.clone()),
+                ),
+                true => (
+                    Contender::PlainTx(fast.clone()),
+                    Contender::PlainWriteTx(writer.clone()),
+                ),
+            };
             let contenders = [
                 Contender::Ours(db.clone()),
-                Contender::PlainBare(fast.clone()),
+                bare_read,
                 Contender::PlainTx(fast),
                 Contender::PlainTx(verified),
                 Contender::OursTransaction(db.clone()),
                 Contender::PlainWriteTx(writer.clone()),
                 Contender::OursWrite(db),
-                Contender::PlainWriteBare(writer),
+                bare_write,
             ];
             for contender in &contenders {
                 run(contender, clients, 1.0, 0).await;
@@ -567,7 +613,10 @@ fn spread(ratios: &[f64]) -> String {
 }
 
 fn report(delay_us: u64, secs: f64, rounds: usize, dsl: bool, levels: &[Level]) {
-    let network = if delay_us > 0 {
+    let behind_pooler = std::env::var("BENCH_POOLER").as_deref() == Ok("pgbouncer");
+    let network = if behind_pooler {
+        "loopback through PgBouncer (transaction mode; B and V in transactions)".to_owned()
+    } else if delay_us > 0 {
         format!("{delay_us} µs each way through delay proxies")
     } else {
         "loopback, no proxy".to_owned()

@@ -1092,3 +1092,34 @@ fn monitor_off_is_allowed_without_a_limit() {
     .unwrap();
     assert_eq!(config.consistency.lag_interval, Duration::ZERO);
 }
+
+#[test]
+fn the_pooler_is_none_or_transaction_from_env_and_serde() {
+    use diesel_replica::Pooler;
+
+    assert_eq!(
+        env(&[("DATABASE_URL", &writer())]).unwrap().pooler,
+        Pooler::None
+    );
+    let behind = env(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_POOLER", " Transaction "),
+    ])
+    .unwrap();
+    assert_eq!(behind.pooler, Pooler::Transaction);
+    let err = env_err(&[("DATABASE_URL", &writer()), ("DATABASE_POOLER", "session")]);
+    assert_eq!(
+        err.to_string(),
+        "`DATABASE_POOLER` = `session` is not valid: expected none or transaction"
+    );
+    let json: Config =
+        serde_json::from_str(r#"{"url":"postgres://h/d","pooler":"transaction"}"#).unwrap();
+    assert_eq!(json.pooler, Pooler::Transaction);
+    let err = serde_json::from_str::<Config>(r#"{"url":"postgres://h/d","pooler":"pgbouncer"}"#)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("unknown pooler `pgbouncer`, expected none or transaction"),
+        "{err}"
+    );
+}
