@@ -5,7 +5,11 @@
 # pg_ctl, postgres, pg_basebackup, psql and pg_isready on PATH, and a
 # `postgres` user whose home is /var/lib/postgresql.
 #
-#   docker/build-image.sh [--rebuild]
+# With --pgbouncer it builds PgBouncer from Debian trixie's packages
+# instead (1.24, newer than bookworm's 1.18), for the testkit's pooler
+# (DIESEL_REPLICA_TEST_PGBOUNCER_IMAGE).
+#
+#   docker/build-image.sh [--pgbouncer] [--rebuild]
 #
 # Prints the image's tag as the last line of stdout; progress goes to
 # stderr. A tag that already exists, built by this version of the script,
@@ -14,10 +18,12 @@ set -euo pipefail
 
 tag=diesel-replica/postgres:15-bookworm
 rebuild=false
+pgbouncer=false
 for arg in "$@"; do
   case "$arg" in
     --rebuild) rebuild=true ;;
-    *) echo "usage: $0 [--rebuild]" >&2; exit 2 ;;
+    --pgbouncer) pgbouncer=true; tag=diesel-replica/pgbouncer:trixie ;;
+    *) echo "usage: $0 [--pgbouncer] [--rebuild]" >&2; exit 2 ;;
   esac
 done
 
@@ -45,43 +51,60 @@ fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-echo "== building $tag with mmdebstrap (bookworm, postgresql-15)" >&2
 started=$SECONDS
-# The essential hook runs before postgresql-15 is configured: with
-# create_main_cluster = false its postinst creates no cluster, so the
-# image holds no data directory of its own. Documentation, man pages and
-# translations are left out; package lists are removed by mmdebstrap's
-# cleanup. The customize hooks make the data directory the compose
-# scripts use and the socket directory PostgreSQL's defaults use, which
-# the cleanup would remove with the rest of /run (adduser's lock goes).
-# shellcheck disable=SC2016 # "$1" is the hooks' own: the root directory.
-mmdebstrap \
-  --variant=essential \
-  --include=postgresql-15 \
-  --dpkgopt='path-exclude=/usr/share/man/*' \
-  --dpkgopt='path-exclude=/usr/share/locale/*' \
-  --dpkgopt='path-include=/usr/share/locale/locale.alias' \
-  --dpkgopt='path-exclude=/usr/share/doc/*' \
-  --dpkgopt='path-include=/usr/share/doc/*/copyright' \
-  --essential-hook='mkdir -p "$1/etc/postgresql-common" && echo "create_main_cluster = false" > "$1/etc/postgresql-common/createcluster.conf"' \
-  --customize-hook='chroot "$1" install -d -o postgres -g postgres -m 0700 /var/lib/postgresql/data' \
-  --customize-hook='chroot "$1" install -d -o postgres -g postgres -m 2775 /run/postgresql' \
-  --customize-hook='rm -f "$1/run/adduser"' \
-  --skip=cleanup/run \
-  bookworm "$work/rootfs.tar" </dev/null >&2
+if [ "$pgbouncer" = true ]; then
+  echo "== building $tag with mmdebstrap (trixie, pgbouncer)" >&2
+  mmdebstrap \
+    --variant=essential \
+    --include=pgbouncer \
+    --dpkgopt='path-exclude=/usr/share/man/*' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' \
+    --dpkgopt='path-exclude=/usr/share/doc/*' \
+    --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+    trixie "$work/rootfs.tar" </dev/null >&2
+  docker import \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'CMD ["pgbouncer", "--version"]' \
+    --change "LABEL diesel-replica.build-script=$script" \
+    "$work/rootfs.tar" "$tag" >&2
+else
+  echo "== building $tag with mmdebstrap (bookworm, postgresql-15)" >&2
+  # The essential hook runs before postgresql-15 is configured: with
+  # create_main_cluster = false its postinst creates no cluster, so the
+  # image holds no data directory of its own. Documentation, man pages and
+  # translations are left out; package lists are removed by mmdebstrap's
+  # cleanup. The customize hooks make the data directory the compose
+  # scripts use and the socket directory PostgreSQL's defaults use, which
+  # the cleanup would remove with the rest of /run (adduser's lock goes).
+  # shellcheck disable=SC2016 # "$1" is the hooks' own: the root directory.
+  mmdebstrap \
+    --variant=essential \
+    --include=postgresql-15 \
+    --dpkgopt='path-exclude=/usr/share/man/*' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' \
+    --dpkgopt='path-include=/usr/share/locale/locale.alias' \
+    --dpkgopt='path-exclude=/usr/share/doc/*' \
+    --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+    --essential-hook='mkdir -p "$1/etc/postgresql-common" && echo "create_main_cluster = false" > "$1/etc/postgresql-common/createcluster.conf"' \
+    --customize-hook='chroot "$1" install -d -o postgres -g postgres -m 0700 /var/lib/postgresql/data' \
+    --customize-hook='chroot "$1" install -d -o postgres -g postgres -m 2775 /run/postgresql' \
+    --customize-hook='rm -f "$1/run/adduser"' \
+    --skip=cleanup/run \
+    bookworm "$work/rootfs.tar" </dev/null >&2
 
-# The binaries on PATH, PGDATA as in the official image, and the postgres
-# user by default. (This engine's import takes no STOPSIGNAL:
-# docker-compose.yml sets SIGINT, a fast shutdown.)
-docker import \
-  --change 'ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-  --change 'ENV PGDATA=/var/lib/postgresql/data' \
-  --change 'ENV LANG=C.UTF-8' \
-  --change 'USER postgres' \
-  --change 'WORKDIR /var/lib/postgresql' \
-  --change 'CMD ["bash"]' \
-  --change "LABEL diesel-replica.build-script=$script" \
-  "$work/rootfs.tar" "$tag" >&2
+  # The binaries on PATH, PGDATA as in the official image, and the postgres
+  # user by default. (This engine's import takes no STOPSIGNAL:
+  # docker-compose.yml sets SIGINT, a fast shutdown.)
+  docker import \
+    --change 'ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'ENV PGDATA=/var/lib/postgresql/data' \
+    --change 'ENV LANG=C.UTF-8' \
+    --change 'USER postgres' \
+    --change 'WORKDIR /var/lib/postgresql' \
+    --change 'CMD ["bash"]' \
+    --change "LABEL diesel-replica.build-script=$script" \
+    "$work/rootfs.tar" "$tag" >&2
+fi
 
 # A rebuild leaves the previous image untagged: remove it unless a
 # container still uses it.

@@ -15,7 +15,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::{Integer, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_replica::{Config, Error, Pooler, ReadYourWrites, ReplicaSet, Tenant};
-use diesel_replica_testkit::{Cluster, NodeId, PgBouncer, Served, who_served};
+use diesel_replica_testkit::{Cluster, NodeId, PGBOUNCER_IMAGE_VAR, PgBouncer, Served, who_served};
 
 /// Two tenants' schemas, each with a row naming its owner, and a table of
 /// written values for read-your-writes.
@@ -37,18 +37,21 @@ fn main() -> ExitCode {
     if let Ok(urls) = std::env::var(CHILD_VAR) {
         return child(&urls);
     }
-    common::run_one_at_a_time(
-        2,
-        SETUP,
-        tests![
-            reads_and_writes_land_where_they_should_with_their_promises,
-            tenants_never_see_each_others_rows,
-            reads_see_their_writes,
-            a_killed_replica_fails_no_read,
-            process_starts_back_to_back_leave_nothing_behind,
-            the_library_sends_no_session_level_statement,
-        ],
-    )
+    let mut tests = tests![
+        reads_and_writes_land_where_they_should_with_their_promises,
+        tenants_never_see_each_others_rows,
+        reads_see_their_writes,
+        a_killed_replica_fails_no_read,
+        process_starts_back_to_back_leave_nothing_behind,
+        the_library_sends_no_session_level_statement,
+    ];
+    // Behind Debian bookworm's PgBouncer 1.18 a dropped read's statement
+    // was left running in some runs (its client connection closed under
+    // the cancel); README says so. Behind 1.24 it is cancelled every time.
+    if std::env::var_os(PGBOUNCER_IMAGE_VAR).is_some() {
+        tests.extend(tests![dropped_reads_are_cancelled_through_the_pooler]);
+    }
+    common::run_one_at_a_time(2, SETUP, tests)
 }
 
 /// A pooler in front of each node, and the set's configuration through them.
@@ -198,23 +201,30 @@ async fn reads_and_writes_land_where_they_should_with_their_promises(cluster: Ar
         }
         let mut pids = HashSet::new();
         for client in &clients {
-            let row = client
-                .query_one(
+            // A simple query: the client prepares nothing itself. PgBouncer
+            // 1.21+ keeps the statements it prepares for its clients under
+            // names of its own (`PGBOUNCER_n`); those are the pooler's.
+            let rows = client
+                .simple_query(
                     "SELECT pg_backend_pid(), current_setting('default_transaction_read_only'), \
                      current_setting('search_path'), current_setting('statement_timeout'), \
-                     (SELECT count(*) FROM pg_prepared_statements)::int, \
-                     (SELECT count(*) FROM pg_cursors WHERE is_holdable)::int",
-                    &[],
+                     (SELECT count(*) FROM pg_prepared_statements \
+                      WHERE name NOT LIKE 'PGBOUNCER\\_%'), \
+                     (SELECT count(*) FROM pg_cursors WHERE is_holdable)",
                 )
                 .await
                 .unwrap();
-            pids.insert(row.get::<_, i32>(0));
-            let state: (String, String, String, i32, i32) =
-                (row.get(1), row.get(2), row.get(3), row.get(4), row.get(5));
-            // The query above is the one prepared statement.
+            let Some(row) = rows.iter().find_map(|message| match message {
+                tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+                _ => None,
+            }) else {
+                panic!("no row: {rows:?}");
+            };
+            let state: Vec<&str> = (0..6).map(|i| row.get(i).unwrap()).collect();
+            pids.insert(state[0].to_owned());
             assert_eq!(
-                state,
-                ("off".into(), "\"$user\", public".into(), "0".into(), 1, 0),
+                state[1..],
+                ["off", "\"$user\", public", "0", "0", "0"],
                 "primary: {primary}"
             );
         }
@@ -366,6 +376,38 @@ async fn a_killed_replica_fails_no_read(cluster: Arc<Cluster>) {
         poolers.logs()
     );
     assert!(AtomicU64::load(&done, Ordering::Relaxed) > 100);
+}
+
+async fn dropped_reads_are_cancelled_through_the_pooler(cluster: Arc<Cluster>) {
+    let poolers = Poolers::start(&cluster);
+    let db = ReplicaSet::connect(poolers.config()).await.unwrap();
+    let sleeps: Vec<_> = (0..10)
+        .map(|_| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let read = db.read(async |conn| text(conn, "pg_sleep(5)::text").await);
+                tokio::time::timeout(Duration::from_millis(100), read).await
+            })
+        })
+        .collect();
+    for sleep in sleeps {
+        assert!(sleep.await.unwrap().is_err(), "the read was dropped");
+    }
+    // Well before the servers' own 700 ms statement timeout.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for replica in cluster.replica_ids() {
+        let running = cluster
+            .psql(
+                replica,
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE query LIKE '%pg_sleep(5)%' AND state = 'active' \
+                 AND pid <> pg_backend_pid()",
+            )
+            .unwrap();
+        assert_eq!(running, "0", "{replica:?}: {}", poolers.logs());
+    }
+    // The connections are usable again.
+    db.read(who_served).await.unwrap();
 }
 
 /// Three processes, one after the other, each connecting through the same

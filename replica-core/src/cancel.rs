@@ -24,6 +24,9 @@ use crate::session;
 /// the connection is closed instead.
 const SETTLE_LIMIT: Duration = Duration::from_secs(5);
 
+/// How long the reset may wait before the cancel request is sent again.
+const RECANCEL_EVERY: Duration = Duration::from_millis(50);
+
 /// Sends PostgreSQL's cancel request for one node's connections, over TLS
 /// when they use it.
 #[derive(Clone)]
@@ -59,19 +62,35 @@ impl Canceller {
     }
 
     /// Cancels what runs, then waits for the reset that follows it: the
-    /// reset's reply comes once the cancelled statement has ended.
+    /// reset's reply comes once the cancelled statement has ended. While
+    /// it has not come, the cancel request is sent again every
+    /// [`RECANCEL_EVERY`]: a pooler may have held the statement in its
+    /// queue when the first one came (PgBouncer 1.18 then drops the
+    /// request), and run it since.
     async fn settle(&self, conn: &mut AsyncPgConnection) -> Result<(), String> {
         let token = conn.cancel_token();
-        let cancelled = match &self.tls {
-            Some(tls) => token.cancel_query(tls.clone()).await,
-            None => token.cancel_query(tokio_postgres::NoTls).await,
+        let cancel = || async {
+            match &self.tls {
+                Some(tls) => token.cancel_query(tls.clone()).await,
+                None => token.cancel_query(tokio_postgres::NoTls).await,
+            }
+            .map_err(|e| format!("cancel request: {e}"))
         };
-        cancelled.map_err(|e| format!("cancel request: {e}"))?;
+        cancel().await?;
         // A cancel that arrives once the statement ended may still cancel
         // the reset: that fails, and the connection is closed.
-        SimpleAsyncConnection::batch_execute(conn, session::reset_after_cancel(self.pooler))
-            .await
-            .map_err(|e| format!("reset: {e}"))?;
+        {
+            let mut reset = std::pin::pin!(SimpleAsyncConnection::batch_execute(
+                conn,
+                session::reset_after_cancel(self.pooler)
+            ));
+            loop {
+                match tokio::time::timeout(RECANCEL_EVERY, reset.as_mut()).await {
+                    Ok(reset) => break reset.map_err(|e| format!("reset: {e}"))?,
+                    Err(_) => cancel().await?,
+                }
+            }
+        }
         // The reset rolled back every transaction the call had begun.
         *AnsiTransactionManager::transaction_manager_status_mut(conn) = Default::default();
         Watch::take_failed(conn);

@@ -108,7 +108,7 @@ pub use backend::{BACKEND_VAR, Backend, DEFAULT_IMAGE, IMAGE_VAR};
 pub use docker::{LABEL as DOCKER_LABEL, OWNER_LABEL as DOCKER_OWNER_LABEL};
 pub use load::{Rng, process_cpu_ns};
 #[cfg(target_os = "linux")]
-pub use pooler::{PGBOUNCER_VAR, PgBouncer};
+pub use pooler::{PGBOUNCER_IMAGE_VAR, PGBOUNCER_VAR, PgBouncer};
 pub use proxy::{DelayProxy, DelayedCluster};
 pub use served::{Served, WHO_SERVED, who_served};
 

@@ -4,7 +4,7 @@
 //! and the address, so that what it refuses (startup `options`, on 1.18) it refuses here.
 
 use std::net::TcpStream;
-use std::os::unix::fs::chown;
+use std::os::unix::fs::{PermissionsExt, chown};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,6 +15,11 @@ use crate::{Error, PASSWORD, free_ports, io_err, local, tail};
 
 /// The variable naming the `pgbouncer` program, when it is not on `PATH` or in `/usr/sbin`.
 pub const PGBOUNCER_VAR: &str = "PGBOUNCER";
+
+/// The variable naming a local Docker image to run PgBouncer from instead of the machine's
+/// own (`docker/build-image.sh --pgbouncer` builds one with Debian trixie's 1.24). The
+/// container shares the host's network, so it listens on 127.0.0.1 as the local one does.
+pub const PGBOUNCER_IMAGE_VAR: &str = "DIESEL_REPLICA_TEST_PGBOUNCER_IMAGE";
 
 /// How long PgBouncer may take to listen.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,6 +38,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct PgBouncer {
     child: Child,
+    /// The container it runs in, when it runs from an image.
+    container: Option<String>,
     port: u16,
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -48,7 +55,11 @@ impl PgBouncer {
     /// when it exits or does not listen within 10 s (with the tail of its log);
     /// [`Error::Io`] for the files it needs.
     pub fn start(target: u16, pool_size: usize) -> Result<PgBouncer, Error> {
-        let program = find()?;
+        let image = env::var(PGBOUNCER_IMAGE_VAR).ok().filter(|i| !i.is_empty());
+        let program = match image {
+            Some(_) => PathBuf::from("docker"),
+            None => find()?,
+        };
         let dir = tempfile::Builder::new()
             .prefix("replica-testkit-pgbouncer-")
             .tempdir()
@@ -81,12 +92,30 @@ impl PgBouncer {
         )
         .map_err(io_err("writing pgbouncer.ini"))?;
         let mut cmd = Command::new(&program);
-        cmd.arg(&ini)
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        let container = image
+            .as_ref()
+            .map(|_| format!("replica-testkit-pgbouncer-{port}"));
+        if let (Some(image), Some(name)) = (&image, &container) {
+            // PgBouncer refuses to run as root: in its container it runs as `nobody`, in
+            // its directory mounted at the same path.
+            let mode = fs::Permissions::from_mode(0o777);
+            fs::set_permissions(dir.path(), mode)
+                .map_err(io_err("opening PgBouncer's temp dir to its container"))?;
+            let mount = format!("{0}:{0}", dir.path().display());
+            cmd.args(["run", "--rm", "--name", name, "--network", "host"])
+                .args(["--user", "65534:65534", "--label", "diesel-replica-testkit"])
+                .args(["-v", &mount, image, "pgbouncer"])
+                .arg(&ini);
+        } else {
+            cmd.arg(&ini);
+        }
         // PgBouncer refuses to run as root: as root, it runs as `postgres`.
-        if let Some((uid, gid)) = local::run_as_user()? {
+        if image.is_none()
+            && let Some((uid, gid)) = local::run_as_user()?
+        {
             for path in [dir.path(), &users, &ini] {
                 chown(path, Some(uid), Some(gid))
                     .map_err(io_err(format!("chowning {} to postgres", path.display())))?;
@@ -98,6 +127,7 @@ impl PgBouncer {
             .map_err(io_err(format!("starting {}", program.display())))?;
         let mut pooler = PgBouncer {
             child,
+            container,
             port,
             log,
             _dir: dir,
@@ -154,6 +184,14 @@ impl PgBouncer {
 
 impl Drop for PgBouncer {
     fn drop(&mut self) {
+        if let Some(name) = &self.container {
+            // Killing `docker run` would leave its container running.
+            let _ = Command::new("docker")
+                .args(["rm", "-f", name])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
