@@ -41,6 +41,7 @@ fn main() -> ExitCode {
             url_options_keep_the_statement_timeout,
             zero_statement_timeout_sets_no_limit_on_either_side,
             session_state_a_read_leaves_is_gone_for_the_next_user,
+            a_read_that_ends_its_transaction_leaves_nothing_for_the_next_user,
             session_state_a_write_leaves_is_gone_for_the_next_user,
             a_read_on_the_writer_cannot_be_made_read_write,
             reads_refuse_the_same_writes_on_the_writer_as_on_a_replica,
@@ -618,6 +619,45 @@ async fn session_state_a_read_leaves_is_gone_for_the_next_user(cluster: Arc<Clus
     ] {
         db.read(async |conn| batch(conn, body).await).await.unwrap();
         for _ in 0..5 {
+            let after = db
+                .read(async |conn| text(conn, SESSION_STATE).await)
+                .await
+                .unwrap_or_else(|e| panic!("after {body}: {e}"));
+            assert_eq!(after, fresh, "after {body}");
+        }
+        let pid_after = db
+            .read(async |conn| text(conn, "pg_backend_pid()::text").await)
+            .await
+            .unwrap();
+        assert_eq!(pid_after, pid, "after {body}: reset, not replaced");
+    }
+}
+
+async fn a_read_that_ends_its_transaction_leaves_nothing_for_the_next_user(cluster: Arc<Cluster>) {
+    let db = ReplicaSet::connect(one_connection_each(&cluster))
+        .await
+        .unwrap();
+    let fresh = db
+        .read(async |conn| text(conn, SESSION_STATE).await)
+        .await
+        .unwrap();
+    let leave = "SET search_path TO nowhere; SET statement_timeout = 12345; \
+         SET work_mem = '64MB'; SELECT pg_advisory_lock(42)";
+    for body in [
+        format!("COMMIT; {leave}"),
+        format!("ROLLBACK; {leave}"),
+        format!("COMMIT AND CHAIN; {leave}"),
+        format!("END; {leave}; BEGIN; SET LOCAL statement_timeout = 1"),
+    ] {
+        let pid = db
+            .read(async |conn| text(conn, "pg_backend_pid()::text").await)
+            .await
+            .unwrap();
+        db.read(async |conn| batch(conn, &body).await)
+            .await
+            .unwrap();
+        // The next reads find a fresh session, and none fails.
+        for _ in 0..3 {
             let after = db
                 .read(async |conn| text(conn, SESSION_STATE).await)
                 .await
