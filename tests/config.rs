@@ -1123,3 +1123,31 @@ fn the_pooler_is_none_or_transaction_from_env_and_serde() {
         "{err}"
     );
 }
+
+#[test]
+fn startup_options_are_refused_behind_a_transaction_mode_pooler() {
+    let with_options = "postgres://app:s3cret@writer:5432/app?options=-c%20work_mem%3D64MB";
+    // Without a pooler they are kept.
+    assert!(env(&[("DATABASE_URL", with_options)]).is_ok());
+    for (url, replicas) in [
+        (with_options.to_owned(), String::new()),
+        (
+            writer(),
+            "postgres://app:s3cret@r1:5432/app?options=-c%20work_mem%3D1MB".to_owned(),
+        ),
+    ] {
+        let mut vars = vec![
+            ("DATABASE_URL", url.as_str()),
+            ("DATABASE_POOLER", "transaction"),
+        ];
+        if !replicas.is_empty() {
+            vars.push(("DATABASE_REPLICA_URLS", replicas.as_str()));
+        }
+        let err = env_err(&vars).to_string();
+        assert!(
+            err.contains("no startup options behind a transaction-mode pooler"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+}

@@ -666,6 +666,14 @@ impl Config {
                     key: format!("{name} ({})", url.address()),
                     problem,
                 })?;
+            if self.pooler.is_transaction() && url.has_options() {
+                return Err(ConfigError::InvalidChoice {
+                    key: format!("{name} ({})", url.address()),
+                    value: "options".to_owned(),
+                    expected: "no startup options behind a transaction-mode pooler \
+                               (DATABASE_POOLER=transaction), which refuses them",
+                });
+            }
         }
         for schema in &self.shared_schemas {
             check_identifier(schema).map_err(|problem| ConfigError::InvalidSchema {

@@ -186,6 +186,14 @@ impl DatabaseUrl {
         self.config.get_dbname().unwrap_or_default()
     }
 
+    /// Whether it gives startup `options`, which a transaction-mode pooler
+    /// refuses.
+    pub(crate) fn has_options(&self) -> bool {
+        self.config
+            .get_options()
+            .is_some_and(|options| !options.trim().is_empty())
+    }
+
     /// The identity of the server and database these settings reach, used
     /// to find duplicates.
     pub(crate) fn target(&self) -> (String, &str) {
