@@ -1151,3 +1151,78 @@ fn startup_options_are_refused_behind_a_transaction_mode_pooler() {
         assert!(!err.contains("s3cret"), "{err}");
     }
 }
+
+#[test]
+fn a_read_login_for_the_writer_from_env_and_serde_and_its_checks() {
+    let config = env(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_WRITER_READ_USER", " app_reader "),
+        ("DATABASE_WRITER_READ_PASSWORD", "reader-secret"),
+    ])
+    .unwrap();
+    let login = config.writer_read_login.clone().unwrap();
+    assert_eq!(login.user, "app_reader");
+    assert_eq!(login.password.expose(), "reader-secret");
+    assert!(!format!("{config:?}").contains("reader-secret"));
+    // Without a password of its own, the writer's.
+    let config = env(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_WRITER_READ_USER", "app_reader"),
+    ])
+    .unwrap();
+    assert_eq!(
+        config.writer_read_login.unwrap().password.expose(),
+        PASSWORD
+    );
+    assert_eq!(
+        env(&[("DATABASE_URL", &writer())])
+            .unwrap()
+            .writer_read_login,
+        None
+    );
+
+    let err = env_err(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_WRITER_READ_PASSWORD", "reader-secret"),
+    ])
+    .to_string();
+    assert!(err.contains("DATABASE_WRITER_READ_USER"), "{err}");
+    assert!(!err.contains("reader-secret"), "{err}");
+    let long = "r".repeat(64);
+    for user in ["", "  ", "bad\nname", long.as_str()] {
+        let err = env_err(&[
+            ("DATABASE_URL", &writer()),
+            ("DATABASE_WRITER_READ_USER", user),
+            ("DATABASE_WRITER_READ_PASSWORD", "reader-secret"),
+        ])
+        .to_string();
+        assert!(
+            err.contains("a role name of 1 to 63 bytes"),
+            "{user:?}: {err}"
+        );
+        assert!(!err.contains("reader-secret"), "{err}");
+    }
+
+    // Not with a credentials provider, whose login every connection takes.
+    let secret = std::env::temp_dir().join(format!(
+        "diesel-replica-read-login-{}.json",
+        std::process::id()
+    ));
+    std::fs::write(
+        &secret,
+        r#"{"username":"app","password":"pw","host":"db","dbname":"app"}"#,
+    )
+    .unwrap();
+    let err = env_err(&[
+        ("DATABASE_SECRET_FILE", secret.to_str().unwrap()),
+        ("DATABASE_WRITER_READ_USER", "app_reader"),
+    ])
+    .to_string();
+    std::fs::remove_file(&secret).unwrap();
+    assert!(err.contains("no credentials provider"), "{err}");
+
+    let json: Config =
+        serde_json::from_str(r#"{"url":"postgres://app:pw@h/d","writer_read_user":"app_reader"}"#)
+            .unwrap();
+    assert_eq!(json.writer_read_login.unwrap().password.expose(), "pw");
+}

@@ -14,7 +14,7 @@ use std::time::Duration;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::{Integer, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use diesel_replica::{Config, Error, Pooler, ReadYourWrites, ReplicaSet, Tenant};
+use diesel_replica::{Config, Error, Login, Pooler, ReadYourWrites, ReplicaSet, Tenant};
 use diesel_replica_testkit::{Cluster, NodeId, PGBOUNCER_IMAGE_VAR, PgBouncer, Served, who_served};
 
 /// Two tenants' schemas, each with a row naming its owner, and a table of
@@ -44,6 +44,7 @@ fn main() -> ExitCode {
         a_killed_replica_fails_no_read,
         process_starts_back_to_back_leave_nothing_behind,
         the_library_sends_no_session_level_statement,
+        reads_on_the_writer_with_a_read_only_login_commit_no_write,
     ];
     // Behind Debian bookworm's PgBouncer 1.18 a dropped read's statement
     // was left running in some runs (its client connection closed under
@@ -471,6 +472,76 @@ fn child(urls: &str) -> ExitCode {
         }
     });
     ExitCode::SUCCESS
+}
+
+/// Behind a pooler no session setting of the library's survives its
+/// transaction, so a read on the writer whose body ends the read's
+/// transaction by SQL and then writes commits the write (and the call then
+/// fails). A login whose server-side default is read-only closes that gap.
+async fn reads_on_the_writer_with_a_read_only_login_commit_no_write(cluster: Arc<Cluster>) {
+    cluster
+        .psql(
+            NodeId::Primary,
+            "CREATE ROLE app_reader LOGIN PASSWORD 'reader-pass'; \
+             ALTER ROLE app_reader SET default_transaction_read_only = on; \
+             GRANT SELECT, INSERT ON kv TO app_reader",
+        )
+        .unwrap();
+    let pooler = PgBouncer::start_with_logins(
+        cluster.primary().port(),
+        POOLER_SIZE,
+        &[("app_reader", "reader-pass")],
+    )
+    .unwrap();
+    let committed = || {
+        cluster
+            .psql(NodeId::Primary, "SELECT count(*) FROM kv WHERE k = -7")
+            .unwrap()
+    };
+    let ends_and_writes = async |conn: &mut AsyncPgConnection| {
+        diesel_async::SimpleAsyncConnection::batch_execute(
+            conn,
+            "COMMIT; INSERT INTO kv VALUES (-7, -7)",
+        )
+        .await
+    };
+
+    // No replicas: reads run on the writer. With the writer's login the
+    // write commits, and the call fails after it.
+    let db = ReplicaSet::connect(config(&pooler.url(), &[]))
+        .await
+        .unwrap();
+    let failed = db.read(ends_and_writes).await.unwrap_err();
+    assert!(
+        matches!(failed, Error::ReadOnlyViolation { .. }),
+        "{failed:?}"
+    );
+    assert_eq!(committed(), "1", "the gap the read login closes");
+    cluster
+        .psql(NodeId::Primary, "DELETE FROM kv WHERE k = -7")
+        .unwrap();
+
+    // With the read login, the server refuses the write.
+    let mut config = config(&pooler.url(), &[]);
+    config.writer_read_login = Some(Login::new("app_reader", "reader-pass"));
+    let db = ReplicaSet::connect(config).await.unwrap();
+    let refused = db.read(ends_and_writes).await.unwrap_err();
+    assert!(
+        matches!(refused, Error::ReadOnlyViolation { .. }),
+        "{refused:?}"
+    );
+    assert_eq!(committed(), "0");
+    // Reads run as the read login; writes as the writer's.
+    let reader = db
+        .read(async |conn| text(conn, "current_user::text").await)
+        .await
+        .unwrap();
+    assert_eq!(reader, "app_reader");
+    let writer = db
+        .write(async |conn| text(conn, "current_user::text").await)
+        .await
+        .unwrap();
+    assert_eq!(writer, "postgres");
 }
 
 /// The parameters PgBouncer tracks per client and sets on a server

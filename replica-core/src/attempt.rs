@@ -491,7 +491,7 @@ async fn ready_connection(
     let mut last = None;
     for _ in 0..2 {
         let waiting_since = Stopwatch::start();
-        let checkout = node.pool.get().await;
+        let checkout = node.pool_for(route).get().await;
         node.metrics.waited(waiting_since.elapsed());
         let mut conn = checkout.map_err(|e| {
             if matches!(e, PoolError::Timeout(_)) {

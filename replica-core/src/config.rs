@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::balance::Balance;
-use crate::credentials::{Credentials, CredentialsProvider, SecretFile};
+use crate::credentials::{Credentials, CredentialsProvider, Login, SecretFile};
 use crate::error::ConfigError;
 use crate::pooler::Pooler;
 use crate::tenant::check_identifier;
@@ -72,6 +72,15 @@ pub struct Config {
     /// What the addresses reach: the servers, or a transaction-mode pooler
     /// in front of each. Default: [`Pooler::None`].
     pub pooler: Pooler,
+    /// The login of reads on the writer (fresh reads, and reads when no
+    /// replica can take them): a role whose server-side default is
+    /// read-only (`ALTER ROLE .. SET default_transaction_read_only = on`),
+    /// the guard that holds behind a pooler too. `None` reads with the
+    /// writer's login. Env: `DATABASE_WRITER_READ_USER` and
+    /// `DATABASE_WRITER_READ_PASSWORD` (default: the writer's password);
+    /// serde: `writer_read_user`, `writer_read_password`. Not with a
+    /// credentials provider, whose login every connection takes.
+    pub writer_read_login: Option<Login>,
 }
 
 /// How a replica set finds its nodes while running.
@@ -508,6 +517,8 @@ impl Config {
         };
         Settings {
             pooler,
+            writer_read_user: var("writer_read_user"),
+            writer_read_password: var("writer_read_password"),
             url: var("url"),
             secret_file: var("secret_file"),
             discovery: var("discovery"),
@@ -654,6 +665,20 @@ impl Config {
                 expected: "at most 63 bytes, without control characters",
             });
         }
+        if let Some(login) = &self.writer_read_login {
+            let bad = login.user.is_empty()
+                || login.user.len() > 63
+                || login.user.contains(char::is_control);
+            if bad || self.credentials.is_some() {
+                return Err(ConfigError::InvalidChoice {
+                    key: naming.key("writer_read_user"),
+                    value: login.user.chars().take(64).collect(),
+                    expected: "a role name of 1 to 63 bytes without control characters, \
+                               and no credentials provider (whose login every \
+                               connection takes)",
+                });
+            }
+        }
         for (name, url) in std::iter::once(("writer".to_owned(), &self.writer)).chain(
             self.replicas
                 .iter()
@@ -744,6 +769,8 @@ struct Settings {
     consistency: ConsistencyConfig,
     shared_schemas: Option<Vec<String>>,
     pooler: Option<Pooler>,
+    writer_read_user: Option<String>,
+    writer_read_password: Option<String>,
 }
 
 /// How a setting is named in errors: by environment variable or by field.
@@ -844,6 +871,8 @@ impl Naming {
             "idle_timeout" => "IDLE_TIMEOUT_MS",
             "balance" => "BALANCE",
             "pooler" => "POOLER",
+            "writer_read_user" => "WRITER_READ_USER",
+            "writer_read_password" => "WRITER_READ_PASSWORD",
             "shared_schemas" => "SHARED_SCHEMAS",
             "replica_weights" => "REPLICA_WEIGHTS",
             "health.eject_after" => "EJECT_AFTER",
@@ -929,6 +958,19 @@ impl Settings {
         }
         let mut writer = writer;
         writer.tls.inherit(&tls);
+        let writer_read_login = match (self.writer_read_user, self.writer_read_password) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(ConfigError::Missing {
+                    key: naming.key("writer_read_user"),
+                    alternative: naming.key("writer_read_password"),
+                });
+            }
+            (Some(user), password) => Some(Login::new(
+                user.trim(),
+                password.unwrap_or_else(|| writer.password().to_owned()),
+            )),
+        };
         let mut config = Config {
             writer,
             replicas: Vec::new(),
@@ -948,6 +990,7 @@ impl Settings {
             credentials,
             discovery: Discovery::Static,
             pooler: self.pooler.unwrap_or_default(),
+            writer_read_login,
         };
         let urls_key = naming.key("replica_urls");
         for (i, url) in self.replica_urls.iter().enumerate() {

@@ -16,7 +16,7 @@ use crate::balance::Candidate;
 use crate::cancel::Canceller;
 use crate::config::{HealthConfig, PoolConfig};
 use crate::connector;
-use crate::credentials::CredentialsProvider;
+use crate::credentials::{CredentialsProvider, Login};
 use crate::error::Error;
 use crate::health::{Health, Probed, Tracker};
 use crate::lag::Lag;
@@ -95,6 +95,8 @@ pub(crate) struct Node {
     /// `name (host:port)`, as errors show the node.
     pub(crate) label: String,
     pub(crate) pool: Pool<AsyncPgConnection>,
+    /// The writer's pool for reads, logged in as the read login.
+    read_pool: Option<Pool<AsyncPgConnection>>,
     /// Cancels what a dropped call left running on a connection.
     pub(crate) canceller: Canceller,
     warm_up: usize,
@@ -121,6 +123,9 @@ pub(crate) struct Spec<'a> {
     pub(crate) health: &'a Arc<HealthConfig>,
     pub(crate) credentials: Option<&'a CredentialsProvider>,
     pub(crate) pooler: Pooler,
+    /// The writer's login for reads, when set apart (see
+    /// [`Config::writer_read_login`](crate::Config::writer_read_login)).
+    pub(crate) read_login: Option<&'a Login>,
 }
 
 impl Node {
@@ -136,6 +141,7 @@ impl Node {
             health,
             credentials,
             pooler,
+            read_login,
         } = spec;
         let id = NodeId::of(&url);
         let (connections, canceller) = connector::pool(
@@ -147,12 +153,31 @@ impl Node {
             role == Role::Writer,
             pooler,
         )?;
+        // Reads on the writer, with a login of their own: opened as a
+        // replica's are (their sessions read-only from the start, and not
+        // asked to accept writes, which the login refuses).
+        let read_pool = match read_login.filter(|_| role == Role::Writer) {
+            Some(login) => Some(
+                connector::pool(
+                    &url.with_login(login),
+                    pool,
+                    application_name,
+                    credentials,
+                    id.to_string(),
+                    false,
+                    pooler,
+                )?
+                .0,
+            ),
+            None => None,
+        };
         Ok(Self {
             id: id.clone(),
             role,
             label: format!("{name} ({})", url.address()),
             name,
             pool: connections,
+            read_pool,
             canceller,
             url,
             warm_up: pool.warm_up,
@@ -169,6 +194,18 @@ impl Node {
     /// Closes the idle connections: the next checkouts connect anew.
     pub(crate) fn drop_idle(&self) {
         self.pool.retain(|_, _| false);
+        if let Some(reads) = &self.read_pool {
+            reads.retain(|_, _| false);
+        }
+    }
+
+    /// The pool a call of `route` takes its connection from: reads on the
+    /// writer with a read login of their own take its pool.
+    pub(crate) fn pool_for(&self, route: Route) -> &Pool<AsyncPgConnection> {
+        match &self.read_pool {
+            Some(reads) if route.is_read_only() => reads,
+            _ => &self.pool,
+        }
     }
 
     pub(crate) fn is_up(&self) -> bool {

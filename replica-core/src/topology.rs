@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::balance::{Balance, Balancer};
 use crate::config::{Config, HealthConfig, PoolConfig};
-use crate::credentials::CredentialsProvider;
+use crate::credentials::{CredentialsProvider, Login};
 use crate::error::ConfigError;
 use crate::node::{Node, NodeId, Role, Spec};
 use crate::pooler::Pooler;
@@ -33,6 +33,7 @@ pub(crate) struct Blueprint {
     pub(crate) credentials: Option<CredentialsProvider>,
     pub(crate) balance: Balance,
     pub(crate) pooler: Pooler,
+    pub(crate) writer_read_login: Option<Login>,
 }
 
 impl Blueprint {
@@ -45,6 +46,7 @@ impl Blueprint {
             credentials: config.credentials.clone(),
             balance: config.balance,
             pooler: config.pooler,
+            writer_read_login: config.writer_read_login.clone(),
         }
     }
 
@@ -65,6 +67,7 @@ impl Blueprint {
             health: &self.health,
             credentials: self.credentials.as_ref(),
             pooler: self.pooler,
+            read_login: self.writer_read_login.as_ref(),
         })
         .map_err(|problem| ConfigError::InvalidTls { key, problem })
     }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use tokio_postgres::config::Host;
 
+use crate::credentials::Login;
 use crate::tls::{self, TlsSettings};
 
 /// Where and as whom to connect to one node: host, port, user, password,
@@ -184,6 +185,24 @@ impl DatabaseUrl {
     /// then takes the user name).
     pub fn database(&self) -> &str {
         self.config.get_dbname().unwrap_or_default()
+    }
+
+    /// The password it gives, empty when none.
+    pub(crate) fn password(&self) -> &str {
+        self.config
+            .get_password()
+            .and_then(|password| std::str::from_utf8(password).ok())
+            .unwrap_or_default()
+    }
+
+    /// The same settings with `login`'s user and password.
+    pub(crate) fn with_login(&self, login: &Login) -> Self {
+        let mut config = self.config.clone();
+        config.user(&login.user).password(login.password.expose());
+        Self {
+            config,
+            tls: self.tls.clone(),
+        }
     }
 
     /// Whether it gives startup `options`, which a transaction-mode pooler

@@ -55,6 +55,19 @@ impl PgBouncer {
     /// when it exits or does not listen within 10 s (with the tail of its log);
     /// [`Error::Io`] for the files it needs.
     pub fn start(target: u16, pool_size: usize) -> Result<PgBouncer, Error> {
+        Self::start_with_logins(target, pool_size, &[])
+    }
+
+    /// As [`PgBouncer::start`], and PgBouncer also takes each `(user, password)` of
+    /// `logins` (roles the test made on the node), besides the testkit's `postgres`.
+    ///
+    /// # Errors
+    /// As [`PgBouncer::start`].
+    pub fn start_with_logins(
+        target: u16,
+        pool_size: usize,
+        logins: &[(&str, &str)],
+    ) -> Result<PgBouncer, Error> {
         let image = env::var(PGBOUNCER_IMAGE_VAR).ok().filter(|i| !i.is_empty());
         let program = match image {
             Some(_) => PathBuf::from("docker"),
@@ -68,8 +81,12 @@ impl PgBouncer {
         let log = dir.path().join("pgbouncer.log");
         let users = dir.path().join("userlist.txt");
         let ini = dir.path().join("pgbouncer.ini");
-        fs::write(&users, format!("\"postgres\" \"{PASSWORD}\"\n"))
-            .map_err(io_err("writing PgBouncer's userlist"))?;
+        let quoted = |text: &str| format!("\"{}\"", text.replace('"', "\"\""));
+        let userlist: String = std::iter::once(("postgres", PASSWORD))
+            .chain(logins.iter().copied())
+            .map(|(user, password)| format!("{} {}\n", quoted(user), quoted(password)))
+            .collect();
+        fs::write(&users, userlist).map_err(io_err("writing PgBouncer's userlist"))?;
         fs::write(
             &ini,
             format!(
