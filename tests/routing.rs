@@ -617,20 +617,27 @@ async fn session_state_a_read_leaves_is_gone_for_the_next_user(cluster: Arc<Clus
         "SET default_transaction_isolation = 'serializable'",
         "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
     ] {
-        db.read(async |conn| batch(conn, body).await).await.unwrap();
-        for _ in 0..5 {
-            let after = db
-                .read(async |conn| text(conn, SESSION_STATE).await)
-                .await
-                .unwrap_or_else(|e| panic!("after {body}: {e}"));
-            assert_eq!(after, fresh, "after {body}");
-        }
-        let pid_after = db
-            .read(async |conn| text(conn, "pg_backend_pid()::text").await)
-            .await
-            .unwrap();
-        assert_eq!(pid_after, pid, "after {body}: reset, not replaced");
+        read_leaves_nothing(&db, body, &fresh, &pid, 5).await;
     }
+}
+
+/// Runs `body` as a read, then checks that each of the next `reads` reads
+/// finds the `fresh` session state, and that the backend `pid` still
+/// serves them: the session was reset, not replaced.
+async fn read_leaves_nothing(db: &ReplicaSet, body: &str, fresh: &str, pid: &str, reads: usize) {
+    db.read(async |conn| batch(conn, body).await).await.unwrap();
+    for _ in 0..reads {
+        let after = db
+            .read(async |conn| text(conn, SESSION_STATE).await)
+            .await
+            .unwrap_or_else(|e| panic!("after {body}: {e}"));
+        assert_eq!(after, fresh, "after {body}");
+    }
+    let pid_after = db
+        .read(async |conn| text(conn, "pg_backend_pid()::text").await)
+        .await
+        .unwrap();
+    assert_eq!(pid_after, pid, "after {body}: reset, not replaced");
 }
 
 async fn a_read_that_ends_its_transaction_leaves_nothing_for_the_next_user(cluster: Arc<Cluster>) {
@@ -653,22 +660,8 @@ async fn a_read_that_ends_its_transaction_leaves_nothing_for_the_next_user(clust
             .read(async |conn| text(conn, "pg_backend_pid()::text").await)
             .await
             .unwrap();
-        db.read(async |conn| batch(conn, &body).await)
-            .await
-            .unwrap();
         // The next reads find a fresh session, and none fails.
-        for _ in 0..3 {
-            let after = db
-                .read(async |conn| text(conn, SESSION_STATE).await)
-                .await
-                .unwrap_or_else(|e| panic!("after {body}: {e}"));
-            assert_eq!(after, fresh, "after {body}");
-        }
-        let pid_after = db
-            .read(async |conn| text(conn, "pg_backend_pid()::text").await)
-            .await
-            .unwrap();
-        assert_eq!(pid_after, pid, "after {body}: reset, not replaced");
+        read_leaves_nothing(&db, &body, &fresh, &pid, 3).await;
     }
 }
 
