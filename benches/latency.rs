@@ -16,9 +16,11 @@
 //! with a random id out of 10 000 rows on the replica, all with the same
 //! server settings (`statement_timeout`, ours by default):
 //!
-//! - **ours**: `ReplicaSet::read`: the query alone, on a session that is
-//!   read-only from its start; the session reset follows the call, and
-//!   nobody waits for it;
+//! - **ours**: `ReplicaSet::read`: the query in a `READ ONLY` transaction
+//!   whose `BEGIN` goes ahead of it, in its round trip, on a session that
+//!   is read-only from its start; a `ROLLBACK` follows the call (the whole
+//!   session reset only when the body touched the session), and nobody
+//!   waits for it;
 //! - **B**: a plain pool with `Fast` recycling (no check before reuse)
 //!   running the bare query, no transaction: the least a read can cost
 //!   (read_path's B pays a `SELECT 1` before reuse; this one does not);
@@ -40,6 +42,10 @@
 //! - **ours: write**: `ReplicaSet::write`, autocommit: the statement alone;
 //! - **V**: the plain `Fast` pool running the bare statement.
 //!
+//! And **ours: tenant's read**, `db.tenant(..).read(..)`: ours with the
+//! tenant's scope set in the read's transaction (its schema holds its own
+//! copy of the table), against ours untenanted.
+//!
 //! The query is a `diesel::sql_query`, as in read_path, which diesel never
 //! keeps as a prepared statement: each run prepares it (one round trip)
 //! and then executes it (another). So a read costs ours 2 round trips, B 2,
@@ -55,10 +61,11 @@
 //! seconds (default 2) with that many tokio tasks looping on the query, in
 //! alternating order (ours, B, F, A, then the writes / backwards / ...) so that drift on
 //! a shared machine hits all alike. Latencies go to per-task HDR histograms,
-//! merged. CPU time per op is reported too (Linux schedstat of this
-//! process's threads, in µs): the client's (every thread but the proxies')
-//! and the proxies' (the simulated network's own cost, which shares the
-//! machine's cores with the client and the servers). Prints a table
+//! merged. CPU time per op is reported too (Linux schedstat, in µs): the
+//! client's (every thread of this process but the proxies'), the proxies'
+//! (the simulated network's own cost, which shares the machine's cores
+//! with the client and the servers), and the servers' (every process of
+//! the two postmasters; local backend only). Prints a table
 //! and one JSON line with the ratios ours/B of p50 and of throughput at each
 //! client count, and the p50 gap between ours and B in round trips as
 //! measured: half the p50 gap between F and B, which differ by exactly two
@@ -73,6 +80,7 @@
 //! BENCH_DELAY_US=500 BENCH_CLIENTS=1,8,32 BENCH_SECS=3 BENCH_ROUNDS=5 cargo bench --bench latency
 //! ```
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -84,7 +92,7 @@ use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use diesel_replica::{Config, Pooler, ReplicaSet};
+use diesel_replica::{Config, Pooler, ReplicaSet, Tenant};
 use diesel_replica_testkit::{Cluster, NodeId, PgBouncer, Rng};
 use hdrhistogram::Histogram;
 
@@ -93,7 +101,7 @@ const QUERY: &str = "SELECT payload FROM bench_items WHERE id = $1";
 /// The one write the write contenders run, on the primary.
 const UPDATE: &str = "UPDATE bench_items SET payload = payload WHERE id = $1";
 /// Contenders, in the order of a round (the next round runs them backwards).
-const NAMES: [&str; 8] = [
+const NAMES: [&str; 9] = [
     "ours: ReplicaSet::read",
     "B: plain Fast pool, bare query",
     "F: plain Fast pool, READ ONLY tx",
@@ -102,9 +110,10 @@ const NAMES: [&str; 8] = [
     "W: plain Fast pool, transaction",
     "ours: write, autocommit",
     "V: plain Fast pool, bare update",
+    "ours: tenant's read",
 ];
 /// Keys of the contenders in the JSON line, as [`NAMES`].
-const KEYS: [&str; 8] = [
+const KEYS: [&str; 9] = [
     "ours",
     "b_plain_fast_pool_bare_query",
     "f_plain_fast_pool_read_only_tx",
@@ -113,12 +122,13 @@ const KEYS: [&str; 8] = [
     "w_plain_fast_pool_transaction",
     "ours_write",
     "v_plain_fast_pool_bare_update",
+    "ours_tenant",
 ];
 /// Round trips per operation around the statement's own (one for a
 /// prepared statement, two for `sql_query`), as [`NAMES`]: ours sends its
 /// `BEGIN` ahead of the body, in its first round trip, and its session
 /// reset after the call, waited for by nobody.
-const ROUND_TRIPS_AROUND: [u32; 8] = [0, 0, 2, 3, 1, 2, 0, 0];
+const ROUND_TRIPS_AROUND: [u32; 9] = [0, 0, 2, 3, 1, 2, 0, 0, 0];
 /// Whether the query is built with the query builder (`BENCH_QUERY=dsl`)
 /// rather than `sql_query`.
 static DSL: AtomicBool = AtomicBool::new(false);
@@ -141,6 +151,15 @@ const OURS_TRANSACTION: usize = 4;
 const W: usize = 5;
 const OURS_WRITE: usize = 6;
 const V: usize = 7;
+const OURS_TENANT: usize = 8;
+
+/// The tenant of the tenant's read: its schema holds its own copy of the
+/// table, which the read's scope finds first.
+const TENANT: &str = "bench_tenant";
+
+/// The postmasters of the bench's servers, whose processes' CPU time is
+/// the servers' (see [`server_cpu_ns`]).
+static POSTMASTERS: std::sync::OnceLock<Vec<u32>> = std::sync::OnceLock::new();
 
 #[derive(QueryableByName)]
 struct Item {
@@ -183,6 +202,7 @@ enum Contender {
     PlainWriteTx(Pool<AsyncPgConnection>),
     OursWrite(ReplicaSet),
     PlainWriteBare(Pool<AsyncPgConnection>),
+    OursTenant(ReplicaSet, Arc<Tenant>),
 }
 
 impl Contender {
@@ -218,6 +238,11 @@ impl Contender {
                 .read(async move |conn| point_read(conn, id).await)
                 .await
                 .expect("ours: read"),
+            Self::OursTenant(db, tenant) => db
+                .tenant(tenant)
+                .read(async move |conn| point_read(conn, id).await)
+                .await
+                .expect("ours: tenant's read"),
             Self::PlainBare(pool) => {
                 let mut conn = pool.get().await.expect("plain: checkout");
                 point_read(&mut conn, id).await.expect("plain: read")
@@ -244,6 +269,8 @@ struct Run {
     cpu_ns: u64,
     /// CPU time of the proxies' threads, in nanoseconds.
     proxy_cpu_ns: u64,
+    /// CPU time of the servers' processes, in nanoseconds.
+    server_cpu_ns: u64,
     /// Latencies in nanoseconds.
     hist: Histogram<u64>,
 }
@@ -255,6 +282,7 @@ impl Run {
             secs: 0.0,
             cpu_ns: 0,
             proxy_cpu_ns: 0,
+            server_cpu_ns: 0,
             hist: histogram(),
         }
     }
@@ -264,6 +292,7 @@ impl Run {
         self.secs += other.secs;
         self.cpu_ns += other.cpu_ns;
         self.proxy_cpu_ns += other.proxy_cpu_ns;
+        self.server_cpu_ns += other.server_cpu_ns;
         self.hist.add(&other.hist).expect("equal bounds");
     }
 
@@ -284,6 +313,10 @@ impl Run {
         self.proxy_cpu_ns as f64 / self.ops as f64 / 1000.0
     }
 
+    fn server_cpu_us_per_op(&self) -> f64 {
+        self.server_cpu_ns as f64 / self.ops as f64 / 1000.0
+    }
+
     fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "ops": self.ops,
@@ -293,6 +326,7 @@ impl Run {
             "p99_us": self.micros(0.99),
             "client_cpu_us_per_op": self.cpu_us_per_op(),
             "proxy_cpu_us_per_op": self.proxy_cpu_us_per_op(),
+            "server_cpu_us_per_op": self.server_cpu_us_per_op(),
         })
     }
 }
@@ -333,10 +367,51 @@ fn cpu_ns() -> (u64, u64) {
     (client, proxies)
 }
 
+/// CPU time used so far by the servers: every process whose parent is one
+/// of [`POSTMASTERS`] (backends, walsender, startup, checkpointer, ...),
+/// and the postmasters, in nanoseconds, from Linux schedstat (zero
+/// elsewhere, and for a Docker backend's servers, whose processes are not
+/// children of the PIDs seen here). A process that ended during a run
+/// takes its time with it: the bench's connections live through it.
+fn server_cpu_ns() -> u64 {
+    let postmasters = POSTMASTERS.get().map_or(&[][..], Vec::as_slice);
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut total = 0;
+    for process in processes.flatten() {
+        let Some(pid) = process
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let path = process.path();
+        // `pid (comm) state ppid ...`: comm may hold spaces and parentheses.
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if !postmasters.contains(&pid) && !ppid.is_some_and(|p| postmasters.contains(&p)) {
+            continue;
+        }
+        total += std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    total
+}
+
 /// `clients` tasks loop on the query for `secs`, each with its own random
 /// ids (a [`Rng`] seeded by `seed` and the task index).
 async fn run(contender: &Contender, clients: usize, secs: f64, seed: u64) -> Run {
     let (cpu, proxy_cpu) = cpu_ns();
+    let server_cpu = server_cpu_ns();
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(secs);
     let tasks: Vec<_> = (0..clients as u64)
@@ -367,6 +442,7 @@ async fn run(contender: &Contender, clients: usize, secs: f64, seed: u64) -> Run
     let (cpu_after, proxy_cpu_after) = cpu_ns();
     total.cpu_ns = cpu_after.saturating_sub(cpu);
     total.proxy_cpu_ns = proxy_cpu_after.saturating_sub(proxy_cpu);
+    total.server_cpu_ns = server_cpu_ns().saturating_sub(server_cpu);
     total
 }
 
@@ -417,6 +493,7 @@ struct Level {
     round_rate_ratios: Vec<f64>,
     round_p50_ratios: Vec<f64>,
     round_transaction_ratios: Vec<f64>,
+    round_tenant_ratios: Vec<f64>,
 }
 
 /// The delay proxy needs Linux (`timerfd`).
@@ -459,8 +536,24 @@ fn main() {
         )
         .expect("seed the table");
     cluster
-        .psql(NodeId::Primary, "VACUUM ANALYZE bench_items")
-        .expect("vacuum the table");
+        .psql(
+            NodeId::Primary,
+            &format!(
+                "CREATE SCHEMA {TENANT}; CREATE TABLE {TENANT}.bench_items \
+                 (LIKE public.bench_items INCLUDING ALL); \
+                 INSERT INTO {TENANT}.bench_items SELECT * FROM public.bench_items"
+            ),
+        )
+        .expect("seed the tenant's table");
+    for table in ["bench_items", &format!("{TENANT}.bench_items")] {
+        cluster
+            .psql(NodeId::Primary, &format!("VACUUM ANALYZE {table}"))
+            .expect("vacuum the table");
+    }
+    let postmasters = [NodeId::Primary, cluster.replica_ids()[0]]
+        .map(|id| cluster.postmaster_pid(id).expect("the postmaster's PID"));
+    POSTMASTERS.get_or_init(|| postmasters.to_vec());
+    let tenant = Arc::new(Tenant::new(TENANT).expect("a valid tenant"));
     cluster.wait_for_replication().expect("replication");
     // The network: a delay proxy in front of each node, or loopback.
     let delayed = (delay_us > 0).then(|| cluster.delayed(delay).expect("the delay proxies"));
@@ -543,8 +636,9 @@ fn main() {
                 Contender::PlainTx(verified),
                 Contender::OursTransaction(db.clone()),
                 Contender::PlainWriteTx(writer.clone()),
-                Contender::OursWrite(db),
+                Contender::OursWrite(db.clone()),
                 bare_write,
+                Contender::OursTenant(db, Arc::clone(&tenant)),
             ];
             for contender in &contenders {
                 run(contender, clients, 1.0, 0).await;
@@ -555,6 +649,7 @@ fn main() {
                 round_rate_ratios: Vec::new(),
                 round_p50_ratios: Vec::new(),
                 round_transaction_ratios: Vec::new(),
+                round_tenant_ratios: Vec::new(),
             };
             for round in 0..rounds {
                 let mut order: [usize; NAMES.len()] = std::array::from_fn(|i| i);
@@ -589,6 +684,9 @@ fn main() {
                 level
                     .round_transaction_ratios
                     .push(runs[OURS_TRANSACTION].rate() / runs[W].rate());
+                level
+                    .round_tenant_ratios
+                    .push(runs[OURS_TENANT].rate() / runs[OURS].rate());
             }
             levels.push(level);
         }
@@ -631,7 +729,7 @@ fn report(delay_us: u64, secs: f64, rounds: usize, dsl: bool, levels: &[Level]) 
          2 tokio workers; CPU in µs per op"
     );
     println!(
-        "{:>7} {:<34} {:>3} {:>8} {:>8} {:>9} {:>9} {:>11} {:>10}",
+        "{:>7} {:<34} {:>3} {:>8} {:>8} {:>9} {:>9} {:>11} {:>10} {:>10}",
         "clients",
         "contender",
         "RTs",
@@ -640,7 +738,8 @@ fn report(delay_us: u64, secs: f64, rounds: usize, dsl: bool, levels: &[Level]) 
         "p50 µs",
         "p99 µs",
         "client CPU",
-        "proxy CPU"
+        "proxy CPU",
+        "server CPU"
     );
     let mut json_levels = Vec::new();
     let mut json = serde_json::json!({
@@ -654,7 +753,7 @@ fn report(delay_us: u64, secs: f64, rounds: usize, dsl: bool, levels: &[Level]) 
         let clients = level.clients;
         for (i, r) in level.totals.iter().enumerate() {
             println!(
-                "{clients:>7} {:<34} {:>3} {:>8} {:>8.0} {:>9.0} {:>9.0} {:>11.1} {:>10.1}",
+                "{clients:>7} {:<34} {:>3} {:>8} {:>8.0} {:>9.0} {:>9.0} {:>11.1} {:>10.1} {:>10.1}",
                 NAMES[i],
                 ROUND_TRIPS_AROUND[i] + query_round_trips,
                 r.ops,
@@ -662,7 +761,8 @@ fn report(delay_us: u64, secs: f64, rounds: usize, dsl: bool, levels: &[Level]) 
                 r.micros(0.5),
                 r.micros(0.99),
                 r.cpu_us_per_op(),
-                r.proxy_cpu_us_per_op()
+                r.proxy_cpu_us_per_op(),
+                r.server_cpu_us_per_op()
             );
         }
         let ours = &level.totals[OURS];
@@ -707,8 +807,15 @@ fn report(delay_us: u64, secs: f64, rounds: usize, dsl: bool, levels: &[Level]) 
             ours_tx.micros(0.5) / w.micros(0.5),
             ours_write.micros(0.5) / v.micros(0.5),
         );
+        let tenant_ratio = level.totals[OURS_TENANT].rate() / ours.rate();
+        println!(
+            "{clients:>7} ours tenant's read/ours read: throughput {tenant_ratio:.3} ({}), p50 {:.3}",
+            spread(&level.round_tenant_ratios),
+            level.totals[OURS_TENANT].micros(0.5) / ours.micros(0.5),
+        );
         let mut entry = serde_json::json!({
             "clients": clients,
+            "ratio_ours_tenant_over_ours_throughput": tenant_ratio,
             "ratio_ours_over_b_p50": p50_ratio,
             "ratio_ours_over_b_p99": p99_ratio,
             "ratio_ours_over_b_throughput": rate_ratio,

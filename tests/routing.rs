@@ -42,6 +42,9 @@ fn main() -> ExitCode {
             zero_statement_timeout_sets_no_limit_on_either_side,
             session_state_a_read_leaves_is_gone_for_the_next_user,
             a_read_that_ends_its_transaction_leaves_nothing_for_the_next_user,
+            a_replica_read_ends_with_a_rollback_unless_its_body_touched_the_session,
+            a_read_that_prepares_or_loads_closes_its_connection,
+            a_read_behind_a_failed_end_runs_again_on_a_new_connection,
             session_state_a_write_leaves_is_gone_for_the_next_user,
             a_read_on_the_writer_cannot_be_made_read_write,
             reads_refuse_the_same_writes_on_the_writer_as_on_a_replica,
@@ -663,6 +666,168 @@ async fn a_read_that_ends_its_transaction_leaves_nothing_for_the_next_user(clust
         // The next reads find a fresh session, and none fails.
         read_leaves_nothing(&db, &body, &fresh, &pid, 3).await;
     }
+}
+
+/// The last statement of the one idle replica connection of `app`, once
+/// the end sent after its last read has run.
+fn last_statement(cluster: &Cluster, app: &str, after: &str) -> String {
+    let replica = cluster.replica_ids()[0];
+    let sql = format!(
+        "SELECT query FROM pg_stat_activity WHERE application_name = '{app}' AND state = 'idle'"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let query = cluster.psql(replica, &sql).unwrap();
+        if query.starts_with("/*diesel-replica ") || std::time::Instant::now() > deadline {
+            return query;
+        }
+        assert!(
+            !query.contains('\n'),
+            "after {after}: one connection: {query}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn a_replica_read_ends_with_a_rollback_unless_its_body_touched_the_session(
+    cluster: Arc<Cluster>,
+) {
+    const APP: &str = "rollback-alone";
+    let mut config = one_connection_each(&cluster);
+    config.application_name = APP.into();
+    let db = ReplicaSet::connect(config).await.unwrap();
+    let fresh = db
+        .read(async |conn| text(conn, SESSION_STATE).await)
+        .await
+        .unwrap();
+    // A body that stays in the read's transaction, whatever it sets there
+    // or fails: the read ends with a ROLLBACK and the advisory locks'
+    // release, and nothing of the body is left.
+    let inside = "SET search_path TO nowhere; SET work_mem = '64MB'; SELECT pg_advisory_lock(42); \
+         SET LOCAL statement_timeout = 1234";
+    for body in [
+        "SELECT 1".to_owned(),
+        inside.to_owned(),
+        format!("{inside}; SELECT 1/0"),
+        "SAVEPOINT a; SELECT 1/0".to_owned(),
+        "ROLLBACK AND CHAIN".to_owned(),
+    ] {
+        let _ = db.read(async |conn| batch(conn, &body).await).await;
+        let end = last_statement(&cluster, APP, &body);
+        assert!(
+            end.ends_with("*/ROLLBACK; SELECT pg_catalog.pg_advisory_unlock_all()"),
+            "after {body}: {end}"
+        );
+        let after = db
+            .read(async |conn| text(conn, SESSION_STATE).await)
+            .await
+            .unwrap();
+        assert_eq!(after, fresh, "after {body}");
+    }
+    // A body that ends the read's transaction, or begins its own: the
+    // server's replies say so, and the whole reset follows.
+    for body in [
+        "COMMIT; SET work_mem = '64MB'",
+        "ROLLBACK",
+        "COMMIT AND CHAIN; SET search_path TO nowhere",
+        "END; SET work_mem = '64MB'; BEGIN",
+    ] {
+        db.read(async |conn| batch(conn, body).await).await.unwrap();
+        let end = last_statement(&cluster, APP, body);
+        assert!(end.contains("RESET ALL"), "after {body}: {end}");
+        let after = db
+            .read(async |conn| text(conn, SESSION_STATE).await)
+            .await
+            .unwrap();
+        assert_eq!(after, fresh, "after {body}");
+    }
+}
+
+async fn a_read_that_prepares_or_loads_closes_its_connection(cluster: Arc<Cluster>) {
+    let db = ReplicaSet::connect(one_connection_each(&cluster))
+        .await
+        .unwrap();
+    let pid = async || {
+        db.read(async |conn| text(conn, "pg_backend_pid()::text").await)
+            .await
+            .unwrap()
+    };
+    let prepared = async || {
+        db.read(async |conn| {
+            text(
+                conn,
+                "(SELECT count(*) FROM pg_prepared_statements WHERE from_sql)::text",
+            )
+            .await
+        })
+        .await
+        .unwrap()
+    };
+    for body in [
+        "PREPARE leftover AS SELECT 1",
+        "COMMIT; PREPARE leftover AS SELECT 1",
+        "LOAD 'plpgsql'",
+    ] {
+        let before = pid().await;
+        db.read(async |conn| batch(conn, body).await).await.unwrap();
+        assert_eq!(prepared().await, "0", "after {body}");
+        assert_ne!(
+            pid().await,
+            before,
+            "after {body}: the connection was closed"
+        );
+    }
+}
+
+async fn a_read_behind_a_failed_end_runs_again_on_a_new_connection(cluster: Arc<Cluster>) {
+    // A login that may not call pg_advisory_unlock_all(): the end after
+    // each read fails (its reply is read), and the next read on that
+    // connection rides behind the failure.
+    let revoke = "REVOKE EXECUTE ON FUNCTION pg_advisory_unlock_all() FROM PUBLIC";
+    let setup = format!(
+        "DROP ROLE IF EXISTS no_unlock; CREATE ROLE no_unlock LOGIN PASSWORD 'no-unlock'; \
+         GRANT SELECT ON items TO no_unlock; {revoke}"
+    );
+    cluster.psql(NodeId::Primary, &setup).unwrap();
+    cluster.wait_for_replication().unwrap();
+    let ours = format!("//postgres:{}@", cluster.password());
+    let login = |url: &str| url.replacen(&ours, "//no_unlock:no-unlock@", 1);
+    let mut config = Config::new(&login(&cluster.writer_url()))
+        .unwrap()
+        .with_replica(&login(&cluster.replica_urls()[0]))
+        .unwrap();
+    config.writer_pool.max_size = 1;
+    config.replica_pool.max_size = 1;
+    let db = ReplicaSet::connect(config).await.unwrap();
+    let mut pids = HashSet::new();
+    for _ in 0..3 {
+        // The whole reset after a body that ends its transaction fails
+        // inside its own transaction, leaving the session failed: the next
+        // read's statements fail there, and it runs again on a new
+        // connection instead of failing.
+        db.read(async |conn| batch(conn, "COMMIT").await)
+            .await
+            .unwrap();
+        let served = db
+            .read(async |conn| text(conn, "pg_backend_pid()::text || ' ' || current_user").await)
+            .await
+            .unwrap();
+        assert!(served.ends_with(" no_unlock"), "{served}");
+        pids.insert(served);
+    }
+    cluster
+        .psql(
+            NodeId::Primary,
+            "GRANT EXECUTE ON FUNCTION pg_advisory_unlock_all() TO PUBLIC; DROP OWNED BY no_unlock; \
+             DROP ROLE no_unlock",
+        )
+        .unwrap();
+    cluster.wait_for_replication().unwrap();
+    assert_eq!(
+        pids.len(),
+        3,
+        "each failed end closed its connection: {pids:?}"
+    );
 }
 
 async fn session_state_a_write_leaves_is_gone_for_the_next_user(cluster: Arc<Cluster>) {

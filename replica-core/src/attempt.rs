@@ -24,6 +24,7 @@ use crate::node::{Node, Role};
 use crate::route::{Body, Call, ReplayWait, Route};
 use crate::session::{self, Plan, Site};
 use crate::tenant::Scope;
+use crate::wire::Tap;
 
 /// One failed attempt: what went wrong, and whether it says the node (not
 /// the statement) is at fault, so that a read may go elsewhere.
@@ -48,6 +49,11 @@ pub(crate) enum Failure<E> {
     /// A replica did not replay the write a read waits for within the
     /// bound; nothing ran. The read path goes elsewhere.
     NotReplayed,
+    /// A read's body failed behind a statement of the library's that had
+    /// failed on its connection (the end of the call before it): the
+    /// failure may be that statement's, not the body's. The connection is
+    /// closed and the read may run again on a new one of the same node.
+    Behind(E),
 }
 
 /// What a read that found no node to see its write says, if the read path
@@ -67,7 +73,9 @@ impl Failure<DieselError> {
     pub(crate) fn into_error(self, node: &Node, route: Route) -> Error {
         match self {
             Self::Routing(error) => error,
-            Self::Body(error) | Self::Stale(error) => node.query_error(route, error),
+            Self::Body(error) | Self::Stale(error) | Self::Behind(error) => {
+                node.query_error(route, error)
+            }
             Self::Lost(error) => Error::ConnectionLost {
                 node: node.label.clone(),
                 error,
@@ -87,6 +95,7 @@ impl<E> Failure<E> {
             Self::Body(_) => "query",
             Self::Lost(_) => ErrorKind::ConnectionLost.as_str(),
             Self::Stale(_) => "stale_connection",
+            Self::Behind(_) => "behind_failed_statement",
             Self::NotReplayed => "not_replayed",
         }
     }
@@ -98,7 +107,9 @@ impl<E: From<Error>> Failure<E> {
     pub(crate) fn into_own(self, node: &Node) -> E {
         match self {
             Self::Routing(error) => E::from(error),
-            Self::Body(error) | Self::Lost(error) | Self::Stale(error) => error,
+            Self::Body(error) | Self::Lost(error) | Self::Stale(error) | Self::Behind(error) => {
+                error
+            }
             Self::NotReplayed => E::from(not_replayed(node)),
         }
     }
@@ -156,9 +167,11 @@ pub(crate) async fn attempt<T, E>(
         }) => {
             let reason = match failure {
                 Failure::Routing(error) => error_chain(error),
-                Failure::Body(_) | Failure::Lost(_) | Failure::Stale(_) | Failure::NotReplayed => {
-                    "the connection broke during the query".to_owned()
-                }
+                Failure::Body(_)
+                | Failure::Lost(_)
+                | Failure::Stale(_)
+                | Failure::Behind(_)
+                | Failure::NotReplayed => "the connection broke during the query".to_owned(),
             };
             Tracker::record_failure(node, reason);
         }
@@ -184,7 +197,7 @@ async fn run<T, E>(node: &Node, call: Call<'_>, f: impl Body<T, E>) -> Result<T,
     if token_lsn.is_some() {
         plan = plan.flushed(route);
     }
-    let (conn, reused) = match ready_connection(node, route, &plan, replay_wait).await {
+    let (conn, reused, followed) = match ready_connection(node, route, &plan, replay_wait).await {
         Ok(ready) => ready,
         Err(NotReady::Down(error)) => {
             return Err(Failed {
@@ -210,15 +223,17 @@ async fn run<T, E>(node: &Node, call: Call<'_>, f: impl Body<T, E>) -> Result<T,
         scope,
         token_lsn,
         reused,
+        followed: followed.as_ref(),
     };
     let result = call.run(in_use.conn(), f).await;
     match &result {
-        // Its server went away: nothing runs there to cancel.
+        // Its server went away, or it failed a statement of the library's:
+        // nothing runs there to cancel.
         Err(Failed {
-            failure: Failure::Stale(_),
+            failure: Failure::Stale(_) | Failure::Behind(_),
             ..
         }) => in_use.close(),
-        _ => in_use.release(&plan),
+        _ => in_use.release(&plan, followed),
     }
     result
 }
@@ -248,14 +263,46 @@ impl InUse<'_> {
     /// transaction of the call's that nobody waits for, and gives the
     /// connection back to its pool, with the reset on its way: the next
     /// user's statements follow it. A connection found closed is dropped.
-    fn release(mut self, plan: &Plan) {
+    ///
+    /// On a followed connection (see the wire module), a read ends with
+    /// the reset only when its replies say the body touched the session,
+    /// else with a `ROLLBACK`; and a connection on which a statement of
+    /// the library's failed (other than the call's own opening, whose
+    /// failure its body met) is closed instead.
+    fn release(mut self, plan: &Plan, followed: Option<Followed>) {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
         let failed = Watch::take_failed(&mut conn);
-        if let Some(reset) = plan.reset(failed)
-            && send_ahead(&conn, reset).is_err()
-        {
+        let sent = match followed {
+            Some(Followed { tap, opening }) => {
+                let seen = tap.take();
+                if let Some(failed) = seen.failed.filter(|failed| failed.mark != opening) {
+                    tracing::warn!(
+                        node = %self.node.label,
+                        sqlstate = failed.code(),
+                        "a statement the library sent after a read failed; its connection is closed"
+                    );
+                    drop(Object::take(conn));
+                    return;
+                }
+                if seen.kept {
+                    tracing::debug!(
+                        node = %self.node.label,
+                        "a read left what no reset undoes (an SQL PREPARE, a LOAD); its connection is closed"
+                    );
+                    drop(Object::take(conn));
+                    return;
+                }
+                let (_, mark) = tap.mark();
+                send_ahead(&conn, &(mark + plan.end_of_followed_read(seen)))
+            }
+            None => match plan.reset(failed) {
+                Some(reset) => send_ahead(&conn, reset),
+                None => Ok(()),
+            },
+        };
+        if sent.is_err() {
             drop(Object::take(conn));
         }
     }
@@ -277,6 +324,7 @@ struct Ended<'a> {
     scope: Option<&'a Scope<'a>>,
     token_lsn: Option<&'a AtomicU64>,
     reused: bool,
+    followed: Option<&'a Followed>,
 }
 
 impl Ended<'_> {
@@ -293,6 +341,7 @@ impl Ended<'_> {
             scope,
             token_lsn,
             reused,
+            followed,
         } = self;
         let conn: &mut AsyncPgConnection = conn;
         let result = f(conn).await;
@@ -301,6 +350,21 @@ impl Ended<'_> {
             // its transaction, and nobody waits for it.
             let _ = session::settle(conn, Ok(()));
         }
+        let behind = followed.and_then(|followed| followed.tap.failed_other_than(followed.opening));
+        let result = match (result, behind) {
+            (Err(error), Some(failed)) => {
+                tracing::debug!(
+                    node = %node.label,
+                    sqlstate = failed.code(),
+                    "a read failed behind a failed statement of the library's; it runs again on a new connection"
+                );
+                return Err(Failed {
+                    failure: Failure::Behind(error),
+                    node_down: false,
+                });
+            }
+            (result, _) => result,
+        };
         match result {
             Ok(value) => {
                 let Some(on_ok) = plan.on_ok else {
@@ -487,7 +551,7 @@ async fn ready_connection(
     route: Route,
     plan: &Plan,
     replay_wait: Option<ReplayWait>,
-) -> Result<(Object<AsyncPgConnection>, bool), NotReady> {
+) -> Result<(Object<AsyncPgConnection>, bool, Option<Followed>), NotReady> {
     let mut last = None;
     for _ in 0..2 {
         let waiting_since = Stopwatch::start();
@@ -501,7 +565,7 @@ async fn ready_connection(
         })?;
         let reused = Object::metrics(&conn).recycle_count > 0;
         match prepare(&mut conn, plan, replay_wait).await {
-            Ok(()) => return Ok((conn, reused)),
+            Ok(followed) => return Ok((conn, reused, followed)),
             Err(DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, _))
                 if replay_wait.is_some() =>
             {
@@ -517,30 +581,55 @@ async fn ready_connection(
     Err(NotReady::Down(last.expect("the loop ran")))
 }
 
+/// A read on a connection whose replies the library follows (see the wire
+/// module): what follows them, and the mark of the read's opening.
+struct Followed {
+    tap: Arc<Tap>,
+    opening: u128,
+}
+
 /// Waits for the replica to replay the awaited write if asked, then sends
 /// the plan's guard and opening (its `BEGIN`, the tenant's scope) ahead of
-/// the body.
+/// the body; on a followed connection, a replica read's opening is marked
+/// as the library's.
 async fn prepare(
     conn: &mut AsyncPgConnection,
     plan: &Plan,
     replay_wait: Option<ReplayWait>,
-) -> QueryResult<()> {
+) -> QueryResult<Option<Followed>> {
+    let tap = if plan.ends_with_the_reset() {
+        Watch::tap(conn)
+    } else {
+        None
+    };
     if let Some(wait) = replay_wait {
         let waited = wait_for_replay(conn, &replay_check_sql(wait.lsn), wait.bound).await;
         // A failed check, in autocommit, leaves no failed transaction.
         Watch::take_failed(conn);
+        if let Some(tap) = &tap {
+            // The checks were the library's: they left the session idle.
+            tap.forget_touched();
+        }
         waited?;
     }
     if let Some(guard) = plan.guard {
         send_ahead(conn, guard)?;
     }
+    let mut followed = None;
     if let Some(opening) = &plan.opening {
-        send_ahead(conn, opening)?;
+        match tap {
+            Some(tap) => {
+                let (mark, text) = tap.mark();
+                send_ahead(conn, &(text + opening))?;
+                followed = Some(Followed { tap, opening: mark });
+            }
+            None => send_ahead(conn, opening)?,
+        }
         if plan.transaction {
             session::begun(conn)?;
         }
     }
-    Ok(())
+    Ok(followed)
 }
 
 /// Sends `sql` as one simple query, ahead of whatever the connection sends
@@ -590,7 +679,7 @@ pub(crate) async fn dedicated_connection(node: &Node) -> Result<AsyncPgConnectio
     let plan = Plan::bare();
     let mut last = None;
     for _ in 0..2 {
-        let (conn, _) = match ready_connection(node, Route::Write, &plan, None).await {
+        let (conn, _, _) = match ready_connection(node, Route::Write, &plan, None).await {
             Ok(ready) => ready,
             Err(NotReady::Down(error)) => return Err(error),
             // No wait was asked for.

@@ -14,8 +14,10 @@ use diesel_async::pooled_connection::deadpool::Object;
 use diesel_async::{
     AnsiTransactionManager, AsyncPgConnection, SimpleAsyncConnection, TransactionManager,
 };
+use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use crate::dial::{Dial, Socket};
 use crate::instrument::Watch;
 use crate::pooler::Pooler;
 use crate::session;
@@ -33,6 +35,10 @@ const RECANCEL_EVERY: Duration = Duration::from_millis(50);
 pub(crate) struct Canceller {
     pub(crate) tls: Option<MakeRustlsConnect>,
     pub(crate) pooler: Pooler,
+    /// Where the request goes for connections whose socket the library
+    /// opened itself (see the wire module), which tokio-postgres cannot
+    /// reach again on its own.
+    pub(crate) dial: Option<Dial>,
 }
 
 impl Canceller {
@@ -70,9 +76,25 @@ impl Canceller {
     async fn settle(&self, conn: &mut AsyncPgConnection) -> Result<(), String> {
         let token = conn.cancel_token();
         let cancel = || async {
-            match &self.tls {
-                Some(tls) => token.cancel_query(tls.clone()).await,
-                None => token.cancel_query(tokio_postgres::NoTls).await,
+            match (&self.dial, &self.tls) {
+                (Some(dial), tls) => {
+                    let socket = dial
+                        .open()
+                        .await
+                        .map_err(|e| format!("cancel request: {e}"))?;
+                    match tls {
+                        Some(tls) => {
+                            let mut make = tls.clone();
+                            let connect =
+                                MakeTlsConnect::<Socket>::make_tls_connect(&mut make, dial.host())
+                                    .unwrap_or_else(|never| match never {});
+                            token.cancel_query_raw(socket, connect).await
+                        }
+                        None => token.cancel_query_raw(socket, tokio_postgres::NoTls).await,
+                    }
+                }
+                (None, Some(tls)) => token.cancel_query(tls.clone()).await,
+                (None, None) => token.cancel_query(tokio_postgres::NoTls).await,
             }
             .map_err(|e| format!("cancel request: {e}"))
         };

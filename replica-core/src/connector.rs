@@ -20,17 +20,31 @@ use diesel_async::pooled_connection::{
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use tokio_postgres::config::SslMode as WireSslMode;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::cancel::Canceller;
 use crate::config::PoolConfig;
 use crate::credentials::{Credentials, CredentialsProvider};
+use crate::dial::{Dial, Socket};
 use crate::error::error_chain;
 use crate::instrument::Watch;
 use crate::metrics::{self, Stopwatch};
 use crate::pooler::Pooler;
 use crate::tls::SslMode;
 use crate::url::DatabaseUrl;
+use crate::wire::{Tap, Tapped};
+
+/// What a pool's connections serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Serves {
+    /// The writer's calls.
+    Writes,
+    /// Reads on the writer, under a login of their own.
+    WriterReads,
+    /// A replica's reads.
+    Reads,
+}
 
 /// A pool of connections to the node `url` names, with its TLS settings,
 /// and what cancels their statements.
@@ -50,7 +64,7 @@ pub(crate) fn pool(
     application_name: &str,
     credentials: Option<&CredentialsProvider>,
     node: String,
-    writer: bool,
+    serves: Serves,
     pooler: Pooler,
 ) -> Result<(Pool<AsyncPgConnection>, Canceller), String> {
     let mut connector = Connector::new(
@@ -62,7 +76,7 @@ pub(crate) fn pool(
         config.connect_timeout,
         pooler,
     )?;
-    if writer {
+    if serves == Serves::Writes {
         // A writer that turns out to be a standby (after a failover) is
         // refused at connect, not at the first write.
         connector
@@ -81,9 +95,16 @@ pub(crate) fn pool(
             + " -c default_transaction_read_only=on";
         connector.config.options(options.trim_start());
     }
+    // A replica's plaintext connections are followed on the wire, so that
+    // its reads end with a `ROLLBACK` alone unless a body touched the
+    // session (see the wire and session modules). Replicas cannot
+    // `LISTEN`, which the library's own driving of those connections
+    // does not forward.
+    connector.tapped = serves == Serves::Reads && !pooler.is_transaction();
     let canceller = Canceller {
         tls: connector.tls.clone(),
         pooler,
+        dial: connector.tapped.then(|| Dial::of(&connector.config)),
     };
     let mut manager_config = ManagerConfig::default();
     manager_config.recycling_method = RecyclingMethod::Fast;
@@ -188,6 +209,9 @@ pub(crate) struct Connector {
     /// How long logins refused during a password rotation are retried.
     budget: Duration,
     pooler: Pooler,
+    /// Whether connections are opened on a followed stream (see the wire
+    /// module).
+    tapped: bool,
 }
 
 /// How long refused logins are retried when connecting has no timeout.
@@ -220,6 +244,7 @@ impl Connector {
             node,
             budget: connect_timeout.unwrap_or(UNBOUNDED_BUDGET),
             pooler,
+            tapped: false,
         })
     }
 }
@@ -230,14 +255,16 @@ fn setup(connector: Connector) -> SetupCallback<AsyncPgConnection> {
         let connector = Arc::clone(&connector);
         Box::pin(async move {
             let stopwatch = Stopwatch::start();
-            let mut opened = connector.open().await;
-            if let Ok(conn) = &mut opened {
-                metrics::connection_created(&connector.node, stopwatch.elapsed());
-                Watch::install(conn);
-            }
-            opened.map_err(|e| {
-                ConnectionError::BadConnection(format!("sslmode={}: {e}", connector.mode))
-            })
+            let opened = connector.open_followed().await;
+            opened
+                .map(|(mut conn, tap)| {
+                    metrics::connection_created(&connector.node, stopwatch.elapsed());
+                    Watch::install(&mut conn, tap);
+                    conn
+                })
+                .map_err(|e| {
+                    ConnectionError::BadConnection(format!("sslmode={}: {e}", connector.mode))
+                })
         })
     })
 }
@@ -248,10 +275,21 @@ impl Connector {
     /// cache, and tried with backoff within the connect budget: during a
     /// password rotation the provider may lag the server by a while.
     pub(crate) async fn open(&self) -> Result<AsyncPgConnection, String> {
-        let Some(provider) = &self.credentials else {
-            return connect(&self.config, self.mode, self.tls.clone(), self.pooler)
+        self.open_followed().await.map(|(conn, _)| conn)
+    }
+
+    /// One connection, with what follows its wire when it is followed.
+    async fn open_followed(&self) -> Result<(AsyncPgConnection, Option<Arc<Tap>>), String> {
+        let connect = async |config: &tokio_postgres::Config| {
+            if self.tapped {
+                return followed(config, self.mode, self.tls.clone()).await;
+            }
+            connect(config, self.mode, self.tls.clone(), self.pooler)
                 .await
-                .map_err(|e| e.message);
+                .map(|conn| (conn, None))
+        };
+        let Some(provider) = &self.credentials else {
+            return connect(&self.config).await.map_err(|e| e.message);
         };
         let started = Instant::now();
         let mut refresh = false;
@@ -263,7 +301,7 @@ impl Connector {
                 .map_err(|e| error_chain(&e))?;
             let mut config = self.config.clone();
             config.user(&login.user).password(login.password.expose());
-            match connect(&config, self.mode, self.tls.clone(), self.pooler).await {
+            match connect(&config).await {
                 Ok(conn) => {
                     if refresh {
                         tracing::info!(node = %self.node, "connected with refreshed credentials");
@@ -288,11 +326,100 @@ impl Connector {
     }
 }
 
+/// One connection on a socket the library opens and a stream it follows
+/// (see the wire module), encrypted as `mode` asks, driven by a task of
+/// the library's. What the set-up statements answered is forgotten.
+async fn followed(
+    config: &tokio_postgres::Config,
+    mode: SslMode,
+    tls: Option<MakeRustlsConnect>,
+) -> Result<(AsyncPgConnection, Option<Arc<Tap>>), ConnectFailure> {
+    let Some(tls) = tls.filter(|_| mode != SslMode::Disable) else {
+        return followed_with(config, WireSslMode::Disable, tokio_postgres::NoTls).await;
+    };
+    let dial = Dial::of(config);
+    let host = dial.host();
+    let encrypted = async |wire| {
+        let mut make = tls.clone();
+        let connect = MakeTlsConnect::<Socket>::make_tls_connect(&mut make, host)
+            .unwrap_or_else(|never| match never {});
+        followed_with(config, wire, FollowTls(connect)).await
+    };
+    match mode {
+        // Plaintext first; TLS when the server refuses it.
+        SslMode::Allow => {
+            match followed_with(config, WireSslMode::Disable, tokio_postgres::NoTls).await {
+                Err(failure) if failure.refused_by_server => encrypted(WireSslMode::Require).await,
+                opened => opened,
+            }
+        }
+        SslMode::Prefer => encrypted(WireSslMode::Prefer).await,
+        _ => encrypted(WireSslMode::Require).await,
+    }
+}
+
+async fn followed_with<T>(
+    config: &tokio_postgres::Config,
+    wire: WireSslMode,
+    tls: T,
+) -> Result<(AsyncPgConnection, Option<Arc<Tap>>), ConnectFailure>
+where
+    T: TlsConnect<Tapped<Socket>>,
+    T::Stream: Send + 'static,
+{
+    let socket = Dial::of(config).open().await.map_err(|e| ConnectFailure {
+        message: format!("error connecting to server: {e}"),
+        refused_login: false,
+        refused_by_server: false,
+    })?;
+    let tap = Arc::new(Tap::default());
+    let mut config = config.clone();
+    config.ssl_mode(wire);
+    let (client, connection) = config
+        .connect_raw(Tapped::new(socket, Arc::clone(&tap)), tls)
+        .await
+        .map_err(|e| ConnectFailure::of(&e))?;
+    tokio::spawn(async move {
+        // The client sees the same end: its requests fail once the
+        // connection has, and the pool discards it.
+        if let Err(error) = connection.await {
+            tracing::debug!(error = %error_chain(&error), "a replica connection ended");
+        }
+    });
+    let conn = AsyncPgConnection::try_from(client)
+        .await
+        .map_err(|e| ConnectFailure::setup(&e))?;
+    tap.take();
+    Ok((conn, Some(tap)))
+}
+
+/// TLS over a followed socket: once the server agrees to encrypt, the
+/// encrypted stream is followed in the socket's place, by the same tap.
+struct FollowTls<T>(T);
+
+impl<T> TlsConnect<Tapped<Socket>> for FollowTls<T>
+where
+    T: TlsConnect<Socket> + Send + 'static,
+    T::Future: Send,
+{
+    type Stream = Tapped<T::Stream>;
+    type Error = T::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Stream, T::Error>> + Send>>;
+
+    fn connect(self, stream: Tapped<Socket>) -> Self::Future {
+        let (socket, tap) = stream.into_parts();
+        let handshake = self.0.connect(socket);
+        Box::pin(async move { Ok(Tapped::new(handshake.await?, tap)) })
+    }
+}
+
 /// Why a connection could not be opened, and whether the server refused
 /// the login itself.
 struct ConnectFailure {
     message: String,
     refused_login: bool,
+    /// The server answered with an error (so `allow` tries TLS).
+    refused_by_server: bool,
 }
 
 impl ConnectFailure {
@@ -305,6 +432,7 @@ impl ConnectFailure {
                 error.code(),
                 Some(&SqlState::INVALID_PASSWORD | &SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
             ),
+            refused_by_server: error.as_db_error().is_some(),
         }
     }
 
@@ -312,6 +440,7 @@ impl ConnectFailure {
         Self {
             message: error_chain(error),
             refused_login: false,
+            refused_by_server: false,
         }
     }
 }

@@ -13,6 +13,7 @@ mod config;
 mod connector;
 mod consistency;
 mod credentials;
+mod dial;
 mod discovery;
 mod error;
 mod health;
@@ -34,6 +35,7 @@ mod tenant;
 mod tls;
 mod topology;
 mod url;
+mod wire;
 
 #[doc(hidden)]
 #[path = "private.rs"]

@@ -15,7 +15,7 @@ use serde::{Serialize, Serializer};
 use crate::balance::Candidate;
 use crate::cancel::Canceller;
 use crate::config::{HealthConfig, PoolConfig};
-use crate::connector;
+use crate::connector::{self, Serves};
 use crate::credentials::{CredentialsProvider, Login};
 use crate::error::Error;
 use crate::health::{Health, Probed, Tracker};
@@ -150,7 +150,10 @@ impl Node {
             application_name,
             credentials,
             id.to_string(),
-            role == Role::Writer,
+            match role {
+                Role::Writer => Serves::Writes,
+                Role::Replica => Serves::Reads,
+            },
             pooler,
         )?;
         // Reads on the writer, with a login of their own: opened as a
@@ -164,7 +167,7 @@ impl Node {
                     application_name,
                     credentials,
                     id.to_string(),
-                    false,
+                    Serves::WriterReads,
                     pooler,
                 )?
                 .0,

@@ -99,7 +99,7 @@ pub(crate) async fn read<T, E>(
                 return Ok(value);
             }
             Err(Failed {
-                failure: failure @ Failure::Stale(_),
+                failure: failure @ (Failure::Stale(_) | Failure::Behind(_)),
                 ..
             }) if !stale_retried => {
                 stale_retried = true;

@@ -16,6 +16,11 @@
 //! Only what must be known before the call returns is waited for: the
 //! `COMMIT` of a write, and the end of a read on the writer, which checks
 //! that nothing was written.
+//!
+//! On a replica's connections, whose replies the library follows off the
+//! wire (see the wire module), those replies are read all the same, and a
+//! read whose body stayed inside its transaction ends with a `ROLLBACK`
+//! and the release of session advisory locks instead of the whole reset.
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -30,6 +35,7 @@ use diesel_async::{
 use crate::pooler::Pooler;
 use crate::route::Route;
 use crate::tenant::Scope;
+use crate::wire::Seen;
 
 /// What both resets run once no transaction of the call's is left: a
 /// macro, so that it splices into them with `concat!`.
@@ -65,6 +71,11 @@ const RESET_AFTER_FAILURE: &str = concat!("ROLLBACK; ", session_cleanup!());
 fn reset(rollback: bool) -> &'static str {
     if rollback { RESET_AFTER_FAILURE } else { RESET }
 }
+
+/// Ends a read on a replica whose replies say the body stayed inside the
+/// read's transaction (see the wire module): the `ROLLBACK` undoes all it
+/// did there but take session advisory locks, which are released after it.
+const END_OF_READ: &str = "ROLLBACK; SELECT pg_catalog.pg_advisory_unlock_all()";
 
 /// What ends whatever a dropped call left on its connection, once its
 /// statement is cancelled: the whole reset, or behind a pooler the
@@ -231,6 +242,20 @@ impl Plan {
         match self.pooler {
             Pooler::Transaction => rollback.then_some("ROLLBACK"),
             _ => Some(reset(rollback)),
+        }
+    }
+
+    /// What to send after a replica read on a connection whose replies
+    /// were followed (see the wire module), unread by the call: a
+    /// `ROLLBACK` and the release of session advisory locks when the body
+    /// stayed inside the read's transaction and did nothing a rollback
+    /// does not undo; else the whole reset, with a `ROLLBACK` first unless
+    /// the session was left idle.
+    pub(crate) fn end_of_followed_read(&self, seen: Seen) -> &'static str {
+        match (seen.touched, seen.status) {
+            (false, _) => END_OF_READ,
+            (true, Some(b'I')) => session_cleanup!(),
+            (true, _) => RESET_AFTER_FAILURE,
         }
     }
 
