@@ -864,6 +864,52 @@ fn secret_files_are_read_and_their_problems_named_without_the_password() {
 }
 
 #[test]
+fn secret_files_that_never_end_or_are_too_large_are_refused_at_once() {
+    let dir = std::env::temp_dir().join(format!(
+        "diesel-replica-config-special-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("fifo.json");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let huge = dir.join("huge.json");
+    // A valid secret followed by 1 MiB of blanks: read whole, it would parse.
+    let mut text = format!(r#"{{"username":"app","password":"{PASSWORD}","host":"db"}}"#);
+    text.push_str(&" ".repeat(1 << 20));
+    std::fs::write(&huge, text).unwrap();
+    for (path, expected) in [
+        (fifo.as_path(), "not a regular file"),
+        (std::path::Path::new("/dev/zero"), "not a regular file"),
+        (dir.as_path(), "not a regular file"),
+        (huge.as_path(), "more than 65536 bytes"),
+    ] {
+        // On its own thread: a reader that blocks fails the test, not the run.
+        let value = path.to_str().unwrap().to_owned();
+        let (done, result) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(env(&[("DATABASE_SECRET_FILE", &value)]).map(|_| ()));
+        });
+        let err = result
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|_| panic!("{}: still reading after 5 s", path.display()))
+            .expect_err("refused");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("`DATABASE_SECRET_FILE` is not a valid database secret")
+                && text.contains(expected),
+            "{}: {text}",
+            path.display()
+        );
+        assert!(!format!("{err:?}").contains(PASSWORD), "{err:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn connection_lifetimes_from_env_and_serde() {
     let config = env(&[
         ("DATABASE_URL", &writer()),

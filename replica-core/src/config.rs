@@ -3,13 +3,16 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::balance::Balance;
-use crate::credentials::{Credentials, CredentialsProvider, Login, SecretFile};
+use crate::credentials::{
+    Credentials, CredentialsProvider, Login, SecretFile, read_secret_file,
+};
 use crate::error::ConfigError;
 use crate::pooler::Pooler;
 use crate::tenant::check_identifier;
@@ -920,7 +923,7 @@ impl Settings {
             (_, Some(secret), _) => url_from_secret(&naming.key("secret"), &secret)?,
             (_, _, Some(path)) => {
                 let key = naming.key("secret_file");
-                let text = std::fs::read_to_string(path.trim()).map_err(|e| {
+                let text = read_secret_file(Path::new(path.trim())).map_err(|e| {
                     ConfigError::InvalidSecret {
                         key: key.clone(),
                         reason: format!("file `{}` cannot be read: {e}", path.trim()),

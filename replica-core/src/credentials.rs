@@ -4,7 +4,8 @@
 
 use std::fmt;
 use std::future::Future;
-use std::path::PathBuf;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
@@ -115,6 +116,40 @@ impl PartialEq for CredentialsProvider {
 
 impl Eq for CredentialsProvider {}
 
+/// The most a secret file may hold: a Secrets Manager secret's own limit.
+pub(crate) const MAX_SECRET_FILE: u64 = 65_536;
+
+/// Reads a secret file: a regular file of at most [`MAX_SECRET_FILE`]
+/// bytes. Anything else is refused before a byte is read: a FIFO would
+/// block until some writer opens it (it is opened without waiting, and
+/// refused), a device may never end, a directory holds no secret.
+pub(crate) fn read_secret_file(path: &Path) -> io::Result<String> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path)?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "it is not a regular file",
+        ));
+    }
+    let mut text = String::new();
+    file.take(MAX_SECRET_FILE + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_SECRET_FILE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("it holds more than {MAX_SECRET_FILE} bytes"),
+        ));
+    }
+    Ok(text)
+}
+
 /// A secret file, `DATABASE_SECRET_FILE`: the JSON document of
 /// `DATABASE_SECRET` (`username`, `password`, ...), read when a connection
 /// is opened, kept until the server refuses it, then read again.
@@ -140,7 +175,7 @@ impl SecretFile {
     /// never quotes the content.
     pub fn read(&self) -> Result<Login, CredentialsError> {
         let path = self.path.display();
-        let text = std::fs::read_to_string(&self.path).map_err(|e| {
+        let text = read_secret_file(&self.path).map_err(|e| {
             CredentialsError::new(
                 format!("secret file `{path}` cannot be read"),
                 Some(e.into()),
