@@ -261,6 +261,40 @@ fn malformed_urls_name_the_key_and_hide_the_password() {
 }
 
 #[test]
+fn parse_errors_quote_no_part_of_a_password_and_only_a_short_excerpt() {
+    let second = "Zq9second";
+    for url in [
+        format!("host=db user=app password=first {second} dbname=app"),
+        format!("host=db user=app password=first {second}=x dbname=app"),
+        format!("host=db password='{PASSWORD} {second}' {second}"),
+    ] {
+        for key in ["DATABASE_URL", "DATABASE_REPLICA_URLS"] {
+            let vars = match key {
+                "DATABASE_URL" => vec![("DATABASE_URL", url.clone())],
+                _ => vec![
+                    ("DATABASE_URL", writer()),
+                    ("DATABASE_REPLICA_URLS", url.clone()),
+                ],
+            };
+            let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let err = env_err(&vars);
+            let text = format!("{err} {err:?}");
+            assert!(!text.contains(second), "{key}={url}: {text}");
+            assert!(text.contains("***"), "{key}={url}: {text}");
+        }
+    }
+    // What follows a password still names the key at fault.
+    let err = env_err(&[("DATABASE_URL", "host=db password=pw port=abc")]);
+    assert!(err.to_string().contains("`port`"), "{err}");
+    // Junk is quoted as a short excerpt, whatever its size.
+    for junk in ["x".repeat(100_000), format!("{}://db", "s".repeat(100_000))] {
+        let err = env_err(&[("DATABASE_URL", &junk)]);
+        let text = err.to_string();
+        assert!(text.len() < 400, "{} bytes: {}", text.len(), &text[..400]);
+    }
+}
+
+#[test]
 fn malformed_replica_host_is_rejected() {
     let err = env_err(&[
         ("DATABASE_URL", &writer()),

@@ -10,9 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::balance::Balance;
-use crate::credentials::{
-    Credentials, CredentialsProvider, Login, SecretFile, read_secret_file,
-};
+use crate::credentials::{Credentials, CredentialsProvider, Login, SecretFile, read_secret_file};
 use crate::error::ConfigError;
 use crate::pooler::Pooler;
 use crate::tenant::check_identifier;

@@ -68,6 +68,132 @@ impl fmt::Display for UrlProblem {
     }
 }
 
+/// How many characters of any one value a problem quotes at the most.
+const MAX_QUOTED: usize = 24;
+
+/// The libpq keys that may follow a password in a `key=value` string: where
+/// one starts, the password (which may hold an unquoted space) has ended.
+const LIBPQ_KEYS: [&str; 26] = [
+    "host",
+    "hostaddr",
+    "port",
+    "user",
+    "dbname",
+    "options",
+    "application_name",
+    "fallback_application_name",
+    "connect_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+    "target_session_attrs",
+    "load_balance_hosts",
+    "channel_binding",
+    "sslmode",
+    "sslnegotiation",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "sslpassword",
+    "passfile",
+    "require_auth",
+    "gssencmode",
+];
+
+impl UrlProblem {
+    /// The problem with every value it quotes (between backticks) cut to
+    /// [`MAX_QUOTED`] characters, and with any quoted value that comes from
+    /// where `input` holds a password (a URL's user info, a `password`
+    /// parameter up to the next libpq key) replaced by `***`.
+    fn quoting_safely(self, input: &str) -> Self {
+        let guard = |text: String| guarded(&text, &password_parts(input));
+        match self {
+            Self::Syntax(text) => Self::Syntax(guard(text)),
+            Self::Tls(text) => Self::Tls(guard(text)),
+            Self::Scheme(scheme) => Self::Scheme(cut(&scheme)),
+            other => other,
+        }
+    }
+}
+
+/// `text` with each backtick-quoted part cut, or hidden when it is part of
+/// a password.
+fn guarded(text: &str, passwords: &[&str]) -> String {
+    let mut out = String::new();
+    for (i, part) in text.split('`').enumerate() {
+        if i > 0 {
+            out.push('`');
+        }
+        let quoted = i % 2 == 1;
+        if quoted && !part.is_empty() && passwords.iter().any(|p| p.contains(part)) {
+            out.push_str("***");
+        } else if quoted {
+            out.push_str(&cut(part));
+        } else {
+            out.push_str(part);
+        }
+    }
+    out
+}
+
+/// At most [`MAX_QUOTED`] characters of `value`, with `…` when cut.
+fn cut(value: &str) -> String {
+    match value.char_indices().nth(MAX_QUOTED) {
+        Some((at, _)) => format!("{}…", &value[..at]),
+        None => value.to_owned(),
+    }
+}
+
+/// The parts of `input` that may hold a password: a URL's user info, and
+/// each `password` parameter's value (in a URL's query up to the next `&`;
+/// in a `key=value` string up to the next libpq key, since a password may
+/// hold an unquoted space, or to the end).
+fn password_parts(input: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let lower = input.to_ascii_lowercase();
+    if let Some((_, rest)) = input.split_once("://") {
+        let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+        if let Some((userinfo, _)) = authority.rsplit_once('@') {
+            parts.push(userinfo);
+        }
+    }
+    let url = input.contains("://");
+    let mut from = 0;
+    while let Some(found) = lower[from..].find("password") {
+        let start = from + found + "password".len();
+        from = start;
+        let value = input[start..].trim_start();
+        let Some(value) = value.strip_prefix('=') else {
+            continue;
+        };
+        let offset = input.len() - value.len();
+        let end = if url {
+            value.find('&').unwrap_or(value.len())
+        } else {
+            next_key(value).unwrap_or(value.len())
+        };
+        parts.push(&input[offset..offset + end]);
+    }
+    parts
+}
+
+/// Where the next ` key=` of a libpq key starts in `value`.
+fn next_key(value: &str) -> Option<usize> {
+    value
+        .char_indices()
+        .filter(|(_, c)| c.is_whitespace())
+        .find(|(at, _)| {
+            let rest = value[*at..].trim_start();
+            LIBPQ_KEYS.iter().any(|key| {
+                rest.strip_prefix(key)
+                    .is_some_and(|after| after.trim_start().starts_with('='))
+            })
+        })
+        .map(|(at, _)| at)
+}
+
 /// What a percent-encoded user name or database name keeps as it is.
 const COMPONENT: &AsciiSet = &CONTROLS
     .add(b' ')
@@ -97,6 +223,10 @@ impl DatabaseUrl {
     /// string and checks it names exactly one host.
     pub(crate) fn parse(input: &str) -> Result<Self, UrlProblem> {
         let input = input.trim();
+        Self::read(input).map_err(|problem| problem.quoting_safely(input))
+    }
+
+    fn read(input: &str) -> Result<Self, UrlProblem> {
         if let Some((scheme, rest)) = input.split_once("://") {
             if !matches!(scheme, "postgres" | "postgresql") {
                 return Err(UrlProblem::Scheme(scheme.to_owned()));
