@@ -315,6 +315,45 @@ fn malformed_replica_host_is_rejected() {
 }
 
 #[test]
+fn malformed_ipv6_hosts_are_refused_at_config() {
+    for host in ["[:::1]", "[::g]", "[1:2:3:4:5:6:7:8:9]"] {
+        let url = format!("postgres://app:{PASSWORD}@{host}:5432/app");
+        let err = env_err(&[("DATABASE_URL", &url)]);
+        assert!(err.to_string().contains("IPv6"), "{host}: {err}");
+        let address = format!("{host}:5433");
+        let err = env_err(&[
+            ("DATABASE_URL", &writer()),
+            ("DATABASE_REPLICA_HOSTS", &address),
+        ]);
+        assert!(err.to_string().contains("IPv6"), "replica {host}: {err}");
+        let err = env_err(&[
+            ("DATABASE_URL", &writer()),
+            ("DATABASE_DISCOVERY", "hosts"),
+            ("DATABASE_CANDIDATE_HOSTS", &address),
+        ]);
+        assert!(err.to_string().contains("IPv6"), "candidate {host}: {err}");
+        let err = env_err(&[(
+            "DATABASE_URL",
+            &format!("host={} password=pw", &host[1..host.len() - 1]),
+        )]);
+        assert!(err.to_string().contains("IPv6"), "key=value {host}: {err}");
+    }
+    // Valid ones pass, bracketed or not where the form allows.
+    for url in [
+        "postgres://app:pw@[::1]:5432/app",
+        "postgres://app:pw@[2001:db8::5]/app",
+        "host=::1 password=pw",
+    ] {
+        env(&[("DATABASE_URL", url)]).unwrap_or_else(|e| panic!("{url}: {e}"));
+    }
+    env(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_REPLICA_HOSTS", "[::1]:5433,[2001:db8::5]"),
+    ])
+    .unwrap();
+}
+
+#[test]
 fn unknown_sslmodes_and_unusable_tls_settings_are_rejected() {
     let err = env_err(&[("DATABASE_URL", &format!("{}?sslmode=maybe", writer()))]);
     assert!(

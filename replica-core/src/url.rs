@@ -248,6 +248,7 @@ impl DatabaseUrl {
         match config.get_hosts() {
             [] => return Err(UrlProblem::NoHost),
             [Host::Tcp(host)] if host.is_empty() => return Err(UrlProblem::NoHost),
+            [Host::Tcp(host)] => check_ipv6(host)?,
             [_] => {}
             hosts => return Err(UrlProblem::Hosts(hosts.len())),
         }
@@ -441,6 +442,18 @@ fn check_unambiguous(rest: &str) -> Result<(), UrlProblem> {
     Ok(())
 }
 
+/// A host with a `:` is an IPv6 address (no host name holds one), which
+/// must then be a valid one: else it would pass here and fail at every
+/// connect with a lookup error.
+fn check_ipv6(host: &str) -> Result<(), UrlProblem> {
+    if host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err() {
+        return Err(UrlProblem::Address(
+            "a host with `:` is an IPv6 address, and this one is not valid: write one such as [::1] or [2001:db8::5]",
+        ));
+    }
+    Ok(())
+}
+
 /// Splits `host`, `host:port`, `[v6]` or `[v6]:port`; an absolute path is
 /// a unix socket directory, as libpq reads a host, and takes no port.
 fn split_address(address: &str) -> Result<(&str, Option<u16>), UrlProblem> {
@@ -489,6 +502,7 @@ fn split_address(address: &str) -> Result<(&str, Option<u16>), UrlProblem> {
     if host.is_empty() {
         return Err(UrlProblem::Address("it names no host"));
     }
+    check_ipv6(host)?;
     if host.contains(|c: char| c.is_whitespace() || c == ',') {
         return Err(UrlProblem::Address("a host name holds no spaces or commas"));
     }
