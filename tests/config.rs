@@ -354,6 +354,41 @@ fn malformed_ipv6_hosts_are_refused_at_config() {
 }
 
 #[test]
+fn a_candidate_listed_twice_in_any_spelling_is_refused() {
+    for list in [
+        "writer.internal,writer.internal,r1",
+        "WRITER.internal:5432,writer.internal",
+        "r1,[::1]:5433,[0:0:0:0:0:0:0:1]:5433",
+        "127.0.0.1:5433,r1,127.0.0.1:5433",
+    ] {
+        let err = env_err(&[
+            ("DATABASE_URL", &writer()),
+            ("DATABASE_DISCOVERY", "hosts"),
+            ("DATABASE_CANDIDATE_HOSTS", list),
+        ]);
+        assert!(
+            matches!(err, ConfigError::DuplicateCandidate { ref key, .. } if key.starts_with("DATABASE_CANDIDATE_HOSTS[")),
+            "{list}: {err}"
+        );
+    }
+    env(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_DISCOVERY", "hosts"),
+        (
+            "DATABASE_CANDIDATE_HOSTS",
+            "writer.internal,r1,r1:5433,[::1]",
+        ),
+    ])
+    .unwrap();
+    // Replicas too: two spellings of one IPv6 address.
+    let err = env_err(&[
+        ("DATABASE_URL", &writer()),
+        ("DATABASE_REPLICA_HOSTS", "[::1]:5433,[0::1]:5433"),
+    ]);
+    assert!(matches!(err, ConfigError::DuplicateReplica { .. }), "{err}");
+}
+
+#[test]
 fn unknown_sslmodes_and_unusable_tls_settings_are_rejected() {
     let err = env_err(&[("DATABASE_URL", &format!("{}?sslmode=maybe", writer()))]);
     assert!(

@@ -55,6 +55,7 @@ fn main() -> ExitCode {
             connections_past_their_lifetime_or_idle_timeout_are_replaced,
             replicas_added_and_removed_while_reading_fail_no_read,
             candidate_hosts_discovery_finds_the_writer_and_the_replicas,
+            two_candidates_answering_as_the_writer_are_told_and_replicas_serve_on,
             aurora_discovery_follows_aurora_replica_status,
             aurora_writes_go_to_the_endpoint_when_the_view_names_no_writer,
         ],
@@ -1278,6 +1279,56 @@ async fn candidate_hosts_discovery_finds_the_writer_and_the_replicas(cluster: Ar
     let after = cluster.psql(NodeId::Primary, discovery).unwrap();
     assert_eq!(before.split(',').count(), 1, "{before}");
     assert_eq!(before, after, "the same connection answered every survey");
+}
+
+async fn two_candidates_answering_as_the_writer_are_told_and_replicas_serve_on(
+    cluster: Arc<Cluster>,
+) {
+    // The writer under two names no configuration check can tell apart
+    // (one needs a name lookup): each answers the survey as a writer.
+    let port = cluster.primary().port();
+    let candidates = [format!("127.0.0.1:{port}"), format!("localhost:{port}")]
+        .into_iter()
+        .chain(
+            replica_ports(&cluster)
+                .into_iter()
+                .map(|p| format!("127.0.0.1:{p}")),
+        )
+        .collect::<Vec<_>>()
+        .join(",");
+    let config = Config::from_vars(
+        None,
+        [
+            ("DATABASE_URL", cluster.writer_url()),
+            ("DATABASE_DISCOVERY", "hosts".to_owned()),
+            ("DATABASE_CANDIDATE_HOSTS", candidates),
+            ("DATABASE_DISCOVERY_INTERVAL_MS", "100".to_owned()),
+        ],
+    )
+    .unwrap();
+    let db = ReplicaSet::connect(config).await.unwrap();
+    let status = db.status();
+    assert_eq!(status.discovery.writers.len(), 2, "{:?}", status.discovery);
+    assert!(!status.discovery.is_clean());
+    assert!(
+        status
+            .discovery
+            .to_string()
+            .contains("2 nodes answer as the writer"),
+        "{}",
+        status.discovery
+    );
+    assert_eq!(
+        status.replicas.len(),
+        3,
+        "the replicas found serve: {status:?}"
+    );
+    for _ in 0..6 {
+        let served = db.read(who_served).await.unwrap();
+        assert!(served.in_recovery, "{served:?}");
+    }
+    let served = db.write(who_served).await.unwrap();
+    assert_eq!(served.port, i32::from(port));
 }
 
 async fn aurora_discovery_follows_aurora_replica_status(cluster: Arc<Cluster>) {

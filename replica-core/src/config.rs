@@ -1029,7 +1029,7 @@ impl Settings {
                         alternative: naming.key("discovery"),
                     });
                 }
-                let candidates = self
+                let candidates: Vec<DatabaseUrl> = self
                     .candidate_hosts
                     .iter()
                     .enumerate()
@@ -1043,6 +1043,19 @@ impl Settings {
                         })
                     })
                     .collect::<Result<_, _>>()?;
+                // A target listed twice would be seen twice: as two writers,
+                // which discovery cannot tell apart.
+                for (i, candidate) in candidates.iter().enumerate() {
+                    if candidates[..i]
+                        .iter()
+                        .any(|c| c.target() == candidate.target())
+                    {
+                        return Err(ConfigError::DuplicateCandidate {
+                            key: format!("{key}[{i}]"),
+                            address: candidate.address(),
+                        });
+                    }
+                }
                 let ms = self
                     .discovery_interval_ms
                     .unwrap_or(DEFAULT_DISCOVERY_INTERVAL_MS);

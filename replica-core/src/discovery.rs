@@ -153,12 +153,21 @@ pub struct DiscoveryStatus {
     /// view names no instance that can be used. The nodes stay as they
     /// were.
     pub failed: Option<String>,
+    /// The nodes that each answered the last survey as the writer, when
+    /// more than one did (a split brain, or one server listed under two
+    /// names that no configuration check could tell apart). The writer
+    /// stays the one the set had, if it is among them, and the replicas
+    /// found keep serving reads; else the nodes stay as they were.
+    pub writers: Vec<String>,
 }
 
 impl DiscoveryStatus {
     /// Whether the last survey used everything it was given.
     pub fn is_clean(&self) -> bool {
-        self.rejected.is_empty() && !self.writer_not_in_view && self.failed.is_none()
+        self.rejected.is_empty()
+            && !self.writer_not_in_view
+            && self.failed.is_none()
+            && self.writers.is_empty()
     }
 }
 
@@ -172,6 +181,13 @@ impl std::fmt::Display for DiscoveryStatus {
         let mut problems: Vec<String> = Vec::new();
         if let Some(failed) = &self.failed {
             problems.push(format!("{failed}; the nodes stay as they were"));
+        }
+        if !self.writers.is_empty() {
+            problems.push(format!(
+                "{} nodes answer as the writer: {}",
+                self.writers.len(),
+                self.writers.join(", ")
+            ));
         }
         if self.writer_not_in_view {
             problems.push(

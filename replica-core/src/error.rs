@@ -60,6 +60,15 @@ pub enum ConfigError {
         /// The replica's `host:port`.
         address: String,
     },
+    /// The same server and database is listed twice as a discovery
+    /// candidate (in any spelling: `DB` and `db`, `db` and `db:5432`).
+    #[error("`{key}`: candidate {address} is listed twice (in one spelling or another)")]
+    DuplicateCandidate {
+        /// The setting, with the list index of the second listing.
+        key: String,
+        /// The candidate's `host:port`.
+        address: String,
+    },
     /// A replica is the writer itself.
     #[error("`{key}`: replica {address} is the writer; list only read replicas")]
     ReplicaIsWriter {

@@ -19,6 +19,7 @@
 //! | `diesel_replica.discovery.rejected_rows` | gauge | `rule` (`stale`, `no_server_id`, `no_endpoint`) |
 //! | `diesel_replica.discovery.writer_not_in_view` | gauge, 1 or 0 | |
 //! | `diesel_replica.discovery.failed` | gauge, 1 or 0 | |
+//! | `diesel_replica.discovery.writers` | gauge: nodes answering as the writer when more than one did, else 0 | |
 //!
 //! The pool name is the node's identity, `host:port/database`. The gauges,
 //! and the retry and ejection counters, are brought up to date every
@@ -92,6 +93,7 @@ pub(crate) fn discovery(report: &DiscoveryStatus) {
         metrics::gauge!("diesel_replica.discovery.writer_not_in_view")
             .set(flag(report.writer_not_in_view));
         metrics::gauge!("diesel_replica.discovery.failed").set(flag(report.failed.is_some()));
+        metrics::gauge!("diesel_replica.discovery.writers").set(report.writers.len() as f64);
     }
     #[cfg(not(feature = "metrics"))]
     let _ = report;

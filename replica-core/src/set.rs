@@ -714,7 +714,6 @@ async fn watch(inner: std::sync::Weak<Inner>, source: Source, interval: Duration
                 }
             }
         };
-        set.record_survey(std::mem::take(&mut survey.report), &mut warnings);
         // A writer that did not answer is no writer, whoever names it.
         survey.writers.retain(|writer| {
             let id = NodeId::of(writer);
@@ -723,7 +722,26 @@ async fn watch(inner: std::sync::Weak<Inner>, source: Source, interval: Duration
                 .iter()
                 .any(|(url, _)| NodeId::of(url) == id)
         });
-        match survey.writers.as_slice() {
+        if survey.writers.len() > 1 {
+            survey.report.writers = survey.writers.iter().map(DatabaseUrl::address).collect();
+        }
+        set.record_survey(std::mem::take(&mut survey.report), &mut warnings);
+        // With several writers, the one the set has stays, if it is among
+        // them: the replicas found keep serving reads.
+        let current_writer = set.topology().writer.id.clone();
+        let kept = match survey.writers.as_slice() {
+            [_, _, ..] => survey
+                .writers
+                .iter()
+                .find(|writer| NodeId::of(writer) == current_writer)
+                .cloned(),
+            _ => None,
+        };
+        let writers = match &kept {
+            Some(writer) => std::slice::from_ref(writer),
+            None => survey.writers.as_slice(),
+        };
+        match writers {
             [writer] => {
                 let current = set.topology();
                 let mut replicas = survey.replicas.clone();
@@ -768,13 +786,8 @@ async fn watch(inner: std::sync::Weak<Inner>, source: Source, interval: Duration
                     announced_unavailable = true;
                 }
             }
-            writers => {
-                let writers: Vec<String> = writers.iter().map(DatabaseUrl::address).collect();
-                tracing::warn!(
-                    ?writers,
-                    "more than one candidate is a writer; the nodes stay as they were"
-                );
-            }
+            // Said by the survey's report (status, metrics, a warning).
+            _ => {}
         }
     }
 }

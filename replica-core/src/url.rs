@@ -347,7 +347,16 @@ impl DatabaseUrl {
     /// The identity of the server and database these settings reach, used
     /// to find duplicates.
     pub(crate) fn target(&self) -> (String, &str) {
-        (self.address().to_ascii_lowercase(), self.database())
+        // One spelling per address: `DB` and `db`, `[::1]` and
+        // `[0:0:0:0:0:0:0:1]`, `db` and `db:5432` are one target.
+        let address = match self.config.get_hosts().first() {
+            Some(Host::Tcp(host)) => match host.parse::<std::net::IpAddr>() {
+                Ok(ip) => std::net::SocketAddr::new(ip, self.port()).to_string(),
+                Err(_) => self.address(),
+            },
+            _ => self.address(),
+        };
+        (address.to_ascii_lowercase(), self.database())
     }
 
     /// The settings connections are opened with, password included. Never
