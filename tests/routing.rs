@@ -56,6 +56,7 @@ fn main() -> ExitCode {
             replicas_added_and_removed_while_reading_fail_no_read,
             candidate_hosts_discovery_finds_the_writer_and_the_replicas,
             two_candidates_answering_as_the_writer_are_told_and_replicas_serve_on,
+            a_busy_replica_pool_is_not_a_dead_node,
             aurora_discovery_follows_aurora_replica_status,
             aurora_writes_go_to_the_endpoint_when_the_view_names_no_writer,
         ],
@@ -1329,6 +1330,69 @@ async fn two_candidates_answering_as_the_writer_are_told_and_replicas_serve_on(
     }
     let served = db.write(who_served).await.unwrap();
     assert_eq!(served.port, i32::from(port));
+}
+
+async fn a_busy_replica_pool_is_not_a_dead_node(cluster: Arc<Cluster>) {
+    use diesel_replica::ErrorKind;
+
+    let replicas = cluster.replica_urls();
+    let burst = async |config: Config| {
+        let db = ReplicaSet::connect(config).await.unwrap();
+        // Eight reads at once on pools of one connection that wait 50 ms:
+        // the first of each pool holds it for 300 ms.
+        let reads = (0..8).map(|_| {
+            db.read(async |conn| {
+                text(conn, "pg_sleep(0.3)::text || pg_is_in_recovery()::text").await
+            })
+        });
+        let results = futures_util::future::join_all(reads).await;
+        (db, results)
+    };
+    let mut config = Config::new(&cluster.writer_url())
+        .unwrap()
+        .with_replica(&replicas[0])
+        .unwrap();
+    config.replica_pool.max_size = 1;
+    config.replica_pool.wait_timeout = Some(Duration::from_millis(50));
+    let (db, results) = burst(config.clone()).await;
+    let served: Vec<&String> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let busy: Vec<&Error> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    // None went to the writer; the others were told the pool is busy.
+    assert!(
+        !served.is_empty() && served.iter().all(|v| v.ends_with("true")),
+        "{results:?}"
+    );
+    assert!(!busy.is_empty(), "{results:?}");
+    for error in &busy {
+        assert_eq!(error.kind(), ErrorKind::Busy, "{error}");
+        assert!(error.kind().is_unavailable());
+        let text = error.to_string();
+        assert!(
+            text.contains("replica") && text.contains("busy") && text.contains("1 connections"),
+            "{text}"
+        );
+    }
+    // The replica stays in rotation: not ejected, no failure counted.
+    let status = db.status();
+    assert_eq!(status.replicas[0].ejections, 0, "{status:?}");
+    assert_eq!(status.replicas[0].consecutive_failures, 0, "{status:?}");
+    let served = db
+        .read(async |conn| text(conn, "pg_is_in_recovery()::text").await)
+        .await
+        .unwrap();
+    assert_eq!(served, "true");
+
+    // Where another replica has a free connection, the read runs there.
+    let config = config.with_replica(&replicas[1]).unwrap();
+    let (_, results) = burst(config).await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert!(ok >= 2, "both replicas served: {results:?}");
+    for result in &results {
+        match result {
+            Ok(value) => assert!(value.ends_with("true"), "{value}"),
+            Err(error) => assert_eq!(error.kind(), ErrorKind::Busy, "{error}"),
+        }
+    }
 }
 
 async fn aurora_discovery_follows_aurora_replica_status(cluster: Arc<Cluster>) {

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use deadpool::managed::TimeoutType;
 use diesel::QueryResult;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::pooled_connection::PoolableConnection;
@@ -208,6 +209,12 @@ async fn run<T, E>(node: &Node, call: Call<'_>, f: impl Body<T, E>) -> Result<T,
         Err(NotReady::NotReplayed) => {
             return Err(Failed {
                 failure: Failure::NotReplayed,
+                node_down: false,
+            });
+        }
+        Err(NotReady::Busy(error)) => {
+            return Err(Failed {
+                failure: Failure::Routing(error),
                 node_down: false,
             });
         }
@@ -501,6 +508,9 @@ async fn token_position(conn: &AsyncPgConnection, node: &Node, route: Route) -> 
 enum NotReady {
     /// The node failed.
     Down(Error),
+    /// Every connection of the node's pool stayed in use for the whole
+    /// wait: [`Error::Busy`]. The node did not fail.
+    Busy(Error),
     /// The replica did not replay the awaited position in time.
     NotReplayed,
 }
@@ -561,7 +571,13 @@ async fn ready_connection(
             if matches!(e, PoolError::Timeout(_)) {
                 node.metrics.checkout_timed_out();
             }
-            NotReady::Down(node.checkout_error(e))
+            match e {
+                PoolError::Timeout(TimeoutType::Wait) => NotReady::Busy(Error::Busy {
+                    node: node.label.clone(),
+                    max_size: node.pool_for(route).status().max_size,
+                }),
+                e => NotReady::Down(node.checkout_error(e)),
+            }
         })?;
         let reused = Object::metrics(&conn).recycle_count > 0;
         match prepare(&mut conn, plan, replay_wait).await {
@@ -681,7 +697,7 @@ pub(crate) async fn dedicated_connection(node: &Node) -> Result<AsyncPgConnectio
     for _ in 0..2 {
         let (conn, _, _) = match ready_connection(node, Route::Write, &plan, None).await {
             Ok(ready) => ready,
-            Err(NotReady::Down(error)) => return Err(error),
+            Err(NotReady::Down(error) | NotReady::Busy(error)) => return Err(error),
             // No wait was asked for.
             Err(NotReady::NotReplayed) => return Err(not_replayed(node)),
         };

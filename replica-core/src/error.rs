@@ -215,6 +215,19 @@ pub enum Error {
         #[source]
         error: CheckoutError,
     },
+    /// Every connection of the node's pool was in use for the whole wait
+    /// timeout (`DATABASE_POOL_TIMEOUT_MS`): the node is busy, not down.
+    /// Its health is not touched, and a read is not sent to the writer for
+    /// it (another replica with a free connection may serve it).
+    #[error(
+        "{node} is busy: all {max_size} connections of its pool were in use for the whole wait timeout"
+    )]
+    Busy {
+        /// The node, as `role (host:port)`.
+        node: String,
+        /// The pool's size.
+        max_size: usize,
+    },
     /// The node did not finish the attempt within its statement timeout
     /// plus half a second: it is hung or unreachable.
     #[error("{node} did not answer within {after:?}")]
@@ -384,6 +397,8 @@ pub enum ErrorKind {
     Checkout,
     /// [`Error::Timeout`]: a node did not answer.
     Timeout,
+    /// [`Error::Busy`]: every connection of a node's pool was in use.
+    Busy,
     /// [`Error::ConnectionLost`].
     ConnectionLost,
     /// [`Error::Ejected`].
@@ -416,6 +431,7 @@ impl ErrorKind {
             Self::CheckoutTimeout => "checkout_timeout",
             Self::Checkout => "checkout",
             Self::Timeout => "timeout",
+            Self::Busy => "busy",
             Self::ConnectionLost => "connection_lost",
             Self::Ejected => "ejected",
             Self::NoReplicaAvailable => "no_replica_available",
@@ -438,6 +454,7 @@ impl ErrorKind {
             Self::CheckoutTimeout
                 | Self::Checkout
                 | Self::Timeout
+                | Self::Busy
                 | Self::ConnectionLost
                 | Self::Ejected
                 | Self::NoReplicaAvailable
@@ -460,6 +477,7 @@ impl Error {
             Self::Checkout { .. } if self.is_timeout() => ErrorKind::CheckoutTimeout,
             Self::Checkout { .. } => ErrorKind::Checkout,
             Self::Timeout { .. } => ErrorKind::Timeout,
+            Self::Busy { .. } => ErrorKind::Busy,
             Self::ConnectionLost { .. } => ErrorKind::ConnectionLost,
             Self::Ejected { .. } => ErrorKind::Ejected,
             Self::NoReplicaAvailable { .. } => ErrorKind::NoReplicaAvailable,

@@ -47,17 +47,25 @@ pub(crate) async fn read<T, E>(
     // A stale connection is tried again once, on a new one of its node.
     let mut again: Option<(&Arc<Node>, Option<ReplayWait>)> = None;
     let mut stale_retried = false;
+    // Whether a replica's pool was busy.
+    let mut busy = false;
     while let Some((node, replay_wait)) = again
         .take()
         .or_else(|| next(topology, policy, &tried, after, may_wait))
     {
+        if busy && Arc::ptr_eq(node, &topology.writer) && !topology.replicas.is_empty() {
+            // A replica's pool was busy: the writer does not take its
+            // reads, or one traffic spike becomes the writer's.
+            break;
+        }
         number += 1;
         let retry_reason = last.as_ref().map(|(previous, failure)| {
             // A retry counts against the node that failed; a replica
             // behind the write or without the tenant's schema yet did not.
             if !matches!(
                 failure,
-                Failure::NotReplayed | Failure::Routing(Error::UnknownTenant { .. })
+                Failure::NotReplayed
+                    | Failure::Routing(Error::UnknownTenant { .. } | Error::Busy { .. })
             ) {
                 previous.health.count_retry();
             }
@@ -114,6 +122,15 @@ pub(crate) async fn read<T, E>(
                 may_wait = false;
                 tried.push(node.id.clone());
                 last = Some((node, Failure::NotReplayed));
+            }
+            // A replica whose pool is busy: another one may have room.
+            Err(Failed {
+                failure: failure @ Failure::Routing(Error::Busy { .. }),
+                ..
+            }) if !Arc::ptr_eq(node, &topology.writer) => {
+                busy = true;
+                tried.push(node.id.clone());
+                last = Some((node, failure));
             }
             // A failed node, or a replica that has not yet replayed the
             // creation of the tenant's schema: another node may serve it.
