@@ -27,6 +27,7 @@ fn main() -> ExitCode {
             a_plain_read_on_a_paused_replica_is_stale,
             tokens_carried_between_sets_never_read_stale,
             token_reads_keep_up_with_an_update_load,
+            token_reads_spread_over_every_replica_that_holds_the_write,
             a_replica_behind_the_lag_limit_gets_no_reads_until_it_catches_up,
             lag_stays_zero_on_an_idle_primary,
             hostile_tokens_never_panic_nor_read_stale,
@@ -351,6 +352,46 @@ async fn token_reads_keep_up_with_an_update_load(cluster: Arc<Cluster>) {
         max_lag < Duration::from_secs(2),
         "the replicas fell {max_lag:?} behind"
     );
+}
+
+async fn token_reads_spread_over_every_replica_that_holds_the_write(cluster: Arc<Cluster>) {
+    let mut config = Config::new(&cluster.writer_url()).unwrap();
+    for url in cluster.replica_urls() {
+        config = config.with_replica(&url).unwrap();
+    }
+    // Lag sampled every 5 s: left to the schedule, the replica a first read
+    // waited on would stay the only one known to hold the write.
+    config.consistency.lag_interval = Duration::from_secs(5);
+    let db = ReplicaSet::connect(config).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let replicas: Vec<i32> = cluster
+        .replica_ids()
+        .into_iter()
+        .map(|id| port(&cluster, id))
+        .collect();
+    for (round, k) in (9001..9004).enumerate() {
+        let rw = ReadYourWrites::new();
+        put(&db, &rw, k, 1).await;
+        let mut served = std::collections::HashMap::new();
+        for _ in 0..30 {
+            let read = get(&db, &rw, k).await;
+            assert_eq!(read.v, Some(1), "stale");
+            assert!(read.in_recovery, "{read:?}");
+            *served.entry(read.port).or_insert(0) += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let shares: Vec<usize> = replicas
+            .iter()
+            .map(|replica| served.get(replica).copied().unwrap_or(0))
+            .collect();
+        eprint!("round {round}: 30 token reads, per replica {shares:?}; ");
+        for (replica, reads) in replicas.iter().zip(&shares) {
+            assert!(
+                *reads >= 5,
+                "round {round}: {replica} served {reads}: {served:?}"
+            );
+        }
+    }
 }
 
 async fn a_replica_behind_the_lag_limit_gets_no_reads_until_it_catches_up(cluster: Arc<Cluster>) {

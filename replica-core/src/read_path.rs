@@ -22,12 +22,15 @@ use crate::topology::Topology;
 
 /// What a read must see, and how it may wait for it.
 #[derive(Clone, Copy)]
-pub(crate) struct After {
+pub(crate) struct After<'a> {
     pub(crate) token: WriteToken,
     /// The longest wait on a replica for the write.
     pub(crate) wait: Duration,
     /// Aurora: replicas qualify by their reported lag, not a position.
     pub(crate) by_time: bool,
+    /// Told when no replica was known to hold the write: the lag monitor
+    /// then samples at once.
+    pub(crate) unknown: &'a tokio::sync::Notify,
 }
 
 /// Runs a read, trying other nodes while nodes fail; on failure, the node
@@ -36,7 +39,7 @@ pub(crate) async fn read<T, E>(
     topology: &Topology,
     policy: &HealthConfig,
     call: Call<'_>,
-    after: Option<After>,
+    after: Option<After<'_>>,
     f: impl Body<T, E> + Clone,
 ) -> Result<T, (Arc<Node>, Failure<E>)> {
     let mut tried: Vec<NodeId> = Vec::new();
@@ -49,6 +52,17 @@ pub(crate) async fn read<T, E>(
     let mut stale_retried = false;
     // Whether a replica's pool was busy.
     let mut busy = false;
+    if let Some(after) = after
+        && topology
+            .replicas
+            .iter()
+            .any(|node| usable(node, &[]) && !node.lag.has_replayed(&after.token, after.by_time))
+    {
+        // A replica is not known to hold the write: the lag monitor samples
+        // them soon (at most every 20 ms, however many reads ask), so that
+        // reads after it spread over every replica that does.
+        after.unknown.notify_one();
+    }
     while let Some((node, replay_wait)) = again
         .take()
         .or_else(|| next(topology, policy, &tried, after, may_wait))
@@ -161,7 +175,7 @@ fn next<'t>(
     topology: &'t Topology,
     policy: &HealthConfig,
     tried: &[NodeId],
-    after: Option<After>,
+    after: Option<After<'_>>,
     may_wait: bool,
 ) -> Option<(&'t Arc<Node>, Option<ReplayWait>)> {
     let usable = |node: &Node| usable(node, tried);

@@ -70,6 +70,10 @@ struct Inner {
     writer_unavailable: AtomicBool,
     /// Wakes discovery early: a write met a standby or a dead writer.
     wake: Arc<Notify>,
+    /// Wakes the lag monitor early: a read after a write found no replica
+    /// known to hold it, so the others are sampled at once and the next
+    /// such reads spread over every replica that does.
+    sample_soon: Arc<Notify>,
     /// Where the nodes come from.
     source: DiscoverySource,
     /// Becomes true once discovery's first survey is over (at once without
@@ -185,6 +189,7 @@ impl ReplicaSet {
                 shared_schemas: config.shared_schemas,
                 writer_unavailable: AtomicBool::new(false),
                 wake: Arc::new(Notify::new()),
+                sample_soon: Arc::new(Notify::new()),
                 source: config.discovery.source(),
                 surveyed: tokio::sync::watch::Sender::new(false),
                 discovery: std::sync::Mutex::default(),
@@ -517,6 +522,7 @@ impl ReplicaSet {
             token,
             wait: self.inner.consistency.read_your_writes_wait,
             by_time: self.inner.lag_by_time,
+            unknown: &self.inner.sample_soon,
         });
         let span = telemetry::call_span(&call, topology.writer.url.database());
         let result = read_path::read(&topology, &self.inner.health, call, after, f)
@@ -823,15 +829,29 @@ async fn monitor(inner: std::sync::Weak<Inner>, source: monitor::Source, interva
     };
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Asked early, a sample still waits this long after the last one.
+    let gap = MIN_SAMPLE_GAP.min(interval);
+    let mut last = tokio::time::Instant::now();
+    let Some(asked) = inner.upgrade().map(|inner| Arc::clone(&inner.sample_soon)) else {
+        return;
+    };
     loop {
-        ticks.tick().await;
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = asked.notified() => tokio::time::sleep_until(last + gap).await,
+        }
         let Some(inner) = inner.upgrade() else { return };
         let topology = inner.topology.load_full();
         let limits = inner.consistency.clone();
         drop(inner);
+        last = tokio::time::Instant::now();
         monitor::sample(&topology, &source, &limits, &probes).await;
     }
 }
+
+/// The shortest time between two lag samples when reads ask for one early:
+/// at most 50 samples a second however many reads ask.
+const MIN_SAMPLE_GAP: Duration = Duration::from_millis(20);
 
 /// Waits until a removed node has no call in flight (or
 /// [`DRAIN_LIMIT`] passed), then closes its pool.
