@@ -381,7 +381,8 @@ async fn the_status_serializes_every_field(cluster: Arc<Cluster>) {
 }
 
 /// The discovery gauges set since the last snapshot, by name (and rule):
-/// `stale`, `no_server_id`, `no_endpoint`, `writer_not_in_view`, `failed`.
+/// `stale`, `no_server_id`, `no_endpoint`, `writer_not_in_view`, `failed`,
+/// `writers`.
 /// A snapshot takes the values: the next one holds only what was set
 /// after it.
 fn discovery_gauges() -> BTreeMap<String, f64> {
@@ -446,6 +447,7 @@ async fn what_aurora_discovery_cannot_use_is_in_gauges_and_the_status(cluster: A
         ("no_server_id", 0.0),
         ("writer_not_in_view", 0.0),
         ("failed", 0.0),
+        ("writers", 0.0),
     ])
     .await;
     let status = serde_json::to_value(db.status()).unwrap();
@@ -469,6 +471,7 @@ async fn what_aurora_discovery_cannot_use_is_in_gauges_and_the_status(cluster: A
         ("no_server_id", 0.0),
         ("writer_not_in_view", 1.0),
         ("failed", 0.0),
+        ("writers", 0.0),
     ])
     .await;
     assert!(db.status().writer_available);
@@ -486,6 +489,7 @@ async fn what_aurora_discovery_cannot_use_is_in_gauges_and_the_status(cluster: A
         ("no_server_id", 0.0),
         ("writer_not_in_view", 0.0),
         ("failed", 0.0),
+        ("writers", 0.0),
     ])
     .await;
     assert!(db.status().discovery.is_clean(), "{:?}", db.status());

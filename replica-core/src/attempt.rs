@@ -357,7 +357,16 @@ impl Ended<'_> {
             // its transaction, and nobody waits for it.
             let _ = session::settle(conn, Ok(()));
         }
-        let behind = followed.and_then(|followed| followed.tap.failed_other_than(followed.opening));
+        // Behind a failed statement of the library's: one before the call
+        // (the end of the one before), or the call's own opening failing
+        // for anything but a missing tenant schema (a cancel meant for an
+        // earlier call, a recovery conflict): nothing of the body ran.
+        let behind = followed.and_then(|followed| {
+            followed
+                .tap
+                .failed()
+                .filter(|failed| failed.mark != followed.opening || !failed.is_missing_schema())
+        });
         let result = match (result, behind) {
             (Err(error), Some(failed)) => {
                 tracing::debug!(

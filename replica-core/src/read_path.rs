@@ -20,6 +20,10 @@ use crate::route::{Body, Call, ReplayWait};
 use crate::telemetry;
 use crate::topology::Topology;
 
+/// How many times a read runs again on a new connection of its node after
+/// its body failed behind a failed statement of the library's.
+const MAX_BEHIND_RETRIES: u32 = 3;
+
 /// What a read must see, and how it may wait for it.
 #[derive(Clone, Copy)]
 pub(crate) struct After<'a> {
@@ -50,6 +54,7 @@ pub(crate) async fn read<T, E>(
     // A stale connection is tried again once, on a new one of its node.
     let mut again: Option<(&Arc<Node>, Option<ReplayWait>)> = None;
     let mut stale_retried = false;
+    let mut behind_retries = 0;
     // Whether a replica's pool was busy.
     let mut busy = false;
     if let Some(after) = after
@@ -79,6 +84,7 @@ pub(crate) async fn read<T, E>(
             if !matches!(
                 failure,
                 Failure::NotReplayed
+                    | Failure::Behind(_)
                     | Failure::Routing(Error::UnknownTenant { .. } | Error::Busy { .. })
             ) {
                 previous.health.count_retry();
@@ -121,10 +127,20 @@ pub(crate) async fn read<T, E>(
                 return Ok(value);
             }
             Err(Failed {
-                failure: failure @ (Failure::Stale(_) | Failure::Behind(_)),
+                failure: failure @ Failure::Stale(_),
                 ..
             }) if !stale_retried => {
                 stale_retried = true;
+                again = Some((node, replay_wait));
+                last = Some((node, failure));
+            }
+            // Each connection that failed a statement of the library's is
+            // closed; the node's next one is likely sound.
+            Err(Failed {
+                failure: failure @ Failure::Behind(_),
+                ..
+            }) if behind_retries < MAX_BEHIND_RETRIES => {
+                behind_retries += 1;
                 again = Some((node, replay_wait));
                 last = Some((node, failure));
             }
