@@ -332,16 +332,18 @@ impl Frames {
             }
             done(self.kind, &self.head);
             self.filled = 0;
-            self.typed = self.typed || !self.asks_encryption();
+            // After an encryption request the start-up message, untyped
+            // too, is still to come.
+            self.typed = self.typed || !asks_encryption(self.kind, &self.head);
         }
     }
+}
 
-    /// Whether the message just passed, untyped, asks for an encrypted
-    /// channel: the start-up message is still to come.
-    fn asks_encryption(&self) -> bool {
-        !self.typed
-            && matches!(self.head.get(..4), Some(code) if code == SSL_REQUEST || code == GSS_REQUEST)
-    }
+/// Whether a message of the client's (its type, 0 for an untyped one, and
+/// first bytes) asks for an encrypted channel, which the server answers
+/// with one unframed byte.
+fn asks_encryption(kind: u8, head: &[u8]) -> bool {
+    kind == 0 && matches!(head.get(..4), Some(code) if code == SSL_REQUEST || code == GSS_REQUEST)
 }
 
 /// A connection's stream, whose every message both ways is followed for
@@ -410,9 +412,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tapped<S> {
             let mut answers = 0;
             let outgoing = &mut this.outgoing;
             outgoing.pass(&buf[..written], |kind, head| {
-                if kind == 0 && matches!(head.get(..4), Some(code) if code == SSL_REQUEST || code == GSS_REQUEST) {
-                    answers += 1;
-                }
+                answers += usize::from(asks_encryption(kind, head));
                 state.sent(kind, head);
             });
             this.incoming.unframed += answers;
