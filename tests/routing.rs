@@ -514,6 +514,11 @@ async fn batch(conn: &mut diesel_async::AsyncPgConnection, sql: &str) -> diesel:
     diesel_async::SimpleAsyncConnection::batch_execute(conn, sql).await
 }
 
+/// A text value computed by the server in a read of `db`.
+async fn read_text(db: &ReplicaSet, sql: &str) -> String {
+    db.read(async |conn| text(conn, sql).await).await.unwrap()
+}
+
 /// A text value computed by the server.
 async fn text(
     conn: &mut diesel_async::AsyncPgConnection,
@@ -536,42 +541,27 @@ async fn session_state_a_read_leaves_is_gone_for_the_next_user(cluster: Arc<Clus
     let db = ReplicaSet::connect(one_connection_each(&cluster))
         .await
         .unwrap();
-    let fresh = db
-        .read(async |conn| text(conn, SESSION_STATE).await)
-        .await
-        .unwrap();
+    let fresh = read_text(&db, SESSION_STATE).await;
     assert_eq!(
         fresh,
         "\"$user\", public | 10s | 4MB | postgres | 0 | 0 | true | UTC"
     );
-    let pid = db
-        .read(async |conn| text(conn, "pg_backend_pid()::text").await)
-        .await
-        .unwrap();
+    let pid = read_text(&db, "pg_backend_pid()::text").await;
     // Session state of every kind a read may set, with and without an error.
     let leave = "SET search_path TO nowhere; SET statement_timeout = 12345; SET work_mem = '64MB'; \
          SET TimeZone = 'Asia/Tokyo'; SELECT pg_advisory_lock(42)";
     db.read(async |conn| batch(conn, leave).await)
         .await
         .unwrap();
-    let after = db
-        .read(async |conn| text(conn, SESSION_STATE).await)
-        .await
-        .unwrap();
+    let after = read_text(&db, SESSION_STATE).await;
     assert_eq!(after, fresh);
     let failed = db
         .read(async |conn| batch(conn, &format!("{leave}; SELECT 1/0")).await)
         .await;
     assert!(matches!(failed, Err(Error::Query { .. })), "{failed:?}");
-    let after = db
-        .read(async |conn| text(conn, SESSION_STATE).await)
-        .await
-        .unwrap();
+    let after = read_text(&db, SESSION_STATE).await;
     assert_eq!(after, fresh);
-    let pid_after = db
-        .read(async |conn| text(conn, "pg_backend_pid()::text").await)
-        .await
-        .unwrap();
+    let pid_after = read_text(&db, "pg_backend_pid()::text").await;
     assert_eq!(pid_after, pid, "the connection was reused, not replaced");
     // The body leaves a transaction open, or failed, after setting state:
     // the next user finds neither.
@@ -583,10 +573,7 @@ async fn session_state_a_read_leaves_is_gone_for_the_next_user(cluster: Arc<Clus
         db.read(async |conn| batch(conn, &body).await)
             .await
             .unwrap();
-        let after = db
-            .read(async |conn| text(conn, SESSION_STATE).await)
-            .await
-            .unwrap();
+        let after = read_text(&db, SESSION_STATE).await;
         assert_eq!(after, fresh, "after {body}");
         let isolation = db
             .read(async |conn| text(conn, "current_setting('transaction_isolation')").await)
@@ -605,15 +592,9 @@ async fn session_state_a_read_leaves_is_gone_for_the_next_user(cluster: Arc<Clus
     })
     .await
     .unwrap();
-    let after = db
-        .read(async |conn| text(conn, SESSION_STATE).await)
-        .await
-        .unwrap();
+    let after = read_text(&db, SESSION_STATE).await;
     assert_eq!(after, fresh);
-    let pid_after = db
-        .read(async |conn| text(conn, "pg_backend_pid()::text").await)
-        .await
-        .unwrap();
+    let pid_after = read_text(&db, "pg_backend_pid()::text").await;
     assert_eq!(pid_after, pid, "the connection was reset, not replaced");
     // A default isolation a hot standby refuses (every later statement of
     // the session would fail "cannot use serializable mode in a hot
@@ -638,10 +619,7 @@ async fn read_leaves_nothing(db: &ReplicaSet, body: &str, fresh: &str, pid: &str
             .unwrap_or_else(|e| panic!("after {body}: {e}"));
         assert_eq!(after, fresh, "after {body}");
     }
-    let pid_after = db
-        .read(async |conn| text(conn, "pg_backend_pid()::text").await)
-        .await
-        .unwrap();
+    let pid_after = read_text(db, "pg_backend_pid()::text").await;
     assert_eq!(pid_after, pid, "after {body}: reset, not replaced");
 }
 
@@ -649,10 +627,7 @@ async fn a_read_that_ends_its_transaction_leaves_nothing_for_the_next_user(clust
     let db = ReplicaSet::connect(one_connection_each(&cluster))
         .await
         .unwrap();
-    let fresh = db
-        .read(async |conn| text(conn, SESSION_STATE).await)
-        .await
-        .unwrap();
+    let fresh = read_text(&db, SESSION_STATE).await;
     let leave = "SET search_path TO nowhere; SET statement_timeout = 12345; \
          SET work_mem = '64MB'; SELECT pg_advisory_lock(42)";
     for body in [
@@ -661,10 +636,7 @@ async fn a_read_that_ends_its_transaction_leaves_nothing_for_the_next_user(clust
         format!("COMMIT AND CHAIN; {leave}"),
         format!("END; {leave}; BEGIN; SET LOCAL statement_timeout = 1"),
     ] {
-        let pid = db
-            .read(async |conn| text(conn, "pg_backend_pid()::text").await)
-            .await
-            .unwrap();
+        let pid = read_text(&db, "pg_backend_pid()::text").await;
         // The next reads find a fresh session, and none fails.
         read_leaves_nothing(&db, &body, &fresh, &pid, 3).await;
     }
@@ -698,10 +670,7 @@ async fn a_replica_read_ends_with_a_rollback_unless_its_body_touched_the_session
     let mut config = one_connection_each(&cluster);
     config.application_name = APP.into();
     let db = ReplicaSet::connect(config).await.unwrap();
-    let fresh = db
-        .read(async |conn| text(conn, SESSION_STATE).await)
-        .await
-        .unwrap();
+    let fresh = read_text(&db, SESSION_STATE).await;
     // A body that stays in the read's transaction, whatever it sets there
     // or fails: the read ends with a ROLLBACK and the advisory locks'
     // release, and nothing of the body is left.
@@ -720,10 +689,7 @@ async fn a_replica_read_ends_with_a_rollback_unless_its_body_touched_the_session
             end.ends_with("*/ROLLBACK; SELECT pg_catalog.pg_advisory_unlock_all()"),
             "after {body}: {end}"
         );
-        let after = db
-            .read(async |conn| text(conn, SESSION_STATE).await)
-            .await
-            .unwrap();
+        let after = read_text(&db, SESSION_STATE).await;
         assert_eq!(after, fresh, "after {body}");
     }
     // A body that ends the read's transaction, or begins its own: the
@@ -737,10 +703,7 @@ async fn a_replica_read_ends_with_a_rollback_unless_its_body_touched_the_session
         db.read(async |conn| batch(conn, body).await).await.unwrap();
         let end = last_statement(&cluster, APP, body);
         assert!(end.contains("RESET ALL"), "after {body}: {end}");
-        let after = db
-            .read(async |conn| text(conn, SESSION_STATE).await)
-            .await
-            .unwrap();
+        let after = read_text(&db, SESSION_STATE).await;
         assert_eq!(after, fresh, "after {body}");
     }
 }
