@@ -36,6 +36,7 @@ fn main() -> ExitCode {
             an_unknown_tenant_is_an_error_not_a_read_of_public,
             tenant_scoped_read_only_methods_run_on_replicas_read_only,
             a_tenant_under_an_alias_scopes_the_method_not_the_shared_schemas,
+            methods_with_generic_parameters_keep_their_tenant,
             provisioning_twice_changes_nothing_and_replicas_receive_it,
             a_failing_migration_leaves_its_tenant_as_it_was_and_the_others_run,
             a_tenant_not_yet_on_the_replicas_is_read_on_the_writer,
@@ -243,6 +244,55 @@ async fn a_tenant_under_an_alias_scopes_the_method_not_the_shared_schemas(cluste
     }
     let added = db.add_to_org(&tenant(9), (1, 2)).await.unwrap();
     assert_eq!(added.owner, "t9:3", "the write ran outside t9's schema");
+}
+
+/// An existing app's method shapes: `impl Trait` and generic parameters
+/// beside the tenant.
+impl Db {
+    #[read_only]
+    async fn owners_like(
+        &self,
+        conn: &mut AsyncPgConnection,
+        org: &Org,
+        pattern: impl Into<String> + Clone,
+    ) -> diesel::QueryResult<Vec<ServedOwner>> {
+        let _ = org;
+        let sql = format!("{WHO_SERVED}, owner FROM items WHERE owner LIKE $1");
+        diesel::sql_query(sql)
+            .bind::<Text, String>(pattern.into())
+            .load(conn)
+            .await
+    }
+
+    #[write]
+    async fn add_tiered<T: Into<i32>>(
+        &self,
+        conn: &mut AsyncPgConnection,
+        org: &Org,
+        tier: T,
+    ) -> diesel::QueryResult<Owner> {
+        let _ = org;
+        diesel::sql_query(
+            "INSERT INTO items (owner) VALUES (current_schema()) RETURNING owner || ':' || $1 AS owner",
+        )
+        .bind::<Integer, _>(tier.into())
+        .get_result(conn)
+        .await
+    }
+}
+
+async fn methods_with_generic_parameters_keep_their_tenant(cluster: Arc<Cluster>) {
+    let db = Db::connect(cluster.config()).await.unwrap();
+    for i in [5, 31] {
+        let rows = db.owners_like(&tenant(i), "t%").await.unwrap();
+        assert!(!rows.is_empty());
+        for row in rows {
+            assert_eq!(row.owner, format!("t{i}"), "the read left t{i}'s schema");
+            assert!(row.served.in_recovery, "{:?}", row.served);
+        }
+    }
+    let added = db.add_tiered(&tenant(12), 7i16).await.unwrap();
+    assert_eq!(added.owner, "t12:7", "the write ran outside t12's schema");
 }
 
 async fn tenant_scoped_read_only_methods_run_on_replicas_read_only(cluster: Arc<Cluster>) {

@@ -131,9 +131,46 @@ fn method_inner(kind: Kind, args: TokenStream, mut item: ItemFn) -> syn::Result<
         inputs.push(syn::parse2(quote!(#(#attrs)* #name: #ty))?);
     }
     item.sig.inputs = inputs;
+    // What the method cannot classify must be plain: the bound sits on the
+    // parameter's type, where a caller's error points.
+    for ty in &method.bounded {
+        plain_bound(&mut item.sig.generics, ty);
+    }
     item.sig.output = syn::parse2(quote!(-> #output))?;
     item.block = syn::parse2(new_body)?;
     Ok(quote!(#item))
+}
+
+/// Bounds `ty` by `PlainParam`: beside the bounds the user wrote for a
+/// type parameter (inline or in the `where` clause), so that they stay in
+/// one place; in the `where` clause for any other type (`T::Item`).
+fn plain_bound(generics: &mut syn::Generics, ty: &syn::Type) {
+    let span = Span::mixed_site().located_at(ty.span());
+    let bound: syn::TypeParamBound = syn::parse_quote_spanned!(span=> ::diesel_replica::PlainParam);
+    let param = match ty {
+        syn::Type::Path(path) if path.qself.is_none() => path.path.get_ident(),
+        _ => None,
+    };
+    let bounded_in_where = |generics: &syn::Generics, ident: &Ident| {
+        generics.where_clause.iter().flat_map(|w| &w.predicates).any(|p| {
+            matches!(p, syn::WherePredicate::Type(t)
+                if matches!(&t.bounded_ty, syn::Type::Path(b) if b.qself.is_none() && b.path.is_ident(ident)))
+        })
+    };
+    if let Some(ident) = param
+        && !bounded_in_where(generics, ident)
+        && let Some(param) = generics.type_params_mut().find(|p| p.ident == *ident)
+    {
+        if param.colon_token.is_none() {
+            param.colon_token = Some(Token![:](span));
+        }
+        param.bounds.push(bound);
+        return;
+    }
+    generics
+        .make_where_clause()
+        .predicates
+        .push(syn::parse_quote_spanned!(span=> #ty: #bound));
 }
 
 /// The tenant that scopes the call, decided by the parameters' types: each

@@ -4,6 +4,7 @@
 use proc_macro2::Span;
 use syn::spanned::Spanned;
 use syn::visit::{self, Visit};
+use syn::visit_mut::{self, VisitMut};
 use syn::{
     Attribute, FnArg, GenericArgument, ItemFn, Pat, PathArguments, ReturnType, Type, TypePath,
 };
@@ -32,6 +33,9 @@ pub(crate) struct Method {
     /// The parameters after the connection, each of which the generated
     /// code classifies by type: the one of type `&Tenant` scopes the method.
     pub(crate) params: Vec<Param>,
+    /// The parameters' types that name a generic type parameter of the
+    /// method (`T`, `T::Item`), each of which gets a `PlainParam` bound.
+    pub(crate) bounded: Vec<Type>,
     pub(crate) output: Output,
 }
 
@@ -92,7 +96,7 @@ pub(crate) fn check(kind: Kind, item: &ItemFn) -> syn::Result<Method> {
         }
     }
     let (conn, conn_ty) = connection(attr, sig, inputs.next())?;
-    let params = params(attr, &sig.generics, inputs)?;
+    let (params, bounded) = params(attr, &sig.generics, inputs)?;
     let ReturnType::Type(_, declared) = &sig.output else {
         return Err(syn::Error::new(
             sig.paren_token.span.close(),
@@ -112,6 +116,7 @@ pub(crate) fn check(kind: Kind, item: &ItemFn) -> syn::Result<Method> {
         conn_ty,
         declared,
         params,
+        bounded,
         output,
     })
 }
@@ -159,25 +164,27 @@ fn connection(attr: &str, sig: &syn::Signature, arg: Option<&FnArg>) -> syn::Res
 
 /// The parameters after the connection. Whether one scopes the method is
 /// decided by its type, in the generated code; here each is checked to
-/// have a type that decision can see, and bound to a name it can use.
+/// have a type that decision can see, and bound to a name it can use. A
+/// type the method cannot see (a generic, `impl Trait`) gets the bound
+/// `PlainParam`, which no type holding a tenant or a session satisfies.
 fn params<'a>(
     attr: &str,
     generics: &syn::Generics,
     inputs: impl Iterator<Item = &'a FnArg>,
-) -> syn::Result<Vec<Param>> {
+) -> syn::Result<(Vec<Param>, Vec<Type>)> {
     let generics: Vec<&syn::Ident> = generics.type_params().map(|p| &p.ident).collect();
     let mut params = Vec::new();
+    let mut unseen = Unseen {
+        attr,
+        generics: &generics,
+        bounded: Vec::new(),
+        error: None,
+    };
     for (i, arg) in inputs.enumerate() {
         let FnArg::Typed(arg) = arg else { continue };
-        let mut hidden = Hidden {
-            attr,
-            generics: &generics,
-            error: None,
-        };
-        hidden.visit_type(&arg.ty);
-        if let Some(error) = hidden.error {
-            return Err(error);
-        }
+        unseen.visit_type(&arg.ty);
+        let mut ty = (*arg.ty).clone();
+        PlainImpl.visit_type_mut(&mut ty);
         let (name, destructure) = match &*arg.pat {
             Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => (p.ident.clone(), None),
             other => (
@@ -189,31 +196,50 @@ fn params<'a>(
         params.push(Param {
             attrs: arg.attrs.clone(),
             name,
-            ty: (*arg.ty).clone(),
+            ty,
             destructure,
         });
     }
-    Ok(params)
+    match unseen.error {
+        Some(error) => Err(error),
+        None => Ok((params, unseen.bounded)),
+    }
 }
 
-/// Finds what would hide a tenant from the type check: a generic type
-/// parameter of the method, or `impl Trait`.
-struct Hidden<'a> {
+/// Finds the types the generated code cannot classify: each type that
+/// names a generic type parameter of the method (`T`, `T::Item`) is kept
+/// for a `PlainParam` bound, and a trait object, which no bound can reach,
+/// is refused.
+struct Unseen<'a> {
     attr: &'a str,
     generics: &'a [&'a syn::Ident],
+    bounded: Vec<Type>,
     error: Option<syn::Error>,
 }
 
-impl Hidden<'_> {
-    fn report(&mut self, span: &dyn quote::ToTokens, what: String) {
+impl Unseen<'_> {
+    fn names_generic(&self, ty: &TypePath) -> bool {
+        let mut found = false;
+        let mut finder = NamesGeneric {
+            generics: self.generics,
+            found: &mut found,
+        };
+        finder.visit_type_path(ty);
+        found
+    }
+}
+
+impl<'ast> Visit<'ast> for Unseen<'_> {
+    fn visit_type_trait_object(&mut self, ty: &'ast syn::TypeTraitObject) {
         let attr = self.attr;
         let error = syn::Error::new_spanned(
-            span,
+            ty,
             format!(
-                "`#[{attr}]` cannot tell whether {what} holds a tenant: one passed here \
+                "`#[{attr}]` cannot tell whether a trait object holds a tenant: one passed here \
                  would leave the method unscoped, on the shared schemas\n\n\
-                 help: give the parameter a concrete type (`&str`, `&[i64]`, `Vec<String>`, ..); \
-                 a tenant is taken as `tenant: &Tenant`"
+                 help: take `impl Trait` or a generic instead, which the macro bounds by \
+                 `diesel_replica::PlainParam`, or a concrete type; a tenant is taken as \
+                 `tenant: &Tenant`"
             ),
         );
         match &mut self.error {
@@ -221,24 +247,53 @@ impl Hidden<'_> {
             None => self.error = Some(error),
         }
     }
-}
-
-impl<'ast> Visit<'ast> for Hidden<'_> {
-    fn visit_type_impl_trait(&mut self, ty: &'ast syn::TypeImplTrait) {
-        self.report(ty, "an `impl Trait` parameter".to_owned());
-    }
 
     fn visit_type_path(&mut self, ty: &'ast TypePath) {
-        if ty.qself.is_none()
-            && let Some(first) = ty.path.segments.first()
+        let generic_root = ty.qself.is_some()
+            || ty
+                .path
+                .segments
+                .first()
+                .is_some_and(|first| self.generics.contains(&&first.ident));
+        if generic_root && self.names_generic(ty) {
+            // `T`, `T::Item`, `<T as Trait>::Out`: bounded as written.
+            let ty = Type::Path(ty.clone());
+            let written = |ty: &Type| quote::ToTokens::to_token_stream(ty).to_string();
+            if !self.bounded.iter().any(|b| written(b) == written(&ty)) {
+                self.bounded.push(ty);
+            }
+        } else {
+            visit::visit_type_path(self, ty);
+        }
+    }
+}
+
+/// Whether a type path names one of the method's generic type parameters.
+struct NamesGeneric<'a, 'f> {
+    generics: &'a [&'a syn::Ident],
+    found: &'f mut bool,
+}
+
+impl<'ast> Visit<'ast> for NamesGeneric<'_, '_> {
+    fn visit_path(&mut self, path: &'ast syn::Path) {
+        if let Some(first) = path.segments.first()
             && self.generics.contains(&&first.ident)
         {
-            self.report(
-                ty,
-                format!("a parameter of the generic type `{}`", first.ident),
-            );
+            *self.found = true;
         }
-        visit::visit_type_path(self, ty);
+        visit::visit_path(self, path);
+    }
+}
+
+/// Adds `+ PlainParam` to each `impl Trait` of a parameter's type.
+struct PlainImpl;
+
+impl VisitMut for PlainImpl {
+    fn visit_type_impl_trait_mut(&mut self, ty: &mut syn::TypeImplTrait) {
+        visit_mut::visit_type_impl_trait_mut(self, ty);
+        let span = Span::mixed_site().located_at(ty.span());
+        ty.bounds
+            .push(syn::parse_quote_spanned!(span=> ::diesel_replica::PlainParam));
     }
 }
 
