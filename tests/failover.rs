@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         "CREATE TABLE events (id serial PRIMARY KEY, at_ms int NOT NULL)",
         tests![
             a_promoted_replica_becomes_the_writer_and_reads_never_fail,
+            a_hung_writer_is_replaced_by_the_promoted_replica,
             aurora_discovery_follows_the_writer_aurora_names,
             a_write_in_a_read_is_refused_wherever_the_read_runs,
         ],
@@ -109,9 +110,20 @@ impl Load {
     /// Under load for 0.5 s, kills `primary`, and leaves the load 1 s
     /// without it; returns when the kill was issued and when it was done.
     async fn kill_after_a_while(&self, cluster: &Cluster, primary: NodeId) -> (u128, u128) {
+        self.fault_after_a_while(cluster, primary, Cluster::kill)
+            .await
+    }
+
+    /// [`Load::kill_after_a_while`] with another fault: `fault(cluster, primary)`.
+    async fn fault_after_a_while(
+        &self,
+        cluster: &Cluster,
+        primary: NodeId,
+        fault: fn(&Cluster, NodeId) -> Result<(), diesel_replica_testkit::Error>,
+    ) -> (u128, u128) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let kill_issued = self.now();
-        cluster.kill(primary).unwrap();
+        fault(cluster, primary).unwrap();
         let killed = self.now();
         tokio::time::sleep(Duration::from_millis(1000)).await;
         (kill_issued, killed)
@@ -138,7 +150,10 @@ impl Load {
             .iter()
             .find(|(at, result)| *at > writer_known && result.is_ok())
             .map(|(at, _)| *at)
-            .expect("writes resume once the new writer is known");
+            .unwrap_or_else(|| {
+                let tail = &writes[writes.len().saturating_sub(8)..];
+                panic!("writes resume once the new writer is known: the last ones: {tail:?}")
+            });
         let failed: Vec<_> = writes.iter().filter(|(_, r)| r.is_err()).collect();
         // A write in flight when the primary died fails with the broken
         // connection, whatever its kind (writes are never retried); every
@@ -156,9 +171,27 @@ impl Load {
 }
 
 async fn a_promoted_replica_becomes_the_writer_and_reads_never_fail(cluster: Arc<Cluster>) {
-    let (primary, first, second) = primary_and_two_replicas(&cluster);
+    follows_a_promotion(&cluster, Cluster::kill).await;
+}
+
+/// The writer hangs (frozen: its connections and connects get no answer) instead of
+/// dying: its watchdog finds it within two seconds and wakes discovery, and the
+/// promoted replica takes the writes.
+async fn a_hung_writer_is_replaced_by_the_promoted_replica(cluster: Arc<Cluster>) {
+    let hung = cluster.primary_id();
+    follows_a_promotion(&cluster, Cluster::pause).await;
+    // Thawed and stopped, as the killed one of the other test is.
+    cluster.resume(hung).unwrap();
+    cluster.kill(hung).unwrap();
+}
+
+async fn follows_a_promotion(
+    cluster: &Cluster,
+    fault: fn(&Cluster, NodeId) -> Result<(), diesel_replica_testkit::Error>,
+) {
+    let (primary, first, second) = primary_and_two_replicas(cluster);
     let candidates = [primary, first, second]
-        .map(|id| address(&cluster, id))
+        .map(|id| address(cluster, id))
         .join(",");
     let config = Config::from_vars(
         None,
@@ -181,7 +214,7 @@ async fn a_promoted_replica_becomes_the_writer_and_reads_never_fail(cluster: Arc
     assert_eq!(db.status().source, DiscoverySource::Hosts);
 
     let load = Load::start(&db);
-    let (kill_issued, killed) = load.kill_after_a_while(&cluster, primary).await;
+    let (kill_issued, killed) = load.fault_after_a_while(cluster, primary, fault).await;
     let promoted = load.now();
     cluster.promote(first).unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -196,7 +229,7 @@ async fn a_promoted_replica_becomes_the_writer_and_reads_never_fail(cluster: Arc
     // out of recovery, and it is the set's writer.
     let in_recovery = cluster.psql(first, "SELECT pg_is_in_recovery()").unwrap();
     assert_eq!(in_recovery, "f");
-    assert_eq!(db.status().writer.address, address(&cluster, first));
+    assert_eq!(db.status().writer.address, address(cluster, first));
 }
 
 async fn aurora_discovery_follows_the_writer_aurora_names(cluster: Arc<Cluster>) {

@@ -14,6 +14,7 @@ use common::load::{
     until_health,
 };
 use common::replica_ports;
+use common::writer_cut;
 use diesel_async::RunQueryDsl;
 use diesel_replica::{Balance, Credentials, Error, Health, Login, LoginFuture, ReplicaSet};
 use diesel_replica_testkit::{Cluster, NodeId, Served, WHO_SERVED, who_served};
@@ -29,6 +30,7 @@ fn main() -> ExitCode {
             a_replica_the_lag_monitor_never_reached_is_not_ejected,
             with_every_replica_down_reads_use_the_writer_or_fail_clearly,
             with_the_writer_down_writes_fail_clearly_and_reads_go_on,
+            a_hung_writer_fails_its_calls_at_once_and_they_resume_by_themselves,
             an_sql_error_on_a_replica_is_returned_once,
             round_robin_alternates,
             random_uses_every_replica,
@@ -280,6 +282,26 @@ async fn with_the_writer_down_writes_fail_clearly_and_reads_go_on(cluster: Arc<C
     on_cluster(&cluster, |c| c.wait_for_replication())
         .await
         .unwrap();
+}
+
+/// The writer frozen (every process stopped: connections hang, connects get no answer)
+/// under load: found within two seconds by its watchdog, calls to it then fail at once,
+/// reads go on, and writes resume by themselves when it thaws, with none lost or
+/// duplicated. The defaults' 10 s statement timeout is what each write waited before.
+async fn a_hung_writer_fails_its_calls_at_once_and_they_resume_by_themselves(
+    cluster: Arc<Cluster>,
+) {
+    let db = ReplicaSet::connect(cluster.load_config(READERS))
+        .await
+        .unwrap();
+    let figures = writer_cut::writer_stops_answering(
+        &cluster,
+        db,
+        |c| c.pause(NodeId::Primary),
+        |c| c.resume(NodeId::Primary),
+    )
+    .await;
+    eprintln!("hung writer: {figures:?}");
 }
 
 async fn an_sql_error_on_a_replica_is_returned_once(cluster: Arc<Cluster>) {

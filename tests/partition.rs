@@ -18,17 +18,9 @@ use common::load::{
     until_health,
 };
 use common::replica_ports;
-use diesel_async::RunQueryDsl;
-use diesel_replica::{Config, ErrorKind, Health, ReplicaSet};
+use common::writer_cut;
+use diesel_replica::{Health, ReplicaSet};
 use diesel_replica_testkit::{Cluster, DOCKER_LABEL, NodeId};
-
-/// The statement timeout the writer's test sets on both pools, so that its writes fail
-/// fast. The client gives an attempt this plus half a second (the library's grace)
-/// before it counts the node as hung. The replica's test keeps the defaults: what ends
-/// the wait on a cut-off replica there is its ejection.
-const STATEMENT_TIMEOUT: Duration = Duration::from_secs(1);
-/// The library's grace past the statement timeout (README, "Failures and balancing").
-const GRACE: Duration = Duration::from_millis(500);
 
 fn main() -> ExitCode {
     common::run_on_docker_one_at_a_time(
@@ -36,40 +28,13 @@ fn main() -> ExitCode {
         "CREATE TABLE t (x int)",
         tests![
             a_partitioned_replica_costs_no_reads_and_is_readmitted_after_heal,
-            a_partitioned_writer_fails_writes_clearly_and_reads_go_on,
+            a_partitioned_writer_fails_its_calls_at_once_and_they_resume_after_heal,
         ],
         vec![(
             "nothing_labelled_remains_after_the_cluster_is_dropped",
             nothing_labelled_remains,
         )],
     )
-}
-
-/// A configuration of the cluster for `READERS` tasks, with [`STATEMENT_TIMEOUT`] on the
-/// writer and the replicas.
-fn config(cluster: &Cluster) -> Config {
-    let mut config = cluster.load_config(READERS);
-    config.writer_pool.statement_timeout = Some(STATEMENT_TIMEOUT);
-    config.replica_pool.statement_timeout = Some(STATEMENT_TIMEOUT);
-    config
-}
-
-/// The longest one read may take, from the configuration: each attempt is bounded by the
-/// statement timeout plus the grace (the attempt timeout, which covers the checkout and
-/// so a connect to a node that does not answer: the connect timeout, 5 s by default, is
-/// longer and never fires first), and a read makes at most `read_retries + 1` attempts
-/// (the last one may be on the writer). Plus [`SLACK`]. With the testkit's
-/// `load_config` and a 1 s statement timeout: 3 x 1.5 s + 1 s = 5.5 s.
-fn read_bound(config: &Config) -> Duration {
-    let attempt = config.replica_pool.statement_timeout.expect("set") + GRACE;
-    assert!(
-        config
-            .replica_pool
-            .connect_timeout
-            .is_none_or(|c| c >= attempt),
-        "the bound assumes the attempt timeout bounds connecting"
-    );
-    attempt * (config.health.read_retries + 1) + SLACK
 }
 
 /// Heals a partitioned node even when the test fails midway.
@@ -178,79 +143,25 @@ async fn a_partitioned_replica_costs_no_reads_and_is_readmitted_after_heal(clust
         .unwrap();
 }
 
-async fn a_partitioned_writer_fails_writes_clearly_and_reads_go_on(cluster: Arc<Cluster>) {
-    let config = config(&cluster);
-    // Writes are never retried: one attempt, bounded by the statement timeout plus the
-    // grace (which also bounds connecting, as for reads).
-    let write_bound = STATEMENT_TIMEOUT + GRACE + SLACK;
-    let read_bound = read_bound(&config);
-    let db = ReplicaSet::connect(config).await.unwrap();
-    let insert = async |conn: &mut diesel_async::AsyncPgConnection| {
-        diesel::sql_query("INSERT INTO t VALUES (1)")
-            .execute(conn)
-            .await
-    };
-    assert_eq!(db.write(insert).await.unwrap(), 1);
-    let writer = NodeId::Primary;
-    let writer_address = format!("127.0.0.1:{}", cluster.node(writer).port());
-
-    let heal = Heal(cluster.clone(), writer);
-    on_cluster(&cluster, move |c| c.partition(writer))
+/// The writer cut off the network under load: found within two seconds by its watchdog,
+/// calls to it then fail at once with a clear error, reads go on on the replicas, and
+/// writes resume by themselves after the heal, with none lost or duplicated. Before the
+/// watchdog, every write waited out its 10 s statement timeout.
+async fn a_partitioned_writer_fails_its_calls_at_once_and_they_resume_after_heal(
+    cluster: Arc<Cluster>,
+) {
+    let db = ReplicaSet::connect(cluster.load_config(READERS))
         .await
         .unwrap();
-    // The first write finds the pooled connection hung; the next ones open new
-    // connections, which are never answered. Either way the attempt timeout ends the
-    // write: `ErrorKind::Timeout`, "writer (127.0.0.1:PORT) did not answer within 1.5s".
-    let mut took_all = Vec::new();
-    for _ in 0..3 {
-        let started = Instant::now();
-        let err = db.write(insert).await.unwrap_err();
-        let took = started.elapsed();
-        let text = err.to_string();
-        assert!(
-            took <= write_bound,
-            "a write took {took:?}, past the bound {write_bound:?}: {text}"
-        );
-        assert_eq!(err.kind(), ErrorKind::Timeout, "{err:?}");
-        assert_eq!(
-            text,
-            format!(
-                "writer ({writer_address}) did not answer within {:?}",
-                STATEMENT_TIMEOUT + GRACE
-            ),
-            "the error names the writer"
-        );
-        took_all.push(took);
-    }
-    eprintln!("writer partition: writes failed with Timeout after {took_all:?}");
-
-    let started = Instant::now();
-    let reads = spread(&db, 20).await;
-    assert!(
-        reads
-            .keys()
-            .all(|port| replica_ports(&cluster).contains(port)),
-        "{reads:?}"
-    );
-    assert!(started.elapsed() <= read_bound * 20);
-
-    drop(heal);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match db.write(insert).await {
-            Ok(n) => {
-                assert_eq!(n, 1);
-                break;
-            }
-            Err(err) => assert!(
-                Instant::now() < deadline,
-                "writes did not resume after the heal: {err}"
-            ),
-        }
-    }
-    on_cluster(&cluster, |c| c.wait_for_replication())
-        .await
-        .unwrap();
+    let writer_address = format!("127.0.0.1:{}", cluster.node(NodeId::Primary).port());
+    let figures = writer_cut::writer_stops_answering(
+        &cluster,
+        db,
+        |c| c.partition(NodeId::Primary),
+        |c| c.heal(NodeId::Primary),
+    )
+    .await;
+    eprintln!("writer partition ({writer_address}): {figures:?}");
 }
 
 /// The lines `docker ARGS` prints, or an error saying what failed.

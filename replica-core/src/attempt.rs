@@ -123,6 +123,13 @@ pub(crate) async fn attempt<T, E>(
     call: Call<'_>,
     f: impl Body<T, E>,
 ) -> Result<T, Failed<E>> {
+    if node.role == Role::Writer && !node.is_up() {
+        // Found unreachable before the call began: nothing ran.
+        return Err(Failed {
+            failure: Failure::Routing(node.out_of_service()),
+            node_down: false,
+        });
+    }
     let _in_flight = InFlight::enter(&node.in_flight);
     let stopwatch = Stopwatch::start();
     let bounded = async {
@@ -141,19 +148,13 @@ pub(crate) async fn attempt<T, E>(
                 }),
         }
     };
-    // Only replicas are ejected; a read on one may go elsewhere.
-    let result = if node.role == Role::Replica && call.route.is_read_only() {
-        node.health.unless_ejected(bounded).await
-    } else {
-        Some(bounded.await)
-    };
-    let Some(result) = result else {
+    // A read on a replica ejected meanwhile goes elsewhere; a call on a
+    // writer found unreachable meanwhile ends.
+    let Some(result) = node.health.unless_ejected(bounded).await else {
         node.metrics
             .operation(call.route, false, stopwatch.elapsed());
         return Err(Failed {
-            failure: Failure::Routing(Error::Ejected {
-                node: node.label.clone(),
-            }),
+            failure: Failure::Routing(node.out_of_service()),
             node_down: true,
         });
     };

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use diesel::QueryableByName;
 use diesel::sql_types::Bool;
-use futures_util::future::join_all;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 
 use crate::aurora::{self, Endpoints, RejectedRow, View};
 use crate::probes::Probes;
@@ -25,22 +26,57 @@ pub(crate) struct Survey {
     pub(crate) report: DiscoveryStatus,
 }
 
-/// Asks every candidate at once whether it is in recovery.
+/// How long a survey that has found a writer still waits for the other
+/// candidates: a hung one (the old writer, frozen or cut off) must not
+/// hold the new writer back for the whole survey timeout.
+const SETTLE: Duration = Duration::from_millis(250);
+
+/// Asks every candidate at once whether it is in recovery. Once one has
+/// answered as the writer, the others get [`SETTLE`] more to answer; those
+/// that have not are unreachable for this survey.
 pub(crate) async fn survey_hosts(candidates: &[DatabaseUrl], probes: &Probes) -> Survey {
-    let answers = join_all(candidates.iter().map(|url| in_recovery(url, probes))).await;
+    let mut asked: FuturesUnordered<_> = candidates
+        .iter()
+        .map(|url| async move { (url, in_recovery(url, probes).await) })
+        .collect();
     let mut survey = Survey {
         writers: Vec::new(),
         replicas: Vec::new(),
         unreachable: Vec::new(),
         report: DiscoveryStatus::default(),
     };
-    for (url, answer) in candidates.iter().zip(answers) {
+    let mut answered = Vec::new();
+    let mut settle = None;
+    loop {
+        let next = match settle {
+            None => asked.next().await,
+            Some(until) => match tokio::time::timeout_at(until, asked.next()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            },
+        };
+        let Some((url, answer)) = next else { break };
         match answer {
-            Ok(false) => survey.writers.push(url.clone()),
+            Ok(false) => {
+                survey.writers.push(url.clone());
+                settle.get_or_insert_with(|| tokio::time::Instant::now() + SETTLE);
+            }
             Ok(true) => survey.replicas.push(url.clone()),
             Err(why) => survey.unreachable.push((url.clone(), why)),
         }
+        answered.push(url);
     }
+    for url in candidates.iter().filter(|url| !answered.contains(url)) {
+        survey.unreachable.push((
+            url.clone(),
+            format!("no answer within {SETTLE:?} of the writer's"),
+        ));
+    }
+    // In the candidates' order, whatever order they answered in.
+    let position = |url: &DatabaseUrl| candidates.iter().position(|c| c == url);
+    survey.writers.sort_by_key(|url| position(url));
+    survey.replicas.sort_by_key(|url| position(url));
+    survey.unreachable.sort_by_key(|(url, _)| position(url));
     survey
 }
 

@@ -279,6 +279,22 @@ pub enum Error {
         /// The last writer, as `writer (host:port)`.
         last: String,
     },
+    /// The writer gave its watchdog no answer twice in a row: it is cut off
+    /// the network, hung or down. Calls to it (writes, fresh reads, reads
+    /// that fall back to it) fail fast instead of waiting out their
+    /// timeouts, and a call running on it when it was found unreachable
+    /// ends with this error; whether that call's write committed is then
+    /// unknown, as after [`Error::Timeout`]. Discovery, when configured,
+    /// looks for another writer at once. Calls work again by themselves as
+    /// soon as the writer answers, or another is found. Its kind is
+    /// [`ErrorKind::WriterUnavailable`].
+    #[error(
+        "{writer} does not answer (cut off, hung or down); calls to it resume when it answers or another writer is found"
+    )]
+    WriterUnreachable {
+        /// The writer, as `writer (host:port)`.
+        writer: String,
+    },
     /// A tenant-scoped call named a tenant whose schema does not exist (on
     /// the node that served it).
     #[error("tenant `{tenant}` has no schema on {node}: provision it first")]
@@ -405,7 +421,7 @@ pub enum ErrorKind {
     Ejected,
     /// [`Error::NoReplicaAvailable`].
     NoReplicaAvailable,
-    /// [`Error::WriterUnavailable`].
+    /// [`Error::WriterUnavailable`] and [`Error::WriterUnreachable`].
     WriterUnavailable,
     /// [`Error::ReadOnlyViolation`].
     ReadOnlyViolation,
@@ -481,7 +497,9 @@ impl Error {
             Self::ConnectionLost { .. } => ErrorKind::ConnectionLost,
             Self::Ejected { .. } => ErrorKind::Ejected,
             Self::NoReplicaAvailable { .. } => ErrorKind::NoReplicaAvailable,
-            Self::WriterUnavailable { .. } => ErrorKind::WriterUnavailable,
+            Self::WriterUnavailable { .. } | Self::WriterUnreachable { .. } => {
+                ErrorKind::WriterUnavailable
+            }
             Self::ReadOnlyViolation { .. } => ErrorKind::ReadOnlyViolation,
             Self::Query {
                 error: DieselError::NotFound,

@@ -22,6 +22,11 @@ pub enum Health {
     /// It failed `eject_after` times in a row and takes no reads until a
     /// probe succeeds. Only replicas are ejected.
     Ejected,
+    /// The writer gave no answer to its watchdog twice in a row (it is cut
+    /// off the network, hung or down): calls to it fail fast with
+    /// [`Error::WriterUnreachable`](crate::Error::WriterUnreachable) until
+    /// it answers again or discovery finds another writer.
+    Unreachable,
 }
 
 /// What the health of one node needs of the node: its name, a way to drop
@@ -44,7 +49,10 @@ pub(crate) struct Tracker {
     /// Only replicas are ejected: the writer has no stand-in.
     ejectable: bool,
     ejected: AtomicBool,
-    /// Wakes the attempts in flight on the node when it is ejected.
+    /// The writer's: its watchdog got no answer.
+    unreachable: AtomicBool,
+    /// Wakes the attempts in flight on the node when it is ejected, or
+    /// found unreachable.
     ejection: Notify,
     failures: AtomicU32,
     ejections: AtomicU64,
@@ -58,6 +66,7 @@ impl Tracker {
             policy,
             ejectable,
             ejected: AtomicBool::new(false),
+            unreachable: AtomicBool::new(false),
             ejection: Notify::new(),
             failures: AtomicU32::new(0),
             ejections: AtomicU64::new(0),
@@ -67,15 +76,36 @@ impl Tracker {
     }
 
     pub(crate) fn is_up(&self) -> bool {
-        !self.ejected.load(Ordering::Relaxed)
+        !self.ejected.load(Ordering::Relaxed) && !self.unreachable.load(Ordering::Relaxed)
     }
 
     pub(crate) fn state(&self) -> Health {
-        if self.is_up() {
-            Health::Up
-        } else {
+        if self.ejected.load(Ordering::Relaxed) {
             Health::Ejected
+        } else if self.unreachable.load(Ordering::Relaxed) {
+            Health::Unreachable
+        } else {
+            Health::Up
         }
+    }
+
+    /// Marks the node unreachable: the attempts in flight on it end, its
+    /// idle connections close, and new ones fail fast. True when it was
+    /// not already.
+    pub(crate) fn mark_unreachable<N: Probed>(node: &Arc<N>, reason: String) -> bool {
+        let health = node.health();
+        let newly = !health.unreachable.swap(true, Ordering::AcqRel);
+        if newly {
+            health.ejection.notify_waiters();
+            node.drop_idle();
+        }
+        *health.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+        newly
+    }
+
+    /// Marks the node reachable again; true when it was not.
+    pub(crate) fn mark_reachable(&self) -> bool {
+        self.unreachable.swap(false, Ordering::AcqRel)
     }
 
     pub(crate) fn record_success(&self) {
@@ -106,10 +136,11 @@ impl Tracker {
         *health.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
     }
 
-    /// Runs `f` unless the node is ejected first: `None` then, at once,
-    /// also when it was ejected before `f` began. A read waiting on a node
-    /// that stopped answering goes elsewhere when the node is ejected,
-    /// without waiting out its own timeout.
+    /// Runs `f` unless the node is ejected (or found unreachable) first:
+    /// `None` then, at once, also when it was before `f` began. A read
+    /// waiting on a node that stopped answering goes elsewhere when the
+    /// node is ejected, without waiting out its own timeout; a call on a
+    /// writer cut off the network ends when its watchdog says so.
     pub(crate) async fn unless_ejected<F: Future>(&self, f: F) -> Option<F::Output> {
         let ejected = self.ejection.notified();
         tokio::pin!(ejected);

@@ -36,6 +36,7 @@ mod tenant;
 mod tls;
 mod topology;
 mod url;
+mod watchdog;
 mod wire;
 
 #[doc(hidden)]

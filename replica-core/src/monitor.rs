@@ -171,7 +171,7 @@ where
         Ok(rows) => Some(rows),
         Err(error) => {
             tracing::debug!(node = %node.label, %error, "lag sample failed");
-            if let Unanswered::Silent(reason) = error
+            if let Unanswered::Lost(reason) | Unanswered::Silent(reason) = error
                 && node.role == Role::Replica
                 && probes.has_answered(&node.url)
             {

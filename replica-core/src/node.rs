@@ -215,6 +215,19 @@ impl Node {
         self.health.is_up()
     }
 
+    /// The error of a call the node's health stopped: an ejected replica,
+    /// an unreachable writer.
+    pub(crate) fn out_of_service(&self) -> Error {
+        match self.role {
+            Role::Writer => Error::WriterUnreachable {
+                writer: self.label.clone(),
+            },
+            Role::Replica => Error::Ejected {
+                node: self.label.clone(),
+            },
+        }
+    }
+
     /// Opens `warm_up` connections at once and returns them to the pool.
     pub(crate) async fn warm_up(&self) -> Result<(), Error> {
         try_join_all((0..self.warm_up).map(|_| self.pool.get()))

@@ -25,15 +25,20 @@ use crate::url::DatabaseUrl;
 pub(crate) enum Unanswered {
     /// The node answered, with an error: it is up.
     Refused(String),
-    /// No connection, or no answer within the timeout: the node is down,
-    /// hung or cut off.
+    /// The connection could not be opened, or broke: the node is down or
+    /// restarting.
+    Lost(String),
+    /// No connection, or no answer, within the timeout: the node is hung
+    /// or cut off.
     Silent(String),
 }
 
 impl fmt::Display for Unanswered {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Refused(reason) | Self::Silent(reason) => f.write_str(reason),
+            Self::Refused(reason) | Self::Lost(reason) | Self::Silent(reason) => {
+                f.write_str(reason)
+            }
         }
     }
 }
@@ -108,10 +113,14 @@ impl Probes {
         let timeout = self.timeout;
         let mut conn = match idle {
             Some(conn) => conn,
-            None => tokio::time::timeout(timeout, connector.open())
-                .await
-                .unwrap_or_else(|_| Err(format!("no connection within {timeout:?}")))
-                .map_err(Unanswered::Silent)?,
+            None => match tokio::time::timeout(timeout, connector.open()).await {
+                Ok(opened) => opened.map_err(Unanswered::Lost)?,
+                Err(_) => {
+                    return Err(Unanswered::Silent(format!(
+                        "no connection within {timeout:?}"
+                    )));
+                }
+            },
         };
         let asked = {
             let shared: &AsyncPgConnection = &conn;
@@ -132,7 +141,7 @@ impl Probes {
                     self.put_back(url, conn);
                     Err(Unanswered::Refused(reason))
                 } else {
-                    Err(Unanswered::Silent(reason))
+                    Err(Unanswered::Lost(reason))
                 }
             }
             Err(_) => Err(Unanswered::Silent(format!("no answer within {timeout:?}"))),

@@ -31,6 +31,7 @@ use crate::telemetry;
 use crate::tenant::{Scope, Tenant};
 use crate::topology::{Blueprint, Next, Topology};
 use crate::url::DatabaseUrl;
+use crate::watchdog;
 
 /// One writer pool and any number of replica pools, with the routing of
 /// reads and writes between them.
@@ -239,11 +240,13 @@ impl ReplicaSet {
                             .with_current_subscriber(),
                     );
                 }
+                runtime
+                    .spawn(writer_watchdog(Arc::downgrade(&set.inner)).with_current_subscriber());
             }
             Err(_) => {
                 set.inner.surveyed.send_replace(true);
                 tracing::warn!(
-                    "the replica set was built outside a Tokio runtime: discovery and the lag monitor do not run"
+                    "the replica set was built outside a Tokio runtime: discovery, the lag monitor and the writer's watchdog do not run"
                 );
             }
         }
@@ -469,7 +472,8 @@ impl ReplicaSet {
         let writer = topology.writer.status();
         let replicas: Vec<NodeStatus> =
             topology.replicas.iter().map(|node| node.status()).collect();
-        let writer_available = !self.inner.writer_unavailable.load(Ordering::Acquire);
+        let writer_available = !self.inner.writer_unavailable.load(Ordering::Acquire)
+            && writer.health == crate::Health::Up;
         let reads_served = replicas.is_empty()
             || self.inner.health.reads_fall_back_to_writer
             || replicas
@@ -849,6 +853,35 @@ async fn monitor(inner: std::sync::Weak<Inner>, source: monitor::Source, interva
     }
 }
 
+/// Looks at the writer every [`watchdog::INTERVAL`], on a connection of its
+/// own, until the set is dropped; wakes discovery when the writer stops
+/// answering.
+async fn writer_watchdog(inner: std::sync::Weak<Inner>) {
+    let probes = match inner.upgrade() {
+        Some(inner) => Probes::new(
+            &inner.blueprint.application_name,
+            "watchdog",
+            inner.blueprint.credentials.clone(),
+            watchdog::TIMEOUT,
+            inner.blueprint.pooler,
+        ),
+        None => return,
+    };
+    let mut ticks = tokio::time::interval(watchdog::INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let writer = Arc::clone(&inner.topology.load().writer);
+        let wake = Arc::clone(&inner.wake);
+        drop(inner);
+        probes.keep_only([&writer.url]);
+        if watchdog::look(&writer, &probes).await == watchdog::Change::Unreachable {
+            wake.notify_one();
+        }
+    }
+}
+
 /// The shortest time between two lag samples when reads ask for one early:
 /// at most 50 samples a second however many reads ask.
 const MIN_SAMPLE_GAP: Duration = Duration::from_millis(20);
@@ -886,13 +919,15 @@ pub(crate) fn own_result<T, E: From<Error>>(result: Result<T, CallFailure<E>>) -
 #[non_exhaustive]
 pub struct Status {
     /// Whether the set can serve: the writer is reachable (discovery knows
-    /// one, and it has failed fewer than `eject_after` times in a row
-    /// since its last success), and reads have somewhere to go (a replica
+    /// one, it answers its watchdog, and it has failed fewer than
+    /// `eject_after` times in a row since its last success), and reads have somewhere to go (a replica
     /// that is up and within the lag limit, or reads may fall back to the
     /// writer, or no replica is configured).
     pub healthy: bool,
-    /// False while discovery knows no writer: writes fail with
-    /// [`Error::WriterUnavailable`].
+    /// False while discovery knows no writer (writes fail with
+    /// [`Error::WriterUnavailable`]), or the writer does not answer its
+    /// watchdog (calls to it fail with [`Error::WriterUnreachable`], and
+    /// `writer.health` is [`Health::Unreachable`](crate::Health::Unreachable)).
     pub writer_available: bool,
     /// The topology's generation: 0 at start, one more per change.
     pub generation: u64,

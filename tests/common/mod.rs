@@ -7,6 +7,7 @@
 
 pub(crate) mod aurora;
 pub(crate) mod load;
+pub(crate) mod writer_cut;
 
 use std::future::Future;
 use std::pin::Pin;
