@@ -1,31 +1,51 @@
 #!/usr/bin/env bash
-# Builds a local image with PostgreSQL 15 from Debian bookworm's packages,
-# for an engine that cannot pull one (no registry): a minimal root
-# filesystem made by mmdebstrap, then `docker import`. It holds initdb,
-# pg_ctl, postgres, pg_basebackup, psql and pg_isready on PATH, and a
-# `postgres` user whose home is /var/lib/postgresql.
+# Builds a local image with PostgreSQL from Debian's packages, for an
+# engine that cannot pull one (no registry): a minimal root filesystem made
+# by mmdebstrap, then `docker import`. It holds initdb, pg_ctl, postgres,
+# pg_basebackup, psql and pg_isready on PATH, and a `postgres` user whose
+# home is /var/lib/postgresql.
+#
+# --version picks the PostgreSQL major version, from the Debian release
+# that ships it: 13 (bullseye), 15 (bookworm, the default) or 17 (trixie).
 #
 # With --pgbouncer it builds PgBouncer from Debian trixie's packages
 # instead (1.24, newer than bookworm's 1.18), for the testkit's pooler
 # (DIESEL_REPLICA_TEST_PGBOUNCER_IMAGE).
 #
-#   docker/build-image.sh [--pgbouncer] [--rebuild]
+#   docker/build-image.sh [--version 13|15|17] [--pgbouncer] [--rebuild]
 #
 # Prints the image's tag as the last line of stdout; progress goes to
 # stderr. A tag that already exists, built by this version of the script,
 # is printed without building again, unless --rebuild is given.
 set -euo pipefail
 
-tag=diesel-replica/postgres:15-bookworm
+version=15
 rebuild=false
 pgbouncer=false
-for arg in "$@"; do
-  case "$arg" in
+while [ $# -gt 0 ]; do
+  case "$1" in
     --rebuild) rebuild=true ;;
-    --pgbouncer) pgbouncer=true; tag=diesel-replica/pgbouncer:trixie ;;
-    *) echo "usage: $0 [--pgbouncer] [--rebuild]" >&2; exit 2 ;;
+    --pgbouncer) pgbouncer=true ;;
+    --version)
+      [ $# -ge 2 ] || { echo "--version needs 13, 15 or 17" >&2; exit 2; }
+      version=$2
+      shift
+      ;;
+    *) echo "usage: $0 [--version 13|15|17] [--pgbouncer] [--rebuild]" >&2; exit 2 ;;
   esac
+  shift
 done
+case "$version" in
+  13) suite=bullseye ;;
+  15) suite=bookworm ;;
+  17) suite=trixie ;;
+  *) echo "PostgreSQL $version is not built here: --version takes 13, 15 or 17" >&2; exit 2 ;;
+esac
+tag=diesel-replica/postgres:$version-$suite
+if [ "$pgbouncer" = true ]; then
+  suite=trixie
+  tag=diesel-replica/pgbouncer:trixie
+fi
 
 # The image is labelled with this script's hash: one built by another
 # version of the script is built again.
@@ -61,14 +81,14 @@ if [ "$pgbouncer" = true ]; then
     --dpkgopt='path-exclude=/usr/share/locale/*' \
     --dpkgopt='path-exclude=/usr/share/doc/*' \
     --dpkgopt='path-include=/usr/share/doc/*/copyright' \
-    trixie "$work/rootfs.tar" </dev/null >&2
+    "$suite" "$work/rootfs.tar" </dev/null >&2
   docker import \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'CMD ["pgbouncer", "--version"]' \
     --change "LABEL diesel-replica.build-script=$script" \
     "$work/rootfs.tar" "$tag" >&2
 else
-  echo "== building $tag with mmdebstrap (bookworm, postgresql-15)" >&2
+  echo "== building $tag with mmdebstrap ($suite, postgresql-$version)" >&2
   # The essential hook runs before postgresql-15 is configured: with
   # create_main_cluster = false its postinst creates no cluster, so the
   # image holds no data directory of its own. Documentation, man pages and
@@ -79,7 +99,7 @@ else
   # shellcheck disable=SC2016 # "$1" is the hooks' own: the root directory.
   mmdebstrap \
     --variant=essential \
-    --include=postgresql-15 \
+    --include=postgresql-$version \
     --dpkgopt='path-exclude=/usr/share/man/*' \
     --dpkgopt='path-exclude=/usr/share/locale/*' \
     --dpkgopt='path-include=/usr/share/locale/locale.alias' \
@@ -90,13 +110,13 @@ else
     --customize-hook='chroot "$1" install -d -o postgres -g postgres -m 2775 /run/postgresql' \
     --customize-hook='rm -f "$1/run/adduser"' \
     --skip=cleanup/run \
-    bookworm "$work/rootfs.tar" </dev/null >&2
+    "$suite" "$work/rootfs.tar" </dev/null >&2
 
   # The binaries on PATH, PGDATA as in the official image, and the postgres
   # user by default. (This engine's import takes no STOPSIGNAL:
   # docker-compose.yml sets SIGINT, a fast shutdown.)
   docker import \
-    --change 'ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change "ENV PATH=/usr/lib/postgresql/$version/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
     --change 'ENV PGDATA=/var/lib/postgresql/data' \
     --change 'ENV LANG=C.UTF-8' \
     --change 'USER postgres' \

@@ -59,6 +59,8 @@ fn main() -> ExitCode {
             a_busy_replica_pool_is_not_a_dead_node,
             aurora_discovery_follows_aurora_replica_status,
             aurora_writes_go_to_the_endpoint_when_the_view_names_no_writer,
+            a_replica_address_that_reaches_the_writer_is_found_at_connect,
+            a_writer_address_that_reaches_a_standby_is_refused_at_connect,
         ],
     )
 }
@@ -1602,4 +1604,83 @@ async fn a_read_is_one_read_only_transaction_a_snapshot_read_repeatable_read(
     let tenant = diesel_replica::Tenant::new("nobody").unwrap();
     let err = db.tenant(&tenant).read_snapshot(twice).await.unwrap_err();
     assert!(matches!(err, Error::UnknownTenant { .. }), "{err:?}");
+}
+
+/// The cluster's PostgreSQL version, as `server_version_num` (150010).
+fn server_version(cluster: &Cluster) -> u32 {
+    cluster
+        .psql(NodeId::Primary, "SHOW server_version_num")
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// PostgreSQL 14 and later say in the startup report whether they are a standby: a
+/// replica whose address reaches the writer is known at connect, in status and in a
+/// warning, and its reads still run read-only. PostgreSQL 13 does not say.
+async fn a_replica_address_that_reaches_the_writer_is_found_at_connect(cluster: Arc<Cluster>) {
+    let reports = server_version(&cluster) >= 140_000;
+    let captured = common::Captured::default();
+    let subscriber = captured.subscriber(tracing_subscriber::filter::LevelFilter::WARN);
+    let _guard = tracing_subscriber::util::SubscriberInitExt::set_default(subscriber);
+    // The writer under another name, as a misconfigured reader endpoint would reach it.
+    let writer_port = cluster.node(NodeId::Primary).port();
+    let the_writer_again = cluster.writer_url().replace(
+        &format!("127.0.0.1:{writer_port}"),
+        &format!("localhost:{writer_port}"),
+    );
+    let config = Config::new(&cluster.writer_url())
+        .unwrap()
+        .with_replica(&the_writer_again)
+        .unwrap()
+        .with_replica(&cluster.url(NodeId::Replica(0)))
+        .unwrap();
+    let db = ReplicaSet::connect(config).await.unwrap();
+    let status = db.status();
+    let expected = |standby: bool| reports.then_some(standby);
+    assert_eq!(status.replicas[0].standby, expected(false), "{status:?}");
+    assert_eq!(status.replicas[1].standby, expected(true), "{status:?}");
+    assert_eq!(status.writer.standby, expected(false), "{status:?}");
+    let logged = captured.text();
+    assert_eq!(
+        logged.contains("is not a standby (in_hot_standby = off)"),
+        reports,
+        "{logged}"
+    );
+    if reports {
+        assert!(
+            logged.contains(&format!("localhost:{writer_port}")),
+            "{logged}"
+        );
+    }
+    // Whichever node serves them, reads stay read-only.
+    for _ in 0..10 {
+        let served = db.read(who_served).await.unwrap();
+        assert_eq!(served.read_only, "on", "{served:?}");
+    }
+}
+
+/// A writer address that reaches a standby is refused at connect, before any statement
+/// of the caller's: from the startup report on PostgreSQL 14 and later, by asking
+/// `SHOW transaction_read_only` on older servers.
+async fn a_writer_address_that_reaches_a_standby_is_refused_at_connect(cluster: Arc<Cluster>) {
+    let reports = server_version(&cluster) >= 140_000;
+    let db = ReplicaSet::new(Config::new(&cluster.url(NodeId::Replica(0))).unwrap()).unwrap();
+    let err = db
+        .write(async |conn| batch(conn, "CREATE TABLE never_made (x int)").await)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), diesel_replica::ErrorKind::Checkout, "{err:?}");
+    let text = common::report(&err);
+    let why = if reports {
+        "the server is a standby (in_hot_standby = on)"
+    } else {
+        "the server takes no writes"
+    };
+    assert!(text.contains(why), "{text}");
+    assert!(!text.contains(cluster.password()), "{text}");
+    assert_eq!(db.status().writer.standby, reports.then_some(true));
+    // Fresh reads need the writer too: a standby is refused for them as well.
+    let err = db.read_fresh(who_served).await.unwrap_err();
+    assert_eq!(err.kind(), diesel_replica::ErrorKind::Checkout, "{err:?}");
 }

@@ -31,6 +31,7 @@ use crate::error::error_chain;
 use crate::instrument::Watch;
 use crate::metrics::{self, Stopwatch};
 use crate::pooler::Pooler;
+use crate::server_role::{Expect, Reported, Verdict};
 use crate::tls::SslMode;
 use crate::url::DatabaseUrl;
 use crate::wire::{Tap, Tapped};
@@ -44,6 +45,14 @@ pub(crate) enum Serves {
     WriterReads,
     /// A replica's reads.
     Reads,
+}
+
+/// The node a pool is for: its name in messages, what the pool's
+/// connections serve, and where what their server says it is is kept.
+pub(crate) struct Owner {
+    pub(crate) node: String,
+    pub(crate) serves: Serves,
+    pub(crate) reported: Arc<Reported>,
 }
 
 /// A pool of connections to the node `url` names, with its TLS settings,
@@ -63,10 +72,14 @@ pub(crate) fn pool(
     config: &PoolConfig,
     application_name: &str,
     credentials: Option<&CredentialsProvider>,
-    node: String,
-    serves: Serves,
     pooler: Pooler,
+    owner: Owner,
 ) -> Result<(Pool<AsyncPgConnection>, Canceller), String> {
+    let Owner {
+        node,
+        serves,
+        reported,
+    } = owner;
     let mut connector = Connector::new(
         url,
         application_name,
@@ -76,13 +89,15 @@ pub(crate) fn pool(
         config.connect_timeout,
         pooler,
     )?;
-    if serves == Serves::Writes {
-        // A writer that turns out to be a standby (after a failover) is
-        // refused at connect, not at the first write.
-        connector
-            .config
-            .target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
-    } else if !pooler.is_transaction() {
+    // A writer that turns out to be a standby (after a failover) is refused
+    // at connect, not at the first write (see the server_role module).
+    let expect = match serves {
+        Serves::Writes => Expect::Writes,
+        Serves::WriterReads => Expect::Primary,
+        Serves::Reads => Expect::Standby,
+    };
+    connector.role = Some((expect, reported));
+    if serves != Serves::Writes && !pooler.is_transaction() {
         // A replica's sessions refuse writes from their start, as a second
         // guard beside each read's `READ ONLY` transaction: a body must
         // turn both off to write on a replica promoted since it was found.
@@ -212,6 +227,9 @@ pub(crate) struct Connector {
     /// Whether connections are opened on a followed stream (see the wire
     /// module).
     tapped: bool,
+    /// What the servers of a pool's connections must be, and where what
+    /// they said is kept; none for the background tasks' connections.
+    role: Option<(Expect, Arc<Reported>)>,
 }
 
 /// How long refused logins are retried when connecting has no timeout.
@@ -245,6 +263,7 @@ impl Connector {
             budget: connect_timeout.unwrap_or(UNBOUNDED_BUDGET),
             pooler,
             tapped: false,
+            role: None,
         })
     }
 }
@@ -280,11 +299,18 @@ impl Connector {
 
     /// One connection, with what follows its wire when it is followed.
     async fn open_followed(&self) -> Result<(AsyncPgConnection, Option<Arc<Tap>>), String> {
+        let role = Role {
+            expected: self
+                .role
+                .as_ref()
+                .map(|(expect, reported)| (*expect, &**reported)),
+            node: &self.node,
+        };
         let connect = async |config: &tokio_postgres::Config| {
             if self.tapped {
-                return followed(config, self.mode, self.tls.clone()).await;
+                return followed(config, self.mode, self.tls.clone(), role).await;
             }
-            connect(config, self.mode, self.tls.clone(), self.pooler)
+            connect(config, self.mode, self.tls.clone(), self.pooler, role)
                 .await
                 .map(|conn| (conn, None))
         };
@@ -333,9 +359,10 @@ async fn followed(
     config: &tokio_postgres::Config,
     mode: SslMode,
     tls: Option<MakeRustlsConnect>,
+    role: Role<'_>,
 ) -> Result<(AsyncPgConnection, Option<Arc<Tap>>), ConnectFailure> {
     let Some(tls) = tls.filter(|_| mode != SslMode::Disable) else {
-        return followed_with(config, WireSslMode::Disable, tokio_postgres::NoTls).await;
+        return followed_with(config, WireSslMode::Disable, tokio_postgres::NoTls, role).await;
     };
     let dial = Dial::of(config);
     let host = dial.host();
@@ -343,12 +370,12 @@ async fn followed(
         let mut make = tls.clone();
         let connect = MakeTlsConnect::<Socket>::make_tls_connect(&mut make, host)
             .unwrap_or_else(|never| match never {});
-        followed_with(config, wire, FollowTls(connect)).await
+        followed_with(config, wire, FollowTls(connect), role).await
     };
     match mode {
         // Plaintext first; TLS when the server refuses it.
         SslMode::Allow => {
-            match followed_with(config, WireSslMode::Disable, tokio_postgres::NoTls).await {
+            match followed_with(config, WireSslMode::Disable, tokio_postgres::NoTls, role).await {
                 Err(failure) if failure.refused_by_server => encrypted(WireSslMode::Require).await,
                 opened => opened,
             }
@@ -362,6 +389,7 @@ async fn followed_with<T>(
     config: &tokio_postgres::Config,
     wire: WireSslMode,
     tls: T,
+    role: Role<'_>,
 ) -> Result<(AsyncPgConnection, Option<Arc<Tap>>), ConnectFailure>
 where
     T: TlsConnect<Tapped<Socket>>,
@@ -375,10 +403,13 @@ where
     let tap = Arc::new(Tap::default());
     let mut config = config.clone();
     config.ssl_mode(wire);
-    let (client, connection) = config
+    let (client, mut connection) = config
         .connect_raw(Tapped::new(socket, Arc::clone(&tap)), tls)
         .await
         .map_err(|e| ConnectFailure::of(&e))?;
+    role.check(&client, &mut connection)
+        .await
+        .map_err(ConnectFailure::role)?;
     tokio::spawn(async move {
         // The client sees the same end: its requests fail once the
         // connection has, and the pool discards it.
@@ -436,6 +467,14 @@ impl ConnectFailure {
         }
     }
 
+    fn role(why: String) -> Self {
+        Self {
+            message: why,
+            refused_login: false,
+            refused_by_server: false,
+        }
+    }
+
     fn setup(error: &ConnectionError) -> Self {
         Self {
             message: error_chain(error),
@@ -451,18 +490,22 @@ async fn connect(
     mode: SslMode,
     tls: Option<MakeRustlsConnect>,
     pooler: Pooler,
+    role: Role<'_>,
 ) -> Result<AsyncPgConnection, ConnectFailure> {
     let Some(tls) = tls.filter(|_| mode != SslMode::Disable) else {
-        return plain(config, pooler).await.map_err(|e| e.failure());
+        return plain(config, pooler, role).await.map_err(|e| e.failure());
     };
     let encrypted = |wire| {
         let mut config = config.clone();
         config.ssl_mode(wire);
         async move {
-            let (client, connection) = config
+            let (client, mut connection) = config
                 .connect(tls)
                 .await
                 .map_err(|e| ConnectFailure::of(&e))?;
+            role.check(&client, &mut connection)
+                .await
+                .map_err(ConnectFailure::role)?;
             adopt(client, connection, pooler)
                 .await
                 .map_err(|e| ConnectFailure::setup(&e))
@@ -470,7 +513,7 @@ async fn connect(
     };
     match mode {
         // Plaintext first; TLS when the server refuses it.
-        SslMode::Allow => match plain(config, pooler).await {
+        SslMode::Allow => match plain(config, pooler, role).await {
             Ok(conn) => Ok(conn),
             Err(Refused::Server(_)) => encrypted(WireSslMode::Require).await,
             Err(e) => Err(e.failure()),
@@ -486,13 +529,16 @@ enum Refused {
     Server(tokio_postgres::Error),
     Other(tokio_postgres::Error),
     Setup(ConnectionError),
+    /// Its server is not what the pool needs.
+    Role(String),
 }
 
 impl Refused {
-    fn failure(&self) -> ConnectFailure {
+    fn failure(self) -> ConnectFailure {
         match self {
-            Self::Server(e) | Self::Other(e) => ConnectFailure::of(e),
-            Self::Setup(e) => ConnectFailure::setup(e),
+            Self::Server(e) | Self::Other(e) => ConnectFailure::of(&e),
+            Self::Setup(e) => ConnectFailure::setup(&e),
+            Self::Role(why) => ConnectFailure::role(why),
         }
     }
 }
@@ -500,16 +546,20 @@ impl Refused {
 async fn plain(
     config: &tokio_postgres::Config,
     pooler: Pooler,
+    role: Role<'_>,
 ) -> Result<AsyncPgConnection, Refused> {
     let mut config = config.clone();
     config.ssl_mode(WireSslMode::Disable);
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| {
+    let (client, mut connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| {
         if e.as_db_error().is_some() {
             Refused::Server(e)
         } else {
             Refused::Other(e)
         }
     })?;
+    role.check(&client, &mut connection)
+        .await
+        .map_err(Refused::Role)?;
     adopt(client, connection, pooler)
         .await
         .map_err(Refused::Setup)
@@ -535,27 +585,91 @@ where
     if !pooler.is_transaction() {
         return AsyncPgConnection::try_from_client_and_connection(client, connection).await;
     }
-    {
-        // The connection is driven here until the `BEGIN` is answered,
-        // then handed to diesel-async, which drives it from then on.
-        let mut begin = std::pin::pin!(client.batch_execute("BEGIN"));
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(begun) = begin.as_mut().poll(cx) {
-                return Poll::Ready(begun.map_err(|e| error_chain(&e)));
-            }
-            match Pin::new(&mut connection).poll(cx) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Ok(())) => Poll::Ready(Err("the connection closed".to_owned())),
-                Poll::Ready(Err(e)) => Poll::Ready(Err(error_chain(&e))),
-            }
-        })
+    // The connection is driven here until the `BEGIN` is answered, then
+    // handed to diesel-async, which drives it from then on.
+    driven(client.batch_execute("BEGIN"), &mut connection)
         .await
         .map_err(ConnectionError::BadConnection)?;
-    }
     let mut conn = AsyncPgConnection::try_from_client_and_connection(client, connection).await?;
     SimpleAsyncConnection::batch_execute(&mut conn, "COMMIT")
         .await
         .map_err(ConnectionError::CouldntSetupConfiguration)?;
     conn.set_prepared_statement_cache_size(CacheSize::Disabled);
     Ok(conn)
+}
+
+/// What a pool needs its connections' server to be, and where to keep what
+/// the server said; `expected` is `None` for the background tasks'
+/// connections, which take any server.
+#[derive(Clone, Copy)]
+struct Role<'a> {
+    expected: Option<(Expect, &'a Reported)>,
+    node: &'a str,
+}
+
+impl Role<'_> {
+    /// Judges a new connection by its server's startup report, asking the
+    /// server where it did not say (see the server_role module); `Err`
+    /// says why the connection may not be used.
+    async fn check<C>(
+        self,
+        client: &tokio_postgres::Client,
+        connection: &mut C,
+    ) -> Result<(), String>
+    where
+        C: Parameters + Future<Output = Result<(), tokio_postgres::Error>> + Unpin,
+    {
+        let Some((expect, reported)) = self.expected else {
+            return Ok(());
+        };
+        let verdict = match reported.judge(expect, self.node, |name| connection.parameter(name)) {
+            Verdict::Ask(question) => {
+                let answer = driven(client.simple_query(question.sql()), connection).await?;
+                question.verdict(answer.iter().find_map(|message| match message {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0),
+                    _ => None,
+                }))
+            }
+            verdict => verdict,
+        };
+        match verdict {
+            Verdict::Refused(why) => Err(format!("{}: {why}", self.node)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A connection's startup report.
+trait Parameters {
+    fn parameter(&self, name: &str) -> Option<&str>;
+}
+
+impl<S, T> Parameters for tokio_postgres::Connection<S, T>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    fn parameter(&self, name: &str) -> Option<&str> {
+        tokio_postgres::Connection::parameter(self, name)
+    }
+}
+
+/// Awaits `request` while driving `connection`, before diesel-async drives
+/// it (or the library's own task does).
+async fn driven<R>(
+    request: impl Future<Output = Result<R, tokio_postgres::Error>>,
+    connection: &mut (impl Future<Output = Result<(), tokio_postgres::Error>> + Unpin),
+) -> Result<R, String> {
+    let mut request = std::pin::pin!(request);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(answered) = request.as_mut().poll(cx) {
+            return Poll::Ready(answered.map_err(|e| error_chain(&e)));
+        }
+        match Pin::new(&mut *connection).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) => Poll::Ready(Err("the connection closed".to_owned())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(error_chain(&e))),
+        }
+    })
+    .await
 }

@@ -29,6 +29,7 @@ mod provision;
 mod read_path;
 mod route;
 mod scope;
+mod server_role;
 mod session;
 mod set;
 mod telemetry;

@@ -15,7 +15,7 @@ use serde::{Serialize, Serializer};
 use crate::balance::Candidate;
 use crate::cancel::Canceller;
 use crate::config::{HealthConfig, PoolConfig};
-use crate::connector::{self, Serves};
+use crate::connector::{self, Owner, Serves};
 use crate::credentials::{CredentialsProvider, Login};
 use crate::error::Error;
 use crate::health::{Health, Probed, Tracker};
@@ -23,6 +23,7 @@ use crate::lag::Lag;
 use crate::metrics::{NodeGauges, NodeMetrics};
 use crate::pooler::Pooler;
 use crate::route::Route;
+use crate::server_role::Reported;
 use crate::url::DatabaseUrl;
 
 /// The client gives up on an attempt this long after the server's
@@ -104,6 +105,8 @@ pub(crate) struct Node {
     pub(crate) statement_timeout: Option<Duration>,
     /// The client's bound on one attempt, past the server's own.
     pub(crate) attempt_timeout: Option<Duration>,
+    /// What its connections' server said it is.
+    reported: Arc<Reported>,
     pub(crate) health: Tracker,
     pub(crate) in_flight: AtomicUsize,
     /// What is known of its replay progress (replicas).
@@ -144,17 +147,22 @@ impl Node {
             read_login,
         } = spec;
         let id = NodeId::of(&url);
+        let reported = Arc::new(Reported::default());
+        let owner = |serves| Owner {
+            node: id.to_string(),
+            serves,
+            reported: Arc::clone(&reported),
+        };
         let (connections, canceller) = connector::pool(
             &url,
             pool,
             application_name,
             credentials,
-            id.to_string(),
-            match role {
+            pooler,
+            owner(match role {
                 Role::Writer => Serves::Writes,
                 Role::Replica => Serves::Reads,
-            },
-            pooler,
+            }),
         )?;
         // Reads on the writer, with a login of their own: opened as a
         // replica's are (their sessions read-only from the start, and not
@@ -166,9 +174,8 @@ impl Node {
                     pool,
                     application_name,
                     credentials,
-                    id.to_string(),
-                    Serves::WriterReads,
                     pooler,
+                    owner(Serves::WriterReads),
                 )?
                 .0,
             ),
@@ -191,6 +198,7 @@ impl Node {
             lag: Lag::default(),
             metrics: NodeMetrics::new(id.as_str(), role.as_str()),
             pooler,
+            reported,
         })
     }
 
@@ -278,6 +286,7 @@ impl Node {
             lag: self.lag.lag(),
             lag_bytes: self.lag.lag_bytes(),
             behind: self.lag.is_behind(),
+            standby: self.reported.standby(),
             max_size: pool.max_size,
             size: pool.size,
             available: pool.available,
@@ -358,6 +367,14 @@ pub struct NodeStatus {
     /// Behind the configured lag limit: it gets no reads until it catches
     /// up, and it is not ejected.
     pub behind: bool,
+    /// Whether the server said it is a standby when the node's newest
+    /// connection was opened (`in_hot_standby`, which PostgreSQL 14 and
+    /// later report unasked): `Some(false)` for a replica whose address
+    /// reaches a writer (a promoted replica, a misconfigured endpoint),
+    /// which is also logged. `None` when no connection was opened yet, or
+    /// the server does not say (PostgreSQL 13; poolers that do not pass it
+    /// on).
+    pub standby: Option<bool>,
     /// Most connections its pool may hold.
     pub max_size: usize,
     /// Connections open now.
