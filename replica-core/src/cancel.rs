@@ -8,12 +8,15 @@
 //! and its backend stays, while the pool opens another connection in its
 //! place. Under load with client timeouts that buries a slow node.
 
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use diesel_async::pooled_connection::deadpool::Object;
 use diesel_async::{
     AnsiTransactionManager, AsyncPgConnection, SimpleAsyncConnection, TransactionManager,
 };
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -35,10 +38,9 @@ const RECANCEL_EVERY: Duration = Duration::from_millis(50);
 pub(crate) struct Canceller {
     pub(crate) tls: Option<MakeRustlsConnect>,
     pub(crate) pooler: Pooler,
-    /// Where the request goes for connections whose socket the library
-    /// opened itself (see the wire module), which tokio-postgres cannot
-    /// reach again on its own.
-    pub(crate) dial: Option<Dial>,
+    /// Where the request goes: a socket the library opens itself, so that
+    /// it can wait for the server to close it (see [`UntilClosed`]).
+    pub(crate) dial: Dial,
 }
 
 impl Canceller {
@@ -76,25 +78,23 @@ impl Canceller {
     async fn settle(&self, conn: &mut AsyncPgConnection) -> Result<(), String> {
         let token = conn.cancel_token();
         let cancel = || async {
-            match (&self.dial, &self.tls) {
-                (Some(dial), tls) => {
-                    let socket = dial
-                        .open()
-                        .await
-                        .map_err(|e| format!("cancel request: {e}"))?;
-                    match tls {
-                        Some(tls) => {
-                            let mut make = tls.clone();
-                            let connect =
-                                MakeTlsConnect::<Socket>::make_tls_connect(&mut make, dial.host())
-                                    .unwrap_or_else(|never| match never {});
-                            token.cancel_query_raw(socket, connect).await
-                        }
-                        None => token.cancel_query_raw(socket, tokio_postgres::NoTls).await,
-                    }
+            let socket = self
+                .dial
+                .open()
+                .await
+                .map_err(|e| format!("cancel request: {e}"))?;
+            let socket = UntilClosed(socket);
+            match &self.tls {
+                Some(tls) => {
+                    let mut make = tls.clone();
+                    let connect = MakeTlsConnect::<UntilClosed>::make_tls_connect(
+                        &mut make,
+                        self.dial.host(),
+                    )
+                    .unwrap_or_else(|never| match never {});
+                    token.cancel_query_raw(socket, connect).await
                 }
-                (None, Some(tls)) => token.cancel_query(tls.clone()).await,
-                (None, None) => token.cancel_query(tokio_postgres::NoTls).await,
+                None => token.cancel_query_raw(socket, tokio_postgres::NoTls).await,
             }
             .map_err(|e| format!("cancel request: {e}"))
         };
@@ -117,5 +117,50 @@ impl Canceller {
         *AnsiTransactionManager::transaction_manager_status_mut(conn) = Default::default();
         Watch::take_failed(conn);
         Ok(())
+    }
+}
+
+/// The cancel request's socket, whose shutdown ends only when the server
+/// has closed its side, as libpq's `PQcancel` waits: the server closes it
+/// once it has signalled the backend. Without the wait, a request slowed on
+/// its way (a proxy, a busy server) could land after the reset behind it,
+/// on the next caller's statement.
+struct UntilClosed(Socket);
+
+impl AsyncRead for UntilClosed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for UntilClosed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        ready!(Pin::new(&mut self.0).poll_shutdown(cx))?;
+        // Whatever the server still sends (a TLS close) is read and
+        // dropped, up to its end.
+        let mut scratch = [0u8; 64];
+        loop {
+            let mut buf = ReadBuf::new(&mut scratch);
+            ready!(Pin::new(&mut self.0).poll_read(cx, &mut buf))?;
+            if buf.filled().is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+        }
     }
 }

@@ -119,7 +119,7 @@ pub(crate) fn pool(
     let canceller = Canceller {
         tls: connector.tls.clone(),
         pooler,
-        dial: connector.tapped.then(|| Dial::of(&connector.config)),
+        dial: Dial::of(&connector.config),
     };
     let mut manager_config = ManagerConfig::default();
     manager_config.recycling_method = RecyclingMethod::Fast;
