@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::aurora::{Aurora, FORMS, Form};
+use common::load::on_cluster;
 use diesel::QueryableByName;
 use diesel::sql_types::{Bool, Integer, Nullable};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -33,6 +34,7 @@ fn main() -> ExitCode {
             hostile_tokens_never_panic_nor_read_stale,
             session_writes_are_seen_whatever_the_body_sets,
             aurora_lag_and_tokens_go_by_reported_time,
+            aurora_token_reads_never_read_stale_with_replay_paused,
         ],
     )
 }
@@ -621,4 +623,56 @@ async fn aurora_lag_by_reported_time(cluster: &Cluster, form: Form, k: i32) {
         assert_ne!(read.port, lagging_port, "{form:?}: {read:?}");
         assert_eq!(read.v, Some(k));
     }
+}
+
+/// Aurora as it is: the WAL-position functions fail with 0A000 for the application's
+/// role, and replica 0's replay is paused while the view reports its lag growing, as
+/// Aurora would. Reads after each write see it, none on the paused replica, and no error
+/// of a missing function reaches a caller.
+async fn aurora_token_reads_never_read_stale_with_replay_paused(cluster: Arc<Cluster>) {
+    let (paused, fine) = (NodeId::Replica(0), NodeId::Replica(1));
+    let k = 60;
+    let aurora = Aurora::install(&cluster, Form::Current).await;
+    aurora.insert(&[
+        (NodeId::Primary, "MASTER_SESSION_ID", 0.0),
+        (paused, "a", 20.0),
+        (fine, "b", 500.0),
+    ]);
+    let mut vars = aurora.vars();
+    vars.push(("DATABASE_LAG_INTERVAL_MS", "100".to_owned()));
+    let db = ReplicaSet::connect(Config::from_vars(None, vars).unwrap())
+        .await
+        .unwrap();
+    on_cluster(&cluster, |c| c.pause_replay(0)).await.unwrap();
+    aurora.drive(&format!(
+        "UPDATE aurora_topology SET replica_lag_in_msec = 60000 WHERE server_id = '{}'",
+        aurora.instance(paused)
+    ));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (mut stale, mut on_paused, mut on_fine) = (0, 0, 0);
+    for v in 0..40 {
+        let rw = ReadYourWrites::new();
+        put(&db, &rw, k, v).await;
+        if v % 4 == 0 {
+            // Some reads a while after their write, when the other replica qualifies.
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+        let read = get(&db, &rw, k).await;
+        stale += usize::from(read.v != Some(v));
+        on_paused += usize::from(read.port == port(&cluster, paused));
+        on_fine += usize::from(read.port == port(&cluster, fine));
+    }
+    on_cluster(&cluster, |c| c.resume_replay(0)).await.unwrap();
+    on_cluster(&cluster, |c| c.wait_for_replication())
+        .await
+        .unwrap();
+    assert_eq!(
+        (stale, on_paused),
+        (0, 0),
+        "{on_fine} reads on the other replica"
+    );
+    assert!(
+        on_fine > 0,
+        "reads a while after their write went to a replica"
+    );
 }

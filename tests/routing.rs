@@ -806,7 +806,7 @@ async fn session_state_a_write_leaves_is_gone_for_the_next_user(cluster: Arc<Clu
         .await
         .unwrap();
     let leave = "SET search_path TO nowhere; SET work_mem = '64MB'; SELECT pg_advisory_lock(42); \
-         LISTEN somewhere; CREATE TEMP TABLE scratch (a int); SET ROLE pg_read_all_data";
+         LISTEN somewhere; CREATE TEMP TABLE scratch (a int); SET ROLE pg_monitor";
     db.transaction(async |conn| batch(conn, leave).await)
         .await
         .unwrap();
