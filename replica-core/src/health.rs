@@ -94,12 +94,13 @@ impl Tracker {
     /// not already.
     pub(crate) fn mark_unreachable<N: Probed>(node: &Arc<N>, reason: String) -> bool {
         let health = node.health();
+        // The reason first: a status that says unreachable says why.
+        *health.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
         let newly = !health.unreachable.swap(true, Ordering::AcqRel);
         if newly {
             health.ejection.notify_waiters();
             node.drop_idle();
         }
-        *health.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
         newly
     }
 
